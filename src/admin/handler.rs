@@ -1,0 +1,250 @@
+//! The admin routes, as a pure function of the request and the edge's state.
+//!
+//! ```text
+//! GET    /healthz                       200 while the process serves
+//! GET    /readyz                        200 once upstream health is known, else 503
+//! GET    /metrics                       Prometheus text format
+//! GET    /api/stats                     upstreams, sessions, affinity, redis, config
+//! GET    /api/upstreams                 per upstream: health, ejection, drain, load, counters
+//! POST   /api/upstreams/{id}/drain      no new sessions; existing ones move off
+//! POST   /api/upstreams/{id}/undrain
+//! GET    /api/sessions?upstream=ID&limit=N
+//! GET    /api/sessions/{key}            {key}: the client's key, URL-encoded
+//! PUT    /api/sessions/{key}            body {"upstream": "ID"}
+//! DELETE /api/sessions/{key}
+//! POST   /api/reload                    501 until in-process reload lands
+//! GET    /                              the HTML dashboard
+//! ```
+//!
+//! With a token configured, every route needs `Authorization: Bearer
+//! <token>`, compared in constant time. Errors share one JSON shape:
+//! `{"error": "..."}`.
+
+use crate::clock;
+use crate::state::Edge;
+use crate::upstream::Upstream;
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use subtle::ConstantTimeEq;
+
+pub struct AdminRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub authorization: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+#[derive(Debug)]
+pub struct AdminResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl AdminResponse {
+    fn json(status: u16, value: &Value) -> Self {
+        AdminResponse {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_vec_pretty(value).unwrap_or_default(),
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> Self {
+        Self::json(status, &json!({ "error": message }))
+    }
+
+    /// The body as JSON (for tests and callers that inspect replies).
+    pub fn json_body(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+fn authorized(edge: &Edge, auth: Option<&[u8]>) -> bool {
+    let state = edge.state();
+    let Some(token) = &state.config.admin.token else { return true };
+    let Some(presented) = auth.and_then(|a| a.strip_prefix(b"Bearer ")) else { return false };
+    presented.ct_eq(token.as_bytes()).into()
+}
+
+pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
+    if !authorized(edge, req.authorization) {
+        return AdminResponse::error(401, "missing or wrong bearer token");
+    }
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    match (req.method, segments.as_slice()) {
+        ("GET", []) => AdminResponse {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: DASHBOARD.as_bytes().to_vec(),
+        },
+        ("GET", ["healthz"]) => AdminResponse::json(200, &json!({ "status": "ok" })),
+        ("GET", ["readyz"]) => match edge.is_ready() {
+            true => AdminResponse::json(200, &json!({ "ready": true })),
+            false => AdminResponse::json(503, &json!({ "ready": false, "reason": "first health-check round not finished" })),
+        },
+        ("GET", ["metrics"]) => {
+            edge.refresh_session_gauges();
+            AdminResponse {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: edge.metrics.render(),
+            }
+        }
+        ("GET", ["api", "stats"]) => AdminResponse::json(200, &stats(edge)),
+        ("GET", ["api", "upstreams"]) => AdminResponse::json(200, &Value::Array(upstreams(edge))),
+        ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => drain(edge, id, *action == "drain"),
+        ("GET", ["api", "sessions"]) => list_sessions(edge, req.query),
+        (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
+        ("POST", ["api", "reload"]) => AdminResponse::error(501, "in-process reload is not available in this release"),
+        (_, ["healthz" | "readyz" | "metrics"] | [] | ["api", "stats" | "upstreams" | "sessions" | "reload"])
+        | (_, ["api", "upstreams", _, "drain" | "undrain"]) => AdminResponse::error(405, "method not allowed"),
+        _ => AdminResponse::error(404, "no such route"),
+    }
+}
+
+fn upstream_json(u: &Upstream, sessions: u64, now: u64) -> Value {
+    let s = &u.stats;
+    let connects = s.connects.load(Ordering::Relaxed);
+    let reused = s.reused.load(Ordering::Relaxed);
+    let mean_connect_ms = match connects {
+        0 => Value::Null,
+        n => json!(s.connect_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0),
+    };
+    let reuse_ratio = match connects + reused {
+        0 => Value::Null,
+        n => json!(reused as f64 / n as f64),
+    };
+    json!({
+        "id": &*u.id,
+        "addr": u.spec.addr.to_string(),
+        "weight": u.spec.weight,
+        "tls": u.spec.tls.is_some(),
+        "healthy": u.health.is_healthy(),
+        "ejected": u.ejection.is_ejected(now),
+        "ejected_for_seconds": u.ejection.remaining_ms(now) as f64 / 1000.0,
+        "ejections": u.ejection.ejections(),
+        "draining": u.is_draining(),
+        "inflight": u.inflight(),
+        "sessions": sessions,
+        "requests": s.requests.load(Ordering::Relaxed),
+        "errors": s.errors.load(Ordering::Relaxed),
+        "connections_opened": connects,
+        "mean_connect_ms": mean_connect_ms,
+        "pooled_reuse_ratio": reuse_ratio,
+    })
+}
+
+fn upstreams(edge: &Edge) -> Vec<Value> {
+    let counts = edge.store.counts();
+    let now = clock::now_ms();
+    edge.state()
+        .upstreams
+        .all()
+        .iter()
+        .map(|u| upstream_json(u, counts.get(&u.id).copied().unwrap_or(0), now))
+        .collect()
+}
+
+fn stats(edge: &Edge) -> Value {
+    let state = edge.state();
+    let m = &edge.metrics;
+    let (local, shared, miss) = (m.lookup_local_hit.get(), m.lookup_shared_hit.get(), m.lookup_miss.get());
+    let lookups = local + shared + miss;
+    let repins: u64 = ["unhealthy", "ejected", "draining", "removed", "connect_failure"]
+        .iter()
+        .map(|r| m.affinity_repins.with_label_values(&[r]).get())
+        .sum();
+    let c = &state.config;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": edge.started.elapsed().map_or(0, |d| d.as_secs()),
+        "ready": edge.is_ready(),
+        "upstreams": upstreams(edge),
+        "sessions": { "count": edge.store.len(), "max": c.affinity.max_sessions },
+        "affinity": {
+            "lookups": lookups,
+            "local_hits": local,
+            "redis_hits": shared,
+            "misses": miss,
+            "hit_rate": if lookups == 0 { Value::Null } else { json!((local + shared) as f64 / lookups as f64) },
+            "repins": repins,
+        },
+        "redis": { "configured": c.redis.is_some(), "mode": "in-process table", "errors": m.redis_errors.get() },
+        "config": {
+            "generation": state.generation,
+            "listeners": c.listeners.iter().map(|l| json!({"addr": l.addr.to_string(), "tls": l.tls.is_some()})).collect::<Vec<_>>(),
+            "upstreams": c.upstreams.len(),
+            "key_sources": c.affinity.keys.len(),
+            "ttl_seconds": c.affinity.ttl.as_secs(),
+            "balance": format!("{:?}", c.affinity.balance),
+            "max_retries": c.max_retries,
+            "last_reload_error": Value::Null,
+        },
+    })
+}
+
+fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
+    let state = edge.state();
+    let Some(u) = state.upstreams.index_of(id).and_then(|i| state.upstreams.get(i)) else {
+        return AdminResponse::error(404, "no such upstream");
+    };
+    u.set_draining(on);
+    log::info!("upstream {} {}", u.id, if on { "draining" } else { "undrained" });
+    AdminResponse::json(200, &json!({ "id": &*u.id, "draining": on }))
+}
+
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode_str(v).decode_utf8_lossy())
+    })
+}
+
+fn list_sessions(edge: &Edge, query: Option<&str>) -> AdminResponse {
+    let upstream = query_param(query, "upstream");
+    let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) => n.min(10_000),
+        Some(Err(_)) => return AdminResponse::error(400, "limit must be a number"),
+    };
+    let sessions = edge.store.list(upstream.as_deref(), limit);
+    AdminResponse::json(200, &json!({ "sessions": sessions }))
+}
+
+async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResponse {
+    let raw = percent_decode_str(key).collect::<Vec<u8>>();
+    if raw.is_empty() {
+        return AdminResponse::error(400, "empty session key");
+    }
+    let state = edge.state();
+    let id = state.keys.hasher().id(&raw);
+    match method {
+        "GET" => match edge.store.get(id) {
+            Some(info) => AdminResponse::json(200, &json!(info)),
+            None => AdminResponse::error(404, "no such session"),
+        },
+        "PUT" => {
+            let Some(target) = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("upstream")?.as_str().map(str::to_string)) else {
+                return AdminResponse::error(400, r#"body must be {"upstream": "ID"}"#);
+            };
+            let Some(u) = state.upstreams.index_of(&target).and_then(|i| state.upstreams.get(i)) else {
+                return AdminResponse::error(400, "no such upstream");
+            };
+            edge.store.set(id, u.id.clone()).await;
+            match edge.store.get(id) {
+                Some(info) => AdminResponse::json(200, &json!(info)),
+                None => AdminResponse::error(500, "pin was not stored"),
+            }
+        }
+        "DELETE" => match edge.store.forget(id).await {
+            true => AdminResponse::json(200, &json!({ "deleted": true })),
+            false => AdminResponse::error(404, "no such session"),
+        },
+        _ => AdminResponse::error(405, "method not allowed"),
+    }
+}

@@ -1,0 +1,81 @@
+//! Session affinity: finding a request's session key and remembering where
+//! its session lives.
+//!
+//! - [`keys`] walks the configured key sources (header, cookie, query, JSON
+//!   body) in order and returns the first key present.
+//! - [`json_scan`] finds one JSON-pointer field in a body without building
+//!   the document.
+//! - [`SessionId`] is the keyed hash under which a key is stored: raw keys
+//!   (which may be API keys or user ids) are never kept.
+//! - [`store`] is the affinity table's interface and its in-process
+//!   implementation.
+
+pub mod json_scan;
+pub mod keys;
+pub mod store;
+
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::hash::Hasher;
+
+/// The keyed 128-bit hash of a session key: the only form a key is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    /// Lower-case hex, as the admin API shows it.
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<SessionId> {
+        if text.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok().map(SessionId)
+    }
+
+    /// 64 bits for consistent hashing.
+    pub fn ring_point(self) -> u64 {
+        self.0 as u64
+    }
+}
+
+/// Hashes session keys with a secret, so that every edge sharing the secret
+/// agrees on a key's id while the key itself is never stored.
+#[derive(Clone)]
+pub struct KeyHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyHasher {
+    pub fn new(secret: &str) -> Self {
+        let mut a = SipHasher13::new_with_keys(0x7265_6c61_792d_6564, 0x6765_2d73_6563_7265);
+        a.write(secret.as_bytes());
+        let h = a.finish128();
+        KeyHasher { k0: h.h1, k1: h.h2 }
+    }
+
+    pub fn id(&self, key: &[u8]) -> SessionId {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(key);
+        SessionId(h.finish128().as_u128())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_depend_on_key_and_secret_and_round_trip_as_hex() {
+        let a = KeyHasher::new("one");
+        let b = KeyHasher::new("two");
+        assert_eq!(a.id(b"k"), a.id(b"k"));
+        assert_ne!(a.id(b"k"), a.id(b"l"));
+        assert_ne!(a.id(b"k"), b.id(b"k"));
+        let id = a.id(b"k");
+        assert_eq!(SessionId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(SessionId::from_hex("zz"), None);
+    }
+}

@@ -1,0 +1,335 @@
+//! The affinity table: which upstream each session is pinned to.
+//!
+//! [`SessionStore`] is the interface the proxy and the admin API use. The
+//! hot path calls only [`SessionStore::lookup_local`], which never does I/O
+//! and never allocates; the async calls run for a session's first request, a
+//! failover re-pin, or the admin API. [`LocalStore`] keeps the table in this
+//! process (a bounded LRU cache with a sliding TTL); the Redis store will
+//! implement the same interface with a local cache in front.
+
+use super::SessionId;
+use async_trait::async_trait;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One session's pin and counters. The proxy updates the counters in place.
+#[derive(Debug)]
+pub struct SessionRecord {
+    pub upstream: Arc<str>,
+    pub created_ms: u64,
+    last_seen_ms: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl SessionRecord {
+    fn new(upstream: Arc<str>, created_ms: u64, requests: u64, errors: u64) -> Self {
+        SessionRecord {
+            upstream,
+            created_ms,
+            last_seen_ms: AtomicU64::new(now_ms()),
+            requests: AtomicU64::new(requests),
+            errors: AtomicU64::new(errors),
+        }
+    }
+
+    /// Count one finished request of this session.
+    pub fn record(&self, error: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn touch(&self) {
+        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A session as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub upstream: String,
+    pub created_unix_ms: u64,
+    pub last_seen_unix_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub ttl_left_seconds: u64,
+}
+
+/// Where a lookup found its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupSource {
+    Local,
+    Shared,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// The pin of `id` from local knowledge alone, renewing its TTL. No I/O.
+    fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>>;
+
+    /// The pin of `id`, asking the shared table on a local miss.
+    async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)>;
+
+    /// Pin a new session to `upstream` unless it is already pinned; returns
+    /// the pin in force (another claimant's, if it won).
+    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord>;
+
+    /// Move `id` to `to` if its pin still names `from` (or it has none);
+    /// returns the pin in force.
+    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord>;
+
+    /// Pin `id` to `upstream` unconditionally (admin).
+    async fn set(&self, id: SessionId, upstream: Arc<str>);
+
+    /// Forget `id`; true if it was pinned.
+    async fn forget(&self, id: SessionId) -> bool;
+
+    fn get(&self, id: SessionId) -> Option<SessionInfo>;
+
+    /// Sessions, optionally only those of one upstream, at most `limit`.
+    fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo>;
+
+    /// Live sessions per upstream id.
+    fn counts(&self) -> HashMap<Arc<str>, u64>;
+
+    fn len(&self) -> u64;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sessions per upstream, kept in step with inserts and removals.
+#[derive(Default)]
+struct Counts(Mutex<HashMap<Arc<str>, u64>>);
+
+impl Counts {
+    fn add(&self, upstream: &Arc<str>) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(upstream.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&self, upstream: &Arc<str>) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(n) = m.get_mut(upstream) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(upstream);
+                }
+            }
+        }
+    }
+}
+
+/// The in-process affinity table: bounded, LRU-evicted, sliding TTL.
+pub struct LocalStore {
+    cache: Cache<u128, Arc<SessionRecord>>,
+    counts: Arc<Counts>,
+    ttl: Duration,
+}
+
+impl LocalStore {
+    pub fn new(max_sessions: u64, ttl: Duration) -> Self {
+        let counts = Arc::new(Counts::default());
+        let on_remove = counts.clone();
+        let cache = Cache::builder()
+            .max_capacity(max_sessions)
+            .time_to_idle(ttl)
+            .eviction_policy(EvictionPolicy::lru())
+            .eviction_listener(move |_k, v: Arc<SessionRecord>, _cause| on_remove.remove(&v.upstream))
+            .build();
+        LocalStore { cache, counts, ttl }
+    }
+
+    fn insert(&self, id: SessionId, record: SessionRecord) -> Arc<SessionRecord> {
+        let record = Arc::new(record);
+        self.counts.add(&record.upstream);
+        self.cache.insert(id.0, record.clone());
+        record
+    }
+
+    fn info(&self, id: u128, r: &SessionRecord) -> SessionInfo {
+        let last = r.last_seen_ms.load(Ordering::Relaxed);
+        let idle = Duration::from_millis(now_ms().saturating_sub(last));
+        SessionInfo {
+            id: SessionId(id).to_hex(),
+            upstream: r.upstream.to_string(),
+            created_unix_ms: r.created_ms,
+            last_seen_unix_ms: last,
+            requests: r.requests.load(Ordering::Relaxed),
+            errors: r.errors.load(Ordering::Relaxed),
+            ttl_left_seconds: self.ttl.saturating_sub(idle).as_secs(),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for LocalStore {
+    fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
+        let r = self.cache.get(&id.0)?;
+        r.touch();
+        Some(r)
+    }
+
+    async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
+        self.lookup_local(id).map(|r| (r, LookupSource::Local))
+    }
+
+    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
+        let entry = self
+            .cache
+            .entry(id.0)
+            .or_insert_with(|| Arc::new(SessionRecord::new(upstream, now_ms(), 0, 0)));
+        if entry.is_fresh() {
+            self.counts.add(&entry.value().upstream);
+        }
+        entry.into_value()
+    }
+
+    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
+        let mut added = None;
+        let result = self.cache.entry(id.0).and_compute_with(|current| {
+            let replace = match &current {
+                Some(e) => &*e.value().upstream == from,
+                None => true,
+            };
+            if !replace {
+                return Op::Nop;
+            }
+            let (created, requests, errors) = current.map_or((now_ms(), 0, 0), |e| {
+                let r = e.value();
+                (r.created_ms, r.requests.load(Ordering::Relaxed), r.errors.load(Ordering::Relaxed))
+            });
+            let record = Arc::new(SessionRecord::new(to.clone(), created, requests, errors));
+            added = Some(record.clone());
+            Op::Put(record)
+        });
+        if let Some(r) = &added {
+            self.counts.add(&r.upstream);
+        }
+        match result {
+            moka::ops::compute::CompResult::Inserted(e)
+            | moka::ops::compute::CompResult::ReplacedWith(e)
+            | moka::ops::compute::CompResult::Unchanged(e) => e.into_value(),
+            // Nop on an absent entry cannot happen (absent always replaces),
+            // but answer with the requested pin rather than panic.
+            _ => added.unwrap_or_else(|| Arc::new(SessionRecord::new(to, now_ms(), 0, 0))),
+        }
+    }
+
+    async fn set(&self, id: SessionId, upstream: Arc<str>) {
+        let (created, requests, errors) = self.cache.get(&id.0).map_or((now_ms(), 0, 0), |r| {
+            (r.created_ms, r.requests.load(Ordering::Relaxed), r.errors.load(Ordering::Relaxed))
+        });
+        self.insert(id, SessionRecord::new(upstream, created, requests, errors));
+    }
+
+    async fn forget(&self, id: SessionId) -> bool {
+        self.cache.remove(&id.0).is_some()
+    }
+
+    fn get(&self, id: SessionId) -> Option<SessionInfo> {
+        self.cache.get(&id.0).map(|r| self.info(id.0, &r))
+    }
+
+    fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
+        self.cache
+            .iter()
+            .filter(|(_, r)| upstream.is_none_or(|u| &*r.upstream == u))
+            .take(limit)
+            .map(|(k, r)| self.info(*k, &r))
+            .collect()
+    }
+
+    fn counts(&self) -> HashMap<Arc<str>, u64> {
+        self.cache.run_pending_tasks();
+        self.counts.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn claim_keeps_the_first_pin_and_counts_per_upstream() {
+        let s = LocalStore::new(100, Duration::from_secs(60));
+        let id = SessionId(1);
+        assert!(s.lookup_local(id).is_none());
+        assert_eq!(&*block(s.claim(id, up("a"))).upstream, "a");
+        assert_eq!(&*block(s.claim(id, up("b"))).upstream, "a");
+        assert_eq!(s.counts().get("a"), Some(&1));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn repin_is_compare_and_set() {
+        let s = LocalStore::new(100, Duration::from_secs(60));
+        let id = SessionId(2);
+        block(s.claim(id, up("a")));
+        s.lookup_local(id).expect("pinned").record(true);
+        assert_eq!(&*block(s.repin(id, "zzz", up("b"))).upstream, "a");
+        assert_eq!(&*block(s.repin(id, "a", up("b"))).upstream, "b");
+        let info = s.get(id).expect("info");
+        assert_eq!((info.upstream.as_str(), info.requests, info.errors), ("b", 1, 1));
+        let counts = s.counts();
+        assert_eq!((counts.get("a"), counts.get("b")), (None, Some(&1)));
+    }
+
+    #[test]
+    fn bounded_with_lru_eviction_and_forget() {
+        let s = LocalStore::new(10, Duration::from_secs(60));
+        for i in 0..100u128 {
+            block(s.claim(SessionId(i), up("a")));
+        }
+        assert!(s.len() <= 10, "len {}", s.len());
+        assert_eq!(s.counts().get("a").copied().unwrap_or(0), s.len());
+        let last = SessionId(99);
+        assert!(block(s.forget(last)));
+        assert!(s.get(last).is_none());
+    }
+
+    #[test]
+    fn sliding_ttl_expires_idle_sessions() {
+        let s = LocalStore::new(10, Duration::from_millis(200));
+        let id = SessionId(7);
+        block(s.claim(id, up("a")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.cache.contains_key(&id.0) {
+            assert!(std::time::Instant::now() < deadline, "session never expired");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(s.counts().get("a"), None);
+    }
+}

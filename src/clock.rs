@@ -1,0 +1,15 @@
+//! A cheap monotonic clock in milliseconds since process start, for state
+//! that lives in atomics (ejection deadlines).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the process's clock epoch; never 0.
+pub fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}

@@ -1,0 +1,80 @@
+//! Configuration: loading the YAML file and validating it into [`Config`].
+//!
+//! Two layers: [`file`] mirrors the YAML with serde (`deny_unknown_fields`),
+//! and [`validate`] checks every value, fills in [`Defaults`], and collects
+//! every problem at once, each named by its path
+//! (`upstreams[2].addr: invalid socket address "x"`). Errors never echo the
+//! file's contents beyond the offending value of a field that holds no secret.
+
+pub mod file;
+pub mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::{json_pointer, validate};
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config file, named by the path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(#[source] serde_yaml::Error),
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join_lines(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// Every problem as a `path: message` line, for logs, stderr and the admin API.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { path, source } => {
+                vec![format!("{}: cannot read: {source}", path.display())]
+            }
+            ConfigError::Syntax(e) => vec![e.to_string()],
+            ConfigError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parse and validate config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: file::FileConfig = serde_yaml::from_str(text).map_err(ConfigError::Syntax)?;
+    validate(raw).map_err(ConfigError::Invalid)
+}

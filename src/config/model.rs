@@ -1,0 +1,181 @@
+//! The validated configuration model: what the rest of relay-edge runs on.
+//!
+//! It has no serde: every value here has been checked and defaulted by
+//! [`super::validate`]. The defaults live in one place, [`Defaults`].
+
+use regex::Regex;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub health: HealthSpec,
+    pub passive: PassiveSpec,
+    pub affinity: AffinitySpec,
+    pub timeouts: Timeouts,
+    pub max_retries: usize,
+    pub redis: Option<RedisSpec>,
+    pub admin: AdminSpec,
+    pub server: ServerSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSpec {
+    /// `Some(path)`: HTTP GET expecting 2xx. `None`: TCP connect.
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: usize,
+    pub unhealthy_after: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassiveSpec {
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub failure_codes: Vec<u16>,
+    pub recovery_time: Duration,
+    pub max_recovery_time: Duration,
+    pub max_ejected_percent: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct AffinitySpec {
+    pub keys: Vec<KeySpec>,
+    pub ttl: Duration,
+    pub max_sessions: u64,
+    pub max_body_bytes: usize,
+    pub balance: Balance,
+    pub load_factor: f64,
+    pub hash_secret: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub source: KeySourceSpec,
+    pub extract: Extract,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySourceSpec {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    /// JSON pointer tokens, already unescaped (`~1` -> `/`, `~0` -> `~`).
+    Json(Vec<String>),
+}
+
+/// How the key is taken from the raw value of its source.
+#[derive(Debug, Clone)]
+pub enum Extract {
+    Whole,
+    /// The first capture group (or the whole match if it has none).
+    Regex(Regex),
+    /// Claude Code's `metadata.user_id`: a JSON string holding `session_id`,
+    /// or the older `user_<hex>_account_<uuid>_session_<uuid>`.
+    ClaudeUserId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    LeastLoaded,
+    Consistent,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub pool_idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSpec {
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSpec {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub threads: usize,
+    pub work_stealing: bool,
+    pub pool_size: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub log_level: String,
+}
+
+/// Every default in one place; `conf/relay-edge.yaml` documents the same values.
+pub struct Defaults;
+
+impl Defaults {
+    pub const WEIGHT: u32 = 1;
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEALTHY_AFTER: usize = 1;
+    pub const UNHEALTHY_AFTER: usize = 2;
+    pub const MAX_FAILURES: u32 = 5;
+    pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+    pub const FAILURE_CODES: [u16; 3] = [502, 503, 504];
+    pub const RECOVERY_TIME: Duration = Duration::from_secs(30);
+    pub const MAX_RECOVERY_TIME: Duration = Duration::from_secs(300);
+    pub const MAX_EJECTED_PERCENT: u8 = 50;
+    pub const TTL: Duration = Duration::from_secs(3600);
+    pub const MAX_SESSIONS: u64 = 1_000_000;
+    pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+    pub const LOAD_FACTOR: f64 = 1.25;
+    pub const HASH_SECRET: &'static str = "relay-edge default affinity secret";
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const POOL_IDLE: Duration = Duration::from_secs(90);
+    pub const MAX_RETRIES: usize = 2;
+    pub const ADMIN_LISTEN: &'static str = "127.0.0.1:9900";
+    pub const POOL_SIZE: usize = 1024;
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const PID_FILE: &'static str = "/tmp/relay-edge.pid";
+    pub const UPGRADE_SOCK: &'static str = "/tmp/relay-edge-upgrade.sock";
+    pub const LOG_LEVEL: &'static str = "info";
+    /// The `claude_code: true` preset's header.
+    pub const CLAUDE_CODE_HEADER: &'static str = "x-claude-code-session-id";
+    pub const CLAUDE_CODE_POINTER: &'static str = "/metadata/user_id";
+}

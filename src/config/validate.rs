@@ -1,0 +1,425 @@
+//! Turns the serde mirror into the checked [`Config`], collecting every error.
+
+use super::file::*;
+use super::model::*;
+use super::FieldError;
+use regex::Regex;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Collects errors, each with its path.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validate a parsed file into the model, or return every error found.
+pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
+    let FileConfig {
+        listen,
+        upstreams,
+        health_check,
+        passive_health,
+        affinity,
+        timeouts,
+        failover,
+        redis,
+        admin,
+        server,
+    } = raw;
+    let mut errs = Errors::default();
+
+    let listeners = listeners(listen, &mut errs);
+    let upstreams = upstream_specs(upstreams, &mut errs);
+    let health = health(health_check, &mut errs);
+    let passive = passive(passive_health, &mut errs);
+    let affinity = affinity_spec(affinity.unwrap_or_default(), &mut errs);
+    let timeouts = timeouts_spec(timeouts, &mut errs);
+    let FailoverFile { max_retries } = failover;
+    let max_retries = max_retries.unwrap_or(Defaults::MAX_RETRIES);
+    if max_retries >= crate::upstream::select::Tried::CAPACITY {
+        errs.push("failover.max_retries", format!("must be below {}", crate::upstream::select::Tried::CAPACITY));
+    }
+    let redis = redis.map(|RedisFile { url }| {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            // Never echo the URL: it may carry a password.
+            errs.push("redis.url", "must start with redis:// or rediss://");
+        }
+        RedisSpec { url }
+    });
+    let admin = admin_spec(admin, &mut errs);
+    let server = server_spec(server, &mut errs);
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            listeners,
+            upstreams,
+            health,
+            passive,
+            affinity,
+            timeouts,
+            max_retries,
+            redis,
+            admin,
+            server,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn socket_addr(text: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    match text.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+        Some(addr) => Some(addr),
+        None => {
+            errs.push(path, format!("invalid socket address {text:?}"));
+            None
+        }
+    }
+}
+
+fn placeholder_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+fn listeners(listen: Vec<ListenFile>, errs: &mut Errors) -> Vec<Listener> {
+    if listen.is_empty() {
+        errs.push("listen", "at least one listener is required");
+    }
+    let mut seen = HashSet::new();
+    listen
+        .into_iter()
+        .enumerate()
+        .map(|(i, ListenFile { addr, tls })| {
+            let path = format!("listen[{i}].addr");
+            let addr = socket_addr(&addr, &path, errs).unwrap_or_else(placeholder_addr);
+            if addr.port() != 0 && !seen.insert(addr) {
+                errs.push(&path, format!("duplicate listener {addr}"));
+            }
+            let tls = tls.map(|ListenTlsFile { cert, key }| {
+                for (field, file) in [("cert", &cert), ("key", &key)] {
+                    if !std::path::Path::new(file).is_file() {
+                        errs.push(format!("listen[{i}].tls.{field}"), format!("no such file {file:?}"));
+                    }
+                }
+                TlsFiles {
+                    cert: PathBuf::from(cert),
+                    key: PathBuf::from(key),
+                }
+            });
+            Listener { addr, tls }
+        })
+        .collect()
+}
+
+fn upstream_specs(upstreams: Vec<UpstreamFile>, errs: &mut Errors) -> Vec<UpstreamSpec> {
+    if upstreams.is_empty() {
+        errs.push("upstreams", "at least one upstream is required");
+    }
+    let mut ids = HashSet::new();
+    upstreams
+        .into_iter()
+        .enumerate()
+        .map(|(i, UpstreamFile { id, addr, weight, tls })| {
+            if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c == '/') {
+                errs.push(format!("upstreams[{i}].id"), "must be 1 to 128 characters, without spaces or '/'");
+            } else if !ids.insert(id.clone()) {
+                errs.push(format!("upstreams[{i}].id"), format!("duplicate id {id:?}"));
+            }
+            let weight = weight.unwrap_or(Defaults::WEIGHT);
+            if weight == 0 {
+                errs.push(format!("upstreams[{i}].weight"), "must be at least 1");
+            }
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_string();
+            let sock = socket_addr(&addr, &format!("upstreams[{i}].addr"), errs)
+                .unwrap_or_else(placeholder_addr);
+            let tls = tls.map(|UpstreamTlsFile { sni, verify }| UpstreamTls {
+                sni: sni.unwrap_or(host),
+                verify,
+            });
+            UpstreamSpec { id, addr: sock, weight, tls }
+        })
+        .collect()
+}
+
+fn at_least_one<T: PartialOrd + From<u8>>(value: T, path: &str, errs: &mut Errors) -> T {
+    if value < T::from(1) {
+        errs.push(path, "must be at least 1");
+    }
+    value
+}
+
+fn health(h: HealthCheckFile, errs: &mut Errors) -> HealthSpec {
+    let HealthCheckFile { path, host, interval, timeout, healthy_after, unhealthy_after } = h;
+    if let Some(p) = &path {
+        if !p.starts_with('/') {
+            errs.push("health_check.path", "must start with '/'");
+        }
+    }
+    let interval = interval.unwrap_or(Defaults::HEALTH_INTERVAL);
+    if interval.is_zero() {
+        errs.push("health_check.interval", "must be above zero");
+    }
+    let timeout = timeout.unwrap_or(Defaults::HEALTH_TIMEOUT.min(interval));
+    if timeout.is_zero() {
+        errs.push("health_check.timeout", "must be above zero");
+    }
+    HealthSpec {
+        path,
+        host,
+        interval,
+        timeout,
+        healthy_after: at_least_one(healthy_after.unwrap_or(Defaults::HEALTHY_AFTER), "health_check.healthy_after", errs),
+        unhealthy_after: at_least_one(unhealthy_after.unwrap_or(Defaults::UNHEALTHY_AFTER), "health_check.unhealthy_after", errs),
+    }
+}
+
+fn passive(p: PassiveHealthFile, errs: &mut Errors) -> PassiveSpec {
+    let PassiveHealthFile {
+        max_failures,
+        failure_window,
+        failure_codes,
+        recovery_time,
+        max_recovery_time,
+        max_ejected_percent,
+    } = p;
+    let failure_codes = failure_codes.unwrap_or_else(|| Defaults::FAILURE_CODES.to_vec());
+    for (i, code) in failure_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            errs.push(format!("passive_health.failure_codes[{i}]"), format!("{code} is not an HTTP status"));
+        }
+    }
+    let recovery_time = recovery_time.unwrap_or(Defaults::RECOVERY_TIME);
+    let max_recovery_time = max_recovery_time.unwrap_or(Defaults::MAX_RECOVERY_TIME.max(recovery_time));
+    if max_recovery_time < recovery_time {
+        errs.push("passive_health.max_recovery_time", "must not be below recovery_time");
+    }
+    let max_ejected_percent = max_ejected_percent.unwrap_or(Defaults::MAX_EJECTED_PERCENT);
+    if max_ejected_percent > 100 {
+        errs.push("passive_health.max_ejected_percent", "must be 0 to 100");
+    }
+    PassiveSpec {
+        max_failures: at_least_one(max_failures.unwrap_or(Defaults::MAX_FAILURES), "passive_health.max_failures", errs),
+        failure_window: failure_window.unwrap_or(Defaults::FAILURE_WINDOW),
+        failure_codes,
+        recovery_time,
+        max_recovery_time,
+        max_ejected_percent,
+    }
+}
+
+fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
+    let AffinityFile { keys, claude_code, ttl, max_sessions, max_body_bytes, balance, load_factor, hash_secret } = a;
+    let mut specs = Vec::new();
+    if claude_code {
+        specs.push(KeySpec {
+            source: KeySourceSpec::Header(Defaults::CLAUDE_CODE_HEADER.to_string()),
+            extract: Extract::Whole,
+        });
+        specs.push(KeySpec {
+            source: KeySourceSpec::Json(json_pointer(Defaults::CLAUDE_CODE_POINTER).unwrap_or_default()),
+            extract: Extract::ClaudeUserId,
+        });
+    }
+    for (i, k) in keys.into_iter().enumerate() {
+        if let Some(spec) = key_spec(k, &format!("affinity.keys[{i}]"), errs) {
+            specs.push(spec);
+        }
+    }
+    let ttl = ttl.unwrap_or(Defaults::TTL);
+    if ttl.is_zero() {
+        errs.push("affinity.ttl", "must be above zero");
+    }
+    let load_factor = load_factor.unwrap_or(Defaults::LOAD_FACTOR);
+    if !(load_factor >= 1.0 && load_factor.is_finite()) {
+        errs.push("affinity.load_factor", "must be a number of at least 1.0");
+    }
+    let hash_secret = hash_secret.unwrap_or_else(|| Defaults::HASH_SECRET.to_string());
+    if hash_secret.is_empty() {
+        errs.push("affinity.hash_secret", "must not be empty");
+    }
+    AffinitySpec {
+        keys: specs,
+        ttl,
+        max_sessions: at_least_one(max_sessions.unwrap_or(Defaults::MAX_SESSIONS), "affinity.max_sessions", errs),
+        max_body_bytes: max_body_bytes.unwrap_or(Defaults::MAX_BODY_BYTES),
+        balance: match balance {
+            None | Some(BalanceFile::LeastLoaded) => Balance::LeastLoaded,
+            Some(BalanceFile::Consistent) => Balance::Consistent,
+        },
+        load_factor,
+        hash_secret,
+    }
+}
+
+/// Parse an RFC 6901 JSON pointer into its unescaped tokens.
+pub fn json_pointer(pointer: &str) -> Option<Vec<String>> {
+    let rest = pointer.strip_prefix('/')?;
+    Some(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+fn key_spec(k: KeySourceFile, path: &str, errs: &mut Errors) -> Option<KeySpec> {
+    let KeySourceFile { header, cookie, query, json, regex } = k;
+    let mut sources = Vec::new();
+    if let Some(h) = header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push(format!("{path}.header"), format!("invalid header name {h:?}"));
+        }
+        sources.push(KeySourceSpec::Header(h.to_ascii_lowercase()));
+    }
+    if let Some(c) = cookie {
+        sources.push(KeySourceSpec::Cookie(c));
+    }
+    if let Some(q) = query {
+        sources.push(KeySourceSpec::Query(q));
+    }
+    if let Some(j) = json {
+        match json_pointer(&j) {
+            Some(tokens) => sources.push(KeySourceSpec::Json(tokens)),
+            None => {
+                errs.push(format!("{path}.json"), format!("invalid JSON pointer {j:?}: must start with '/'"));
+                return None;
+            }
+        }
+    }
+    if sources.len() != 1 {
+        errs.push(path, "needs exactly one of header, cookie, query, json");
+        return None;
+    }
+    let extract = match regex {
+        None => Extract::Whole,
+        Some(r) => match Regex::new(&r) {
+            Ok(re) => Extract::Regex(re),
+            Err(e) => {
+                errs.push(format!("{path}.regex"), format!("invalid regex: {e}"));
+                return None;
+            }
+        },
+    };
+    sources.pop().map(|source| KeySpec { source, extract })
+}
+
+fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
+    let TimeoutsFile { connect, read, write, pool_idle } = t;
+    let t = Timeouts {
+        connect: connect.unwrap_or(Defaults::CONNECT_TIMEOUT),
+        read: read.unwrap_or(Defaults::READ_TIMEOUT),
+        write: write.unwrap_or(Defaults::WRITE_TIMEOUT),
+        pool_idle: pool_idle.unwrap_or(Defaults::POOL_IDLE),
+    };
+    for (name, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("pool_idle", t.pool_idle)] {
+        if d.is_zero() {
+            errs.push(format!("timeouts.{name}"), "must be above zero");
+        }
+    }
+    t
+}
+
+fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
+    let AdminFile { listen, token_file } = a;
+    let listen_text = listen.unwrap_or_else(|| Defaults::ADMIN_LISTEN.to_string());
+    let listen = socket_addr(&listen_text, "admin.listen", errs).unwrap_or_else(placeholder_addr);
+    let token = token_file.and_then(|file| match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(_) => {
+            errs.push("admin.token_file", format!("{file:?} is empty"));
+            None
+        }
+        Err(e) => {
+            errs.push("admin.token_file", format!("cannot read {file:?}: {e}"));
+            None
+        }
+    });
+    if token.is_none() && !listen.ip().is_loopback() && listen.port() != 0 {
+        errs.push("admin.listen", format!("{listen} is not a loopback address: set admin.token_file first"));
+    }
+    AdminSpec { listen, token }
+}
+
+fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
+    let ServerFile { threads, work_stealing, pool_size, grace_period, shutdown_timeout, pid_file, upgrade_sock, log_level } = s;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let log_level = log_level.unwrap_or_else(|| Defaults::LOG_LEVEL.to_string());
+    if log_level.parse::<log::LevelFilter>().is_err() {
+        errs.push("server.log_level", format!("{log_level:?} is not one of off, error, warn, info, debug, trace"));
+    }
+    ServerSpec {
+        threads: at_least_one(threads.unwrap_or(cores), "server.threads", errs),
+        work_stealing: work_stealing.unwrap_or(false),
+        pool_size: pool_size.unwrap_or(Defaults::POOL_SIZE),
+        grace_period: grace_period.unwrap_or(Defaults::GRACE_PERIOD),
+        shutdown_timeout: shutdown_timeout.unwrap_or(Defaults::SHUTDOWN_TIMEOUT),
+        pid_file: pid_file.unwrap_or_else(|| Defaults::PID_FILE.to_string()),
+        upgrade_sock: upgrade_sock.unwrap_or_else(|| Defaults::UPGRADE_SOCK.to_string()),
+        log_level,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError};
+
+    const BASE: &str = "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001}]\n";
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => vec![],
+            Err(e) => e.lines(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(BASE).expect("valid");
+        assert_eq!(c.upstreams[0].weight, 1);
+        assert_eq!(c.affinity.max_body_bytes, 32 * 1024 * 1024);
+        assert!(c.timeouts.pool_idle < std::time::Duration::from_secs(600));
+        assert!(c.affinity.keys.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_named_by_path() {
+        let cases = [
+            ("listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:1}, {id: b, addr: 127.0.0.1:2}, {id: c, addr: x}]\n",
+             "upstreams[2].addr: invalid socket address \"x\""),
+            ("listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:1}, {id: a, addr: 127.0.0.1:2}]\n",
+             "upstreams[1].id: duplicate id \"a\""),
+            (&format!("{BASE}affinity: {{keys: [{{header: x, cookie: y}}]}}\n"), "affinity.keys[0]: needs exactly one of"),
+            (&format!("{BASE}affinity: {{keys: [{{json: metadata}}]}}\n"), "affinity.keys[0].json: invalid JSON pointer"),
+            (&format!("{BASE}affinity: {{keys: [{{header: x, regex: '('}}]}}\n"), "affinity.keys[0].regex: invalid regex"),
+            (&format!("{BASE}admin: {{listen: 0.0.0.0:9900}}\n"), "admin.listen: 0.0.0.0:9900 is not a loopback address"),
+            (&format!("{BASE}passive_health: {{max_ejected_percent: 101}}\n"), "passive_health.max_ejected_percent"),
+            ("listen: []\nupstreams: []\n", "listen: at least one listener is required"),
+        ];
+        for (text, want) in cases {
+            let got = errors(text);
+            assert!(got.iter().any(|l| l.starts_with(want)), "want {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors_with_paths() {
+        let got = errors(&format!("{BASE}health_check: {{intervall: 1s}}\n"));
+        assert!(got[0].contains("health_check") && got[0].contains("unknown field"), "{got:?}");
+        let got = errors(&format!("{BASE}health_check: {{interval: soon}}\n"));
+        assert!(got[0].contains("health_check.interval"), "{got:?}");
+    }
+
+    #[test]
+    fn redis_url_is_never_echoed() {
+        let got = errors(&format!("{BASE}redis: {{url: 'http://user:hunter2@host'}}\n"));
+        assert!(got.iter().all(|l| !l.contains("hunter2")), "{got:?}");
+        assert!(matches!(parse(&format!("{BASE}redis: {{url: 'http://user:hunter2@host'}}\n")), Err(ConfigError::Invalid(_))));
+    }
+}

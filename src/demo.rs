@@ -1,0 +1,302 @@
+//! A tiny HTTP/1.1 relay stand-in: the upstream of the README demo and of
+//! the integration tests.
+//!
+//! It counts connections and requests, records what it received (body
+//! included, byte for byte), and behaves by path:
+//!
+//! - `GET /health`: 200, or 503 after `set_healthy(false)`.
+//! - `/status/{code}`: answers that status.
+//! - `/hang`: reads the request and never answers.
+//! - `/reset`: starts an SSE stream, then drops the connection.
+//! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
+//!   style SSE stream of N deltas, M ms apart.
+//! - anything else: 200 JSON naming this upstream.
+//!
+//! Every answer carries `x-upstream: <name>`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    unhealthy: AtomicBool,
+    recorded: Mutex<Vec<Recorded>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+pub struct DemoUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl DemoUpstream {
+    /// Listen on `addr` (port 0 for any free port) on the current tokio runtime.
+    pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<DemoUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        let up = DemoUpstream {
+            name: name.to_string(),
+            addr: listener.local_addr()?,
+            inner: Arc::new(Inner::default()),
+        };
+        up.serve(listener);
+        Ok(up)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let inner = self.inner.clone();
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                inner.connections.fetch_add(1, Ordering::SeqCst);
+                let conn = tokio::spawn(connection(stream, inner.clone(), name.clone()));
+                if let Ok(mut tasks) = inner.tasks.lock() {
+                    tasks.retain(|t| !t.is_finished());
+                    tasks.push(conn.abort_handle());
+                }
+            }
+        });
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.push(task.abort_handle());
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests (health checks excluded) answered or started so far.
+    pub fn requests(&self) -> usize {
+        self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.inner.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// The requests (health checks excluded) received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.inner.recorded.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Die: close the listener and every open connection.
+    pub fn kill(&self) {
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+
+    /// Come back on the same address.
+    pub async fn revive(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        self.serve(listener);
+        Ok(())
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    close: bool,
+}
+
+async fn read_request(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Option<Request> {
+    let head_len = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            break n;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = reader.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(buf).ok()?;
+    let target = req.path.unwrap_or("/").to_string();
+    let (path, query) = target.split_once('?').map_or((target.clone(), String::new()), |(p, q)| (p.to_string(), q.to_string()));
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    let method = req.method.unwrap_or("GET").to_string();
+    buf.drain(..head_len);
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let body = if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        read_chunked(reader, buf).await?
+    } else {
+        let len: usize = get("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        while buf.len() < len {
+            let mut chunk = vec![0u8; (len - buf.len()).min(256 * 1024)];
+            let n = reader.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..len).collect()
+    };
+    Some(Request { method, path, query, headers, body, close })
+}
+
+async fn fill_line(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf[..pos].to_vec();
+            buf.drain(..pos + 2);
+            return Some(line);
+        }
+        let mut chunk = [0u8; 8192];
+        let n = reader.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn read_chunked(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line = fill_line(reader, buf).await?;
+        let size_text = String::from_utf8_lossy(&line);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            // Trailers end with an empty line.
+            while !fill_line(reader, buf).await?.is_empty() {}
+            return Some(body);
+        }
+        while buf.len() < size + 2 {
+            let mut chunk = [0u8; 8192];
+            let n = reader.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+fn query_num(query: &str, name: &str) -> Option<u64> {
+    query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut reader, &mut buf).await {
+        let health = req.path == "/health";
+        if !health {
+            inner.requests.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut r) = inner.recorded.lock() {
+                r.push(Recorded {
+                    method: req.method.clone(),
+                    path: req.path.clone(),
+                    headers: req.headers.clone(),
+                    body: req.body.clone(),
+                });
+            }
+        }
+        let stream = reader.get_mut();
+        let wants_stream = req.body.windows(14).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
+        let ok = if health {
+            let code = if inner.unhealthy.load(Ordering::SeqCst) { 503 } else { 200 };
+            respond(stream, code, &name, br#"{"status":"ok","components":{"redis":{"status":"up"}}}"#).await
+        } else if let Some(code) = req.path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+            respond(stream, code, &name, format!(r#"{{"upstream":"{name}","status":{code}}}"#).as_bytes()).await
+        } else if req.path == "/hang" {
+            std::future::pending::<()>().await;
+            false
+        } else if req.path == "/reset" {
+            let _ = sse(stream, &name, 3, 0, false).await;
+            return;
+        } else if wants_stream {
+            let events = query_num(&req.query, "sse").unwrap_or(5);
+            let gap = query_num(&req.query, "gap_ms").unwrap_or(0);
+            sse(stream, &name, events, gap, true).await
+        } else {
+            let body = format!(
+                r#"{{"upstream":"{name}","method":"{}","path":"{}","body_bytes":{}}}"#,
+                req.method,
+                req.path,
+                req.body.len()
+            );
+            respond(stream, 200, &name, body.as_bytes()).await
+        };
+        if !ok || req.close {
+            return;
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, code: u16, name: &str, body: &[u8]) -> bool {
+    let head = format!(
+        "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.is_ok() && stream.write_all(body).await.is_ok()
+}
+
+/// An Anthropic-style SSE stream, chunked; `finish: false` drops it midway.
+async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finish: bool) -> bool {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-upstream: {name}\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut events = vec![format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\"}}\n\n")];
+    events.extend((0..deltas).map(|i| {
+        format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{i} \"}}}}\n\n")
+    }));
+    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 && gap_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+        }
+        if !finish && i == 2 {
+            return false;
+        }
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            return false;
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").await.is_ok()
+}

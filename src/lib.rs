@@ -1,0 +1,31 @@
+//! relay-edge: an edge HTTP proxy, on Pingora, that keeps every LLM API
+//! session on the relay that holds its state.
+//!
+//! ```text
+//! client ──► listener ──► proxy::request_filter ── affinity::keys ──► SessionId
+//!                           │ (JSON key: proxy::body reads the body, keeps it for replay)
+//!                           ▼
+//!                         proxy::upstream_peer ── proxy::route ──► affinity::store (pin?)
+//!                           │                         └─ upstream::select (new session)
+//!                           ▼
+//!                         upstream (pooled HttpPeer) ──► response streamed back (SSE too)
+//!                           │ connect failure: upstream::ejection, retry elsewhere, re-pin
+//!                           ▼
+//!                         proxy::logging ──► metrics, session counters
+//!
+//! upstream::health  background service: active checks of every upstream
+//! admin             its own listener: JSON API, /metrics, dashboard
+//! ```
+//!
+//! [`server::build`] wires the Pingora server from a validated [`config::Config`].
+
+pub mod admin;
+pub mod affinity;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod upstream;

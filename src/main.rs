@@ -1,0 +1,58 @@
+//! The relay-edge binary: parse the command line, load the config, run.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Edge HTTP proxy that keeps LLM API sessions on their relay.
+#[derive(Parser, Debug)]
+#[command(name = "relay-edge", version, about)]
+struct Cli {
+    /// The YAML config file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the config, print every error with its path, and exit (0 valid, 1 not).
+    #[arg(long)]
+    check: bool,
+    /// Take over the listening sockets of a running instance (graceful upgrade).
+    #[arg(long)]
+    upgrade: bool,
+}
+
+fn main() -> ExitCode {
+    let Cli { config: path, check, upgrade } = Cli::parse();
+    let config = match relay_edge::config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relay-edge: invalid config {}:", path.display());
+            for line in e.lines() {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if check {
+        println!("relay-edge: {} is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::new()
+        .parse_filters(&config.server.log_level)
+        .parse_env("RUST_LOG")
+        .init();
+    let (server, _edge) = match relay_edge::server::build(config, upgrade) {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("relay-edge: {e}");
+            if let Some(source) = std::error::Error::source(&e) {
+                eprintln!("  caused by: {source}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    log::info!("relay-edge {} starting", env!("CARGO_PKG_VERSION"));
+    server.run_forever()
+}

@@ -1,0 +1,163 @@
+//! Every Prometheus metric relay-edge exports, in one struct, in base units.
+//!
+//! The request path never looks a label set up: per-upstream handles are
+//! resolved once when an upstream is built ([`UpstreamMetrics`]), and the
+//! common status codes of `relay_edge_requests_total` are resolved with them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Status codes whose request counters are resolved ahead of time.
+const COMMON_CODES: [u16; 14] = [200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by upstream (`none` when no upstream was reached) and status code.
+    pub requests: IntCounterVec,
+    /// Time from request start to the end of the response, by upstream.
+    pub request_duration: HistogramVec,
+    /// 1 while an upstream passes its health checks and is not ejected, else 0.
+    pub upstream_healthy: IntGaugeVec,
+    /// Requests in flight to each upstream.
+    pub upstream_inflight: IntGaugeVec,
+    /// Sessions pinned to each upstream.
+    pub upstream_sessions: IntGaugeVec,
+    /// Affinity table lookups by result: local_hit, redis_hit, miss.
+    pub affinity_lookups: IntCounterVec,
+    /// Sessions moved to another upstream, by reason.
+    pub affinity_repins: IntCounterVec,
+    /// Failed Redis calls.
+    pub redis_errors: IntCounter,
+    /// Config reloads by result: ok, error.
+    pub config_reloads: IntCounterVec,
+    /// Successful config loads since start (1 after start-up).
+    pub config_generation: IntGauge,
+    /// Passive ejections of upstreams.
+    pub ejections: IntCounterVec,
+    /// Requests retried on another upstream after a connect failure.
+    pub retries: IntCounter,
+    pub lookup_local_hit: IntCounter,
+    pub lookup_shared_hit: IntCounter,
+    pub lookup_miss: IntCounter,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Registration fails only for a duplicate name, which the names below rule out.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        log::error!("metric registration failed: {e}");
+    }
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+        };
+        let requests = counter_vec("relay_edge_requests_total", "Requests answered, by upstream and status code.", &["upstream", "code"]);
+        let request_duration = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new("relay_edge_request_duration_seconds", "Time from request start to the end of the response, in seconds.")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0]),
+                &["upstream"],
+            )
+            .expect("static metric definition"),
+        );
+        let upstream_healthy = gauge_vec("relay_edge_upstream_healthy", "1 while the upstream passes health checks and is not ejected, else 0.", &["upstream"]);
+        let upstream_inflight = gauge_vec("relay_edge_upstream_inflight", "Requests in flight to the upstream.", &["upstream"]);
+        let upstream_sessions = gauge_vec("relay_edge_upstream_sessions", "Sessions pinned to the upstream.", &["upstream"]);
+        let affinity_lookups = counter_vec("relay_edge_affinity_lookups_total", "Affinity table lookups, by result (local_hit, redis_hit, miss).", &["result"]);
+        let affinity_repins = counter_vec("relay_edge_affinity_repins_total", "Sessions moved to another upstream, by reason.", &["reason"]);
+        let redis_errors = register(&r, IntCounter::new("relay_edge_redis_errors_total", "Failed Redis calls.").expect("static metric definition"));
+        let config_reloads = counter_vec("relay_edge_config_reloads_total", "Config reloads, by result (ok, error).", &["result"]);
+        let config_generation = register(&r, IntGauge::new("relay_edge_config_generation", "Successful config loads since start.").expect("static metric definition"));
+        let ejections = counter_vec("relay_edge_upstream_ejections_total", "Passive ejections of the upstream.", &["upstream"]);
+        let retries = register(&r, IntCounter::new("relay_edge_retries_total", "Requests retried on another upstream after a connect failure.").expect("static metric definition"));
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let lookup_local_hit = affinity_lookups.with_label_values(&["local_hit"]);
+        let lookup_shared_hit = affinity_lookups.with_label_values(&["redis_hit"]);
+        let lookup_miss = affinity_lookups.with_label_values(&["miss"]);
+        Metrics {
+            registry: r,
+            requests,
+            request_duration,
+            upstream_healthy,
+            upstream_inflight,
+            upstream_sessions,
+            affinity_lookups,
+            affinity_repins,
+            redis_errors,
+            config_reloads,
+            config_generation,
+            ejections,
+            retries,
+            lookup_local_hit,
+            lookup_shared_hit,
+            lookup_miss,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+
+    /// Resolve one upstream's handles.
+    pub fn for_upstream(&self, id: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            healthy: self.upstream_healthy.with_label_values(&[id]),
+            inflight: self.upstream_inflight.with_label_values(&[id]),
+            sessions: self.upstream_sessions.with_label_values(&[id]),
+            duration: self.request_duration.with_label_values(&[id]),
+            ejections: self.ejections.with_label_values(&[id]),
+            codes: COMMON_CODES.map(|c| (c, self.requests.with_label_values(&[id, &c.to_string()]))),
+            requests: self.requests.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Count a request that reached no upstream.
+    pub fn count_unrouted(&self, code: u16) {
+        self.requests.with_label_values(&["none", &code.to_string()]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One upstream's pre-resolved metric handles.
+pub struct UpstreamMetrics {
+    pub healthy: IntGauge,
+    pub inflight: IntGauge,
+    pub sessions: IntGauge,
+    pub duration: Histogram,
+    pub ejections: IntCounter,
+    codes: [(u16, IntCounter); COMMON_CODES.len()],
+    requests: IntCounterVec,
+    id: String,
+}
+
+impl UpstreamMetrics {
+    pub fn count_response(&self, code: u16) {
+        match self.codes.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(),
+            None => self.requests.with_label_values(&[&self.id, &code.to_string()]).inc(),
+        }
+    }
+}

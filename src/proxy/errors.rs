@@ -1,0 +1,59 @@
+//! The answer a client gets when no upstream could: a status and a short
+//! JSON body in the Anthropic error shape, so SDKs parse and retry it.
+
+use bytes::Bytes;
+use pingora_core::{Error, ErrorSource, ErrorType};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, Session};
+
+/// The status for an error: its own HTTP status, 502 for an upstream
+/// failure, 0 (nothing to send) for a client that is gone.
+pub fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+pub fn body_for(code: u16) -> String {
+    let (kind, message) = match code {
+        400 => ("invalid_request_error", "relay-edge: malformed request"),
+        502 => ("api_error", "relay-edge: upstream failed"),
+        503 => ("overloaded_error", "relay-edge: no healthy upstream"),
+        504 => ("api_error", "relay-edge: upstream timed out"),
+        _ => ("api_error", "relay-edge: internal error"),
+    };
+    format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#)
+}
+
+pub async fn respond(session: &mut Session, e: &Error) -> FailToProxy {
+    let code = status_for(e);
+    if code > 0 {
+        let body = Bytes::from(body_for(code));
+        let written = async {
+            let mut resp = ResponseHeader::build(code, Some(3))?;
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            session.as_downstream_mut().write_error_response(resp, body).await
+        };
+        if let Err(err) = written.await {
+            log::debug!("could not send error response: {err}");
+        }
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}

@@ -1,0 +1,232 @@
+//! The `ProxyHttp` implementation: a thin layer that hands each phase to
+//! its module.
+//!
+//! - `request_filter`: find the session key ([`crate::affinity::keys`]),
+//!   reading the body early only when a JSON source needs it ([`body`]).
+//! - `upstream_peer`: choose the upstream ([`route`]) and clone its peer.
+//! - `fail_to_connect`: passive failure, then retry elsewhere if allowed.
+//! - `upstream_request_filter`: `X-Forwarded-For`.
+//! - `request_body_filter`: put back a body that was read early.
+//! - `upstream_response_filter`: failure-coded answers count as failures.
+//! - `logging`: counters and metrics, once per request.
+//! - `fail_to_proxy`: a short JSON error when nothing could answer.
+
+pub mod body;
+pub mod errors;
+pub mod route;
+
+use crate::affinity::keys::HeadLookup;
+use crate::affinity::store::SessionRecord;
+use crate::affinity::SessionId;
+use crate::clock;
+use crate::state::{Edge, State};
+use crate::upstream::select::Tried;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct EdgeProxy {
+    edge: Arc<Edge>,
+}
+
+impl EdgeProxy {
+    pub fn new(edge: Arc<Edge>) -> Self {
+        EdgeProxy { edge }
+    }
+}
+
+/// Per-request state that crosses phases.
+pub struct RequestCtx {
+    state: Option<Arc<State>>,
+    pub session: Option<SessionId>,
+    pub record: Option<Arc<SessionRecord>>,
+    /// The whole body, when it was read early for its key.
+    body: Option<Bytes>,
+    /// The upstream of the current attempt (its in-flight count is held).
+    upstream: Option<usize>,
+    pub tried: Tried,
+    started: Instant,
+    connect_started: Instant,
+    failed_upstream: bool,
+}
+
+impl RequestCtx {
+    fn state<'a>(&'a mut self, edge: &Edge) -> &'a Arc<State> {
+        self.state.get_or_insert_with(|| edge.state())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        let now = Instant::now();
+        RequestCtx {
+            state: None,
+            session: None,
+            record: None,
+            body: None,
+            upstream: None,
+            tried: Tried::default(),
+            started: now,
+            connect_started: now,
+            failed_upstream: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let state = ctx.state(&self.edge).clone();
+        ctx.session = match state.keys.from_head(session.req_header()) {
+            HeadLookup::Found(id) => Some(id),
+            HeadLookup::Absent => None,
+            HeadLookup::NeedBody { from } => {
+                ctx.body = body::read_whole(session, state.config.affinity.max_body_bytes).await?;
+                state.keys.resume_with_body(session.req_header(), ctx.body.as_deref(), from)
+            }
+        };
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let state = ctx.state(&self.edge).clone();
+        let index = route::choose(&self.edge, &state, ctx, clock::now_ms()).await?;
+        let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
+        ctx.tried.add(index);
+        ctx.upstream = Some(index);
+        ctx.connect_started = Instant::now();
+        upstream.start_request();
+        Ok(upstream.peer())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) {
+            if let Some(u) = state.upstreams.get(i) {
+                if reused {
+                    u.stats.reused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    u.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    let micros = ctx.connect_started.elapsed().as_micros() as u64;
+                    u.stats.connect_micros.fetch_add(micros, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let Some(state) = ctx.state.clone() else { return e };
+        if let Some(i) = ctx.upstream.take() {
+            if let Some(u) = state.upstreams.get(i) {
+                u.end_request();
+                u.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            state.upstreams.record_failure(i);
+        }
+        let may_retry = ctx.tried.len() <= state.config.max_retries
+            && ctx.tried.len() < state.upstreams.all().len();
+        e.set_retry(may_retry);
+        if may_retry {
+            self.edge.metrics.retries.inc();
+        }
+        e
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The replayed retry-buffer tail of an early-read body: send it whole.
+        if let Some(whole) = &ctx.body {
+            if end_of_stream && body.is_some() {
+                *body = Some(whole.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let value = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+                _ => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", value)?;
+        }
+        if ctx.body.is_some() {
+            // The client already got its 100 Continue from us.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) else { return Ok(()) };
+        let code = upstream_response.status.as_u16();
+        if state.upstreams.passive().failure_codes.contains(&code) {
+            ctx.failed_upstream = true;
+            state.upstreams.record_failure(i);
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // A client that went away is not an error of ours.
+        error.esource() == &ErrorSource::Downstream
+            && matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        errors::respond(session, e).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        let failed = e.is_some() || code >= 500 || ctx.failed_upstream;
+        let upstream = ctx.upstream.take().and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
+        match upstream {
+            Some(u) => {
+                u.end_request();
+                u.stats.requests.fetch_add(1, Ordering::Relaxed);
+                if failed {
+                    u.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                u.metrics.count_response(code);
+                u.metrics.duration.observe(ctx.started.elapsed().as_secs_f64());
+            }
+            None => self.edge.metrics.count_unrouted(code),
+        }
+        if let Some(record) = &ctx.record {
+            record.record(failed);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Choosing the upstream of one attempt: the pin if it can serve, otherwise
+//! a new placement that becomes the pin.
+//!
+//! First attempt: look the session up (local cache first, no I/O on a hit).
+//! A usable pin is followed. A pin on an unhealthy, ejected, draining or
+//! removed upstream is moved (compare-and-set on the old pin). A session
+//! with no pin is placed and claimed; if another claimant won, its pin is
+//! adopted. Retries after a connect failure never revisit an upstream this
+//! request tried, and re-pin the session where the request lands.
+
+use super::RequestCtx;
+use crate::affinity::store::LookupSource;
+use crate::affinity::SessionId;
+use crate::config::Balance;
+use crate::state::{Edge, State};
+use crate::upstream::select;
+use pingora_core::{Error, ErrorType, Result};
+
+/// Why a session moved.
+#[derive(Debug, Clone, Copy)]
+pub enum RepinReason {
+    Unhealthy,
+    Ejected,
+    Draining,
+    Removed,
+    ConnectFailure,
+}
+
+impl RepinReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RepinReason::Unhealthy => "unhealthy",
+            RepinReason::Ejected => "ejected",
+            RepinReason::Draining => "draining",
+            RepinReason::Removed => "removed",
+            RepinReason::ConnectFailure => "connect_failure",
+        }
+    }
+}
+
+pub fn no_upstream() -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream can take this request")
+}
+
+fn place(state: &State, id: Option<SessionId>, ctx: &RequestCtx, now: u64) -> Option<usize> {
+    let aff = &state.config.affinity;
+    match (aff.balance, id) {
+        (Balance::Consistent, Some(id)) => select::consistent(&state.upstreams, id, aff.load_factor, &ctx.tried, now),
+        _ => select::least_loaded(&state.upstreams, &ctx.tried, now),
+    }
+}
+
+/// The upstream index for this attempt.
+pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) -> Result<usize> {
+    let ups = &state.upstreams;
+    let Some(id) = ctx.session else {
+        return place(state, None, ctx, now).ok_or_else(no_upstream);
+    };
+
+    let (from, reason) = if let Some(last) = ctx.tried.last() {
+        (ups.get(last).map(|u| u.id.clone()), RepinReason::ConnectFailure)
+    } else {
+        let found = match edge.store.lookup_local(id) {
+            Some(r) => Some((r, LookupSource::Local)),
+            None => edge.store.lookup(id).await,
+        };
+        let record = match found {
+            Some((r, source)) => {
+                match source {
+                    LookupSource::Local => edge.metrics.lookup_local_hit.inc(),
+                    LookupSource::Shared => edge.metrics.lookup_shared_hit.inc(),
+                }
+                r
+            }
+            None => {
+                edge.metrics.lookup_miss.inc();
+                let index = place(state, Some(id), ctx, now).ok_or_else(no_upstream)?;
+                let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
+                let winner = ups.index_of(&record.upstream).filter(|&i| ups.all()[i].is_usable(now));
+                ctx.record = Some(record);
+                return Ok(winner.unwrap_or(index));
+            }
+        };
+        let reason = match ups.index_of(&record.upstream) {
+            Some(i) => {
+                let u = &ups.all()[i];
+                if u.is_usable(now) {
+                    ctx.record = Some(record);
+                    return Ok(i);
+                } else if u.is_draining() {
+                    RepinReason::Draining
+                } else if u.ejection.is_ejected(now) {
+                    RepinReason::Ejected
+                } else {
+                    RepinReason::Unhealthy
+                }
+            }
+            None => RepinReason::Removed,
+        };
+        (Some(record.upstream.clone()), reason)
+    };
+
+    let index = place(state, Some(id), ctx, now).ok_or_else(no_upstream)?;
+    let to = ups.all()[index].id.clone();
+    let record = match &from {
+        Some(from) => edge.store.repin(id, from, to).await,
+        None => edge.store.claim(id, to).await,
+    };
+    // Another instance may have moved the session first: follow it if we can.
+    let landed = ups
+        .index_of(&record.upstream)
+        .filter(|&i| !ctx.tried.contains(i) && ups.all()[i].is_usable(now))
+        .unwrap_or(index);
+    if from.as_deref() != Some(&*ups.all()[landed].id) {
+        edge.metrics.affinity_repins.with_label_values(&[reason.label()]).inc();
+        log::debug!("session {} moved from {:?} to {} ({})", id.to_hex(), from, ups.all()[landed].id, reason.label());
+    }
+    ctx.record = Some(record);
+    Ok(landed)
+}

@@ -1,0 +1,103 @@
+//! Wires a Pingora server from a validated config: the proxy service on
+//! every listener, the admin service, the health-check service, and the
+//! SIGHUP guard. Pingora's own `ServerConf` is derived from our config, so
+//! one YAML file is all an operator writes.
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::proxy::EdgeProxy;
+use crate::state::Edge;
+use crate::upstream::health::HealthService;
+use async_trait::async_trait;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("listener {addr}: cannot load TLS certificate or key")]
+    Tls {
+        addr: String,
+        #[source]
+        source: Box<pingora_core::Error>,
+    },
+}
+
+/// Pingora's server settings, from ours.
+pub fn server_conf(config: &Config) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        upstream_keepalive_pool_size: s.pool_size,
+        max_retries: config.max_retries + 1,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.as_secs()),
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        daemon: false,
+        ..ServerConf::default()
+    }
+}
+
+/// Build the server and the shared edge state. Nothing is bound until the
+/// server runs.
+pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<Edge>), BuildError> {
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    server.bootstrap();
+
+    let edge = Edge::new(config.clone());
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy::new(edge.clone()),
+        "relay-edge proxy",
+    );
+    for listener in &config.listeners {
+        let addr = listener.addr.to_string();
+        match &listener.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => proxy
+                .add_tls(&addr, &tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                .map_err(|source| BuildError::Tls { addr: addr.clone(), source })?,
+        }
+    }
+
+    let mut admin = Service::new("relay-edge admin".to_string(), AdminService { edge: edge.clone() });
+    admin.threads = Some(1);
+    admin.add_tcp(&config.admin.listen.to_string());
+
+    let health = background_service("relay-edge health checks", HealthService { edge: edge.clone() });
+    let sighup = background_service("relay-edge sighup", SighupGuard);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(health);
+    server.add_service(sighup);
+    Ok((server, edge))
+}
+
+/// SIGHUP's default action kills the process; this keeps it alive until
+/// in-process reload lands, and says so in the log.
+struct SighupGuard;
+
+#[async_trait]
+impl BackgroundService for SighupGuard {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            log::error!("cannot install the SIGHUP handler");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => log::warn!("SIGHUP received: in-process reload is not available in this release; restart or upgrade to apply a new config"),
+            }
+        }
+    }
+}

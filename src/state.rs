@@ -1,0 +1,99 @@
+//! What the proxy, the admin API and the background services share.
+//!
+//! [`State`] is everything built from one config generation: the validated
+//! config, the upstream set and the key chain. [`Edge`] holds the current
+//! `State` behind an `ArcSwap` (so a reload can build a new one to the side
+//! and swap it in one store), plus what outlives a generation: the affinity
+//! table, the metrics and the readiness latch.
+
+use crate::affinity::keys::KeyChain;
+use crate::affinity::store::{LocalStore, SessionStore};
+use crate::affinity::KeyHasher;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::{Upstream, UpstreamSet};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One config generation, built whole before it is used.
+pub struct State {
+    pub config: Config,
+    pub upstreams: UpstreamSet,
+    pub keys: KeyChain,
+    pub generation: u64,
+}
+
+impl State {
+    pub fn build(config: Config, metrics: &Metrics, generation: u64) -> State {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|spec| Arc::new(Upstream::new(spec.clone(), &config.timeouts, &config.health, metrics)))
+            .collect();
+        let upstreams = UpstreamSet::new(upstreams, config.passive.clone());
+        let keys = KeyChain::new(
+            config.affinity.keys.clone(),
+            KeyHasher::new(&config.affinity.hash_secret),
+        );
+        State {
+            config,
+            upstreams,
+            keys,
+            generation,
+        }
+    }
+}
+
+pub struct Edge {
+    current: ArcSwap<State>,
+    pub store: Arc<dyn SessionStore>,
+    pub metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    pub started: SystemTime,
+}
+
+impl Edge {
+    pub fn new(config: Config) -> Arc<Edge> {
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn SessionStore> = Arc::new(LocalStore::new(
+            config.affinity.max_sessions,
+            config.affinity.ttl,
+        ));
+        if config.redis.is_some() {
+            log::warn!("redis is configured, but this build keeps the affinity table in-process");
+        }
+        let state = State::build(config, &metrics, 1);
+        metrics.config_generation.set(1);
+        Arc::new(Edge {
+            current: ArcSwap::from_pointee(state),
+            store,
+            metrics,
+            ready: AtomicBool::new(false),
+            started: SystemTime::now(),
+        })
+    }
+
+    /// The current generation.
+    pub fn state(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    /// Latch readiness once upstream health is known.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Copy the table's per-upstream session counts into the gauges.
+    pub fn refresh_session_gauges(&self) {
+        let counts = self.store.counts();
+        for u in self.state().upstreams.all() {
+            u.metrics.sessions.set(counts.get(&u.id).copied().unwrap_or(0) as i64);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The upstream relays: their runtime state and how one is chosen.
+//!
+//! - [`Upstream`] is one relay: its spec, its pooled-connection peer
+//!   template, active health, passive ejection, drain flag and counters.
+//! - [`UpstreamSet`] is the whole fleet of one config generation, indexed by
+//!   id, with the consistent-hash ring.
+//! - [`select`] places new sessions; [`health`] runs the active checks;
+//!   [`ejection`] is passive health; [`peer`] builds the `HttpPeer`.
+
+pub mod ejection;
+pub mod health;
+pub mod peer;
+pub mod select;
+
+use crate::clock;
+use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
+use crate::metrics::{Metrics, UpstreamMetrics};
+use ejection::{Ejection, Verdict};
+use health::HealthState;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::health_check::HealthCheck;
+use pingora_load_balancing::Backend;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters of one upstream, updated on the request path with relaxed atomics.
+#[derive(Default)]
+pub struct UpstreamStats {
+    pub inflight: AtomicI64,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Connections newly opened (not reused from the pool).
+    pub connects: AtomicU64,
+    pub connect_micros: AtomicU64,
+    /// Requests that went over a pooled connection.
+    pub reused: AtomicU64,
+}
+
+pub struct Upstream {
+    pub id: Arc<str>,
+    pub spec: UpstreamSpec,
+    peer: HttpPeer,
+    pub backend: Backend,
+    pub checker: Box<dyn HealthCheck + Send + Sync>,
+    pub health: HealthState,
+    pub ejection: Ejection,
+    draining: AtomicBool,
+    pub stats: UpstreamStats,
+    pub metrics: UpstreamMetrics,
+}
+
+impl Upstream {
+    pub fn new(spec: UpstreamSpec, timeouts: &Timeouts, health: &HealthSpec, metrics: &Metrics) -> Upstream {
+        let id: Arc<str> = Arc::from(spec.id.as_str());
+        let m = metrics.for_upstream(&spec.id);
+        m.healthy.set(1);
+        Upstream {
+            peer: peer::build_peer(&spec, timeouts),
+            backend: health::backend(&spec),
+            checker: health::checker(&spec, health),
+            health: HealthState::default(),
+            ejection: Ejection::default(),
+            draining: AtomicBool::new(false),
+            stats: UpstreamStats::default(),
+            metrics: m,
+            id,
+            spec,
+        }
+    }
+
+    /// A fresh copy of the peer template for one request.
+    pub fn peer(&self) -> Box<HttpPeer> {
+        Box::new(self.peer.clone())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Healthy, not ejected, not draining: may take new sessions.
+    pub fn is_usable(&self, now_ms: u64) -> bool {
+        self.health.is_healthy() && !self.is_draining() && !self.ejection.is_ejected(now_ms)
+    }
+
+    /// Healthy and not ejected (a draining upstream still serves in-flight work).
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.health.is_healthy() && !self.ejection.is_ejected(now_ms)
+    }
+
+    pub fn inflight(&self) -> i64 {
+        self.stats.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn start_request(&self) {
+        self.stats.inflight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.inflight.inc();
+    }
+
+    pub fn end_request(&self) {
+        self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.inflight.dec();
+    }
+
+    fn refresh_healthy_gauge(&self) {
+        let up = self.health.is_healthy() && !self.ejection.is_ejected(clock::now_ms());
+        self.metrics.healthy.set(i64::from(up));
+    }
+}
+
+/// The fleet of one config generation.
+pub struct UpstreamSet {
+    list: Vec<Arc<Upstream>>,
+    by_id: HashMap<Arc<str>, usize>,
+    ring: select::Ring,
+    passive: PassiveSpec,
+}
+
+impl UpstreamSet {
+    pub fn new(list: Vec<Arc<Upstream>>, passive: PassiveSpec) -> UpstreamSet {
+        let by_id = list.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
+        let ring = select::Ring::new(&list);
+        UpstreamSet { list, by_id, ring, passive }
+    }
+
+    pub fn all(&self) -> &[Arc<Upstream>] {
+        &self.list
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<Upstream>> {
+        self.list.get(index)
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn ring(&self) -> &select::Ring {
+        &self.ring
+    }
+
+    pub fn passive(&self) -> &PassiveSpec {
+        &self.passive
+    }
+
+    /// Record a connect failure or failure-coded answer of upstream `index`,
+    /// ejecting it if the threshold is reached and the cap allows.
+    pub fn record_failure(&self, index: usize) {
+        let Some(u) = self.list.get(index) else { return };
+        let Verdict::Eject(duration) = u.ejection.record_failure(&self.passive) else {
+            return;
+        };
+        let now = clock::now_ms();
+        let ejected = self.list.iter().filter(|u| u.ejection.is_ejected(now)).count();
+        let cap = self.list.len() * usize::from(self.passive.max_ejected_percent) / 100;
+        if ejected < cap {
+            u.ejection.eject(duration);
+            u.metrics.ejections.inc();
+            u.refresh_healthy_gauge();
+            log::warn!("upstream {} ejected for {:?} after repeated failures", u.id, duration);
+        } else {
+            log::warn!(
+                "upstream {} reached its failure threshold, but {ejected} of {} upstreams are already ejected (cap {}%)",
+                u.id,
+                self.list.len(),
+                self.passive.max_ejected_percent
+            );
+        }
+    }
+
+    /// Refresh the healthy gauges (ejections end by time alone).
+    pub fn refresh_gauges(&self) {
+        for u in &self.list {
+            u.refresh_healthy_gauge();
+        }
+    }
+}
