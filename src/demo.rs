@@ -7,6 +7,7 @@
 //! - `GET /health`: 200, or 503 after `set_healthy(false)`.
 //! - `/status/{code}`: answers that status.
 //! - `/hang`: reads the request and never answers.
+//! - `/close`: reads the request and closes the connection without answering.
 //! - `/reset`: starts an SSE stream, then drops the connection.
 //! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
 //!   style SSE stream of N deltas, M ms apart.
@@ -40,6 +41,7 @@ impl Recorded {
 #[derive(Default)]
 struct Inner {
     connections: AtomicUsize,
+    proxied_connections: AtomicUsize,
     requests: AtomicUsize,
     unhealthy: AtomicBool,
     recorded: Mutex<Vec<Recorded>>,
@@ -86,6 +88,11 @@ impl DemoUpstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that carried at least one request other than a health check.
+    pub fn proxied_connections(&self) -> usize {
+        self.inner.proxied_connections.load(Ordering::SeqCst)
     }
 
     /// Requests (health checks excluded) answered or started so far.
@@ -220,8 +227,13 @@ fn query_num(query: &str, name: &str) -> Option<u64> {
 async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
+    let mut proxied = false;
     while let Some(req) = read_request(&mut reader, &mut buf).await {
         let health = req.path == "/health";
+        if !health && !proxied {
+            proxied = true;
+            inner.proxied_connections.fetch_add(1, Ordering::SeqCst);
+        }
         if !health {
             inner.requests.fetch_add(1, Ordering::SeqCst);
             if let Ok(mut r) = inner.recorded.lock() {
@@ -243,6 +255,8 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
         } else if req.path == "/hang" {
             std::future::pending::<()>().await;
             false
+        } else if req.path == "/close" {
+            return;
         } else if req.path == "/reset" {
             let _ = sse(stream, &name, 3, 0, false).await;
             return;

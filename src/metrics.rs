@@ -9,6 +9,37 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Why a session moved to another upstream: the `reason` label of
+/// `relay_edge_affinity_repins_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepinReason {
+    Unhealthy,
+    Ejected,
+    Draining,
+    Removed,
+    ConnectFailure,
+}
+
+impl RepinReason {
+    pub const ALL: [RepinReason; 5] = [
+        RepinReason::Unhealthy,
+        RepinReason::Ejected,
+        RepinReason::Draining,
+        RepinReason::Removed,
+        RepinReason::ConnectFailure,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RepinReason::Unhealthy => "unhealthy",
+            RepinReason::Ejected => "ejected",
+            RepinReason::Draining => "draining",
+            RepinReason::Removed => "removed",
+            RepinReason::ConnectFailure => "connect_failure",
+        }
+    }
+}
+
 /// Status codes whose request counters are resolved ahead of time.
 const COMMON_CODES: [u16; 14] = [200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529];
 
@@ -41,6 +72,7 @@ pub struct Metrics {
     pub lookup_local_hit: IntCounter,
     pub lookup_shared_hit: IntCounter,
     pub lookup_miss: IntCounter,
+    repins: [IntCounter; RepinReason::ALL.len()],
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -86,6 +118,7 @@ impl Metrics {
         let lookup_local_hit = affinity_lookups.with_label_values(&["local_hit"]);
         let lookup_shared_hit = affinity_lookups.with_label_values(&["redis_hit"]);
         let lookup_miss = affinity_lookups.with_label_values(&["miss"]);
+        let repins = RepinReason::ALL.map(|r| affinity_repins.with_label_values(&[r.label()]));
         Metrics {
             registry: r,
             requests,
@@ -103,7 +136,18 @@ impl Metrics {
             lookup_local_hit,
             lookup_shared_hit,
             lookup_miss,
+            repins,
         }
+    }
+
+    /// Count one re-pin.
+    pub fn repin(&self, reason: RepinReason) {
+        self.repins[reason as usize].inc();
+    }
+
+    /// Re-pins of every reason.
+    pub fn repins_total(&self) -> u64 {
+        self.repins.iter().map(IntCounter::get).sum()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -155,10 +155,7 @@ fn stats(edge: &Edge) -> Value {
     let m = &edge.metrics;
     let (local, shared, miss) = (m.lookup_local_hit.get(), m.lookup_shared_hit.get(), m.lookup_miss.get());
     let lookups = local + shared + miss;
-    let repins: u64 = ["unhealthy", "ejected", "draining", "removed", "connect_failure"]
-        .iter()
-        .map(|r| m.affinity_repins.with_label_values(&[r]).get())
-        .sum();
+    let repins = m.repins_total();
     let c = &state.config;
     json!({
         "version": env!("CARGO_PKG_VERSION"),

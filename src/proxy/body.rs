@@ -46,7 +46,13 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session.as_downstream_mut().write_continue_response().await?;
+        // Pingora would mark the connection close-after-response because the
+        // body is still unread when the 100 goes out; it is about to be read.
+        let downstream = session.as_downstream_mut();
+        downstream.set_close_on_response_before_downstream_finish(false);
+        let sent = downstream.write_continue_response().await;
+        downstream.set_close_on_response_before_downstream_finish(true);
+        sent?;
     }
 
     let mut body = BytesMut::with_capacity(length);

@@ -211,7 +211,9 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        let failed = e.is_some() || code >= 500 || ctx.failed_upstream;
+        // A client that went away is not an upstream error.
+        let upstream_error = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let failed = upstream_error || code >= 500 || ctx.failed_upstream;
         let upstream = ctx.upstream.take().and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
         match upstream {
             Some(u) => {

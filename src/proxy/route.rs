@@ -12,31 +12,11 @@ use super::RequestCtx;
 use crate::affinity::store::LookupSource;
 use crate::affinity::SessionId;
 use crate::config::Balance;
+use crate::metrics::RepinReason;
 use crate::state::{Edge, State};
 use crate::upstream::select;
 use pingora_core::{Error, ErrorType, Result};
 
-/// Why a session moved.
-#[derive(Debug, Clone, Copy)]
-pub enum RepinReason {
-    Unhealthy,
-    Ejected,
-    Draining,
-    Removed,
-    ConnectFailure,
-}
-
-impl RepinReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            RepinReason::Unhealthy => "unhealthy",
-            RepinReason::Ejected => "ejected",
-            RepinReason::Draining => "draining",
-            RepinReason::Removed => "removed",
-            RepinReason::ConnectFailure => "connect_failure",
-        }
-    }
-}
 
 pub fn no_upstream() -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream can take this request")
@@ -112,7 +92,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         .filter(|&i| !ctx.tried.contains(i) && ups.all()[i].is_usable(now))
         .unwrap_or(index);
     if from.as_deref() != Some(&*ups.all()[landed].id) {
-        edge.metrics.affinity_repins.with_label_values(&[reason.label()]).inc();
+        edge.metrics.repin(reason);
         log::debug!("session {} moved from {:?} to {} ({})", id.to_hex(), from, ups.all()[landed].id, reason.label());
     }
     ctx.record = Some(record);

@@ -1,0 +1,292 @@
+//! Test support: a real relay-edge child process on ephemeral ports, demo
+//! upstreams in-process, a raw HTTP/1.1 client, and polling with deadlines.
+
+#![allow(dead_code)]
+
+use relay_edge::demo::DemoUpstream;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub async fn upstreams(names: &[&str]) -> Vec<DemoUpstream> {
+    let mut ups = Vec::new();
+    for name in names {
+        ups.push(DemoUpstream::start(name, "127.0.0.1:0".parse().expect("addr")).await.expect("upstream listens"));
+    }
+    ups
+}
+
+pub fn upstreams_yaml(ups: &[DemoUpstream]) -> String {
+    let mut y = String::from("upstreams:\n");
+    for u in ups {
+        y.push_str(&format!("  - {{id: {}, addr: {}}}\n", u.name, u.addr));
+    }
+    y
+}
+
+/// A relay-edge child process; killed on drop.
+pub struct Edge {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_relay-edge");
+
+impl Edge {
+    /// Start relay-edge with `body` (upstreams, affinity, ...) plus test
+    /// listeners, and wait until it is ready.
+    pub async fn start(body: &str) -> Edge {
+        Edge::start_with_threads(body, 2).await
+    }
+
+    /// As [`Edge::start`], with `threads` proxy worker threads.
+    pub async fn start_with_threads(body: &str, threads: usize) -> Edge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let d = dir.path().display();
+        let mut yaml = format!(
+            "listen: [{{addr: {addr}}}]\nadmin: {{listen: {admin}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: 0s, shutdown_timeout: 1s}}\n{body}"
+        );
+        if !body.contains("health_check") {
+            yaml.push_str("health_check: {path: /health, interval: 200ms, timeout: 200ms}\n");
+        }
+        let conf = dir.path().join("relay-edge.yaml");
+        std::fs::write(&conf, &yaml).expect("write config");
+        let log = std::fs::File::create(dir.path().join("relay-edge.log")).expect("log file");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("relay-edge starts");
+        let edge = Edge { child, addr, admin, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = request(edge.admin, "GET", "/readyz", &[], b"").await {
+                if r.status == 200 && TcpStream::connect(edge.addr).await.is_ok() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "relay-edge did not become ready:\n{}", edge.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        edge
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay-edge.log")).unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("relay-edge.yaml")
+    }
+
+    /// The process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        request(self.addr, "GET", path, headers, b"").await.expect("proxy answers")
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(self.addr, "POST", path, headers, body).await.expect("proxy answers")
+    }
+
+    pub async fn admin_json(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let r = request(self.admin, method, path, &[], body).await.expect("admin answers");
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The admin view of one upstream.
+    pub async fn upstream(&self, id: &str) -> serde_json::Value {
+        let (_, list) = self.admin_json("GET", "/api/upstreams", b"").await;
+        list.as_array()
+            .and_then(|l| l.iter().find(|u| u["id"] == id).cloned())
+            .expect("upstream listed")
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Which demo upstream answered.
+    pub fn upstream(&self) -> String {
+        self.header("x-upstream").unwrap_or("none").to_string()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection that can carry several requests (keep-alive).
+pub struct Conn {
+    stream: BufReader<TcpStream>,
+    buf: Vec<u8>,
+}
+
+pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        out.push_str("host: relay.test\r\n");
+    }
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) && (method != "GET" || !body.is_empty()) {
+        out.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        Ok(Conn { stream: BufReader::new(TcpStream::connect(addr).await?), buf: Vec::new() })
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes).await
+    }
+
+    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+        self.send_raw(&raw_request(method, path, headers, body)).await?;
+        self.read_response(|_| {}).await
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Read one response; `on_data` sees each piece of body as it arrives.
+    pub async fn read_response(&mut self, mut on_data: impl FnMut(&[u8])) -> std::io::Result<Response> {
+        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+        let (status, headers, head_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut hs);
+            if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                break (resp.code.unwrap_or(0), headers, n);
+            }
+            if self.fill().await? == 0 {
+                return Err(eof());
+            }
+        };
+        self.buf.drain(..head_len);
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let line_end = loop {
+                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break p;
+                    }
+                    if self.fill().await? == 0 {
+                        return Err(eof());
+                    }
+                };
+                let size = usize::from_str_radix(String::from_utf8_lossy(&self.buf[..line_end]).split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+                self.buf.drain(..line_end + 2);
+                while self.buf.len() < size + 2 {
+                    if self.fill().await? == 0 {
+                        return Err(eof());
+                    }
+                }
+                if size == 0 {
+                    self.buf.drain(..2);
+                    break;
+                }
+                on_data(&self.buf[..size]);
+                body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+            }
+        } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buf.len() < len {
+                if self.fill().await? == 0 {
+                    return Err(eof());
+                }
+            }
+            body = self.buf.drain(..len).collect();
+            on_data(&body);
+        } else if status != 204 && status != 304 && !(100..200).contains(&status) {
+            while self.fill().await? > 0 {}
+            body = std::mem::take(&mut self.buf);
+            on_data(&body);
+        }
+        Ok(Response { status, headers, body })
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut conn = Conn::open(addr).await?;
+    conn.request(method, path, headers, body).await
+}
+
+/// Poll `cond` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A Messages-API style body of about `size` bytes with `metadata.user_id`
+/// at its very end.
+pub fn messages_body(size: usize, user_id: &str) -> Vec<u8> {
+    let head = r#"{"model":"claude-x","messages":[{"role":"user","content":""#;
+    let tail = format!(r#""}}],"max_tokens":16,"stream":false,"metadata":{{"user_id":"{user_id}"}}}}"#);
+    let fill = size.saturating_sub(head.len() + tail.len());
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(head.as_bytes());
+    body.extend((0..fill).map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789 "[i % 37]));
+    body.extend_from_slice(tail.as_bytes());
+    body
+}

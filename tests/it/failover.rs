@@ -1,0 +1,182 @@
+//! Failover, no move back, active and passive health, drain, no upstream.
+
+use crate::common::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const KEYED: &str = "affinity: {keys: [{header: x-session-id}]}\n";
+
+/// Pin `n` sessions and return session -> upstream.
+async fn pin_sessions(edge: &Edge, n: usize) -> HashMap<String, String> {
+    let mut pins = HashMap::new();
+    for i in 0..n {
+        let key = format!("s{i}");
+        let r = edge.get("/v1/x", &[("x-session-id", &key)]).await;
+        assert_eq!(r.status, 200);
+        pins.insert(key, r.upstream());
+    }
+    pins
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_upstream_fails_over_without_client_errors_and_never_moves_back() {
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let edge = Edge::start(&format!(
+        "{}{KEYED}health_check: {{path: /health, interval: 5s, timeout: 500ms}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    let pins = pin_sessions(&edge, 60).await;
+    assert!(pins.values().any(|u| u == "relay-a"));
+
+    // Kill relay-a; health checks are slow (5 s), so refused connects must do it.
+    ups[0].kill();
+    let mut moved = HashMap::new();
+    for (key, home) in &pins {
+        let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
+        assert_eq!(r.status, 200, "session {key} saw an error: {}", r.text());
+        if home == "relay-a" {
+            assert_ne!(r.upstream(), "relay-a");
+            moved.insert(key.clone(), r.upstream());
+        } else {
+            assert_eq!(&r.upstream(), home, "sessions on live upstreams must stay");
+        }
+    }
+    // Moved sessions stay where they landed ...
+    for (key, new_home) in &moved {
+        assert_eq!(&edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(), new_home);
+    }
+    // ... also once relay-a is back and healthy.
+    ups[0].revive().await.expect("revive");
+    eventually(Duration::from_secs(15), "relay-a healthy again", || async {
+        edge.upstream("relay-a").await["healthy"] == true && edge.get("/health", &[]).await.status == 200
+    })
+    .await;
+    for (key, new_home) in &moved {
+        assert_eq!(&edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(), new_home, "no move back");
+    }
+    let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
+    assert!(stats["affinity"]["repins"].as_u64().unwrap_or(0) >= moved.len() as u64, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_health_checks_take_an_upstream_out_and_back() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!(
+        "{}{KEYED}health_check: {{path: /health, interval: 100ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    ups[0].set_healthy(false);
+    eventually(Duration::from_secs(10), "relay-a unhealthy", || async { edge.upstream("relay-a").await["healthy"] == false }).await;
+    for i in 0..30 {
+        let r = edge.get("/v1/x", &[("x-session-id", &format!("h{i}"))]).await;
+        assert_eq!(r.upstream(), "relay-b", "no new session may go to an unhealthy upstream");
+    }
+    ups[0].set_healthy(true);
+    eventually(Duration::from_secs(10), "relay-a healthy", || async { edge.upstream("relay-a").await["healthy"] == true }).await;
+    let mut reached_a = false;
+    for i in 0..30 {
+        reached_a |= edge.get("/v1/x", &[("x-session-id", &format!("n{i}"))]).await.upstream() == "relay-a";
+    }
+    assert!(reached_a, "a recovered upstream takes new sessions");
+    let metrics = request(edge.admin, "GET", "/metrics", &[], b"").await.expect("metrics").text();
+    assert!(metrics.contains("relay_edge_upstream_healthy{upstream=\"relay-a\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_backs_off_and_respects_the_cap() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!(
+        "{}{KEYED}passive_health: {{max_failures: 3, failure_window: 10s, recovery_time: 1s, max_recovery_time: 10s, max_ejected_percent: 50}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    // Without a key, requests spread; 503s from both would eject both without the cap.
+    for _ in 0..40 {
+        let r = edge.get("/status/503", &[]).await;
+        assert_eq!(r.status, 503, "upstream answers pass through");
+    }
+    let (a, b) = (edge.upstream("relay-a").await, edge.upstream("relay-b").await);
+    let ejected: Vec<_> = [&a, &b].iter().filter(|u| u["ejected"] == true).map(|u| u["id"].clone()).collect();
+    assert_eq!(ejected.len(), 1, "max_ejected_percent 50 allows one of two: {a} {b}");
+    let victim = ejected[0].as_str().expect("id").to_string();
+    let first = edge.upstream(&victim).await["ejected_for_seconds"].as_f64().expect("secs");
+    assert!(first > 0.2 && first <= 1.1, "first ejection lasts recovery_time: {first}");
+    // While ejected, all traffic goes to the other upstream.
+    let other = if victim == "relay-a" { "relay-b" } else { "relay-a" };
+    for i in 0..10 {
+        assert_eq!(edge.get("/v1/x", &[("x-session-id", &format!("p{i}"))]).await.upstream(), other);
+    }
+    // Once back, fail it again through a session pinned to it: the second
+    // ejection is twice as long.
+    eventually(Duration::from_secs(5), "ejection over", || async { edge.upstream(&victim).await["ejected"] == false }).await;
+    let pin = format!(r#"{{"upstream":"{victim}"}}"#);
+    assert_eq!(edge.admin_json("PUT", "/api/sessions/vkey", pin.as_bytes()).await.0, 200);
+    for _ in 0..3 {
+        assert_eq!(edge.get("/status/502", &[("x-session-id", "vkey")]).await.upstream(), victim);
+    }
+    let again = edge.upstream(&victim).await;
+    assert_eq!(again["ejections"], 2, "{again}");
+    let second = again["ejected_for_seconds"].as_f64().expect("secs");
+    assert!(second > 1.5, "second ejection must back off: {second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_moves_sessions_off_and_takes_no_new_ones() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!("{}{KEYED}", upstreams_yaml(&ups))).await;
+    let pins = pin_sessions(&edge, 40).await;
+    let on_a: Vec<&String> = pins.iter().filter(|(_, u)| *u == "relay-a").map(|(k, _)| k).collect();
+    assert!(!on_a.is_empty());
+    let (code, body) = edge.admin_json("POST", "/api/upstreams/relay-a/drain", b"").await;
+    assert_eq!((code, body["draining"].clone()), (200, serde_json::json!(true)));
+    for key in &on_a {
+        assert_eq!(edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(), "relay-b");
+    }
+    for i in 0..20 {
+        assert_eq!(edge.get("/v1/x", &[("x-session-id", &format!("new{i}"))]).await.upstream(), "relay-b");
+    }
+    let (_, list) = edge.admin_json("GET", "/api/sessions?upstream=relay-a&limit=1000", b"").await;
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(0), "{list}");
+    let (code, _) = edge.admin_json("POST", "/api/upstreams/relay-a/undrain", b"").await;
+    assert_eq!(code, 200);
+    assert_eq!(edge.upstream("relay-a").await["draining"], false);
+    let (code, _) = edge.admin_json("POST", "/api/upstreams/nope/drain", b"").await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_gives_a_fast_json_error() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!("{}{KEYED}timeouts: {{connect: 1s}}\n", upstreams_yaml(&ups))).await;
+    for u in &ups {
+        u.kill();
+    }
+    for key in ["x", "y"] {
+        let start = Instant::now();
+        let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
+        assert!(r.status == 502 || r.status == 503, "status {}", r.status);
+        assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+        let json: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
+        assert_eq!(json["type"], "error", "{json}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    // Once health checks have marked both down, the answer is an immediate 503.
+    eventually(Duration::from_secs(10), "both unhealthy", || async {
+        edge.upstream("relay-a").await["healthy"] == false && edge.upstream("relay-b").await["healthy"] == false
+    })
+    .await;
+    let r = edge.get("/v1/x", &[("x-session-id", "z")]).await;
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_failed_after_reaching_the_upstream_is_not_retried() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!("{}{KEYED}", upstreams_yaml(&ups))).await;
+    let r = edge.post("/close", &[("x-session-id", "once")], b"{\"x\":1}").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let delivered = ups[0].requests() + ups[1].requests();
+    assert_eq!(delivered, 1, "a POST must reach at most one upstream");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real relay-edge binary against real upstream
+//! servers on ephemeral ports. One test binary, so Pingora links once.
+
+mod admin;
+mod bad_input;
+mod bodies;
+mod common;
+mod config_files;
+mod failover;
+mod routing;
