@@ -245,3 +245,69 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
         _ => AdminResponse::error(405, "method not allowed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::sync::Arc;
+
+    fn edge(extra: &str) -> Arc<Edge> {
+        let text = format!(
+            "listen: [{{addr: 127.0.0.1:8080}}]\nupstreams: [{{id: a, addr: 127.0.0.1:9001}}, {{id: b, addr: 127.0.0.1:9002}}]\naffinity: {{keys: [{{header: x-session-id}}]}}\n{extra}"
+        );
+        Edge::new(config::parse(&text).expect("valid config"))
+    }
+
+    fn call(edge: &Edge, method: &str, path: &str, auth: Option<&str>, body: &str) -> AdminResponse {
+        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        let req = AdminRequest { method, path, query, authorization: auth.map(str::as_bytes), body: body.as_bytes() };
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(handle(edge, req))
+    }
+
+    #[test]
+    fn routes_without_sockets() {
+        let e = edge("");
+        assert_eq!(call(&e, "GET", "/healthz", None, "").status, 200);
+        assert_eq!(call(&e, "GET", "/readyz", None, "").status, 503, "not ready before the first health round");
+        e.mark_ready();
+        assert_eq!(call(&e, "GET", "/readyz", None, "").status, 200);
+        let ups = call(&e, "GET", "/api/upstreams", None, "").json_body();
+        assert_eq!(ups[1]["id"], "b");
+        assert_eq!(ups[1]["healthy"], true);
+
+        assert_eq!(call(&e, "POST", "/api/upstreams/a/drain", None, "").status, 200);
+        assert_eq!(call(&e, "GET", "/api/upstreams", None, "").json_body()[0]["draining"], true);
+        assert_eq!(call(&e, "POST", "/api/upstreams/zz/drain", None, "").status, 404);
+        assert_eq!(call(&e, "GET", "/api/upstreams/a/drain", None, "").status, 405);
+
+        assert_eq!(call(&e, "PUT", "/api/sessions/alice", None, r#"{"upstream":"b"}"#).status, 200);
+        let s = call(&e, "GET", "/api/sessions/alice", None, "").json_body();
+        assert_eq!(s["upstream"], "b");
+        assert_eq!(s["id"], e.state().keys.hasher().id(b"alice").to_hex());
+        let listed = call(&e, "GET", "/api/sessions?upstream=b&limit=5", None, "").json_body();
+        assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1));
+        assert_eq!(call(&e, "GET", "/api/sessions?limit=x", None, "").status, 400);
+        assert_eq!(call(&e, "DELETE", "/api/sessions/alice", None, "").status, 200);
+        assert_eq!(call(&e, "DELETE", "/api/sessions/alice", None, "").status, 404);
+
+        let stats = call(&e, "GET", "/api/stats", None, "").json_body();
+        assert_eq!(stats["config"]["upstreams"], 2);
+        assert_eq!(stats["sessions"]["count"], 0);
+        assert_eq!(call(&e, "POST", "/api/reload", None, "").status, 501);
+        assert_eq!(call(&e, "GET", "/nowhere", None, "").status, 404);
+        assert!(String::from_utf8_lossy(&call(&e, "GET", "/metrics", None, "").body).contains("relay_edge_config_generation 1"));
+    }
+
+    #[test]
+    fn token_is_required_when_configured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "tok\n").expect("write");
+        let e = edge(&format!("admin: {{token_file: {}}}\n", file.display()));
+        assert_eq!(call(&e, "GET", "/healthz", None, "").status, 401);
+        assert_eq!(call(&e, "GET", "/healthz", Some("Bearer to"), "").status, 401);
+        assert_eq!(call(&e, "GET", "/healthz", Some("Basic tok"), "").status, 401);
+        assert_eq!(call(&e, "GET", "/healthz", Some("Bearer tok"), "").status, 200);
+    }
+}

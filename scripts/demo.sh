@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sticky routing in one minute: builds relay-edge, starts two demo relays on
+# 127.0.0.1:9001 and :9002, and runs relay-edge on conf/relay-edge.yaml
+# (proxy on 127.0.0.1:8080, admin and dashboard on http://127.0.0.1:9900/).
+# Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cmake >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq cmake
+fi
+cargo build --locked --bins
+
+target/debug/relay-edge-demo-upstream 127.0.0.1:9001 127.0.0.1:9002 &
+relays=$!
+trap 'kill $relays 2>/dev/null' EXIT
+
+cat <<'MSG'
+
+In another shell, try:
+  curl -s localhost:8080/v1/messages -H 'x-session-id: alice' -d '{}'    # same relay every time
+  curl -s localhost:8080/v1/messages -H 'x-session-id: bob' -d '{}'
+  curl -s localhost:8080/v1/messages -d '{"metadata":{"user_id":"carol"}}'   # key from the body
+  curl -sN 'localhost:8080/v1/messages?sse=5&gap_ms=300' -H 'x-session-id: alice'   # SSE, event by event
+  curl -s localhost:9900/api/upstreams ; open http://127.0.0.1:9900/ for the dashboard
+
+MSG
+target/debug/relay-edge -c conf/relay-edge.yaml
