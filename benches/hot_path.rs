@@ -19,7 +19,11 @@ use std::time::Duration;
 fn state(upstreams: usize, keys: &str) -> State {
     let mut yaml = String::from("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n");
     for i in 0..upstreams {
-        yaml.push_str(&format!("  - {{id: relay-{i}, addr: 127.0.0.{}:{}}}\n", 1 + i / 60000, 1024 + i % 60000));
+        yaml.push_str(&format!(
+            "  - {{id: relay-{i}, addr: 127.0.0.{}:{}}}\n",
+            1 + i / 60000,
+            1024 + i % 60000
+        ));
     }
     yaml.push_str(keys);
     let config = config::parse(&yaml).expect("bench config is valid");
@@ -36,15 +40,34 @@ fn request(headers: &[(&str, &str)]) -> RequestHeader {
 
 fn key_extraction(c: &mut Criterion) {
     let s = state(2, "affinity: {keys: [{header: x-session-id}, {cookie: session_id}, {json: /metadata/user_id}]}\n");
-    let common = [("content-type", "application/json"), ("anthropic-version", "2023-06-01"), ("user-agent", "claude-cli/2.1.0")];
-    let by_header = request(&[common[0], common[1], common[2], ("x-session-id", "9f6c1c2e-1111-4222-8333-444455556666")]);
-    c.bench_function("key/header", |b| b.iter(|| black_box(s.keys.from_head(black_box(&by_header)))));
-    let by_cookie = request(&[common[0], common[1], ("cookie", "theme=dark; session_id=9f6c1c2e-1111; lang=en")]);
-    c.bench_function("key/cookie", |b| b.iter(|| black_box(s.keys.from_head(black_box(&by_cookie)))));
+    let common = [
+        ("content-type", "application/json"),
+        ("anthropic-version", "2023-06-01"),
+        ("user-agent", "claude-cli/2.1.0"),
+    ];
+    let by_header = request(&[
+        common[0],
+        common[1],
+        common[2],
+        ("x-session-id", "9f6c1c2e-1111-4222-8333-444455556666"),
+    ]);
+    c.bench_function("key/header", |b| {
+        b.iter(|| black_box(s.keys.from_head(black_box(&by_header))))
+    });
+    let by_cookie = request(&[
+        common[0],
+        common[1],
+        ("cookie", "theme=dark; session_id=9f6c1c2e-1111; lang=en"),
+    ]);
+    c.bench_function("key/cookie", |b| {
+        b.iter(|| black_box(s.keys.from_head(black_box(&by_cookie))))
+    });
     let by_body = request(&common);
     let mut body = br#"{"model":"m","messages":["#.to_vec();
     while body.len() < 1024 * 1024 {
-        body.extend_from_slice(br#"{"role":"user","content":[{"type":"text","text":"lorem ipsum dolor sit amet"}]},"#);
+        body.extend_from_slice(
+            br#"{"role":"user","content":[{"type":"text","text":"lorem ipsum dolor sit amet"}]},"#,
+        );
     }
     body.extend_from_slice(br#"{"role":"user","content":"end"}],"metadata":{"user_id":"user_ab_account_x_session_9f6c1c2e-1111-4222-8333-444455556666"}}"#);
     c.bench_function("key/json_1MiB_key_at_end", |b| {
@@ -54,10 +77,14 @@ fn key_extraction(c: &mut Criterion) {
 
 fn table_lookup(c: &mut Criterion) {
     let store = LocalStore::new(1_000_000, Duration::from_secs(3600));
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let hasher = KeyHasher::new("bench");
     let up: Arc<str> = Arc::from("relay-1");
-    let ids: Vec<SessionId> = (0..10_000).map(|i| hasher.id(format!("key-{i}").as_bytes())).collect();
+    let ids: Vec<SessionId> = (0..10_000)
+        .map(|i| hasher.id(format!("key-{i}").as_bytes()))
+        .collect();
     for id in &ids {
         rt.block_on(store.claim(*id, up.clone()));
     }
@@ -68,16 +95,30 @@ fn table_lookup(c: &mut Criterion) {
             black_box(store.lookup_local(ids[i]))
         })
     });
-    c.bench_function("table/keyed_hash_36B", |b| b.iter(|| black_box(hasher.id(black_box(b"9f6c1c2e-1111-4222-8333-444455556666")))));
+    c.bench_function("table/keyed_hash_36B", |b| {
+        b.iter(|| black_box(hasher.id(black_box(b"9f6c1c2e-1111-4222-8333-444455556666"))))
+    });
 }
 
 fn placement(c: &mut Criterion) {
     let s = state(500, "");
     let tried = Tried::default();
     let now = clock::now_ms();
-    c.bench_function("place/least_loaded_500", |b| b.iter(|| black_box(select::least_loaded(&s.upstreams, &tried, now))));
+    c.bench_function("place/least_loaded_500", |b| {
+        b.iter(|| black_box(select::least_loaded(&s.upstreams, &tried, now)))
+    });
     let id = SessionId(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
-    c.bench_function("place/consistent_500", |b| b.iter(|| black_box(select::consistent(&s.upstreams, black_box(id), 1.25, &tried, now))));
+    c.bench_function("place/consistent_500", |b| {
+        b.iter(|| {
+            black_box(select::consistent(
+                &s.upstreams,
+                black_box(id),
+                1.25,
+                &tried,
+                now,
+            ))
+        })
+    });
     let u = s.upstreams.get(7).expect("upstream");
     c.bench_function("peer/clone_template", |b| b.iter(|| black_box(u.peer())));
 }

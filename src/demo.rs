@@ -34,7 +34,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -106,7 +109,11 @@ impl DemoUpstream {
 
     /// The requests (health checks excluded) received so far.
     pub fn recorded(&self) -> Vec<Recorded> {
-        self.inner.recorded.lock().map(|r| r.clone()).unwrap_or_default()
+        self.inner
+            .recorded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Die: close the listener and every open connection.
@@ -153,31 +160,55 @@ async fn read_request(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> O
     let mut req = httparse::Request::new(&mut headers);
     req.parse(buf).ok()?;
     let target = req.path.unwrap_or("/").to_string();
-    let (path, query) = target.split_once('?').map_or((target.clone(), String::new()), |(p, q)| (p.to_string(), q.to_string()));
+    let (path, query) = target
+        .split_once('?')
+        .map_or((target.clone(), String::new()), |(p, q)| {
+            (p.to_string(), q.to_string())
+        });
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let method = req.method.unwrap_or("GET").to_string();
     buf.drain(..head_len);
-    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let body = if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        read_chunked(reader, buf).await?
-    } else {
-        let len: usize = get("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        while buf.len() < len {
-            let mut chunk = vec![0u8; (len - buf.len()).min(256 * 1024)];
-            let n = reader.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        buf.drain(..len).collect()
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     };
-    Some(Request { method, path, query, headers, body, close })
+    let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let body =
+        if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+            read_chunked(reader, buf).await?
+        } else {
+            let len: usize = get("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < len {
+                let mut chunk = vec![0u8; (len - buf.len()).min(256 * 1024)];
+                let n = reader.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..len).collect()
+        };
+    Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+        close,
+    })
 }
 
 async fn fill_line(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
@@ -221,7 +252,9 @@ async fn read_chunked(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> O
 }
 
 fn query_num(query: &str, name: &str) -> Option<u64> {
-    query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
 
 async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
@@ -246,12 +279,33 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             }
         }
         let stream = reader.get_mut();
-        let wants_stream = req.body.windows(14).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
+        let wants_stream =
+            req.body.windows(14).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
         let ok = if health {
-            let code = if inner.unhealthy.load(Ordering::SeqCst) { 503 } else { 200 };
-            respond(stream, code, &name, br#"{"status":"ok","components":{"redis":{"status":"up"}}}"#).await
-        } else if let Some(code) = req.path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
-            respond(stream, code, &name, format!(r#"{{"upstream":"{name}","status":{code}}}"#).as_bytes()).await
+            let code = if inner.unhealthy.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            respond(
+                stream,
+                code,
+                &name,
+                br#"{"status":"ok","components":{"redis":{"status":"up"}}}"#,
+            )
+            .await
+        } else if let Some(code) = req
+            .path
+            .strip_prefix("/status/")
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            respond(
+                stream,
+                code,
+                &name,
+                format!(r#"{{"upstream":"{name}","status":{code}}}"#).as_bytes(),
+            )
+            .await
         } else if req.path == "/hang" {
             std::future::pending::<()>().await;
             false
@@ -295,7 +349,9 @@ async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finis
     if stream.write_all(head.as_bytes()).await.is_err() {
         return false;
     }
-    let mut events = vec![format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\"}}\n\n")];
+    let mut events = vec![format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\"}}\n\n"
+    )];
     events.extend((0..deltas).map(|i| {
         format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{i} \"}}}}\n\n")
     }));

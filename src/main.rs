@@ -24,7 +24,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let Cli { config: path, check, upgrade } = Cli::parse();
+    let Cli {
+        config: path,
+        check,
+        upgrade,
+    } = Cli::parse();
     let config = match relay_edge::config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -5,8 +5,8 @@
 //! common status codes of `relay_edge_requests_total` are resolved with them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Why a session moved to another upstream: the `reason` label of
@@ -41,7 +41,9 @@ impl RepinReason {
 }
 
 /// Status codes whose request counters are resolved ahead of time.
-const COMMON_CODES: [u16; 14] = [200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529];
+const COMMON_CODES: [u16; 14] = [
+    200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -87,31 +89,94 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels)
+                    .expect("static metric definition"),
+            )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+            )
         };
-        let requests = counter_vec("relay_edge_requests_total", "Requests answered, by upstream and status code.", &["upstream", "code"]);
+        let requests = counter_vec(
+            "relay_edge_requests_total",
+            "Requests answered, by upstream and status code.",
+            &["upstream", "code"],
+        );
         let request_duration = register(
             &r,
             HistogramVec::new(
-                HistogramOpts::new("relay_edge_request_duration_seconds", "Time from request start to the end of the response, in seconds.")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0]),
+                HistogramOpts::new(
+                    "relay_edge_request_duration_seconds",
+                    "Time from request start to the end of the response, in seconds.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0, 600.0,
+                ]),
                 &["upstream"],
             )
             .expect("static metric definition"),
         );
-        let upstream_healthy = gauge_vec("relay_edge_upstream_healthy", "1 while the upstream passes health checks and is not ejected, else 0.", &["upstream"]);
-        let upstream_inflight = gauge_vec("relay_edge_upstream_inflight", "Requests in flight to the upstream.", &["upstream"]);
-        let upstream_sessions = gauge_vec("relay_edge_upstream_sessions", "Sessions pinned to the upstream.", &["upstream"]);
-        let affinity_lookups = counter_vec("relay_edge_affinity_lookups_total", "Affinity table lookups, by result (local_hit, redis_hit, miss).", &["result"]);
-        let affinity_repins = counter_vec("relay_edge_affinity_repins_total", "Sessions moved to another upstream, by reason.", &["reason"]);
-        let redis_errors = register(&r, IntCounter::new("relay_edge_redis_errors_total", "Failed Redis calls.").expect("static metric definition"));
-        let config_reloads = counter_vec("relay_edge_config_reloads_total", "Config reloads, by result (ok, error).", &["result"]);
-        let config_generation = register(&r, IntGauge::new("relay_edge_config_generation", "Successful config loads since start.").expect("static metric definition"));
-        let ejections = counter_vec("relay_edge_upstream_ejections_total", "Passive ejections of the upstream.", &["upstream"]);
-        let retries = register(&r, IntCounter::new("relay_edge_retries_total", "Requests retried on another upstream after a connect failure.").expect("static metric definition"));
+        let upstream_healthy = gauge_vec(
+            "relay_edge_upstream_healthy",
+            "1 while the upstream passes health checks and is not ejected, else 0.",
+            &["upstream"],
+        );
+        let upstream_inflight = gauge_vec(
+            "relay_edge_upstream_inflight",
+            "Requests in flight to the upstream.",
+            &["upstream"],
+        );
+        let upstream_sessions = gauge_vec(
+            "relay_edge_upstream_sessions",
+            "Sessions pinned to the upstream.",
+            &["upstream"],
+        );
+        let affinity_lookups = counter_vec(
+            "relay_edge_affinity_lookups_total",
+            "Affinity table lookups, by result (local_hit, redis_hit, miss).",
+            &["result"],
+        );
+        let affinity_repins = counter_vec(
+            "relay_edge_affinity_repins_total",
+            "Sessions moved to another upstream, by reason.",
+            &["reason"],
+        );
+        let redis_errors = register(
+            &r,
+            IntCounter::new("relay_edge_redis_errors_total", "Failed Redis calls.")
+                .expect("static metric definition"),
+        );
+        let config_reloads = counter_vec(
+            "relay_edge_config_reloads_total",
+            "Config reloads, by result (ok, error).",
+            &["result"],
+        );
+        let config_generation = register(
+            &r,
+            IntGauge::new(
+                "relay_edge_config_generation",
+                "Successful config loads since start.",
+            )
+            .expect("static metric definition"),
+        );
+        let ejections = counter_vec(
+            "relay_edge_upstream_ejections_total",
+            "Passive ejections of the upstream.",
+            &["upstream"],
+        );
+        let retries = register(
+            &r,
+            IntCounter::new(
+                "relay_edge_retries_total",
+                "Requests retried on another upstream after a connect failure.",
+            )
+            .expect("static metric definition"),
+        );
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -167,7 +232,8 @@ impl Metrics {
             sessions: self.upstream_sessions.with_label_values(&[id]),
             duration: self.request_duration.with_label_values(&[id]),
             ejections: self.ejections.with_label_values(&[id]),
-            codes: COMMON_CODES.map(|c| (c, self.requests.with_label_values(&[id, &c.to_string()]))),
+            codes: COMMON_CODES
+                .map(|c| (c, self.requests.with_label_values(&[id, &c.to_string()]))),
             requests: self.requests.clone(),
             id: id.to_string(),
         }
@@ -175,7 +241,9 @@ impl Metrics {
 
     /// Count a request that reached no upstream.
     pub fn count_unrouted(&self, code: u16) {
-        self.requests.with_label_values(&["none", &code.to_string()]).inc();
+        self.requests
+            .with_label_values(&["none", &code.to_string()])
+            .inc();
     }
 }
 
@@ -201,7 +269,10 @@ impl UpstreamMetrics {
     pub fn count_response(&self, code: u16) {
         match self.codes.iter().find(|(c, _)| *c == code) {
             Some((_, counter)) => counter.inc(),
-            None => self.requests.with_label_values(&[&self.id, &code.to_string()]).inc(),
+            None => self
+                .requests
+                .with_label_values(&[&self.id, &code.to_string()])
+                .inc(),
         }
     }
 }

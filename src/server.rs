@@ -63,16 +63,29 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<Edge>), Build
         match &listener.tls {
             None => proxy.add_tcp(&addr),
             Some(tls) => proxy
-                .add_tls(&addr, &tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
-                .map_err(|source| BuildError::Tls { addr: addr.clone(), source })?,
+                .add_tls(
+                    &addr,
+                    &tls.cert.to_string_lossy(),
+                    &tls.key.to_string_lossy(),
+                )
+                .map_err(|source| BuildError::Tls {
+                    addr: addr.clone(),
+                    source,
+                })?,
         }
     }
 
-    let mut admin = Service::new("relay-edge admin".to_string(), AdminService { edge: edge.clone() });
+    let mut admin = Service::new(
+        "relay-edge admin".to_string(),
+        AdminService { edge: edge.clone() },
+    );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.listen.to_string());
 
-    let health = background_service("relay-edge health checks", HealthService { edge: edge.clone() });
+    let health = background_service(
+        "relay-edge health checks",
+        HealthService { edge: edge.clone() },
+    );
     let sighup = background_service("relay-edge sighup", SighupGuard);
 
     server.add_service(proxy);
@@ -89,7 +102,8 @@ struct SighupGuard;
 #[async_trait]
 impl BackgroundService for SighupGuard {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             log::error!("cannot install the SIGHUP handler");
             return;
         };

@@ -30,7 +30,14 @@ impl State {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|spec| Arc::new(Upstream::new(spec.clone(), &config.timeouts, &config.health, metrics)))
+            .map(|spec| {
+                Arc::new(Upstream::new(
+                    spec.clone(),
+                    &config.timeouts,
+                    &config.health,
+                    metrics,
+                ))
+            })
             .collect();
         let upstreams = UpstreamSet::new(upstreams, config.passive.clone());
         let keys = KeyChain::new(
@@ -93,7 +100,9 @@ impl Edge {
     pub fn refresh_session_gauges(&self) {
         let counts = self.store.counts();
         for u in self.state().upstreams.all() {
-            u.metrics.sessions.set(counts.get(&u.id).copied().unwrap_or(0) as i64);
+            u.metrics
+                .sessions
+                .set(counts.get(&u.id).copied().unwrap_or(0) as i64);
         }
     }
 }

@@ -66,8 +66,12 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn authorized(edge: &Edge, auth: Option<&[u8]>) -> bool {
     let state = edge.state();
-    let Some(token) = &state.config.admin.token else { return true };
-    let Some(presented) = auth.and_then(|a| a.strip_prefix(b"Bearer ")) else { return false };
+    let Some(token) = &state.config.admin.token else {
+        return true;
+    };
+    let Some(presented) = auth.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
     presented.ct_eq(token.as_bytes()).into()
 }
 
@@ -75,7 +79,12 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
     if !authorized(edge, req.authorization) {
         return AdminResponse::error(401, "missing or wrong bearer token");
     }
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = req
+        .path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match (req.method, segments.as_slice()) {
         ("GET", []) => AdminResponse {
             status: 200,
@@ -85,7 +94,10 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         ("GET", ["healthz"]) => AdminResponse::json(200, &json!({ "status": "ok" })),
         ("GET", ["readyz"]) => match edge.is_ready() {
             true => AdminResponse::json(200, &json!({ "ready": true })),
-            false => AdminResponse::json(503, &json!({ "ready": false, "reason": "first health-check round not finished" })),
+            false => AdminResponse::json(
+                503,
+                &json!({ "ready": false, "reason": "first health-check round not finished" }),
+            ),
         },
         ("GET", ["metrics"]) => {
             edge.refresh_session_gauges();
@@ -97,12 +109,23 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         }
         ("GET", ["api", "stats"]) => AdminResponse::json(200, &stats(edge)),
         ("GET", ["api", "upstreams"]) => AdminResponse::json(200, &Value::Array(upstreams(edge))),
-        ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => drain(edge, id, *action == "drain"),
+        ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
+            drain(edge, id, *action == "drain")
+        }
         ("GET", ["api", "sessions"]) => list_sessions(edge, req.query),
         (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
-        ("POST", ["api", "reload"]) => AdminResponse::error(501, "in-process reload is not available in this release"),
-        (_, ["healthz" | "readyz" | "metrics"] | [] | ["api", "stats" | "upstreams" | "sessions" | "reload"])
-        | (_, ["api", "upstreams", _, "drain" | "undrain"]) => AdminResponse::error(405, "method not allowed"),
+        ("POST", ["api", "reload"]) => {
+            AdminResponse::error(501, "in-process reload is not available in this release")
+        }
+        (
+            _,
+            ["healthz" | "readyz" | "metrics"]
+            | []
+            | ["api", "stats" | "upstreams" | "sessions" | "reload"],
+        )
+        | (_, ["api", "upstreams", _, "drain" | "undrain"]) => {
+            AdminResponse::error(405, "method not allowed")
+        }
         _ => AdminResponse::error(404, "no such route"),
     }
 }
@@ -153,7 +176,11 @@ fn upstreams(edge: &Edge) -> Vec<Value> {
 fn stats(edge: &Edge) -> Value {
     let state = edge.state();
     let m = &edge.metrics;
-    let (local, shared, miss) = (m.lookup_local_hit.get(), m.lookup_shared_hit.get(), m.lookup_miss.get());
+    let (local, shared, miss) = (
+        m.lookup_local_hit.get(),
+        m.lookup_shared_hit.get(),
+        m.lookup_miss.get(),
+    );
     let lookups = local + shared + miss;
     let repins = m.repins_total();
     let c = &state.config;
@@ -187,11 +214,19 @@ fn stats(edge: &Edge) -> Value {
 
 fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
     let state = edge.state();
-    let Some(u) = state.upstreams.index_of(id).and_then(|i| state.upstreams.get(i)) else {
+    let Some(u) = state
+        .upstreams
+        .index_of(id)
+        .and_then(|i| state.upstreams.get(i))
+    else {
         return AdminResponse::error(404, "no such upstream");
     };
     u.set_draining(on);
-    log::info!("upstream {} {}", u.id, if on { "draining" } else { "undrained" });
+    log::info!(
+        "upstream {} {}",
+        u.id,
+        if on { "draining" } else { "undrained" }
+    );
     AdminResponse::json(200, &json!({ "id": &*u.id, "draining": on }))
 }
 
@@ -226,10 +261,17 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
             None => AdminResponse::error(404, "no such session"),
         },
         "PUT" => {
-            let Some(target) = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("upstream")?.as_str().map(str::to_string)) else {
+            let Some(target) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("upstream")?.as_str().map(str::to_string))
+            else {
                 return AdminResponse::error(400, r#"body must be {"upstream": "ID"}"#);
             };
-            let Some(u) = state.upstreams.index_of(&target).and_then(|i| state.upstreams.get(i)) else {
+            let Some(u) = state
+                .upstreams
+                .index_of(&target)
+                .and_then(|i| state.upstreams.get(i))
+            else {
                 return AdminResponse::error(400, "no such upstream");
             };
             edge.store.set(id, u.id.clone()).await;
@@ -259,44 +301,99 @@ mod tests {
         Edge::new(config::parse(&text).expect("valid config"))
     }
 
-    fn call(edge: &Edge, method: &str, path: &str, auth: Option<&str>, body: &str) -> AdminResponse {
-        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
-        let req = AdminRequest { method, path, query, authorization: auth.map(str::as_bytes), body: body.as_bytes() };
-        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(handle(edge, req))
+    fn call(
+        edge: &Edge,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: &str,
+    ) -> AdminResponse {
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        let req = AdminRequest {
+            method,
+            path,
+            query,
+            authorization: auth.map(str::as_bytes),
+            body: body.as_bytes(),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(handle(edge, req))
     }
 
     #[test]
     fn routes_without_sockets() {
         let e = edge("");
         assert_eq!(call(&e, "GET", "/healthz", None, "").status, 200);
-        assert_eq!(call(&e, "GET", "/readyz", None, "").status, 503, "not ready before the first health round");
+        assert_eq!(
+            call(&e, "GET", "/readyz", None, "").status,
+            503,
+            "not ready before the first health round"
+        );
         e.mark_ready();
         assert_eq!(call(&e, "GET", "/readyz", None, "").status, 200);
         let ups = call(&e, "GET", "/api/upstreams", None, "").json_body();
         assert_eq!(ups[1]["id"], "b");
         assert_eq!(ups[1]["healthy"], true);
 
-        assert_eq!(call(&e, "POST", "/api/upstreams/a/drain", None, "").status, 200);
-        assert_eq!(call(&e, "GET", "/api/upstreams", None, "").json_body()[0]["draining"], true);
-        assert_eq!(call(&e, "POST", "/api/upstreams/zz/drain", None, "").status, 404);
-        assert_eq!(call(&e, "GET", "/api/upstreams/a/drain", None, "").status, 405);
+        assert_eq!(
+            call(&e, "POST", "/api/upstreams/a/drain", None, "").status,
+            200
+        );
+        assert_eq!(
+            call(&e, "GET", "/api/upstreams", None, "").json_body()[0]["draining"],
+            true
+        );
+        assert_eq!(
+            call(&e, "POST", "/api/upstreams/zz/drain", None, "").status,
+            404
+        );
+        assert_eq!(
+            call(&e, "GET", "/api/upstreams/a/drain", None, "").status,
+            405
+        );
 
-        assert_eq!(call(&e, "PUT", "/api/sessions/alice", None, r#"{"upstream":"b"}"#).status, 200);
+        assert_eq!(
+            call(
+                &e,
+                "PUT",
+                "/api/sessions/alice",
+                None,
+                r#"{"upstream":"b"}"#
+            )
+            .status,
+            200
+        );
         let s = call(&e, "GET", "/api/sessions/alice", None, "").json_body();
         assert_eq!(s["upstream"], "b");
         assert_eq!(s["id"], e.state().keys.hasher().id(b"alice").to_hex());
         let listed = call(&e, "GET", "/api/sessions?upstream=b&limit=5", None, "").json_body();
         assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1));
-        assert_eq!(call(&e, "GET", "/api/sessions?limit=x", None, "").status, 400);
-        assert_eq!(call(&e, "DELETE", "/api/sessions/alice", None, "").status, 200);
-        assert_eq!(call(&e, "DELETE", "/api/sessions/alice", None, "").status, 404);
+        assert_eq!(
+            call(&e, "GET", "/api/sessions?limit=x", None, "").status,
+            400
+        );
+        assert_eq!(
+            call(&e, "DELETE", "/api/sessions/alice", None, "").status,
+            200
+        );
+        assert_eq!(
+            call(&e, "DELETE", "/api/sessions/alice", None, "").status,
+            404
+        );
 
         let stats = call(&e, "GET", "/api/stats", None, "").json_body();
         assert_eq!(stats["config"]["upstreams"], 2);
         assert_eq!(stats["sessions"]["count"], 0);
         assert_eq!(call(&e, "POST", "/api/reload", None, "").status, 501);
         assert_eq!(call(&e, "GET", "/nowhere", None, "").status, 404);
-        assert!(String::from_utf8_lossy(&call(&e, "GET", "/metrics", None, "").body).contains("relay_edge_config_generation 1"));
+        assert!(
+            String::from_utf8_lossy(&call(&e, "GET", "/metrics", None, "").body)
+                .contains("relay_edge_config_generation 1")
+        );
     }
 
     #[test]
@@ -306,8 +403,17 @@ mod tests {
         std::fs::write(&file, "tok\n").expect("write");
         let e = edge(&format!("admin: {{token_file: {}}}\n", file.display()));
         assert_eq!(call(&e, "GET", "/healthz", None, "").status, 401);
-        assert_eq!(call(&e, "GET", "/healthz", Some("Bearer to"), "").status, 401);
-        assert_eq!(call(&e, "GET", "/healthz", Some("Basic tok"), "").status, 401);
-        assert_eq!(call(&e, "GET", "/healthz", Some("Bearer tok"), "").status, 200);
+        assert_eq!(
+            call(&e, "GET", "/healthz", Some("Bearer to"), "").status,
+            401
+        );
+        assert_eq!(
+            call(&e, "GET", "/healthz", Some("Basic tok"), "").status,
+            401
+        );
+        assert_eq!(
+            call(&e, "GET", "/healthz", Some("Bearer tok"), "").status,
+            200
+        );
     }
 }

@@ -44,7 +44,10 @@ impl ServeHttp for AdminService {
             Err(reply) => reply,
             Ok(body) => {
                 let req = session.req_header();
-                let auth = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+                let auth = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
                 handler::handle(
                     &self.edge,
                     AdminRequest {

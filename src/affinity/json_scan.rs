@@ -170,14 +170,25 @@ mod tests {
     use super::find;
 
     fn p(s: &str) -> Vec<String> {
-        s.trim_start_matches('/').split('/').map(str::to_string).collect()
+        s.trim_start_matches('/')
+            .split('/')
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
     fn finds_values_anywhere() {
         let cases: &[(&str, &str, Option<&str>)] = &[
-            (r#"{"metadata":{"user_id":"u1"}}"#, "/metadata/user_id", Some("u1")),
-            (r#"{"messages":[{"a":1},{"b":[2,3]}],"metadata":{"x":null,"user_id":"u\"2"}}"#, "/metadata/user_id", Some("u\"2")),
+            (
+                r#"{"metadata":{"user_id":"u1"}}"#,
+                "/metadata/user_id",
+                Some("u1"),
+            ),
+            (
+                r#"{"messages":[{"a":1},{"b":[2,3]}],"metadata":{"x":null,"user_id":"u\"2"}}"#,
+                "/metadata/user_id",
+                Some("u\"2"),
+            ),
             (r#"{"a":[10,20,{"k":7}]}"#, "/a/2/k", Some("7")),
             (r#"{"a":{"k":true}}"#, "/a/k", Some("true")),
             (r#"{"a":{"k":{"deep":1}}}"#, "/a/k", None),
@@ -191,7 +202,11 @@ mod tests {
             ("", "/a", None),
         ];
         for (body, ptr, want) in cases {
-            assert_eq!(find(body.as_bytes(), &p(ptr)).as_deref(), *want, "{body} {ptr}");
+            assert_eq!(
+                find(body.as_bytes(), &p(ptr)).as_deref(),
+                *want,
+                "{body} {ptr}"
+            );
         }
     }
 }

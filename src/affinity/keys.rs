@@ -21,7 +21,9 @@ use std::sync::OnceLock;
 pub enum HeadLookup {
     Found(SessionId),
     /// Source `from` is a JSON body source and no earlier source had a key.
-    NeedBody { from: usize },
+    NeedBody {
+        from: usize,
+    },
     Absent,
 }
 
@@ -41,7 +43,9 @@ impl KeyChain {
     }
 
     pub fn has_body_source(&self) -> bool {
-        self.sources.iter().any(|s| matches!(s.source, KeySourceSpec::Json(_)))
+        self.sources
+            .iter()
+            .any(|s| matches!(s.source, KeySourceSpec::Json(_)))
     }
 
     /// Walk the sources from the first, stopping at a JSON source.
@@ -50,7 +54,12 @@ impl KeyChain {
     }
 
     /// Continue the walk at source `from` with the body (or `None`: no usable body).
-    pub fn resume_with_body(&self, req: &RequestHeader, body: Option<&[u8]>, from: usize) -> Option<SessionId> {
+    pub fn resume_with_body(
+        &self,
+        req: &RequestHeader,
+        body: Option<&[u8]>,
+        from: usize,
+    ) -> Option<SessionId> {
         match self.walk(req, Some(body), from) {
             HeadLookup::Found(id) => Some(id),
             _ => None,
@@ -60,14 +69,22 @@ impl KeyChain {
     fn walk(&self, req: &RequestHeader, body: Option<Option<&[u8]>>, from: usize) -> HeadLookup {
         for (i, spec) in self.sources.iter().enumerate().skip(from) {
             let key = match &spec.source {
-                KeySourceSpec::Header(name) => header_value(req, name).and_then(|v| apply(&spec.extract, Cow::Borrowed(v))),
-                KeySourceSpec::Cookie(name) => cookie_value(req, name).and_then(|v| apply(&spec.extract, Cow::Borrowed(v))),
-                KeySourceSpec::Query(name) => query_value(req, name).and_then(|v| apply(&spec.extract, v)),
+                KeySourceSpec::Header(name) => {
+                    header_value(req, name).and_then(|v| apply(&spec.extract, Cow::Borrowed(v)))
+                }
+                KeySourceSpec::Cookie(name) => {
+                    cookie_value(req, name).and_then(|v| apply(&spec.extract, Cow::Borrowed(v)))
+                }
+                KeySourceSpec::Query(name) => {
+                    query_value(req, name).and_then(|v| apply(&spec.extract, v))
+                }
                 KeySourceSpec::Json(pointer) => match body {
                     None => return HeadLookup::NeedBody { from: i },
                     Some(None) => None,
-                    Some(Some(bytes)) => json_scan::find(bytes, pointer)
-                        .and_then(|v| apply(&spec.extract, Cow::Owned(v.into_bytes())).map(|k| Cow::Owned(k.into_owned()))),
+                    Some(Some(bytes)) => json_scan::find(bytes, pointer).and_then(|v| {
+                        apply(&spec.extract, Cow::Owned(v.into_bytes()))
+                            .map(|k| Cow::Owned(k.into_owned()))
+                    }),
                 },
             };
             if let Some(key) = key {
@@ -135,7 +152,10 @@ fn apply<'a>(extract: &Extract, raw: Cow<'a, [u8]>) -> Option<Cow<'a, [u8]>> {
 
 fn capture<'t>(re: &Regex, text: &'t str) -> Option<&'t str> {
     let caps = re.captures(text)?;
-    caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_str()).filter(|s| !s.is_empty())
+    caps.get(1)
+        .or_else(|| caps.get(0))
+        .map(|m| m.as_str())
+        .filter(|s| !s.is_empty())
 }
 
 /// The session part of Claude Code's `metadata.user_id`, in either shape; a
@@ -188,10 +208,26 @@ mod tests {
             spec(KeySourceSpec::Query("sid".into()), Extract::Whole),
         ]);
         let cases: &[(&str, &[(&str, &str)], HeadLookup)] = &[
-            ("/", &[("x-session-id", "h1"), ("cookie", "session_id=c1")], HeadLookup::Found(id("h1"))),
-            ("/", &[("x-session-id", "  "), ("cookie", "a=b; session_id=c1")], HeadLookup::Found(id("c1"))),
-            ("/", &[("cookie", "a=b"), ("cookie", "session_id=\"c2\"")], HeadLookup::Found(id("c2"))),
-            ("/v1/messages?beta=true&sid=q%201", &[], HeadLookup::Found(id("q 1"))),
+            (
+                "/",
+                &[("x-session-id", "h1"), ("cookie", "session_id=c1")],
+                HeadLookup::Found(id("h1")),
+            ),
+            (
+                "/",
+                &[("x-session-id", "  "), ("cookie", "a=b; session_id=c1")],
+                HeadLookup::Found(id("c1")),
+            ),
+            (
+                "/",
+                &[("cookie", "a=b"), ("cookie", "session_id=\"c2\"")],
+                HeadLookup::Found(id("c2")),
+            ),
+            (
+                "/v1/messages?beta=true&sid=q%201",
+                &[],
+                HeadLookup::Found(id("q 1")),
+            ),
             ("/?sidx=1&sid=", &[], HeadLookup::Absent),
             ("/", &[("cookie", "session_idx=1")], HeadLookup::Absent),
             ("/", &[], HeadLookup::Absent),
@@ -205,32 +241,56 @@ mod tests {
     fn json_source_waits_for_body_and_falls_through() {
         let c = chain(vec![
             spec(KeySourceSpec::Header("x-a".into()), Extract::Whole),
-            spec(KeySourceSpec::Json(json_pointer("/metadata/user_id").expect("ptr")), Extract::Whole),
+            spec(
+                KeySourceSpec::Json(json_pointer("/metadata/user_id").expect("ptr")),
+                Extract::Whole,
+            ),
             spec(KeySourceSpec::Header("x-b".into()), Extract::Whole),
         ]);
         let r = req("/", &[("x-b", "late")]);
         assert_eq!(c.from_head(&r), HeadLookup::NeedBody { from: 1 });
         let body = br#"{"messages":[],"metadata":{"user_id":"u-1"}}"#;
         assert_eq!(c.resume_with_body(&r, Some(body), 1), Some(id("u-1")));
-        assert_eq!(c.resume_with_body(&r, Some(b"not json"), 1), Some(id("late")));
+        assert_eq!(
+            c.resume_with_body(&r, Some(b"not json"), 1),
+            Some(id("late"))
+        );
         assert_eq!(c.resume_with_body(&r, None, 1), Some(id("late")));
-        assert_eq!(c.from_head(&req("/", &[("x-a", "early")])), HeadLookup::Found(id("early")));
+        assert_eq!(
+            c.from_head(&req("/", &[("x-a", "early")])),
+            HeadLookup::Found(id("early"))
+        );
     }
 
     #[test]
     fn regex_takes_first_group() {
         let re = Regex::new("session_([0-9a-f-]{36})").expect("regex");
-        let c = chain(vec![spec(KeySourceSpec::Header("x-u".into()), Extract::Regex(re))]);
+        let c = chain(vec![spec(
+            KeySourceSpec::Header("x-u".into()),
+            Extract::Regex(re),
+        )]);
         let uid = "user_abc_account_11111111-2222-3333-4444-555555555555_session_aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
-        assert_eq!(c.from_head(&req("/", &[("x-u", uid)])), HeadLookup::Found(id("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")));
-        assert_eq!(c.from_head(&req("/", &[("x-u", "no match")])), HeadLookup::Absent);
+        assert_eq!(
+            c.from_head(&req("/", &[("x-u", uid)])),
+            HeadLookup::Found(id("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"))
+        );
+        assert_eq!(
+            c.from_head(&req("/", &[("x-u", "no match")])),
+            HeadLookup::Absent
+        );
     }
 
     #[test]
     fn claude_user_id_both_shapes() {
         let sid = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
-        let legacy = format!("user_{}_account_11111111-2222-3333-4444-555555555555_session_{sid}", "f".repeat(64));
-        let modern = format!(r#"{{"device_id":"{}","account_uuid":"","session_id":"{sid}"}}"#, "f".repeat(64));
+        let legacy = format!(
+            "user_{}_account_11111111-2222-3333-4444-555555555555_session_{sid}",
+            "f".repeat(64)
+        );
+        let modern = format!(
+            r#"{{"device_id":"{}","account_uuid":"","session_id":"{sid}"}}"#,
+            "f".repeat(64)
+        );
         assert_eq!(claude_session(&legacy).as_deref(), Some(sid));
         assert_eq!(claude_session(&modern).as_deref(), Some(sid));
         assert_eq!(claude_session("plain-user").as_deref(), Some("plain-user"));

@@ -151,7 +151,9 @@ impl LocalStore {
             .max_capacity(max_sessions)
             .time_to_idle(ttl)
             .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(move |_k, v: Arc<SessionRecord>, _cause| on_remove.remove(&v.upstream))
+            .eviction_listener(move |_k, v: Arc<SessionRecord>, _cause| {
+                on_remove.remove(&v.upstream)
+            })
             .build();
         LocalStore { cache, counts, ttl }
     }
@@ -213,7 +215,11 @@ impl SessionStore for LocalStore {
             }
             let (created, requests, errors) = current.map_or((now_ms(), 0, 0), |e| {
                 let r = e.value();
-                (r.created_ms, r.requests.load(Ordering::Relaxed), r.errors.load(Ordering::Relaxed))
+                (
+                    r.created_ms,
+                    r.requests.load(Ordering::Relaxed),
+                    r.errors.load(Ordering::Relaxed),
+                )
             });
             let record = Arc::new(SessionRecord::new(to.clone(), created, requests, errors));
             added = Some(record.clone());
@@ -234,7 +240,11 @@ impl SessionStore for LocalStore {
 
     async fn set(&self, id: SessionId, upstream: Arc<str>) {
         let (created, requests, errors) = self.cache.get(&id.0).map_or((now_ms(), 0, 0), |r| {
-            (r.created_ms, r.requests.load(Ordering::Relaxed), r.errors.load(Ordering::Relaxed))
+            (
+                r.created_ms,
+                r.requests.load(Ordering::Relaxed),
+                r.errors.load(Ordering::Relaxed),
+            )
         });
         self.insert(id, SessionRecord::new(upstream, created, requests, errors));
     }
@@ -302,7 +312,10 @@ mod tests {
         assert_eq!(&*block(s.repin(id, "zzz", up("b"))).upstream, "a");
         assert_eq!(&*block(s.repin(id, "a", up("b"))).upstream, "b");
         let info = s.get(id).expect("info");
-        assert_eq!((info.upstream.as_str(), info.requests, info.errors), ("b", 1, 1));
+        assert_eq!(
+            (info.upstream.as_str(), info.requests, info.errors),
+            ("b", 1, 1)
+        );
         let counts = s.counts();
         assert_eq!((counts.get("a"), counts.get("b")), (None, Some(&1)));
     }
@@ -327,7 +340,10 @@ mod tests {
         block(s.claim(id, up("a")));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while s.cache.contains_key(&id.0) {
-            assert!(std::time::Instant::now() < deadline, "session never expired");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "session never expired"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(s.counts().get("a"), None);

@@ -6,9 +6,14 @@ use std::net::SocketAddr;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let addrs: Vec<SocketAddr> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let addrs: Vec<SocketAddr> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     if addrs.is_empty() {
-        eprintln!("usage: relay-edge-demo-upstream ADDR [ADDR...]   e.g. 127.0.0.1:9001 127.0.0.1:9002");
+        eprintln!(
+            "usage: relay-edge-demo-upstream ADDR [ADDR...]   e.g. 127.0.0.1:9001 127.0.0.1:9002"
+        );
         std::process::exit(2);
     }
     let mut running = Vec::new();

@@ -46,7 +46,10 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let FailoverFile { max_retries } = failover;
     let max_retries = max_retries.unwrap_or(Defaults::MAX_RETRIES);
     if max_retries >= crate::upstream::select::Tried::CAPACITY {
-        errs.push("failover.max_retries", format!("must be below {}", crate::upstream::select::Tried::CAPACITY));
+        errs.push(
+            "failover.max_retries",
+            format!("must be below {}", crate::upstream::select::Tried::CAPACITY),
+        );
     }
     let redis = redis.map(|RedisFile { url }| {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -110,7 +113,10 @@ fn listeners(listen: Vec<ListenFile>, errs: &mut Errors) -> Vec<Listener> {
             let tls = tls.map(|ListenTlsFile { cert, key }| {
                 for (field, file) in [("cert", &cert), ("key", &key)] {
                     if !std::path::Path::new(file).is_file() {
-                        errs.push(format!("listen[{i}].tls.{field}"), format!("no such file {file:?}"));
+                        errs.push(
+                            format!("listen[{i}].tls.{field}"),
+                            format!("no such file {file:?}"),
+                        );
                     }
                 }
                 TlsFiles {
@@ -131,25 +137,49 @@ fn upstream_specs(upstreams: Vec<UpstreamFile>, errs: &mut Errors) -> Vec<Upstre
     upstreams
         .into_iter()
         .enumerate()
-        .map(|(i, UpstreamFile { id, addr, weight, tls })| {
-            if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c == '/') {
-                errs.push(format!("upstreams[{i}].id"), "must be 1 to 128 characters, without spaces or '/'");
-            } else if !ids.insert(id.clone()) {
-                errs.push(format!("upstreams[{i}].id"), format!("duplicate id {id:?}"));
-            }
-            let weight = weight.unwrap_or(Defaults::WEIGHT);
-            if weight == 0 {
-                errs.push(format!("upstreams[{i}].weight"), "must be at least 1");
-            }
-            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_string();
-            let sock = socket_addr(&addr, &format!("upstreams[{i}].addr"), errs)
-                .unwrap_or_else(placeholder_addr);
-            let tls = tls.map(|UpstreamTlsFile { sni, verify }| UpstreamTls {
-                sni: sni.unwrap_or(host),
-                verify,
-            });
-            UpstreamSpec { id, addr: sock, weight, tls }
-        })
+        .map(
+            |(
+                i,
+                UpstreamFile {
+                    id,
+                    addr,
+                    weight,
+                    tls,
+                },
+            )| {
+                if id.is_empty()
+                    || id.len() > 128
+                    || id.chars().any(|c| c.is_whitespace() || c == '/')
+                {
+                    errs.push(
+                        format!("upstreams[{i}].id"),
+                        "must be 1 to 128 characters, without spaces or '/'",
+                    );
+                } else if !ids.insert(id.clone()) {
+                    errs.push(format!("upstreams[{i}].id"), format!("duplicate id {id:?}"));
+                }
+                let weight = weight.unwrap_or(Defaults::WEIGHT);
+                if weight == 0 {
+                    errs.push(format!("upstreams[{i}].weight"), "must be at least 1");
+                }
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_string();
+                let sock = socket_addr(&addr, &format!("upstreams[{i}].addr"), errs)
+                    .unwrap_or_else(placeholder_addr);
+                let tls = tls.map(|UpstreamTlsFile { sni, verify }| UpstreamTls {
+                    sni: sni.unwrap_or(host),
+                    verify,
+                });
+                UpstreamSpec {
+                    id,
+                    addr: sock,
+                    weight,
+                    tls,
+                }
+            },
+        )
         .collect()
 }
 
@@ -161,7 +191,14 @@ fn at_least_one<T: PartialOrd + From<u8>>(value: T, path: &str, errs: &mut Error
 }
 
 fn health(h: HealthCheckFile, errs: &mut Errors) -> HealthSpec {
-    let HealthCheckFile { path, host, interval, timeout, healthy_after, unhealthy_after } = h;
+    let HealthCheckFile {
+        path,
+        host,
+        interval,
+        timeout,
+        healthy_after,
+        unhealthy_after,
+    } = h;
     if let Some(p) = &path {
         if !p.starts_with('/') {
             errs.push("health_check.path", "must start with '/'");
@@ -180,8 +217,16 @@ fn health(h: HealthCheckFile, errs: &mut Errors) -> HealthSpec {
         host,
         interval,
         timeout,
-        healthy_after: at_least_one(healthy_after.unwrap_or(Defaults::HEALTHY_AFTER), "health_check.healthy_after", errs),
-        unhealthy_after: at_least_one(unhealthy_after.unwrap_or(Defaults::UNHEALTHY_AFTER), "health_check.unhealthy_after", errs),
+        healthy_after: at_least_one(
+            healthy_after.unwrap_or(Defaults::HEALTHY_AFTER),
+            "health_check.healthy_after",
+            errs,
+        ),
+        unhealthy_after: at_least_one(
+            unhealthy_after.unwrap_or(Defaults::UNHEALTHY_AFTER),
+            "health_check.unhealthy_after",
+            errs,
+        ),
     }
 }
 
@@ -197,20 +242,31 @@ fn passive(p: PassiveHealthFile, errs: &mut Errors) -> PassiveSpec {
     let failure_codes = failure_codes.unwrap_or_else(|| Defaults::FAILURE_CODES.to_vec());
     for (i, code) in failure_codes.iter().enumerate() {
         if !(100..=599).contains(code) {
-            errs.push(format!("passive_health.failure_codes[{i}]"), format!("{code} is not an HTTP status"));
+            errs.push(
+                format!("passive_health.failure_codes[{i}]"),
+                format!("{code} is not an HTTP status"),
+            );
         }
     }
     let recovery_time = recovery_time.unwrap_or(Defaults::RECOVERY_TIME);
-    let max_recovery_time = max_recovery_time.unwrap_or(Defaults::MAX_RECOVERY_TIME.max(recovery_time));
+    let max_recovery_time =
+        max_recovery_time.unwrap_or(Defaults::MAX_RECOVERY_TIME.max(recovery_time));
     if max_recovery_time < recovery_time {
-        errs.push("passive_health.max_recovery_time", "must not be below recovery_time");
+        errs.push(
+            "passive_health.max_recovery_time",
+            "must not be below recovery_time",
+        );
     }
     let max_ejected_percent = max_ejected_percent.unwrap_or(Defaults::MAX_EJECTED_PERCENT);
     if max_ejected_percent > 100 {
         errs.push("passive_health.max_ejected_percent", "must be 0 to 100");
     }
     PassiveSpec {
-        max_failures: at_least_one(max_failures.unwrap_or(Defaults::MAX_FAILURES), "passive_health.max_failures", errs),
+        max_failures: at_least_one(
+            max_failures.unwrap_or(Defaults::MAX_FAILURES),
+            "passive_health.max_failures",
+            errs,
+        ),
         failure_window: failure_window.unwrap_or(Defaults::FAILURE_WINDOW),
         failure_codes,
         recovery_time,
@@ -220,7 +276,16 @@ fn passive(p: PassiveHealthFile, errs: &mut Errors) -> PassiveSpec {
 }
 
 fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
-    let AffinityFile { keys, claude_code, ttl, max_sessions, max_body_bytes, balance, load_factor, hash_secret } = a;
+    let AffinityFile {
+        keys,
+        claude_code,
+        ttl,
+        max_sessions,
+        max_body_bytes,
+        balance,
+        load_factor,
+        hash_secret,
+    } = a;
     let mut specs = Vec::new();
     if claude_code {
         specs.push(KeySpec {
@@ -228,7 +293,9 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
             extract: Extract::Whole,
         });
         specs.push(KeySpec {
-            source: KeySourceSpec::Json(json_pointer(Defaults::CLAUDE_CODE_POINTER).unwrap_or_default()),
+            source: KeySourceSpec::Json(
+                json_pointer(Defaults::CLAUDE_CODE_POINTER).unwrap_or_default(),
+            ),
             extract: Extract::ClaudeUserId,
         });
     }
@@ -252,7 +319,11 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
     AffinitySpec {
         keys: specs,
         ttl,
-        max_sessions: at_least_one(max_sessions.unwrap_or(Defaults::MAX_SESSIONS), "affinity.max_sessions", errs),
+        max_sessions: at_least_one(
+            max_sessions.unwrap_or(Defaults::MAX_SESSIONS),
+            "affinity.max_sessions",
+            errs,
+        ),
         max_body_bytes: max_body_bytes.unwrap_or(Defaults::MAX_BODY_BYTES),
         balance: match balance {
             None | Some(BalanceFile::LeastLoaded) => Balance::LeastLoaded,
@@ -266,15 +337,28 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
 /// Parse an RFC 6901 JSON pointer into its unescaped tokens.
 pub fn json_pointer(pointer: &str) -> Option<Vec<String>> {
     let rest = pointer.strip_prefix('/')?;
-    Some(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+    Some(
+        rest.split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
 }
 
 fn key_spec(k: KeySourceFile, path: &str, errs: &mut Errors) -> Option<KeySpec> {
-    let KeySourceFile { header, cookie, query, json, regex } = k;
+    let KeySourceFile {
+        header,
+        cookie,
+        query,
+        json,
+        regex,
+    } = k;
     let mut sources = Vec::new();
     if let Some(h) = header {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            errs.push(format!("{path}.header"), format!("invalid header name {h:?}"));
+            errs.push(
+                format!("{path}.header"),
+                format!("invalid header name {h:?}"),
+            );
         }
         sources.push(KeySourceSpec::Header(h.to_ascii_lowercase()));
     }
@@ -288,7 +372,10 @@ fn key_spec(k: KeySourceFile, path: &str, errs: &mut Errors) -> Option<KeySpec> 
         match json_pointer(&j) {
             Some(tokens) => sources.push(KeySourceSpec::Json(tokens)),
             None => {
-                errs.push(format!("{path}.json"), format!("invalid JSON pointer {j:?}: must start with '/'"));
+                errs.push(
+                    format!("{path}.json"),
+                    format!("invalid JSON pointer {j:?}: must start with '/'"),
+                );
                 return None;
             }
         }
@@ -311,14 +398,24 @@ fn key_spec(k: KeySourceFile, path: &str, errs: &mut Errors) -> Option<KeySpec> 
 }
 
 fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
-    let TimeoutsFile { connect, read, write, pool_idle } = t;
+    let TimeoutsFile {
+        connect,
+        read,
+        write,
+        pool_idle,
+    } = t;
     let t = Timeouts {
         connect: connect.unwrap_or(Defaults::CONNECT_TIMEOUT),
         read: read.unwrap_or(Defaults::READ_TIMEOUT),
         write: write.unwrap_or(Defaults::WRITE_TIMEOUT),
         pool_idle: pool_idle.unwrap_or(Defaults::POOL_IDLE),
     };
-    for (name, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("pool_idle", t.pool_idle)] {
+    for (name, d) in [
+        ("connect", t.connect),
+        ("read", t.read),
+        ("write", t.write),
+        ("pool_idle", t.pool_idle),
+    ] {
         if d.is_zero() {
             errs.push(format!("timeouts.{name}"), "must be above zero");
         }
@@ -342,17 +439,32 @@ fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
         }
     });
     if token.is_none() && !listen.ip().is_loopback() && listen.port() != 0 {
-        errs.push("admin.listen", format!("{listen} is not a loopback address: set admin.token_file first"));
+        errs.push(
+            "admin.listen",
+            format!("{listen} is not a loopback address: set admin.token_file first"),
+        );
     }
     AdminSpec { listen, token }
 }
 
 fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
-    let ServerFile { threads, work_stealing, pool_size, grace_period, shutdown_timeout, pid_file, upgrade_sock, log_level } = s;
+    let ServerFile {
+        threads,
+        work_stealing,
+        pool_size,
+        grace_period,
+        shutdown_timeout,
+        pid_file,
+        upgrade_sock,
+        log_level,
+    } = s;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let log_level = log_level.unwrap_or_else(|| Defaults::LOG_LEVEL.to_string());
     if log_level.parse::<log::LevelFilter>().is_err() {
-        errs.push("server.log_level", format!("{log_level:?} is not one of off, error, warn, info, debug, trace"));
+        errs.push(
+            "server.log_level",
+            format!("{log_level:?} is not one of off, error, warn, info, debug, trace"),
+        );
     }
     ServerSpec {
         threads: at_least_one(threads.unwrap_or(cores), "server.threads", errs),
@@ -370,7 +482,8 @@ fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
 mod tests {
     use crate::config::{parse, ConfigError};
 
-    const BASE: &str = "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001}]\n";
+    const BASE: &str =
+        "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001}]\n";
 
     fn errors(text: &str) -> Vec<String> {
         match parse(text) {
@@ -404,22 +517,35 @@ mod tests {
         ];
         for (text, want) in cases {
             let got = errors(text);
-            assert!(got.iter().any(|l| l.starts_with(want)), "want {want:?} in {got:?}");
+            assert!(
+                got.iter().any(|l| l.starts_with(want)),
+                "want {want:?} in {got:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_keys_and_bad_durations_are_errors_with_paths() {
         let got = errors(&format!("{BASE}health_check: {{intervall: 1s}}\n"));
-        assert!(got[0].contains("health_check") && got[0].contains("unknown field"), "{got:?}");
+        assert!(
+            got[0].contains("health_check") && got[0].contains("unknown field"),
+            "{got:?}"
+        );
         let got = errors(&format!("{BASE}health_check: {{interval: soon}}\n"));
         assert!(got[0].contains("health_check.interval"), "{got:?}");
     }
 
     #[test]
     fn redis_url_is_never_echoed() {
-        let got = errors(&format!("{BASE}redis: {{url: 'http://user:hunter2@host'}}\n"));
+        let got = errors(&format!(
+            "{BASE}redis: {{url: 'http://user:hunter2@host'}}\n"
+        ));
         assert!(got.iter().all(|l| !l.contains("hunter2")), "{got:?}");
-        assert!(matches!(parse(&format!("{BASE}redis: {{url: 'http://user:hunter2@host'}}\n")), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            parse(&format!(
+                "{BASE}redis: {{url: 'http://user:hunter2@host'}}\n"
+            )),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

@@ -37,7 +37,11 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
         return Ok(None);
     }
     let header_size: usize = req.uri.to_string().len()
-        + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
     if header_size > MAX_HEADER_FOR_EARLY_READ {
         return Ok(None);
     }

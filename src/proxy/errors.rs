@@ -46,7 +46,10 @@ pub async fn respond(session: &mut Session, e: &Error) -> FailToProxy {
             let mut resp = ResponseHeader::build(code, Some(3))?;
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-            session.as_downstream_mut().write_error_response(resp, body).await
+            session
+                .as_downstream_mut()
+                .write_error_response(resp, body)
+                .await
         };
         if let Err(err) = written.await {
             log::debug!("could not send error response: {err}");

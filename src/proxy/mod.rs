@@ -88,13 +88,19 @@ impl ProxyHttp for EdgeProxy {
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
                 ctx.body = body::read_whole(session, state.config.affinity.max_body_bytes).await?;
-                state.keys.resume_with_body(session.req_header(), ctx.body.as_deref(), from)
+                state
+                    .keys
+                    .resume_with_body(session.req_header(), ctx.body.as_deref(), from)
             }
         };
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let state = ctx.state(&self.edge).clone();
         let index = route::choose(&self.edge, &state, ctx, clock::now_ms()).await?;
         let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
@@ -129,8 +135,16 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        let Some(state) = ctx.state.clone() else { return e };
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(state) = ctx.state.clone() else {
+            return e;
+        };
         if let Some(i) = ctx.upstream.take() {
             if let Some(u) = state.upstreams.get(i) {
                 u.end_request();
@@ -171,7 +185,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
-            let value = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let value = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
                 _ => ip,
             };
@@ -190,7 +208,9 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) else { return Ok(()) };
+        let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) else {
+            return Ok(());
+        };
         let code = upstream_response.status.as_u16();
         if state.upstreams.passive().failure_codes.contains(&code) {
             ctx.failed_upstream = true;
@@ -202,10 +222,18 @@ impl ProxyHttp for EdgeProxy {
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         // A client that went away is not an error of ours.
         error.esource() == &ErrorSource::Downstream
-            && matches!(error.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         errors::respond(session, e).await
     }
 
@@ -214,7 +242,10 @@ impl ProxyHttp for EdgeProxy {
         // A client that went away is not an upstream error.
         let upstream_error = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
         let failed = upstream_error || code >= 500 || ctx.failed_upstream;
-        let upstream = ctx.upstream.take().and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
+        let upstream = ctx
+            .upstream
+            .take()
+            .and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
         match upstream {
             Some(u) => {
                 u.end_request();
@@ -223,7 +254,9 @@ impl ProxyHttp for EdgeProxy {
                     u.stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 u.metrics.count_response(code);
-                u.metrics.duration.observe(ctx.started.elapsed().as_secs_f64());
+                u.metrics
+                    .duration
+                    .observe(ctx.started.elapsed().as_secs_f64());
             }
             None => self.edge.metrics.count_unrouted(code),
         }

@@ -17,15 +17,19 @@ use crate::state::{Edge, State};
 use crate::upstream::select;
 use pingora_core::{Error, ErrorType, Result};
 
-
 pub fn no_upstream() -> Box<Error> {
-    Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream can take this request")
+    Error::explain(
+        ErrorType::HTTPStatus(503),
+        "no healthy upstream can take this request",
+    )
 }
 
 fn place(state: &State, id: Option<SessionId>, ctx: &RequestCtx, now: u64) -> Option<usize> {
     let aff = &state.config.affinity;
     match (aff.balance, id) {
-        (Balance::Consistent, Some(id)) => select::consistent(&state.upstreams, id, aff.load_factor, &ctx.tried, now),
+        (Balance::Consistent, Some(id)) => {
+            select::consistent(&state.upstreams, id, aff.load_factor, &ctx.tried, now)
+        }
         _ => select::least_loaded(&state.upstreams, &ctx.tried, now),
     }
 }
@@ -38,7 +42,10 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
     };
 
     let (from, reason) = if let Some(last) = ctx.tried.last() {
-        (ups.get(last).map(|u| u.id.clone()), RepinReason::ConnectFailure)
+        (
+            ups.get(last).map(|u| u.id.clone()),
+            RepinReason::ConnectFailure,
+        )
     } else {
         let found = match edge.store.lookup_local(id) {
             Some(r) => Some((r, LookupSource::Local)),
@@ -56,7 +63,9 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
                 edge.metrics.lookup_miss.inc();
                 let index = place(state, Some(id), ctx, now).ok_or_else(no_upstream)?;
                 let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
-                let winner = ups.index_of(&record.upstream).filter(|&i| ups.all()[i].is_usable(now));
+                let winner = ups
+                    .index_of(&record.upstream)
+                    .filter(|&i| ups.all()[i].is_usable(now));
                 ctx.record = Some(record);
                 return Ok(winner.unwrap_or(index));
             }
@@ -93,7 +102,13 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         .unwrap_or(index);
     if from.as_deref() != Some(&*ups.all()[landed].id) {
         edge.metrics.repin(reason);
-        log::debug!("session {} moved from {:?} to {} ({})", id.to_hex(), from, ups.all()[landed].id, reason.label());
+        log::debug!(
+            "session {} moved from {:?} to {} ({})",
+            id.to_hex(),
+            from,
+            ups.all()[landed].id,
+            reason.label()
+        );
     }
     ctx.record = Some(record);
     Ok(landed)

@@ -59,7 +59,11 @@ impl Ejection {
             return Verdict::Counted;
         };
         let window_ms = spec.failure_window.as_millis() as u64;
-        while w.failures.front().is_some_and(|t| now.saturating_sub(*t) > window_ms) {
+        while w
+            .failures
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) > window_ms)
+        {
             w.failures.pop_front();
         }
         w.failures.push_back(now);
@@ -71,7 +75,9 @@ impl Ejection {
         let recovery_ms = (spec.recovery_time.as_millis() as u64).max(1);
         if last_end > 0 {
             let healthy_steps = now.saturating_sub(last_end) / recovery_ms;
-            w.level = w.level.saturating_sub(healthy_steps.min(u32::MAX as u64) as u32);
+            w.level = w
+                .level
+                .saturating_sub(healthy_steps.min(u32::MAX as u64) as u32);
         }
         Verdict::Eject(backoff(spec, w.level))
     }
@@ -83,8 +89,10 @@ impl Ejection {
             w.level = w.level.saturating_add(1).min(32);
             w.ejections += 1;
         }
-        self.until_ms
-            .store(clock::now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
+        self.until_ms.store(
+            clock::now_ms() + duration.as_millis() as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -116,21 +124,30 @@ mod tests {
         let s = spec();
         assert_eq!(e.record_failure(&s), Verdict::Counted);
         assert_eq!(e.record_failure(&s), Verdict::Counted);
-        let Verdict::Eject(first) = e.record_failure(&s) else { panic!("third failure must eject") };
+        let Verdict::Eject(first) = e.record_failure(&s) else {
+            panic!("third failure must eject")
+        };
         assert!((9_000..=11_000).contains(&first.as_millis()), "{first:?}");
         // Simulate the next round without waiting: the level has risen.
         e.eject(Duration::ZERO);
         for _ in 0..2 {
             e.record_failure(&s);
         }
-        let Verdict::Eject(second) = e.record_failure(&s) else { panic!("must eject again") };
-        assert!((18_000..=22_000).contains(&second.as_millis()), "{second:?}");
+        let Verdict::Eject(second) = e.record_failure(&s) else {
+            panic!("must eject again")
+        };
+        assert!(
+            (18_000..=22_000).contains(&second.as_millis()),
+            "{second:?}"
+        );
         e.eject(Duration::ZERO);
         e.eject(Duration::ZERO);
         for _ in 0..2 {
             e.record_failure(&s);
         }
-        let Verdict::Eject(capped) = e.record_failure(&s) else { panic!("must eject") };
+        let Verdict::Eject(capped) = e.record_failure(&s) else {
+            panic!("must eject")
+        };
         assert_eq!(capped, Duration::from_secs(35));
         assert_eq!(e.ejections(), 3);
     }

@@ -71,7 +71,11 @@ pub fn checker(spec: &UpstreamSpec, health: &HealthSpec) -> Box<dyn HealthCheck 
     let sni = spec.tls.as_ref().map(|t| t.sni.clone());
     match &health.path {
         Some(path) => {
-            let host = health.host.clone().or_else(|| sni.clone()).unwrap_or_else(|| spec.addr.to_string());
+            let host = health
+                .host
+                .clone()
+                .or_else(|| sni.clone())
+                .unwrap_or_else(|| spec.addr.to_string());
             let mut check = HttpHealthCheck::new(&host, sni.is_some());
             match path.parse() {
                 Ok(uri) => check.req.set_uri(uri),
@@ -91,7 +95,10 @@ pub fn checker(spec: &UpstreamSpec, health: &HealthSpec) -> Box<dyn HealthCheck 
                     Ok(())
                 } else {
                     pingora_core::Error::e_explain(
-                        pingora_core::ErrorType::CustomCode("non 2xx health check", resp.status.as_u16()),
+                        pingora_core::ErrorType::CustomCode(
+                            "non 2xx health check",
+                            resp.status.as_u16(),
+                        ),
                         "during http health check",
                     )
                 }
@@ -103,8 +110,13 @@ pub fn checker(spec: &UpstreamSpec, health: &HealthSpec) -> Box<dyn HealthCheck 
                 Some(sni) => TcpHealthCheck::new_tls(sni),
                 None => TcpHealthCheck::new(),
             };
-            check.peer_template.options.connection_timeout = Some(health.timeout);
-            check.peer_template.options.total_connection_timeout = Some(health.timeout);
+            let o = &mut check.peer_template.options;
+            o.connection_timeout = Some(health.timeout);
+            o.total_connection_timeout = Some(health.timeout);
+            if let Some(t) = &spec.tls {
+                o.verify_cert = t.verify;
+                o.verify_hostname = t.verify;
+            }
             debug_assert!(check.peer_template.tls() == sni.is_some());
             check
         }
@@ -126,10 +138,20 @@ impl HealthService {
             let u = u.clone();
             let spec = spec.clone();
             tasks.spawn(async move {
-                let ok = matches!(tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await, Ok(Ok(())));
-                match u.health.observe(ok, spec.healthy_after, spec.unhealthy_after) {
+                let ok = matches!(
+                    tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await,
+                    Ok(Ok(()))
+                );
+                match u
+                    .health
+                    .observe(ok, spec.healthy_after, spec.unhealthy_after)
+                {
                     Some(true) => log::info!("upstream {} is healthy again", u.id),
-                    Some(false) => log::warn!("upstream {} failed {} health checks in a row", u.id, spec.unhealthy_after),
+                    Some(false) => log::warn!(
+                        "upstream {} failed {} health checks in a row",
+                        u.id,
+                        spec.unhealthy_after
+                    ),
                     None => {}
                 }
             });

@@ -51,7 +51,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(spec: UpstreamSpec, timeouts: &Timeouts, health: &HealthSpec, metrics: &Metrics) -> Upstream {
+    pub fn new(
+        spec: UpstreamSpec,
+        timeouts: &Timeouts,
+        health: &HealthSpec,
+        metrics: &Metrics,
+    ) -> Upstream {
         let id: Arc<str> = Arc::from(spec.id.as_str());
         let m = metrics.for_upstream(&spec.id);
         m.healthy.set(1);
@@ -122,9 +127,18 @@ pub struct UpstreamSet {
 
 impl UpstreamSet {
     pub fn new(list: Vec<Arc<Upstream>>, passive: PassiveSpec) -> UpstreamSet {
-        let by_id = list.iter().enumerate().map(|(i, u)| (u.id.clone(), i)).collect();
+        let by_id = list
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.id.clone(), i))
+            .collect();
         let ring = select::Ring::new(&list);
-        UpstreamSet { list, by_id, ring, passive }
+        UpstreamSet {
+            list,
+            by_id,
+            ring,
+            passive,
+        }
     }
 
     pub fn all(&self) -> &[Arc<Upstream>] {
@@ -150,18 +164,28 @@ impl UpstreamSet {
     /// Record a connect failure or failure-coded answer of upstream `index`,
     /// ejecting it if the threshold is reached and the cap allows.
     pub fn record_failure(&self, index: usize) {
-        let Some(u) = self.list.get(index) else { return };
+        let Some(u) = self.list.get(index) else {
+            return;
+        };
         let Verdict::Eject(duration) = u.ejection.record_failure(&self.passive) else {
             return;
         };
         let now = clock::now_ms();
-        let ejected = self.list.iter().filter(|u| u.ejection.is_ejected(now)).count();
+        let ejected = self
+            .list
+            .iter()
+            .filter(|u| u.ejection.is_ejected(now))
+            .count();
         let cap = self.list.len() * usize::from(self.passive.max_ejected_percent) / 100;
         if ejected < cap {
             u.ejection.eject(duration);
             u.metrics.ejections.inc();
             u.refresh_healthy_gauge();
-            log::warn!("upstream {} ejected for {:?} after repeated failures", u.id, duration);
+            log::warn!(
+                "upstream {} ejected for {:?} after repeated failures",
+                u.id,
+                duration
+            );
         } else {
             log::warn!(
                 "upstream {} reached its failure threshold, but {ejected} of {} upstreams are already ejected (cap {}%)",

@@ -62,7 +62,13 @@ fn load(u: &Upstream) -> u64 {
 }
 
 /// First eligible upstream at or after a random start.
-fn probe(set: &UpstreamSet, start: usize, skip: Option<usize>, tried: &Tried, now_ms: u64) -> Option<usize> {
+fn probe(
+    set: &UpstreamSet,
+    start: usize,
+    skip: Option<usize>,
+    tried: &Tried,
+    now_ms: u64,
+) -> Option<usize> {
     let n = set.all().len();
     (0..n)
         .map(|k| (start + k) % n)
@@ -84,7 +90,13 @@ pub fn least_loaded(set: &UpstreamSet, tried: &Tried, now_ms: u64) -> Option<usi
 }
 
 /// Bounded-load consistent hashing on the session id.
-pub fn consistent(set: &UpstreamSet, id: SessionId, load_factor: f64, tried: &Tried, now_ms: u64) -> Option<usize> {
+pub fn consistent(
+    set: &UpstreamSet,
+    id: SessionId,
+    load_factor: f64,
+    tried: &Tried,
+    now_ms: u64,
+) -> Option<usize> {
     let ring = set.ring();
     if ring.points.is_empty() {
         return None;
@@ -127,7 +139,12 @@ impl Ring {
     pub fn new(list: &[Arc<Upstream>]) -> Ring {
         let mut points = Vec::new();
         for (index, u) in list.iter().enumerate() {
-            for v in 0..u.spec.weight.saturating_mul(Self::POINTS_PER_WEIGHT).min(4096) {
+            for v in 0..u
+                .spec
+                .weight
+                .saturating_mul(Self::POINTS_PER_WEIGHT)
+                .min(4096)
+            {
                 let mut h = SipHasher13::new_with_keys(0x72696e67, 0x706f696e74);
                 h.write(u.id.as_bytes());
                 h.write_u32(v);

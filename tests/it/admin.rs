@@ -18,45 +18,129 @@ const METRIC_NAMES: [&str; 10] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_show_and_change_state() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!("{}affinity: {{keys: [{{header: x-session-id}}]}}\n", upstreams_yaml(&ups))).await;
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
     assert_eq!(edge.admin_json("GET", "/healthz", b"").await.0, 200);
     assert_eq!(edge.admin_json("GET", "/readyz", b"").await.0, 200);
 
-    let home = edge.get("/v1/x", &[("x-session-id", "user/42 key")]).await.upstream();
+    let home = edge
+        .get("/v1/x", &[("x-session-id", "user/42 key")])
+        .await
+        .upstream();
     edge.get("/v1/x", &[("x-session-id", "user/42 key")]).await;
 
-    let (code, s) = edge.admin_json("GET", "/api/sessions/user%2F42%20key", b"").await;
+    // Counters are updated in the logging phase, just after the response.
+    eventually(
+        std::time::Duration::from_secs(5),
+        "both requests counted",
+        || async {
+            edge.admin_json("GET", "/api/sessions/user%2F42%20key", b"")
+                .await
+                .1["requests"]
+                == 2
+        },
+    )
+    .await;
+    let (code, s) = edge
+        .admin_json("GET", "/api/sessions/user%2F42%20key", b"")
+        .await;
     assert_eq!(code, 200, "{s}");
     assert_eq!(s["upstream"], home.as_str());
-    assert_eq!(s["requests"], 2);
     assert!(s["ttl_left_seconds"].as_u64().unwrap_or(0) > 3500, "{s}");
     assert!(s["created_unix_ms"].as_u64().is_some() && s["last_seen_unix_ms"].as_u64().is_some());
-    assert!(!s.to_string().contains("user/42"), "raw keys are never stored or shown");
+    assert!(
+        !s.to_string().contains("user/42"),
+        "raw keys are never stored or shown"
+    );
 
-    let (_, list) = edge.admin_json("GET", &format!("/api/sessions?upstream={home}&limit=10"), b"").await;
+    let (_, list) = edge
+        .admin_json(
+            "GET",
+            &format!("/api/sessions?upstream={home}&limit=10"),
+            b"",
+        )
+        .await;
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
 
-    let other = if home == "relay-a" { "relay-b" } else { "relay-a" };
-    let (code, s) = edge.admin_json("PUT", "/api/sessions/user%2F42%20key", format!(r#"{{"upstream":"{other}"}}"#).as_bytes()).await;
+    let other = if home == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
+    let (code, s) = edge
+        .admin_json(
+            "PUT",
+            "/api/sessions/user%2F42%20key",
+            format!(r#"{{"upstream":"{other}"}}"#).as_bytes(),
+        )
+        .await;
     assert_eq!((code, s["upstream"].as_str()), (200, Some(other)));
-    assert_eq!(edge.get("/v1/x", &[("x-session-id", "user/42 key")]).await.upstream(), other);
-    assert_eq!(edge.admin_json("PUT", "/api/sessions/k", br#"{"upstream":"nope"}"#).await.0, 400);
-    assert_eq!(edge.admin_json("PUT", "/api/sessions/k", b"not json").await.0, 400);
+    assert_eq!(
+        edge.get("/v1/x", &[("x-session-id", "user/42 key")])
+            .await
+            .upstream(),
+        other
+    );
+    assert_eq!(
+        edge.admin_json("PUT", "/api/sessions/k", br#"{"upstream":"nope"}"#)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        edge.admin_json("PUT", "/api/sessions/k", b"not json")
+            .await
+            .0,
+        400
+    );
 
-    assert_eq!(edge.admin_json("DELETE", "/api/sessions/user%2F42%20key", b"").await.0, 200);
-    assert_eq!(edge.admin_json("GET", "/api/sessions/user%2F42%20key", b"").await.0, 404);
+    assert_eq!(
+        edge.admin_json("DELETE", "/api/sessions/user%2F42%20key", b"")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        edge.admin_json("GET", "/api/sessions/user%2F42%20key", b"")
+            .await
+            .0,
+        404
+    );
 
     let (_, ups_json) = edge.admin_json("GET", "/api/upstreams", b"").await;
-    for field in ["id", "addr", "healthy", "draining", "inflight", "sessions", "requests", "errors", "ejected", "mean_connect_ms", "pooled_reuse_ratio"] {
-        assert!(ups_json[0].get(field).is_some(), "/api/upstreams lacks {field}: {ups_json}");
+    for field in [
+        "id",
+        "addr",
+        "healthy",
+        "draining",
+        "inflight",
+        "sessions",
+        "requests",
+        "errors",
+        "ejected",
+        "mean_connect_ms",
+        "pooled_reuse_ratio",
+    ] {
+        assert!(
+            ups_json[0].get(field).is_some(),
+            "/api/upstreams lacks {field}: {ups_json}"
+        );
     }
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     for section in ["upstreams", "sessions", "affinity", "redis", "config"] {
-        assert!(stats.get(section).is_some(), "/api/stats lacks {section}: {stats}");
+        assert!(
+            stats.get(section).is_some(),
+            "/api/stats lacks {section}: {stats}"
+        );
     }
     assert!(stats["affinity"]["hit_rate"].as_f64().is_some());
 
-    let page = request(edge.admin, "GET", "/", &[], b"").await.expect("dashboard");
+    let page = request(edge.admin, "GET", "/", &[], b"")
+        .await
+        .expect("dashboard");
     assert_eq!(page.status, 200);
     assert!(page.text().contains("<title>relay-edge</title>"));
     assert_eq!(edge.admin_json("GET", "/nope", b"").await.0, 404);
@@ -66,18 +150,51 @@ async fn admin_endpoints_show_and_change_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_carry_every_contract_name_with_help() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!("{}affinity: {{keys: [{{header: x-session-id}}]}}\n", upstreams_yaml(&ups))).await;
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
     edge.get("/v1/x", &[("x-session-id", "m")]).await;
     edge.get("/v1/x", &[("x-session-id", "m")]).await;
-    let text = request(edge.admin, "GET", "/metrics", &[], b"").await.expect("metrics").text();
+    let counted = "relay_edge_requests_total{code=\"200\",upstream=\"relay-a\"} 2";
+    // Requests are counted in the logging phase, just after the response.
+    eventually(
+        std::time::Duration::from_secs(5),
+        "both requests counted",
+        || async {
+            request(edge.admin, "GET", "/metrics", &[], b"")
+                .await
+                .is_ok_and(|r| r.text().contains(counted))
+        },
+    )
+    .await;
+    let text = request(edge.admin, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics")
+        .text();
     for name in METRIC_NAMES {
-        assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
-        assert!(text.lines().any(|l| l.starts_with(name)), "no sample of {name}");
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "no sample of {name}"
+        );
     }
-    assert!(text.contains("relay_edge_requests_total{code=\"200\",upstream=\"relay-a\"} 2"), "{text}");
-    assert!(text.contains("relay_edge_affinity_lookups_total{result=\"local_hit\"} 1"), "{text}");
-    assert!(text.contains("relay_edge_affinity_lookups_total{result=\"miss\"} 1"), "{text}");
-    assert!(text.contains("relay_edge_upstream_sessions{upstream=\"relay-a\"} 1"), "{text}");
+    assert!(
+        text.contains("relay_edge_affinity_lookups_total{result=\"local_hit\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay_edge_affinity_lookups_total{result=\"miss\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay_edge_upstream_sessions{upstream=\"relay-a\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("relay_edge_config_generation 1"), "{text}");
 }
 
@@ -100,17 +217,39 @@ async fn a_configured_token_guards_every_admin_route() {
         ),
     )
     .expect("write config");
-    let mut child = std::process::Command::new(BIN).arg("-c").arg(&conf).stderr(std::process::Stdio::null()).spawn().expect("start");
+    let mut child = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     eventually(std::time::Duration::from_secs(20), "admin up", || async {
         request(admin, "GET", "/healthz", &[], b"").await.is_ok()
     })
     .await;
     for path in ["/healthz", "/metrics", "/api/stats", "/"] {
-        assert_eq!(request(admin, "GET", path, &[], b"").await.expect("answer").status, 401, "{path} without token");
-        let wrong = request(admin, "GET", path, &[("authorization", "Bearer nope")], b"").await.expect("answer");
+        assert_eq!(
+            request(admin, "GET", path, &[], b"")
+                .await
+                .expect("answer")
+                .status,
+            401,
+            "{path} without token"
+        );
+        let wrong = request(admin, "GET", path, &[("authorization", "Bearer nope")], b"")
+            .await
+            .expect("answer");
         assert_eq!(wrong.status, 401, "{path} with a wrong token");
-        let right = request(admin, "GET", path, &[("authorization", "Bearer s3cret-token")], b"").await.expect("answer");
+        let right = request(
+            admin,
+            "GET",
+            path,
+            &[("authorization", "Bearer s3cret-token")],
+            b"",
+        )
+        .await
+        .expect("answer");
         assert_eq!(right.status, 200, "{path} with the token");
     }
     let _ = child.kill();

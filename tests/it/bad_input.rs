@@ -13,7 +13,9 @@ async fn still_serves(edge: &mut Edge) {
 
 /// Send raw bytes and return whatever comes back before the connection closes.
 async fn raw_exchange(edge: &Edge, bytes: &[u8]) -> String {
-    let mut conn = tokio::net::TcpStream::connect(edge.addr).await.expect("connect");
+    let mut conn = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
     use tokio::io::AsyncWriteExt;
     let _ = conn.write_all(bytes).await;
     let _ = conn.shutdown().await;
@@ -25,26 +27,48 @@ async fn raw_exchange(edge: &Edge, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_huge_headers_and_truncated_bodies() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start(&format!("{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\n", upstreams_yaml(&ups))).await;
+    let mut edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
 
     let garbage = raw_exchange(&edge, b"\x16\x03\x01 not http at all\r\n\r\n").await;
-    assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 4"), "{garbage}");
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 4"),
+        "{garbage}"
+    );
     still_serves(&mut edge).await;
 
-    let huge = format!("GET / HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let answer = raw_exchange(&edge, huge.as_bytes()).await;
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
     still_serves(&mut edge).await;
 
     // A body that promises 100000 bytes and stops after 10.
-    let truncated = raw_exchange(&edge, b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n{\"metadata\"").await;
+    let truncated = raw_exchange(
+        &edge,
+        b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n{\"metadata\"",
+    )
+    .await;
     assert!(!truncated.contains("200 OK"), "{truncated}");
     still_serves(&mut edge).await;
 
     // Invalid JSON with a JSON key configured is forwarded, not rejected.
-    let r = edge.post("/v1/messages", &[("x-session-id", "k")], b"{{{ not json").await;
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "k")], b"{{{ not json")
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(ups[0].recorded().pop().expect("recorded").body, b"{{{ not json");
+    assert_eq!(
+        ups[0].recorded().pop().expect("recorded").body,
+        b"{{{ not json"
+    );
     still_serves(&mut edge).await;
 }
 
@@ -56,21 +80,40 @@ async fn clients_and_upstreams_that_vanish_mid_stream() {
     // A client that disconnects in the middle of a slow SSE stream.
     for _ in 0..5 {
         let mut conn = Conn::open(edge.addr).await.expect("connect");
-        conn.send_raw(&raw_request("GET", "/v1/messages?sse=20&gap_ms=100", &[], b"")).await.expect("send");
+        conn.send_raw(&raw_request(
+            "GET",
+            "/v1/messages?sse=20&gap_ms=100",
+            &[],
+            b"",
+        ))
+        .await
+        .expect("send");
         // Read until the first event is in, then go away.
         let mut seen = false;
-        let _ = tokio::time::timeout(Duration::from_millis(400), conn.read_response(|d| seen |= !d.is_empty())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(400),
+            conn.read_response(|d| seen |= !d.is_empty()),
+        )
+        .await;
         assert!(seen, "the stream started");
         drop(conn);
     }
-    eventually(Duration::from_secs(10), "in-flight back to zero", || async { edge.upstream("relay-a").await["inflight"] == 0 }).await;
+    eventually(
+        Duration::from_secs(10),
+        "in-flight back to zero",
+        || async { edge.upstream("relay-a").await["inflight"] == 0 },
+    )
+    .await;
     still_serves(&mut edge).await;
 
     // An upstream that resets in the middle of its answer.
     let mut conn = Conn::open(edge.addr).await.expect("connect");
     let r = conn.request("GET", "/reset", &[], b"").await;
     match r {
-        Ok(resp) => assert!(!resp.text().contains("message_stop"), "a cut stream must not look complete"),
+        Ok(resp) => assert!(
+            !resp.text().contains("message_stop"),
+            "a cut stream must not look complete"
+        ),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}"),
     }
     still_serves(&mut edge).await;
@@ -78,9 +121,23 @@ async fn clients_and_upstreams_that_vanish_mid_stream() {
     // An upstream that hangs does not hang the edge for other requests.
     let hang = tokio::spawn({
         let addr = edge.addr;
-        async move { tokio::time::timeout(Duration::from_millis(500), request(addr, "GET", "/hang", &[], b"")).await }
+        async move {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                request(addr, "GET", "/hang", &[], b""),
+            )
+            .await
+        }
     });
     still_serves(&mut edge).await;
-    assert!(hang.await.expect("task").is_err(), "the hanging request is still waiting on its upstream");
-    eventually(Duration::from_secs(10), "in-flight back to zero", || async { edge.upstream("relay-a").await["inflight"] == 0 }).await;
+    assert!(
+        hang.await.expect("task").is_err(),
+        "the hanging request is still waiting on its upstream"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "in-flight back to zero",
+        || async { edge.upstream("relay-a").await["inflight"] == 0 },
+    )
+    .await;
 }

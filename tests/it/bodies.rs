@@ -17,17 +17,38 @@ fn body_of(ups: &[relay_edge::demo::DemoUpstream], name: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_key_at_the_end_of_bodies_of_every_size_routes_and_arrives_byte_exact() {
-    let (ups, edge) = two_upstreams_edge("affinity:\n  keys: [{json: /metadata/user_id}, {header: x-session-id}]\n").await;
+    let (ups, edge) = two_upstreams_edge(
+        "affinity:\n  keys: [{json: /metadata/user_id}, {header: x-session-id}]\n",
+    )
+    .await;
     for size in [1024, 64 * 1024 + 1, 5 * 1024 * 1024] {
-        for key in ["session-one", "session-two", "session-three", "session-four"] {
+        for key in [
+            "session-one",
+            "session-two",
+            "session-three",
+            "session-four",
+        ] {
             // Where the header-keyed twin of this session lives.
             let home = edge.get("/", &[("x-session-id", key)]).await.upstream();
             let body = messages_body(size, key);
             assert!(body.ends_with(format!(r#""user_id":"{key}"}}}}"#).as_bytes()));
-            let r = edge.post("/v1/messages?beta=true", &[("content-type", "application/json")], &body).await;
+            let r = edge
+                .post(
+                    "/v1/messages?beta=true",
+                    &[("content-type", "application/json")],
+                    &body,
+                )
+                .await;
             assert_eq!(r.status, 200, "size {size}: {}", r.text());
-            assert_eq!(r.upstream(), home, "size {size} key {key}: the body key must route like the same key in a header");
-            assert!(body_of(&ups, &home) == body, "size {size}: the upstream must get the body byte for byte");
+            assert_eq!(
+                r.upstream(),
+                home,
+                "size {size} key {key}: the body key must route like the same key in a header"
+            );
+            assert!(
+                body_of(&ups, &home) == body,
+                "size {size}: the upstream must get the body byte for byte"
+            );
         }
     }
 }
@@ -38,16 +59,31 @@ async fn bodies_over_the_limit_not_json_or_chunked_fall_back_whole() {
         "affinity:\n  max_body_bytes: 100000\n  keys: [{json: /metadata/user_id}, {header: x-session-id}]\n",
     )
     .await;
-    let home = edge.get("/", &[("x-session-id", "fallback")]).await.upstream();
+    let home = edge
+        .get("/", &[("x-session-id", "fallback")])
+        .await
+        .upstream();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("over the limit", messages_body(150_000, "other-key")),
-        ("not JSON", b"this is not json {\"metadata\":{\"user_id\":\"other-key\"}}".to_vec()),
-        ("truncated JSON", br#"{"metadata":{"user_id":"other-key""#.to_vec()),
+        (
+            "not JSON",
+            b"this is not json {\"metadata\":{\"user_id\":\"other-key\"}}".to_vec(),
+        ),
+        (
+            "truncated JSON",
+            br#"{"metadata":{"user_id":"other-key""#.to_vec(),
+        ),
     ];
     for (what, body) in cases {
-        let r = edge.post("/v1/messages", &[("x-session-id", "fallback")], &body).await;
+        let r = edge
+            .post("/v1/messages", &[("x-session-id", "fallback")], &body)
+            .await;
         assert_eq!(r.status, 200, "{what}: {}", r.text());
-        assert_eq!(r.upstream(), home, "{what}: must fall back to the header key");
+        assert_eq!(
+            r.upstream(),
+            home,
+            "{what}: must fall back to the header key"
+        );
         assert!(body_of(&ups, &home) == body, "{what}: must arrive whole");
     }
     // A chunked body is not read early, and still arrives whole.
@@ -84,11 +120,20 @@ async fn claude_code_preset_follows_the_header_and_both_user_id_shapes() {
     let mut homes = std::collections::HashSet::new();
     for i in 0..20 {
         let sid = format!("{}{i:02}", &SID[..34]);
-        let home = edge.get("/v1/messages?beta=true", &[("x-claude-code-session-id", &sid)]).await.upstream();
+        let home = edge
+            .get(
+                "/v1/messages?beta=true",
+                &[("x-claude-code-session-id", &sid)],
+            )
+            .await
+            .upstream();
         homes.insert(home.clone());
         let device = "f".repeat(64);
-        let modern = format!(r#"{{\"device_id\":\"{device}\",\"account_uuid\":\"\",\"session_id\":\"{sid}\"}}"#);
-        let legacy = format!("user_{device}_account_11111111-2222-3333-4444-555555555555_session_{sid}");
+        let modern = format!(
+            r#"{{\"device_id\":\"{device}\",\"account_uuid\":\"\",\"session_id\":\"{sid}\"}}"#
+        );
+        let legacy =
+            format!("user_{device}_account_11111111-2222-3333-4444-555555555555_session_{sid}");
         for user_id in [modern, legacy] {
             // Claude Code's bodies are over 64 KiB even for one word.
             let body = messages_body(90_000, &user_id);

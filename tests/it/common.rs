@@ -21,7 +21,11 @@ pub fn free_port() -> u16 {
 pub async fn upstreams(names: &[&str]) -> Vec<DemoUpstream> {
     let mut ups = Vec::new();
     for name in names {
-        ups.push(DemoUpstream::start(name, "127.0.0.1:0".parse().expect("addr")).await.expect("upstream listens"));
+        ups.push(
+            DemoUpstream::start(name, "127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("upstream listens"),
+        );
     }
     ups
 }
@@ -53,12 +57,24 @@ impl Edge {
 
     /// As [`Edge::start`], with `threads` proxy worker threads.
     pub async fn start_with_threads(body: &str, threads: usize) -> Edge {
+        Edge::start_full(body, threads, None).await
+    }
+
+    /// As [`Edge::start`]; with `tls` (cert, key) the proxy listener speaks TLS.
+    pub async fn start_full(
+        body: &str,
+        threads: usize,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let d = dir.path().display();
+        let tls = tls.map_or(String::new(), |(c, k)| {
+            format!(", tls: {{cert: {}, key: {}}}", c.display(), k.display())
+        });
         let mut yaml = format!(
-            "listen: [{{addr: {addr}}}]\nadmin: {{listen: {admin}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: 0s, shutdown_timeout: 1s}}\n{body}"
+            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: 0s, shutdown_timeout: 1s}}\n{body}"
         );
         if !body.contains("health_check") {
             yaml.push_str("health_check: {path: /health, interval: 200ms, timeout: 200ms}\n");
@@ -73,7 +89,12 @@ impl Edge {
             .stderr(log)
             .spawn()
             .expect("relay-edge starts");
-        let edge = Edge { child, addr, admin, dir };
+        let edge = Edge {
+            child,
+            addr,
+            admin,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = request(edge.admin, "GET", "/readyz", &[], b"").await {
@@ -81,7 +102,11 @@ impl Edge {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "relay-edge did not become ready:\n{}", edge.log());
+            assert!(
+                Instant::now() < deadline,
+                "relay-edge did not become ready:\n{}",
+                edge.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         edge
@@ -101,16 +126,30 @@ impl Edge {
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
-        request(self.addr, "GET", path, headers, b"").await.expect("proxy answers")
+        request(self.addr, "GET", path, headers, b"")
+            .await
+            .expect("proxy answers")
     }
 
     pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        request(self.addr, "POST", path, headers, body).await.expect("proxy answers")
+        request(self.addr, "POST", path, headers, body)
+            .await
+            .expect("proxy answers")
     }
 
-    pub async fn admin_json(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let r = request(self.admin, method, path, &[], body).await.expect("admin answers");
-        (r.status, serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+    pub async fn admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let r = request(self.admin, method, path, &[], body)
+            .await
+            .expect("admin answers");
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The admin view of one upstream.
@@ -138,7 +177,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Which demo upstream answered.
@@ -165,7 +207,11 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) && (method != "GET" || !body.is_empty()) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+        && (method != "GET" || !body.is_empty())
+    {
         out.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     out.push_str("\r\n");
@@ -176,15 +222,25 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u
 
 impl Conn {
     pub async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        Ok(Conn { stream: BufReader::new(TcpStream::connect(addr).await?), buf: Vec::new() })
+        Ok(Conn {
+            stream: BufReader::new(TcpStream::connect(addr).await?),
+            buf: Vec::new(),
+        })
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.get_mut().write_all(bytes).await
     }
 
-    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
-        self.send_raw(&raw_request(method, path, headers, body)).await?;
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        self.send_raw(&raw_request(method, path, headers, body))
+            .await?;
         self.read_response(|_| {}).await
     }
 
@@ -196,7 +252,10 @@ impl Conn {
     }
 
     /// Read one response; `on_data` sees each piece of body as it arrives.
-    pub async fn read_response(&mut self, mut on_data: impl FnMut(&[u8])) -> std::io::Result<Response> {
+    pub async fn read_response(
+        &mut self,
+        mut on_data: impl FnMut(&[u8]),
+    ) -> std::io::Result<Response> {
         let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
         let (status, headers, head_len) = loop {
             let mut hs = [httparse::EMPTY_HEADER; 64];
@@ -205,7 +264,12 @@ impl Conn {
                 let headers: Vec<(String, String)> = resp
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 break (resp.code.unwrap_or(0), headers, n);
             }
@@ -226,8 +290,17 @@ impl Conn {
                         return Err(eof());
                     }
                 };
-                let size = usize::from_str_radix(String::from_utf8_lossy(&self.buf[..line_end]).split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.buf[..line_end])
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim(),
+                    16,
+                )
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
+                })?;
                 self.buf.drain(..line_end + 2);
                 while self.buf.len() < size + 2 {
                     if self.fill().await? == 0 {
@@ -255,12 +328,22 @@ impl Conn {
             body = std::mem::take(&mut self.buf);
             on_data(&body);
         }
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
 /// One request on a fresh connection.
-pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut conn = Conn::open(addr).await?;
     conn.request(method, path, headers, body).await
 }
@@ -282,7 +365,8 @@ where
 /// at its very end.
 pub fn messages_body(size: usize, user_id: &str) -> Vec<u8> {
     let head = r#"{"model":"claude-x","messages":[{"role":"user","content":""#;
-    let tail = format!(r#""}}],"max_tokens":16,"stream":false,"metadata":{{"user_id":"{user_id}"}}}}"#);
+    let tail =
+        format!(r#""}}],"max_tokens":16,"stream":false,"metadata":{{"user_id":"{user_id}"}}}}"#);
     let fill = size.saturating_sub(head.len() + tail.len());
     let mut body = Vec::with_capacity(size);
     body.extend_from_slice(head.as_bytes());

@@ -4,8 +4,16 @@ use crate::common::BIN;
 use std::process::Command;
 
 fn check(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new(BIN).arg("-c").arg(path).arg("--check").output().expect("relay-edge runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(path)
+        .arg("--check")
+        .output()
+        .expect("relay-edge runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -20,7 +28,10 @@ fn every_file_in_conf_is_valid() {
             checked += 1;
         }
     }
-    assert!(checked >= 2, "conf/ should hold the example and the contract config");
+    assert!(
+        checked >= 2,
+        "conf/ should hold the example and the contract config"
+    );
 }
 
 #[test]
@@ -53,11 +64,23 @@ fn invalid_config_at_start_binds_nothing_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = crate::common::free_port();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, format!("listen: [{{addr: 127.0.0.1:{port}}}]\nupstreams: []\n")).expect("write");
-    let out = Command::new(BIN).arg("-c").arg(&path).output().expect("runs");
+    std::fs::write(
+        &path,
+        format!("listen: [{{addr: 127.0.0.1:{port}}}]\nupstreams: []\n"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("upstreams: at least one upstream is required"));
-    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "nothing may stay bound");
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("upstreams: at least one upstream is required"));
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "nothing may stay bound"
+    );
 }
 
 #[test]

@@ -44,19 +44,30 @@ async fn killed_upstream_fails_over_without_client_errors_and_never_moves_back()
     }
     // Moved sessions stay where they landed ...
     for (key, new_home) in &moved {
-        assert_eq!(&edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(), new_home);
+        assert_eq!(
+            &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            new_home
+        );
     }
     // ... also once relay-a is back and healthy.
     ups[0].revive().await.expect("revive");
     eventually(Duration::from_secs(15), "relay-a healthy again", || async {
-        edge.upstream("relay-a").await["healthy"] == true && edge.get("/health", &[]).await.status == 200
+        edge.upstream("relay-a").await["healthy"] == true
+            && edge.get("/health", &[]).await.status == 200
     })
     .await;
     for (key, new_home) in &moved {
-        assert_eq!(&edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(), new_home, "no move back");
+        assert_eq!(
+            &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            new_home,
+            "no move back"
+        );
     }
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
-    assert!(stats["affinity"]["repins"].as_u64().unwrap_or(0) >= moved.len() as u64, "{stats}");
+    assert!(
+        stats["affinity"]["repins"].as_u64().unwrap_or(0) >= moved.len() as u64,
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,20 +79,42 @@ async fn failed_health_checks_take_an_upstream_out_and_back() {
     ))
     .await;
     ups[0].set_healthy(false);
-    eventually(Duration::from_secs(10), "relay-a unhealthy", || async { edge.upstream("relay-a").await["healthy"] == false }).await;
+    eventually(Duration::from_secs(10), "relay-a unhealthy", || async {
+        edge.upstream("relay-a").await["healthy"] == false
+    })
+    .await;
     for i in 0..30 {
-        let r = edge.get("/v1/x", &[("x-session-id", &format!("h{i}"))]).await;
-        assert_eq!(r.upstream(), "relay-b", "no new session may go to an unhealthy upstream");
+        let r = edge
+            .get("/v1/x", &[("x-session-id", &format!("h{i}"))])
+            .await;
+        assert_eq!(
+            r.upstream(),
+            "relay-b",
+            "no new session may go to an unhealthy upstream"
+        );
     }
     ups[0].set_healthy(true);
-    eventually(Duration::from_secs(10), "relay-a healthy", || async { edge.upstream("relay-a").await["healthy"] == true }).await;
+    eventually(Duration::from_secs(10), "relay-a healthy", || async {
+        edge.upstream("relay-a").await["healthy"] == true
+    })
+    .await;
     let mut reached_a = false;
     for i in 0..30 {
-        reached_a |= edge.get("/v1/x", &[("x-session-id", &format!("n{i}"))]).await.upstream() == "relay-a";
+        reached_a |= edge
+            .get("/v1/x", &[("x-session-id", &format!("n{i}"))])
+            .await
+            .upstream()
+            == "relay-a";
     }
     assert!(reached_a, "a recovered upstream takes new sessions");
-    let metrics = request(edge.admin, "GET", "/metrics", &[], b"").await.expect("metrics").text();
-    assert!(metrics.contains("relay_edge_upstream_healthy{upstream=\"relay-a\"} 1"), "{metrics}");
+    let metrics = request(edge.admin, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("relay_edge_upstream_healthy{upstream=\"relay-a\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,24 +130,62 @@ async fn passive_ejection_backs_off_and_respects_the_cap() {
         let r = edge.get("/status/503", &[]).await;
         assert_eq!(r.status, 503, "upstream answers pass through");
     }
-    let (a, b) = (edge.upstream("relay-a").await, edge.upstream("relay-b").await);
-    let ejected: Vec<_> = [&a, &b].iter().filter(|u| u["ejected"] == true).map(|u| u["id"].clone()).collect();
-    assert_eq!(ejected.len(), 1, "max_ejected_percent 50 allows one of two: {a} {b}");
+    let (a, b) = (
+        edge.upstream("relay-a").await,
+        edge.upstream("relay-b").await,
+    );
+    let ejected: Vec<_> = [&a, &b]
+        .iter()
+        .filter(|u| u["ejected"] == true)
+        .map(|u| u["id"].clone())
+        .collect();
+    assert_eq!(
+        ejected.len(),
+        1,
+        "max_ejected_percent 50 allows one of two: {a} {b}"
+    );
     let victim = ejected[0].as_str().expect("id").to_string();
-    let first = edge.upstream(&victim).await["ejected_for_seconds"].as_f64().expect("secs");
-    assert!(first > 0.2 && first <= 1.1, "first ejection lasts recovery_time: {first}");
+    let first = edge.upstream(&victim).await["ejected_for_seconds"]
+        .as_f64()
+        .expect("secs");
+    assert!(
+        first > 0.2 && first <= 1.1,
+        "first ejection lasts recovery_time: {first}"
+    );
     // While ejected, all traffic goes to the other upstream.
-    let other = if victim == "relay-a" { "relay-b" } else { "relay-a" };
+    let other = if victim == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
     for i in 0..10 {
-        assert_eq!(edge.get("/v1/x", &[("x-session-id", &format!("p{i}"))]).await.upstream(), other);
+        assert_eq!(
+            edge.get("/v1/x", &[("x-session-id", &format!("p{i}"))])
+                .await
+                .upstream(),
+            other
+        );
     }
     // Once back, fail it again through a session pinned to it: the second
     // ejection is twice as long.
-    eventually(Duration::from_secs(5), "ejection over", || async { edge.upstream(&victim).await["ejected"] == false }).await;
+    eventually(Duration::from_secs(5), "ejection over", || async {
+        edge.upstream(&victim).await["ejected"] == false
+    })
+    .await;
     let pin = format!(r#"{{"upstream":"{victim}"}}"#);
-    assert_eq!(edge.admin_json("PUT", "/api/sessions/vkey", pin.as_bytes()).await.0, 200);
+    assert_eq!(
+        edge.admin_json("PUT", "/api/sessions/vkey", pin.as_bytes())
+            .await
+            .0,
+        200
+    );
     for _ in 0..3 {
-        assert_eq!(edge.get("/status/502", &[("x-session-id", "vkey")]).await.upstream(), victim);
+        assert_eq!(
+            edge.get("/status/502", &[("x-session-id", "vkey")])
+                .await
+                .upstream(),
+            victim
+        );
     }
     let again = edge.upstream(&victim).await;
     assert_eq!(again["ejections"], 2, "{again}");
@@ -127,29 +198,56 @@ async fn draining_moves_sessions_off_and_takes_no_new_ones() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start(&format!("{}{KEYED}", upstreams_yaml(&ups))).await;
     let pins = pin_sessions(&edge, 40).await;
-    let on_a: Vec<&String> = pins.iter().filter(|(_, u)| *u == "relay-a").map(|(k, _)| k).collect();
+    let on_a: Vec<&String> = pins
+        .iter()
+        .filter(|(_, u)| *u == "relay-a")
+        .map(|(k, _)| k)
+        .collect();
     assert!(!on_a.is_empty());
-    let (code, body) = edge.admin_json("POST", "/api/upstreams/relay-a/drain", b"").await;
-    assert_eq!((code, body["draining"].clone()), (200, serde_json::json!(true)));
+    let (code, body) = edge
+        .admin_json("POST", "/api/upstreams/relay-a/drain", b"")
+        .await;
+    assert_eq!(
+        (code, body["draining"].clone()),
+        (200, serde_json::json!(true))
+    );
     for key in &on_a {
-        assert_eq!(edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(), "relay-b");
+        assert_eq!(
+            edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            "relay-b"
+        );
     }
     for i in 0..20 {
-        assert_eq!(edge.get("/v1/x", &[("x-session-id", &format!("new{i}"))]).await.upstream(), "relay-b");
+        assert_eq!(
+            edge.get("/v1/x", &[("x-session-id", &format!("new{i}"))])
+                .await
+                .upstream(),
+            "relay-b"
+        );
     }
-    let (_, list) = edge.admin_json("GET", "/api/sessions?upstream=relay-a&limit=1000", b"").await;
+    let (_, list) = edge
+        .admin_json("GET", "/api/sessions?upstream=relay-a&limit=1000", b"")
+        .await;
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(0), "{list}");
-    let (code, _) = edge.admin_json("POST", "/api/upstreams/relay-a/undrain", b"").await;
+    let (code, _) = edge
+        .admin_json("POST", "/api/upstreams/relay-a/undrain", b"")
+        .await;
     assert_eq!(code, 200);
     assert_eq!(edge.upstream("relay-a").await["draining"], false);
-    let (code, _) = edge.admin_json("POST", "/api/upstreams/nope/drain", b"").await;
+    let (code, _) = edge
+        .admin_json("POST", "/api/upstreams/nope/drain", b"")
+        .await;
     assert_eq!(code, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_upstream_gives_a_fast_json_error() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!("{}{KEYED}timeouts: {{connect: 1s}}\n", upstreams_yaml(&ups))).await;
+    let edge = Edge::start(&format!(
+        "{}{KEYED}timeouts: {{connect: 1s}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
     for u in &ups {
         u.kill();
     }
@@ -157,14 +255,19 @@ async fn no_upstream_gives_a_fast_json_error() {
         let start = Instant::now();
         let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
         assert!(r.status == 502 || r.status == 503, "status {}", r.status);
-        assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            start.elapsed()
+        );
         let json: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
         assert_eq!(json["type"], "error", "{json}");
         assert_eq!(r.header("content-type"), Some("application/json"));
     }
     // Once health checks have marked both down, the answer is an immediate 503.
     eventually(Duration::from_secs(10), "both unhealthy", || async {
-        edge.upstream("relay-a").await["healthy"] == false && edge.upstream("relay-b").await["healthy"] == false
+        edge.upstream("relay-a").await["healthy"] == false
+            && edge.upstream("relay-b").await["healthy"] == false
     })
     .await;
     let r = edge.get("/v1/x", &[("x-session-id", "z")]).await;
@@ -175,8 +278,49 @@ async fn no_upstream_gives_a_fast_json_error() {
 async fn a_post_that_failed_after_reaching_the_upstream_is_not_retried() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start(&format!("{}{KEYED}", upstreams_yaml(&ups))).await;
-    let r = edge.post("/close", &[("x-session-id", "once")], b"{\"x\":1}").await;
+    let r = edge
+        .post("/close", &[("x-session-id", "once")], b"{\"x\":1}")
+        .await;
     assert_eq!(r.status, 502, "{}", r.text());
     let delivered = ups[0].requests() + ups[1].requests();
     assert_eq!(delivered, 1, "a POST must reach at most one upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_500_upstreams_run_in_parallel() {
+    // A relay that accepts connections and never answers: each check waits
+    // out its 1 s timeout, so 500 checks in a row would take over 8 minutes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut yaml = String::from("upstreams:\n");
+    for i in 0..500 {
+        yaml.push_str(&format!("  - {{id: r{i}, addr: {addr}}}\n"));
+    }
+    yaml.push_str(
+        "health_check: {path: /health, interval: 30s, timeout: 1s, unhealthy_after: 1}\n",
+    );
+    let start = Instant::now();
+    let edge = Edge::start(&yaml).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "first round took {:?}",
+        start.elapsed()
+    );
+    let (_, list) = edge.admin_json("GET", "/api/upstreams", b"").await;
+    let list = list.as_array().expect("list");
+    assert_eq!(list.len(), 500);
+    assert!(
+        list.iter().all(|u| u["healthy"] == false),
+        "every silent relay fails its check"
+    );
+    let r = edge.get("/v1/x", &[]).await;
+    assert_eq!(r.status, 503);
 }

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 /// Send every request of `keys` twice through `conns` keep-alive connections;
 /// returns key -> upstreams seen.
-async fn route_keys(edge: &Edge, keys: &[String], build: impl Fn(&str) -> Vec<u8> + Sync) -> HashMap<String, HashSet<String>> {
+async fn route_keys(
+    edge: &Edge,
+    keys: &[String],
+    build: impl Fn(&str) -> Vec<u8> + Sync,
+) -> HashMap<String, HashSet<String>> {
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     for round in 0..2 {
         let mut tasks = Vec::new();
@@ -34,16 +38,30 @@ async fn route_keys(edge: &Edge, keys: &[String], build: impl Fn(&str) -> Vec<u8
     seen
 }
 
-fn assert_sticky_and_spread(seen: &HashMap<String, HashSet<String>>, upstreams: usize, source: &str) {
+fn assert_sticky_and_spread(
+    seen: &HashMap<String, HashSet<String>>,
+    upstreams: usize,
+    source: &str,
+) {
     let mut per_upstream: HashMap<&String, usize> = HashMap::new();
     for (key, ups) in seen {
         assert_eq!(ups.len(), 1, "{source}: key {key} moved between {ups:?}");
-        *per_upstream.entry(ups.iter().next().expect("one")).or_default() += 1;
+        *per_upstream
+            .entry(ups.iter().next().expect("one"))
+            .or_default() += 1;
     }
-    assert_eq!(per_upstream.len(), upstreams, "{source}: new sessions must reach every upstream: {per_upstream:?}");
+    assert_eq!(
+        per_upstream.len(),
+        upstreams,
+        "{source}: new sessions must reach every upstream: {per_upstream:?}"
+    );
     let fair = seen.len() / upstreams;
     for (u, n) in per_upstream {
-        assert!(n * 2 > fair, "{source}: upstream {u} got only {n} of {} sessions", seen.len());
+        assert!(
+            n * 2 > fair,
+            "{source}: upstream {u} got only {n} of {} sessions",
+            seen.len()
+        );
     }
 }
 
@@ -56,42 +74,86 @@ async fn sticky_over_1000_keys_from_every_key_source() {
     ))
     .await;
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
-    let by_header = route_keys(&edge, &keys, |k| raw_request("GET", "/v1/x", &[("x-session-id", k)], b"")).await;
+    let by_header = route_keys(&edge, &keys, |k| {
+        raw_request("GET", "/v1/x", &[("x-session-id", k)], b"")
+    })
+    .await;
     assert_sticky_and_spread(&by_header, 3, "header");
-    let by_cookie = route_keys(&edge, &keys, |k| raw_request("GET", "/v1/x", &[("cookie", &format!("a=1; session_id=c{k}"))], b"")).await;
+    let by_cookie = route_keys(&edge, &keys, |k| {
+        raw_request(
+            "GET",
+            "/v1/x",
+            &[("cookie", &format!("a=1; session_id=c{k}"))],
+            b"",
+        )
+    })
+    .await;
     assert_sticky_and_spread(&by_cookie, 3, "cookie");
-    let by_query = route_keys(&edge, &keys, |k| raw_request("GET", &format!("/v1/x?beta=true&sid=q{k}"), &[], b"")).await;
+    let by_query = route_keys(&edge, &keys, |k| {
+        raw_request("GET", &format!("/v1/x?beta=true&sid=q{k}"), &[], b"")
+    })
+    .await;
     assert_sticky_and_spread(&by_query, 3, "query");
-    let by_json = route_keys(&edge, &keys, |k| raw_request("POST", "/v1/messages", &[], &messages_body(300, &format!("j{k}")))).await;
+    let by_json = route_keys(&edge, &keys, |k| {
+        raw_request(
+            "POST",
+            "/v1/messages",
+            &[],
+            &messages_body(300, &format!("j{k}")),
+        )
+    })
+    .await;
     assert_sticky_and_spread(&by_json, 3, "json");
 
     // The same key from any source is the same session.
     let via_header = edge.get("/", &[("x-session-id", "same")]).await.upstream();
-    let via_body = edge.post("/", &[], br#"{"metadata":{"user_id":"same"}}"#).await.upstream();
+    let via_body = edge
+        .post("/", &[], br#"{"metadata":{"user_id":"same"}}"#)
+        .await
+        .upstream();
     assert_eq!(via_header, via_body);
 
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     assert_eq!(stats["sessions"]["count"], 4001, "{stats}");
-    assert!(stats["affinity"]["hit_rate"].as_f64().unwrap_or(0.0) >= 0.49, "{stats}");
+    assert!(
+        stats["affinity"]["hit_rate"].as_f64().unwrap_or(0.0) >= 0.49,
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_requests_are_balanced_across_healthy_upstreams() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!("{}affinity: {{keys: [{{header: x-session-id}}]}}\n", upstreams_yaml(&ups))).await;
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..100 {
-        *counts.entry(edge.get("/v1/x", &[]).await.upstream()).or_default() += 1;
+        *counts
+            .entry(edge.get("/v1/x", &[]).await.upstream())
+            .or_default() += 1;
     }
-    assert!(counts.get("relay-a").copied().unwrap_or(0) >= 20 && counts.get("relay-b").copied().unwrap_or(0) >= 20, "{counts:?}");
+    assert!(
+        counts.get("relay-a").copied().unwrap_or(0) >= 20
+            && counts.get("relay-b").copied().unwrap_or(0) >= 20,
+        "{counts:?}"
+    );
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
-    assert_eq!(stats["sessions"]["count"], 0, "keyless requests create no sessions");
+    assert_eq!(
+        stats["sessions"]["count"], 0,
+        "keyless requests create no sessions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_balance_lets_edges_without_a_shared_table_agree() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
-    let body = format!("{}affinity: {{keys: [{{header: x-session-id}}], balance: consistent}}\n", upstreams_yaml(&ups));
+    let body = format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}], balance: consistent}}\n",
+        upstreams_yaml(&ups)
+    );
     let (one, two) = (Edge::start(&body).await, Edge::start(&body).await);
     let mut agree = 0;
     let mut per_upstream: HashMap<String, usize> = HashMap::new();
@@ -119,10 +181,16 @@ async fn pooled_connections_are_reused() {
         assert_eq!(r.status, 200);
     }
     let opened = ups[0].proxied_connections() - before;
-    assert!(opened <= 4, "200 sequential requests opened {opened} upstream connections");
+    assert!(
+        opened <= 4,
+        "200 sequential requests opened {opened} upstream connections"
+    );
     assert_eq!(ups[0].requests(), 200);
     let u = edge.upstream("relay-a").await;
-    assert!(u["pooled_reuse_ratio"].as_f64().unwrap_or(0.0) > 0.95, "{u}");
+    assert!(
+        u["pooled_reuse_ratio"].as_f64().unwrap_or(0.0) > 0.95,
+        "{u}"
+    );
     assert!(u["mean_connect_ms"].as_f64().is_some(), "{u}");
 }
 
@@ -131,9 +199,14 @@ async fn sse_streams_event_by_event() {
     let ups = upstreams(&["relay-a"]).await;
     let edge = Edge::start(&upstreams_yaml(&ups)).await;
     let mut conn = Conn::open(edge.addr).await.expect("connect");
-    conn.send_raw(&raw_request("POST", "/v1/messages?sse=4&gap_ms=300", &[("accept", "text/event-stream")], br#"{"stream":true}"#))
-        .await
-        .expect("send");
+    conn.send_raw(&raw_request(
+        "POST",
+        "/v1/messages?sse=4&gap_ms=300",
+        &[("accept", "text/event-stream")],
+        br#"{"stream":true}"#,
+    ))
+    .await
+    .expect("send");
     let start = Instant::now();
     let (mut first, mut last) = (None, None);
     let r = conn
@@ -150,10 +223,22 @@ async fn sse_streams_event_by_event() {
         .expect("stream");
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     let (first, last) = (first.expect("first event"), last.expect("last event"));
-    assert!(last >= first + Duration::from_millis(1200), "events were buffered: first {first:?}, last {last:?}");
-    assert!(first < Duration::from_millis(600), "first event came late: {first:?}");
+    assert!(
+        last >= first + Duration::from_millis(1200),
+        "events were buffered: first {first:?}, last {last:?}"
+    );
+    assert!(
+        first < Duration::from_millis(600),
+        "first event came late: {first:?}"
+    );
     // The stream ended cleanly and the connection is still usable.
-    assert_eq!(conn.request("GET", "/v1/x", &[], b"").await.expect("keep-alive").status, 200);
+    assert_eq!(
+        conn.request("GET", "/v1/x", &[], b"")
+            .await
+            .expect("keep-alive")
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +262,11 @@ async fn forwards_bytes_and_headers_but_not_hop_by_hop_or_host_choice() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.upstream(), "relay-a", "the Host header must never choose a destination");
+    assert_eq!(
+        r.upstream(),
+        "relay-a",
+        "the Host header must never choose a destination"
+    );
     let got = ups[0].recorded().pop().expect("recorded");
     assert_eq!(got.path, "/v1/messages");
     assert_eq!(got.body, b"{\"a\":1}");
