@@ -11,6 +11,7 @@ use crate::affinity::store::{LocalStore, SessionStore};
 use crate::affinity::KeyHasher;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::upstream::health::CheckConnectors;
 use crate::upstream::{Upstream, UpstreamSet};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ pub struct State {
 
 impl State {
     pub fn build(config: Config, metrics: &Metrics, generation: u64) -> State {
+        let checks = CheckConnectors::new();
         let upstreams = config
             .upstreams
             .iter()
@@ -35,6 +37,7 @@ impl State {
                     spec.clone(),
                     &config.timeouts,
                     &config.health,
+                    &checks,
                     metrics,
                 ))
             })

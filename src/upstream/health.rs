@@ -1,8 +1,9 @@
 //! Active health checks, run as one Pingora background service.
 //!
 //! Every `interval`, the service walks the current upstream set and checks
-//! all upstreams in parallel with Pingora's checks: an HTTP GET of `path`
-//! expecting 2xx, or a TCP (TLS for TLS upstreams) connect without a path.
+//! all upstreams in parallel: an HTTP GET of `path` expecting 2xx, or a TCP
+//! (TLS for TLS upstreams) connect without a path. The checks implement
+//! Pingora's `HealthCheck` and share one set of connectors.
 //! `healthy_after` consecutive successes make an upstream healthy,
 //! `unhealthy_after` consecutive failures unhealthy. New upstreams start
 //! healthy; the edge is ready once the first round has finished.
@@ -10,10 +11,14 @@
 use crate::config::{HealthSpec, UpstreamSpec};
 use crate::state::Edge;
 use async_trait::async_trait;
+use pingora_core::connectors::http::Connector as HttpConnector;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use pingora_core::upstreams::peer::Peer;
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -66,60 +71,101 @@ pub fn backend(spec: &UpstreamSpec) -> Backend {
     }
 }
 
-/// Pingora's HTTP check (GET `path`, 2xx) or TCP/TLS connect check.
-pub fn checker(spec: &UpstreamSpec, health: &HealthSpec) -> Box<dyn HealthCheck + Send + Sync> {
+/// The connectors every check shares. Pingora's stock checks build one per
+/// upstream, which costs milliseconds each (TLS context) and a pool each.
+pub struct CheckConnectors {
+    http: HttpConnector,
+    tcp: TransportConnector,
+}
+
+impl CheckConnectors {
+    pub fn new() -> Arc<CheckConnectors> {
+        Arc::new(CheckConnectors {
+            http: HttpConnector::new(None),
+            tcp: TransportConnector::new(None),
+        })
+    }
+}
+
+/// An HTTP GET of `path` expecting 2xx, or a TCP (TLS for TLS upstreams)
+/// connect when no path is set. Implements Pingora's `HealthCheck`.
+pub struct Check {
+    connectors: Arc<CheckConnectors>,
+    peer: HttpPeer,
+    /// `None`: a connect check.
+    request: Option<RequestHeader>,
+}
+
+/// Build the check of one upstream.
+pub fn checker(
+    spec: &UpstreamSpec,
+    health: &HealthSpec,
+    connectors: &Arc<CheckConnectors>,
+) -> Check {
     let sni = spec.tls.as_ref().map(|t| t.sni.clone());
-    match &health.path {
-        Some(path) => {
-            let host = health
-                .host
-                .clone()
-                .or_else(|| sni.clone())
-                .unwrap_or_else(|| spec.addr.to_string());
-            let mut check = HttpHealthCheck::new(&host, sni.is_some());
-            match path.parse() {
-                Ok(uri) => check.req.set_uri(uri),
-                Err(e) => log::error!("health check path for {}: {e}", spec.id),
-            }
-            let o = &mut check.peer_template.options;
-            o.connection_timeout = Some(health.timeout);
-            o.read_timeout = Some(health.timeout);
-            o.write_timeout = Some(health.timeout);
-            if let Some(t) = &spec.tls {
-                o.verify_cert = t.verify;
-                o.verify_hostname = t.verify;
-            }
-            check.reuse_connection = true;
-            check.validator = Some(Box::new(|resp| {
-                if resp.status.is_success() {
-                    Ok(())
-                } else {
-                    pingora_core::Error::e_explain(
-                        pingora_core::ErrorType::CustomCode(
-                            "non 2xx health check",
-                            resp.status.as_u16(),
-                        ),
-                        "during http health check",
-                    )
-                }
-            }));
-            Box::new(check)
+    let mut peer = HttpPeer::new(spec.addr, sni.is_some(), sni.clone().unwrap_or_default());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(health.timeout);
+    o.total_connection_timeout = Some(health.timeout);
+    o.read_timeout = Some(health.timeout);
+    o.write_timeout = Some(health.timeout);
+    o.idle_timeout = Some(health.interval.saturating_mul(3));
+    if let Some(t) = &spec.tls {
+        o.verify_cert = t.verify;
+        o.verify_hostname = t.verify;
+    }
+    let request = health.path.as_ref().and_then(|path| {
+        let host = health
+            .host
+            .clone()
+            .or(sni)
+            .unwrap_or_else(|| spec.addr.to_string());
+        let mut req = RequestHeader::build("GET", path.as_bytes(), None).ok()?;
+        req.insert_header(http::header::HOST, host).ok()?;
+        req.insert_header(http::header::USER_AGENT, "relay-edge-health-check")
+            .ok()?;
+        Some(req)
+    });
+    Check {
+        connectors: connectors.clone(),
+        peer,
+        request,
+    }
+}
+
+#[async_trait]
+impl HealthCheck for Check {
+    async fn check(&self, _target: &Backend) -> Result<()> {
+        let Some(request) = &self.request else {
+            self.connectors.tcp.new_stream(&self.peer).await?;
+            return Ok(());
+        };
+        let (mut session, _reused) = self.connectors.http.get_http_session(&self.peer).await?;
+        session.set_write_timeout(self.peer.options.write_timeout);
+        session
+            .write_request_header(Box::new(request.clone()))
+            .await?;
+        session.finish_request_body().await?;
+        session.set_read_timeout(self.peer.options.read_timeout);
+        session.read_response_header().await?;
+        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        while session.read_response_body().await?.is_some() {}
+        if !(200..300).contains(&status) {
+            return Error::e_explain(
+                ErrorType::CustomCode("non 2xx health check", status),
+                "during http health check",
+            );
         }
-        None => {
-            let mut check = match &sni {
-                Some(sni) => TcpHealthCheck::new_tls(sni),
-                None => TcpHealthCheck::new(),
-            };
-            let o = &mut check.peer_template.options;
-            o.connection_timeout = Some(health.timeout);
-            o.total_connection_timeout = Some(health.timeout);
-            if let Some(t) = &spec.tls {
-                o.verify_cert = t.verify;
-                o.verify_hostname = t.verify;
-            }
-            debug_assert!(check.peer_template.tls() == sni.is_some());
-            check
-        }
+        self.connectors
+            .http
+            .release_http_session(session, &self.peer, self.peer.options.idle_timeout)
+            .await;
+        Ok(())
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        // Thresholds are applied by `HealthState::observe`.
+        1
     }
 }
 

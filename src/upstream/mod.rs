@@ -16,9 +16,8 @@ use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use ejection::{Ejection, Verdict};
-use health::HealthState;
+use health::{Check, CheckConnectors, HealthState};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -42,7 +41,7 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
     peer: HttpPeer,
     pub backend: Backend,
-    pub checker: Box<dyn HealthCheck + Send + Sync>,
+    pub checker: Check,
     pub health: HealthState,
     pub ejection: Ejection,
     draining: AtomicBool,
@@ -55,6 +54,7 @@ impl Upstream {
         spec: UpstreamSpec,
         timeouts: &Timeouts,
         health: &HealthSpec,
+        checks: &Arc<CheckConnectors>,
         metrics: &Metrics,
     ) -> Upstream {
         let id: Arc<str> = Arc::from(spec.id.as_str());
@@ -63,7 +63,7 @@ impl Upstream {
         Upstream {
             peer: peer::build_peer(&spec, timeouts),
             backend: health::backend(&spec),
-            checker: health::checker(&spec, health),
+            checker: health::checker(&spec, health, checks),
             health: HealthState::default(),
             ejection: Ejection::default(),
             draining: AtomicBool::new(false),

@@ -121,7 +121,7 @@ async fn failed_health_checks_take_an_upstream_out_and_back() {
 async fn passive_ejection_backs_off_and_respects_the_cap() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start(&format!(
-        "{}{KEYED}passive_health: {{max_failures: 3, failure_window: 10s, recovery_time: 1s, max_recovery_time: 10s, max_ejected_percent: 50}}\n",
+        "{}{KEYED}passive_health: {{max_failures: 3, failure_window: 10s, recovery_time: 3s, max_recovery_time: 30s, max_ejected_percent: 50}}\n",
         upstreams_yaml(&ups)
     ))
     .await;
@@ -149,7 +149,7 @@ async fn passive_ejection_backs_off_and_respects_the_cap() {
         .as_f64()
         .expect("secs");
     assert!(
-        first > 0.2 && first <= 1.1,
+        first > 0.0 && first <= 3.3,
         "first ejection lasts recovery_time: {first}"
     );
     // While ejected, all traffic goes to the other upstream.
@@ -168,7 +168,7 @@ async fn passive_ejection_backs_off_and_respects_the_cap() {
     }
     // Once back, fail it again through a session pinned to it: the second
     // ejection is twice as long.
-    eventually(Duration::from_secs(5), "ejection over", || async {
+    eventually(Duration::from_secs(10), "ejection over", || async {
         edge.upstream(&victim).await["ejected"] == false
     })
     .await;
@@ -190,7 +190,7 @@ async fn passive_ejection_backs_off_and_respects_the_cap() {
     let again = edge.upstream(&victim).await;
     assert_eq!(again["ejections"], 2, "{again}");
     let second = again["ejected_for_seconds"].as_f64().expect("secs");
-    assert!(second > 1.5, "second ejection must back off: {second}");
+    assert!(second > 3.3, "second ejection must back off: {second}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
