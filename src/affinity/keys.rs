@@ -207,7 +207,8 @@ mod tests {
             spec(KeySourceSpec::Cookie("session_id".into()), Extract::Whole),
             spec(KeySourceSpec::Query("sid".into()), Extract::Whole),
         ]);
-        let cases: &[(&str, &[(&str, &str)], HeadLookup)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], HeadLookup);
+        let cases: &[Case] = &[
             (
                 "/",
                 &[("x-session-id", "h1"), ("cookie", "session_id=c1")],
