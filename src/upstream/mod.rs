@@ -92,11 +92,6 @@ impl Upstream {
         self.health.is_healthy() && !self.is_draining() && !self.ejection.is_ejected(now_ms)
     }
 
-    /// Healthy and not ejected (a draining upstream still serves in-flight work).
-    pub fn is_available(&self, now_ms: u64) -> bool {
-        self.health.is_healthy() && !self.ejection.is_ejected(now_ms)
-    }
-
     pub fn inflight(&self) -> i64 {
         self.stats.inflight.load(Ordering::Relaxed)
     }

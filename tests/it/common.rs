@@ -177,10 +177,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        relay_edge::demo::find_header(&self.headers, name)
     }
 
     /// Which demo upstream answered.
