@@ -209,4 +209,12 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = "[".repeat(200_000);
+        assert_eq!(find(deep.as_bytes(), &p("/a")), None);
+        let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+        assert_eq!(find(deep_objects.as_bytes(), &p("/a/a")), None);
+    }
 }
