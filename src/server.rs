@@ -1,6 +1,6 @@
 //! Wires a Pingora server from a validated config: the proxy service on
 //! every listener, the admin service, the health-check service, and the
-//! SIGHUP guard. Pingora's own `ServerConf` is derived from our config, so
+//! signal service (SIGHUP, and leaving as soon as a drain is done). Pingora's own `ServerConf` is derived from our config, so
 //! one YAML file is all an operator writes.
 
 use crate::admin::AdminService;
@@ -86,21 +86,30 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<Edge>), Build
         "relay-edge health checks",
         HealthService { edge: edge.clone() },
     );
-    let sighup = background_service("relay-edge sighup", SighupGuard);
+    let signals = background_service("relay-edge signals", SignalService { edge: edge.clone() });
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
-    server.add_service(sighup);
+    server.add_service(signals);
     Ok((server, edge))
 }
 
-/// SIGHUP's default action kills the process; this keeps it alive until
-/// in-process reload lands, and says so in the log.
-struct SighupGuard;
+/// Signals Pingora leaves to us, and the end of a drain.
+///
+/// - SIGHUP's default action kills the process; this keeps it alive until
+///   in-process reload lands, and says so in the log.
+/// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
+///   listeners, then keeps the process for the whole `grace_period` even
+///   when nothing is left to finish. This service exits as soon as no
+///   request is in flight, so a drain takes as long as the longest open
+///   request or stream, and never longer than `grace_period`.
+struct SignalService {
+    edge: Arc<Edge>,
+}
 
 #[async_trait]
-impl BackgroundService for SighupGuard {
+impl BackgroundService for SignalService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
@@ -109,8 +118,26 @@ impl BackgroundService for SighupGuard {
         };
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
                 _ = hup.recv() => log::warn!("SIGHUP received: in-process reload is not available in this release; restart or upgrade to apply a new config"),
+            }
+        }
+        log::info!(
+            "draining: waiting for {} in-flight requests",
+            self.edge.in_flight()
+        );
+        let mut idle_checks = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            idle_checks = if self.edge.in_flight() == 0 {
+                idle_checks + 1
+            } else {
+                0
+            };
+            // Idle twice in a row, 50 ms apart: nothing is between phases.
+            if idle_checks >= 2 {
+                log::info!("drained: no request in flight, exiting");
+                std::process::exit(0);
             }
         }
     }

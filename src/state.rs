@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::upstream::health::CheckConnectors;
 use crate::upstream::{Upstream, UpstreamSet};
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -58,6 +58,8 @@ impl State {
 
 pub struct Edge {
     current: ArcSwap<State>,
+    /// Requests reading their body before an upstream is chosen.
+    pub reading_bodies: AtomicI64,
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
@@ -78,6 +80,7 @@ impl Edge {
         metrics.config_generation.set(1);
         Arc::new(Edge {
             current: ArcSwap::from_pointee(state),
+            reading_bodies: AtomicI64::new(0),
             store,
             metrics,
             ready: AtomicBool::new(false),
@@ -97,6 +100,18 @@ impl Edge {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight: to an upstream, or still reading their body.
+    pub fn in_flight(&self) -> i64 {
+        let upstream: i64 = self
+            .state()
+            .upstreams
+            .all()
+            .iter()
+            .map(|u| u.inflight())
+            .sum();
+        upstream + self.reading_bodies.load(Ordering::Relaxed)
     }
 
     /// Copy the table's per-upstream session counts into the gauges.

@@ -170,8 +170,8 @@ impl Defaults {
     pub const MAX_RETRIES: usize = 2;
     pub const ADMIN_LISTEN: &'static str = "127.0.0.1:9900";
     pub const POOL_SIZE: usize = 1024;
-    pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
-    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(600);
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
     pub const PID_FILE: &'static str = "/tmp/relay-edge.pid";
     pub const UPGRADE_SOCK: &'static str = "/tmp/relay-edge-upgrade.sock";
     pub const LOG_LEVEL: &'static str = "info";

@@ -27,7 +27,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,6 +38,22 @@ pub struct EdgeProxy {
 impl EdgeProxy {
     pub fn new(edge: Arc<Edge>) -> Self {
         EdgeProxy { edge }
+    }
+}
+
+/// Counts itself in a gauge for as long as it lives.
+struct InFlight<'a>(&'a AtomicI64);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -87,6 +103,7 @@ impl ProxyHttp for EdgeProxy {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
+                let _reading = InFlight::enter(&self.edge.reading_bodies);
                 ctx.body = body::read_whole(session, state.config.affinity.max_body_bytes).await?;
                 state
                     .keys

@@ -141,3 +141,43 @@ async fn clients_and_upstreams_that_vanish_mid_stream() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_survived_and_sigterm_lets_open_streams_finish() {
+    let ups = upstreams(&["relay-a"]).await;
+    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 2, None, "20s").await;
+    // SIGHUP's default action would kill the process.
+    edge.signal("HUP");
+    eventually(Duration::from_secs(5), "SIGHUP logged", || async {
+        edge.log().contains("SIGHUP received")
+    })
+    .await;
+    still_serves(&mut edge).await;
+
+    // An SSE stream of about 1.5 s, then SIGTERM while it runs.
+    let mut conn = Conn::open(edge.addr).await.expect("connect");
+    conn.send_raw(&raw_request(
+        "GET",
+        "/v1/messages?sse=5&gap_ms=250",
+        &[],
+        b"",
+    ))
+    .await
+    .expect("send");
+    let stream = tokio::spawn(async move { conn.read_response(|_| {}).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.signal("TERM");
+    let r = stream
+        .await
+        .expect("task")
+        .expect("the stream must finish during the drain");
+    assert!(r.text().contains("message_stop"), "{}", r.text());
+    // Drained: it leaves as soon as nothing is in flight, long before the 20 s grace period.
+    let code = tokio::task::block_in_place(|| edge.wait_exit(Duration::from_secs(10)));
+    assert_eq!(
+        code,
+        Some(0),
+        "relay-edge must exit once drained:\n{}",
+        edge.log()
+    );
+}

@@ -66,6 +66,16 @@ impl Edge {
         threads: usize,
         tls: Option<(&std::path::Path, &std::path::Path)>,
     ) -> Edge {
+        Edge::start_opts(body, threads, tls, "0s").await
+    }
+
+    /// The general form: `grace_period` is how long a drain may take.
+    pub async fn start_opts(
+        body: &str,
+        threads: usize,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+        grace_period: &str,
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -74,7 +84,7 @@ impl Edge {
             format!(", tls: {{cert: {}, key: {}}}", c.display(), k.display())
         });
         let mut yaml = format!(
-            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: 0s, shutdown_timeout: 1s}}\n{body}"
+            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: {grace_period}, shutdown_timeout: 1s}}\n{body}"
         );
         if !body.contains("health_check") {
             yaml.push_str("health_check: {path: /health, interval: 200ms, timeout: 200ms}\n");
@@ -118,6 +128,28 @@ impl Edge {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("relay-edge.yaml")
+    }
+
+    /// Send a signal (`TERM`, `INT`, `HUP`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Wait up to `within` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The process is still running.
