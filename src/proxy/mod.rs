@@ -119,7 +119,22 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let state = ctx.state(&self.edge).clone();
-        let index = route::choose(&self.edge, &state, ctx, clock::now_ms()).await?;
+        let now = clock::now_ms();
+        // Still holding an upstream: Pingora retries after a reused (pooled)
+        // connection failed mid-request. The upstream is not at fault: try
+        // it again on a fresh connection rather than move the session.
+        if let Some(previous) = ctx.upstream.take() {
+            if let Some(u) = state.upstreams.get(previous) {
+                u.end_request();
+                if u.is_usable(now) {
+                    ctx.upstream = Some(previous);
+                    ctx.connect_started = Instant::now();
+                    u.start_request();
+                    return Ok(u.peer());
+                }
+            }
+        }
+        let index = route::choose(&self.edge, &state, ctx, now).await?;
         let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
         ctx.tried.add(index);
         ctx.upstream = Some(index);

@@ -324,3 +324,39 @@ async fn health_checks_of_500_upstreams_run_in_parallel() {
     let r = edge.get("/v1/x", &[]).await;
     assert_eq!(r.status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_on_a_pooled_connection_does_not_move_the_session() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
+    let home = edge
+        .get("/v1/x", &[("x-session-id", "steady")])
+        .await
+        .upstream();
+    let (home_up, other_up) = if home == "relay-a" {
+        (&ups[0], &ups[1])
+    } else {
+        (&ups[1], &ups[0])
+    };
+    let before = home_up.requests();
+    // The relay closes the pooled connection mid-request: an idempotent GET
+    // is retried on the same relay, and the session stays put.
+    let r = edge.get("/close", &[("x-session-id", "steady")]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(home_up.requests() - before >= 1);
+    assert_eq!(
+        other_up.requests(),
+        0,
+        "the other relay must not see the session"
+    );
+    assert_eq!(
+        edge.get("/v1/x", &[("x-session-id", "steady")])
+            .await
+            .upstream(),
+        home
+    );
+    eventually(Duration::from_secs(5), "in-flight back to zero", || async {
+        edge.upstream(&home).await["inflight"] == 0
+    })
+    .await;
+}
