@@ -41,10 +41,11 @@ async fn tls_listener_and_tls_upstream_with_sni() {
     let ups = upstreams(&["relay-a"]).await;
     // The TLS "relay": relay-edge terminating TLS in front of the demo relay.
     let tls_relay = Edge::start_full(&upstreams_yaml(&ups), 1, Some((&cert, &key))).await;
-    let front = Edge::start(&format!(
+    // One worker thread: see the pooling note in README.
+    let front = Edge::start_with_threads(&format!(
         "upstreams:\n  - {{id: relay-tls, addr: '{}', tls: {{sni: localhost, verify: false}}}}\nhealth_check: {{interval: 200ms}}\naffinity: {{keys: [{{header: x-session-id}}]}}\n",
         tls_relay.addr
-    ))
+    ), 1)
     .await;
     for i in 0..5 {
         let r = front
