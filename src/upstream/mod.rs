@@ -115,6 +115,8 @@ impl Upstream {
 /// The fleet of one config generation.
 pub struct UpstreamSet {
     list: Vec<Arc<Upstream>>,
+    /// Running sums of weights, for drawing an upstream in proportion to weight.
+    weight_sums: Vec<u64>,
     by_id: HashMap<Arc<str>, usize>,
     ring: select::Ring,
     passive: PassiveSpec,
@@ -128,8 +130,16 @@ impl UpstreamSet {
             .map(|(i, u)| (u.id.clone(), i))
             .collect();
         let ring = select::Ring::new(&list);
+        let weight_sums = list
+            .iter()
+            .scan(0u64, |sum, u| {
+                *sum += u64::from(u.spec.weight);
+                Some(*sum)
+            })
+            .collect();
         UpstreamSet {
             list,
+            weight_sums,
             by_id,
             ring,
             passive,
@@ -146,6 +156,16 @@ impl UpstreamSet {
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.by_id.get(id).copied()
+    }
+
+    /// A random index, drawn in proportion to weight.
+    pub fn weighted_draw(&self) -> usize {
+        let total = self.weight_sums.last().copied().unwrap_or(0);
+        if total == 0 {
+            return 0;
+        }
+        let r = fastrand::u64(..total);
+        self.weight_sums.partition_point(|&sum| sum <= r)
     }
 
     pub fn ring(&self) -> &select::Ring {

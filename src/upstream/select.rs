@@ -58,7 +58,7 @@ fn eligible(u: &Upstream, index: usize, tried: &Tried, now_ms: u64) -> bool {
 
 /// Lower is better: in-flight requests per unit of weight.
 fn load(u: &Upstream) -> u64 {
-    (u.inflight().max(0) as u64 + 1) * 1_000_000 / u64::from(u.spec.weight.max(1))
+    u.inflight().max(0) as u64 * 1_000_000 / u64::from(u.spec.weight.max(1))
 }
 
 /// First eligible upstream at or after a random start.
@@ -75,14 +75,17 @@ fn probe(
         .find(|&i| Some(i) != skip && eligible(&set.all()[i], i, tried, now_ms))
 }
 
-/// Power of two random choices on in-flight requests, weighted.
+/// Power of two random choices on in-flight requests, weighted: both
+/// candidates are drawn in proportion to weight, and the one with fewer
+/// in-flight requests per unit of weight wins (the first drawn on a tie), so
+/// an idle fleet gets new sessions in proportion to weight and a busy one by
+/// load.
 pub fn least_loaded(set: &UpstreamSet, tried: &Tried, now_ms: u64) -> Option<usize> {
-    let n = set.all().len();
-    if n == 0 {
+    if set.all().is_empty() {
         return None;
     }
-    let a = probe(set, fastrand::usize(..n), None, tried, now_ms)?;
-    let Some(b) = probe(set, fastrand::usize(..n), Some(a), tried, now_ms) else {
+    let a = probe(set, set.weighted_draw(), None, tried, now_ms)?;
+    let Some(b) = probe(set, set.weighted_draw(), Some(a), tried, now_ms) else {
         return Some(a);
     };
     let (la, lb) = (load(&set.all()[a]), load(&set.all()[b]));
@@ -153,5 +156,86 @@ impl Ring {
         }
         points.sort_unstable();
         Ring { points }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::metrics::Metrics;
+    use crate::state::State;
+
+    fn state(weights: &[u32], extra: &str) -> State {
+        let mut yaml = String::from("listen: [{addr: 127.0.0.1:8080}]\nupstreams:\n");
+        for (i, w) in weights.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - {{id: u{i}, addr: 127.0.0.1:{}, weight: {w}}}\n",
+                9000 + i
+            ));
+        }
+        yaml.push_str(extra);
+        State::build(config::parse(&yaml).expect("valid"), &Metrics::new(), 1)
+    }
+
+    fn shares(s: &State, pick: impl Fn(u128) -> Option<usize>) -> Vec<f64> {
+        let mut counts = vec![0usize; s.upstreams.all().len()];
+        for i in 0..20_000u128 {
+            counts[pick(i).expect("an upstream")] += 1;
+        }
+        counts.iter().map(|c| *c as f64 / 20_000.0).collect()
+    }
+
+    #[test]
+    fn idle_fleet_gets_sessions_in_proportion_to_weight() {
+        let s = state(&[1, 1, 2], "");
+        let now = crate::clock::now_ms();
+        let got = shares(&s, |_| least_loaded(&s.upstreams, &Tried::default(), now));
+        for (got, want) in got.iter().zip([0.25, 0.25, 0.5]) {
+            assert!((got - want).abs() < 0.03, "shares {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn busy_upstreams_lose_and_tried_or_drained_ones_are_skipped() {
+        let s = state(&[1, 1, 1], "");
+        let now = crate::clock::now_ms();
+        for _ in 0..50 {
+            s.upstreams.all()[0].start_request();
+        }
+        let got = shares(&s, |_| least_loaded(&s.upstreams, &Tried::default(), now));
+        assert!(got[0] < 0.2, "a loaded upstream still got {}", got[0]);
+        let mut tried = Tried::default();
+        tried.add(1);
+        s.upstreams.all()[2].set_draining(true);
+        assert!((0..100).all(|_| least_loaded(&s.upstreams, &tried, now) == Some(0)));
+        tried.add(0);
+        assert_eq!(least_loaded(&s.upstreams, &tried, now), None);
+    }
+
+    #[test]
+    fn consistent_hashing_is_stable_spread_and_bounded() {
+        let s = state(&[1, 1, 1, 1], "");
+        let now = crate::clock::now_ms();
+        let pick = |i: u128| {
+            consistent(
+                &s.upstreams,
+                SessionId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834)),
+                1.25,
+                &Tried::default(),
+                now,
+            )
+        };
+        let first: Vec<_> = (0..1000).map(pick).collect();
+        let again: Vec<_> = (0..1000).map(pick).collect();
+        assert_eq!(first, again, "the same id must land on the same upstream");
+        for share in shares(&s, pick) {
+            assert!((0.15..0.35).contains(&share), "share {share}");
+        }
+        // A loaded upstream over the bound passes its sessions on.
+        for _ in 0..100 {
+            s.upstreams.all()[0].start_request();
+        }
+        assert!((0..1000).all(|i| pick(i) != Some(0)));
     }
 }
