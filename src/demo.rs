@@ -38,6 +38,19 @@ impl Recorded {
     }
 }
 
+/// Parsed headers as owned `(lower-case name, value)` pairs.
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The value of header `name` (any case) in a list of header pairs.
 pub fn find_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     headers
@@ -170,16 +183,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> O
         .map_or((target.clone(), String::new()), |(p, q)| {
             (p.to_string(), q.to_string())
         });
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers = owned_headers(req.headers);
     let method = req.method.unwrap_or("GET").to_string();
     buf.drain(..head_len);
     let get = |name: &str| {

@@ -290,16 +290,7 @@ impl Conn {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut hs);
             if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
-                let headers: Vec<(String, String)> = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = relay_edge::demo::owned_headers(resp.headers);
                 break (resp.code.unwrap_or(0), headers, n);
             }
             if self.fill().await? == 0 {
