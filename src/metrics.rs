@@ -63,6 +63,8 @@ pub struct Metrics {
     pub affinity_repins: IntCounterVec,
     /// Failed Redis calls.
     pub redis_errors: IntCounter,
+    /// Latency of Redis calls.
+    pub redis_duration: Histogram,
     /// Config reloads by result: ok, error.
     pub config_reloads: IntCounterVec,
     /// Successful config loads since start (1 after start-up).
@@ -151,6 +153,19 @@ impl Metrics {
             IntCounter::new("relay_edge_redis_errors_total", "Failed Redis calls.")
                 .expect("static metric definition"),
         );
+        let redis_duration = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "relay_edge_redis_duration_seconds",
+                    "Latency of Redis calls, in seconds.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                ]),
+            )
+            .expect("static metric definition"),
+        );
         let config_reloads = counter_vec(
             "relay_edge_config_reloads_total",
             "Config reloads, by result (ok, error).",
@@ -194,6 +209,7 @@ impl Metrics {
             affinity_lookups,
             affinity_repins,
             redis_errors,
+            redis_duration,
             config_reloads,
             config_generation,
             ejections,

@@ -4,6 +4,7 @@
 //! one YAML file is all an operator writes.
 
 use crate::admin::AdminService;
+use crate::affinity::redis_store::RedisStore;
 use crate::config::Config;
 use crate::proxy::EdgeProxy;
 use crate::state::Edge;
@@ -92,7 +93,27 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<Edge>), Build
     server.add_service(admin);
     server.add_service(health);
     server.add_service(signals);
+    if let Some(redis) = &edge.redis {
+        server.add_service(background_service(
+            "relay-edge redis",
+            RedisSync {
+                store: redis.clone(),
+            },
+        ));
+    }
     Ok((server, edge))
+}
+
+/// Connects to Redis and keeps the shared table in sync, on its own runtime.
+struct RedisSync {
+    store: Arc<RedisStore>,
+}
+
+#[async_trait]
+impl BackgroundService for RedisSync {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.store.clone().run(shutdown).await;
+    }
 }
 
 /// Signals Pingora leaves to us, and the end of a drain.

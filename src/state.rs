@@ -7,6 +7,7 @@
 //! table, the metrics and the readiness latch.
 
 use crate::affinity::keys::KeyChain;
+use crate::affinity::redis_store::RedisStore;
 use crate::affinity::store::{LocalStore, SessionStore};
 use crate::affinity::KeyHasher;
 use crate::config::Config;
@@ -58,6 +59,8 @@ impl State {
 
 pub struct Edge {
     current: ArcSwap<State>,
+    /// The Redis-backed table, when configured (also `store`).
+    pub redis: Option<Arc<RedisStore>>,
     /// Requests reading their body before an upstream is chosen.
     pub reading_bodies: AtomicI64,
     pub store: Arc<dyn SessionStore>,
@@ -69,17 +72,22 @@ pub struct Edge {
 impl Edge {
     pub fn new(config: Config) -> Arc<Edge> {
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn SessionStore> = Arc::new(LocalStore::new(
-            config.affinity.max_sessions,
-            config.affinity.ttl,
-        ));
-        if config.redis.is_some() {
-            log::warn!("redis is configured, but this build keeps the affinity table in-process");
-        }
+        let redis = config
+            .redis
+            .clone()
+            .map(|spec| Arc::new(RedisStore::new(spec, config.affinity.ttl, metrics.clone())));
+        let store: Arc<dyn SessionStore> = match &redis {
+            Some(r) => r.clone(),
+            None => Arc::new(LocalStore::new(
+                config.affinity.max_sessions,
+                config.affinity.ttl,
+            )),
+        };
         let state = State::build(config, &metrics, 1);
         metrics.config_generation.set(1);
         Arc::new(Edge {
             current: ArcSwap::from_pointee(state),
+            redis,
             reading_bodies: AtomicI64::new(0),
             store,
             metrics,

@@ -198,7 +198,7 @@ fn stats(edge: &Edge) -> Value {
             "hit_rate": if lookups == 0 { Value::Null } else { json!((local + shared) as f64 / lookups as f64) },
             "repins": repins,
         },
-        "redis": { "configured": c.redis.is_some(), "mode": "in-process table", "errors": m.redis_errors.get() },
+        "redis": edge.store.describe(),
         "config": {
             "generation": state.generation,
             "listeners": c.listeners.iter().map(|l| json!({"addr": l.addr.to_string(), "tls": l.tls.is_some()})).collect::<Vec<_>>(),
@@ -256,7 +256,7 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
     let state = edge.state();
     let id = state.keys.hasher().id(&raw);
     match method {
-        "GET" => match edge.store.get(id) {
+        "GET" => match edge.store.get(id).await {
             Some(info) => AdminResponse::json(200, &json!(info)),
             None => AdminResponse::error(404, "no such session"),
         },
@@ -275,7 +275,7 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
                 return AdminResponse::error(400, "no such upstream");
             };
             edge.store.set(id, u.id.clone()).await;
-            match edge.store.get(id) {
+            match edge.store.get(id).await {
                 Some(info) => AdminResponse::json(200, &json!(info)),
                 None => AdminResponse::error(500, "pin was not stored"),
             }

@@ -8,10 +8,11 @@
 //! - [`SessionId`] is the keyed hash under which a key is stored: raw keys
 //!   (which may be API keys or user ids) are never kept.
 //! - [`store`] is the affinity table's interface and its in-process
-//!   implementation.
+//!   implementation; [`redis_store`] shares the table through Redis.
 
 pub mod json_scan;
 pub mod keys;
+pub mod redis_store;
 pub mod store;
 
 use siphasher::sip128::{Hasher128, SipHasher13};

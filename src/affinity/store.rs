@@ -23,16 +23,19 @@ pub struct SessionRecord {
     pub upstream: Arc<str>,
     pub created_ms: u64,
     last_seen_ms: AtomicU64,
+    /// When the shared table's TTL was last renewed (Redis store only).
+    renewed_ms: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
 }
 
 impl SessionRecord {
-    fn new(upstream: Arc<str>, created_ms: u64, requests: u64, errors: u64) -> Self {
+    pub(crate) fn new(upstream: Arc<str>, created_ms: u64, requests: u64, errors: u64) -> Self {
         SessionRecord {
             upstream,
             created_ms,
             last_seen_ms: AtomicU64::new(now_ms()),
+            renewed_ms: AtomicU64::new(now_ms()),
             requests: AtomicU64::new(requests),
             errors: AtomicU64::new(errors),
         }
@@ -48,6 +51,15 @@ impl SessionRecord {
 
     fn touch(&self) {
         self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Seen since its TTL was last renewed in the shared table.
+    pub fn needs_renewal(&self) -> bool {
+        self.last_seen_ms.load(Ordering::Relaxed) > self.renewed_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_renewed(&self) {
+        self.renewed_ms.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -92,7 +104,7 @@ pub trait SessionStore: Send + Sync {
     /// Forget `id`; true if it was pinned.
     async fn forget(&self, id: SessionId) -> bool;
 
-    fn get(&self, id: SessionId) -> Option<SessionInfo>;
+    async fn get(&self, id: SessionId) -> Option<SessionInfo>;
 
     /// Sessions, optionally only those of one upstream, at most `limit`.
     fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo>;
@@ -105,9 +117,20 @@ pub trait SessionStore: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The shared table is unreachable: place new sessions so that edges
+    /// still agree (consistent hashing).
+    fn degraded(&self) -> bool {
+        false
+    }
+
+    /// What `/api/stats` shows under `redis`.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "configured": false, "mode": "in-process table" })
+    }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -144,18 +167,61 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// The in-process table: entries live `ttl` after their last use.
     pub fn new(max_sessions: u64, ttl: Duration) -> Self {
+        Self::build(max_sessions, ttl, None)
+    }
+
+    /// A cache in front of a shared table: entries are dropped `refresh`
+    /// after they were loaded, so a lost invalidation is stale that long at
+    /// most. `ttl` is the shared table's TTL (for display).
+    pub fn front_cache(max_entries: u64, ttl: Duration, refresh: Duration) -> Self {
+        Self::build(max_entries, ttl, Some(refresh))
+    }
+
+    fn build(max_sessions: u64, ttl: Duration, refresh: Option<Duration>) -> Self {
         let counts = Arc::new(Counts::default());
         let on_remove = counts.clone();
-        let cache = Cache::builder()
-            .max_capacity(max_sessions)
-            .time_to_idle(ttl)
+        let builder = Cache::builder().max_capacity(max_sessions);
+        let builder = match refresh {
+            None => builder.time_to_idle(ttl),
+            Some(refresh) => builder.time_to_live(refresh),
+        };
+        let cache = builder
             .eviction_policy(EvictionPolicy::lru())
             .eviction_listener(move |_k, v: Arc<SessionRecord>, _cause| {
                 on_remove.remove(&v.upstream)
             })
             .build();
         LocalStore { cache, counts, ttl }
+    }
+
+    /// Put a pin learnt from the shared table.
+    pub fn put(&self, id: SessionId, upstream: Arc<str>, created_ms: u64) -> Arc<SessionRecord> {
+        let (requests, errors) = self.cache.get(&id.0).map_or((0, 0), |r| {
+            (
+                r.requests.load(Ordering::Relaxed),
+                r.errors.load(Ordering::Relaxed),
+            )
+        });
+        self.insert(
+            id,
+            SessionRecord::new(upstream, created_ms, requests, errors),
+        )
+    }
+
+    /// Drop a cached pin (it changed elsewhere).
+    pub fn invalidate(&self, id: SessionId) {
+        self.cache.invalidate(&id.0);
+    }
+
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Every cached session.
+    pub fn records(&self) -> Vec<(SessionId, Arc<SessionRecord>)> {
+        self.cache.iter().map(|(k, v)| (SessionId(*k), v)).collect()
     }
 
     fn insert(&self, id: SessionId, record: SessionRecord) -> Arc<SessionRecord> {
@@ -253,7 +319,7 @@ impl SessionStore for LocalStore {
         self.cache.remove(&id.0).is_some()
     }
 
-    fn get(&self, id: SessionId) -> Option<SessionInfo> {
+    async fn get(&self, id: SessionId) -> Option<SessionInfo> {
         self.cache.get(&id.0).map(|r| self.info(id.0, &r))
     }
 
@@ -311,7 +377,7 @@ mod tests {
         s.lookup_local(id).expect("pinned").record(true);
         assert_eq!(&*block(s.repin(id, "zzz", up("b"))).upstream, "a");
         assert_eq!(&*block(s.repin(id, "a", up("b"))).upstream, "b");
-        let info = s.get(id).expect("info");
+        let info = block(s.get(id)).expect("info");
         assert_eq!(
             (info.upstream.as_str(), info.requests, info.errors),
             ("b", 1, 1)
@@ -330,7 +396,7 @@ mod tests {
         assert_eq!(s.counts().get("a").copied().unwrap_or(0), s.len());
         let last = SessionId(99);
         assert!(block(s.forget(last)));
-        assert!(s.get(last).is_none());
+        assert!(block(s.get(last)).is_none());
     }
 
     #[test]

@@ -148,6 +148,15 @@ pub struct FailoverFile {
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: String,
+    pub prefix: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub local_ttl: Option<Duration>,
+    pub local_cache_size: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub sync_interval: Option<Duration>,
+    pub batch_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

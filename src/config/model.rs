@@ -120,9 +120,26 @@ pub struct Timeouts {
     pub pool_idle: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSpec {
+    /// May hold a password: never log or display it.
     pub url: String,
+    pub prefix: String,
+    pub timeout: Duration,
+    pub local_ttl: Duration,
+    pub local_cache_size: u64,
+    pub sync_interval: Duration,
+    pub batch_size: usize,
+}
+
+impl std::fmt::Debug for RedisSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpec")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +192,12 @@ impl Defaults {
     pub const PID_FILE: &'static str = "/tmp/relay-edge.pid";
     pub const UPGRADE_SOCK: &'static str = "/tmp/relay-edge-upgrade.sock";
     pub const LOG_LEVEL: &'static str = "info";
+    pub const REDIS_PREFIX: &'static str = "relay-edge:";
+    pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+    pub const REDIS_LOCAL_TTL: Duration = Duration::from_secs(30);
+    pub const REDIS_LOCAL_CACHE_SIZE: u64 = 200_000;
+    pub const REDIS_SYNC_INTERVAL: Duration = Duration::from_secs(10);
+    pub const REDIS_BATCH_SIZE: usize = 500;
     /// The `claude_code: true` preset's header.
     pub const CLAUDE_CODE_HEADER: &'static str = "x-claude-code-session-id";
     pub const CLAUDE_CODE_POINTER: &'static str = "/metadata/user_id";

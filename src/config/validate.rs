@@ -51,13 +51,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             format!("must be below {}", crate::upstream::select::Tried::CAPACITY),
         );
     }
-    let redis = redis.map(|RedisFile { url }| {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            // Never echo the URL: it may carry a password.
-            errs.push("redis.url", "must start with redis:// or rediss://");
-        }
-        RedisSpec { url }
-    });
+    let redis = redis.map(|r| redis_spec(r, &mut errs));
     let admin = admin_spec(admin, &mut errs);
     let server = server_spec(server, &mut errs);
 
@@ -395,6 +389,45 @@ fn key_spec(k: KeySourceFile, path: &str, errs: &mut Errors) -> Option<KeySpec> 
         },
     };
     sources.pop().map(|source| KeySpec { source, extract })
+}
+
+fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
+    let RedisFile {
+        url,
+        prefix,
+        timeout,
+        local_ttl,
+        local_cache_size,
+        sync_interval,
+        batch_size,
+    } = r;
+    // Never echo the URL: it may carry a password.
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        errs.push("redis.url", "must start with redis:// or rediss://");
+    } else if redis::Client::open(url.as_str()).is_err() {
+        errs.push("redis.url", "is not a valid Redis URL");
+    }
+    let spec = RedisSpec {
+        url,
+        prefix: prefix.unwrap_or_else(|| Defaults::REDIS_PREFIX.to_string()),
+        timeout: timeout.unwrap_or(Defaults::REDIS_TIMEOUT),
+        local_ttl: local_ttl.unwrap_or(Defaults::REDIS_LOCAL_TTL),
+        local_cache_size: local_cache_size.unwrap_or(Defaults::REDIS_LOCAL_CACHE_SIZE),
+        sync_interval: sync_interval.unwrap_or(Defaults::REDIS_SYNC_INTERVAL),
+        batch_size: batch_size.unwrap_or(Defaults::REDIS_BATCH_SIZE),
+    };
+    for (name, d) in [
+        ("timeout", spec.timeout),
+        ("local_ttl", spec.local_ttl),
+        ("sync_interval", spec.sync_interval),
+    ] {
+        if d.is_zero() {
+            errs.push(format!("redis.{name}"), "must be above zero");
+        }
+    }
+    at_least_one(spec.local_cache_size, "redis.local_cache_size", errs);
+    at_least_one(spec.batch_size as u64, "redis.batch_size", errs);
+    spec
 }
 
 fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {

@@ -24,10 +24,20 @@ pub fn no_upstream() -> Box<Error> {
     )
 }
 
-fn place(state: &State, id: Option<SessionId>, ctx: &RequestCtx, now: u64) -> Option<usize> {
+/// Place a session (or a keyless request). Consistent hashing when
+/// configured, and also while the shared table is unreachable, so that
+/// edges still mostly agree.
+fn place(
+    edge: &Edge,
+    state: &State,
+    id: Option<SessionId>,
+    ctx: &RequestCtx,
+    now: u64,
+) -> Option<usize> {
     let aff = &state.config.affinity;
-    match (aff.balance, id) {
-        (Balance::Consistent, Some(id)) => {
+    let consistent = aff.balance == Balance::Consistent || edge.store.degraded();
+    match id {
+        Some(id) if consistent => {
             select::consistent(&state.upstreams, id, aff.load_factor, &ctx.tried, now)
         }
         _ => select::least_loaded(&state.upstreams, &ctx.tried, now),
@@ -38,7 +48,7 @@ fn place(state: &State, id: Option<SessionId>, ctx: &RequestCtx, now: u64) -> Op
 pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) -> Result<usize> {
     let ups = &state.upstreams;
     let Some(id) = ctx.session else {
-        return place(state, None, ctx, now).ok_or_else(no_upstream);
+        return place(edge, state, None, ctx, now).ok_or_else(no_upstream);
     };
 
     let (from, reason) = if let Some(last) = ctx.tried.last() {
@@ -61,7 +71,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             }
             None => {
                 edge.metrics.lookup_miss.inc();
-                let index = place(state, Some(id), ctx, now).ok_or_else(no_upstream)?;
+                let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
                 let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
                 let winner = ups
                     .index_of(&record.upstream)
@@ -89,7 +99,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         (Some(record.upstream.clone()), reason)
     };
 
-    let index = place(state, Some(id), ctx, now).ok_or_else(no_upstream)?;
+    let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
     let to = ups.all()[index].id.clone();
     let record = match &from {
         Some(from) => edge.store.repin(id, from, to).await,

@@ -394,3 +394,101 @@ pub fn messages_body(size: usize, user_id: &str) -> Vec<u8> {
     body.extend_from_slice(tail.as_bytes());
     body
 }
+
+/// A real `redis-server` child process on a free port; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub password: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start(password: Option<&str>) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            password: password.map(str::to_string),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("redis-server could not start ({e}); install it with: apt-get install -y redis-server")
+        });
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        eventually(Duration::from_secs(10), "redis-server answers", || async {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return false;
+            };
+            if s.write_all(b"PING\r\n").await.is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            matches!(s.read(&mut buf).await, Ok(n) if n > 0)
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// Run `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
+        if let Some(pw) = &self.password {
+            cmd.args(["-a", pw]);
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .expect("redis-cli runs (apt-get install -y redis-tools)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port (empty: nothing is persisted).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -8,4 +8,5 @@ mod common;
 mod config_files;
 mod failover;
 mod routing;
+mod shared_table;
 mod tls;

@@ -1,0 +1,455 @@
+//! The shared affinity table in Redis, with a local cache in front.
+//!
+//! - Every session is one small hash, `<prefix><id hex>` → `u` (upstream id)
+//!   and `c` (created, unix ms), with the table's TTL.
+//! - A hit in the local cache needs no Redis call. A miss reads the hash.
+//! - A session's first request claims its upstream atomically (a script:
+//!   keep the existing pin, else set ours); the loser adopts the winner's.
+//! - A failover re-pin is a compare-and-set script that moves the pin only if
+//!   it still names the failed upstream, and publishes the change.
+//! - Admin pins and deletes publish too; every edge drops the cached entry on
+//!   the message. Cached entries also expire after `local_ttl`, which bounds
+//!   staleness if a message is lost.
+//! - TTL renewals are batched: every `sync_interval`, sessions used since their
+//!   last renewal get one `PEXPIRE` each, `batch_size` to a pipeline.
+//! - Every call has `timeout`. When Redis fails, the store says it is
+//!   degraded (new sessions are placed by consistent hashing, so edges still
+//!   mostly agree), keeps the pins it makes locally, and writes them with
+//!   claim semantics (never overwriting another edge's pin) once Redis is back.
+//!
+//! Nothing here logs or displays the Redis URL: it may hold a password.
+
+use super::store::{now_ms, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore};
+use super::SessionId;
+use crate::config::RedisSpec;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisResult, Script};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Claim: keep the pin in force, or set ours. Returns {upstream, created}.
+const CLAIM: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'u')
+if cur then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {cur, redis.call('HGET', KEYS[1], 'c') or ARGV[2]}
+end
+redis.call('HSET', KEYS[1], 'u', ARGV[1], 'c', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {ARGV[1], ARGV[2]}
+";
+
+/// Compare-and-set: move the pin from ARGV[1] to ARGV[2] only if it still
+/// names ARGV[1] (or is gone); publish the change. Returns {upstream, created}.
+const REPIN: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'u')
+if cur and cur ~= ARGV[1] then
+  return {cur, redis.call('HGET', KEYS[1], 'c') or ARGV[3]}
+end
+redis.call('HSET', KEYS[1], 'u', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'c', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {ARGV[2], redis.call('HGET', KEYS[1], 'c')}
+";
+
+/// Admin pin: set unconditionally and publish.
+const PIN: &str = r"
+redis.call('HSET', KEYS[1], 'u', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'c', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+";
+
+/// Forget: delete and publish.
+const FORGET: &str = r"
+local n = redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return n
+";
+
+pub struct RedisStore {
+    local: LocalStore,
+    spec: RedisSpec,
+    ttl: Duration,
+    channel: String,
+    conn: ArcSwapOption<ConnectionManager>,
+    /// The last call succeeded. While false, request paths skip Redis.
+    up: AtomicBool,
+    /// Pins made while Redis was unreachable, to write once it is back.
+    pending: Mutex<HashMap<SessionId, Arc<str>>>,
+    metrics: Arc<Metrics>,
+    claim: Script,
+    repin: Script,
+    pin: Script,
+    forget: Script,
+}
+
+type Pin = (String, u64);
+
+impl RedisStore {
+    pub fn new(spec: RedisSpec, ttl: Duration, metrics: Arc<Metrics>) -> RedisStore {
+        RedisStore {
+            local: LocalStore::front_cache(spec.local_cache_size, ttl, spec.local_ttl),
+            channel: format!("{}pins", spec.prefix),
+            spec,
+            ttl,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
+            metrics,
+            claim: Script::new(CLAIM),
+            repin: Script::new(REPIN),
+            pin: Script::new(PIN),
+            forget: Script::new(FORGET),
+        }
+    }
+
+    fn key(&self, id: SessionId) -> String {
+        format!("{}{}", self.spec.prefix, id.to_hex())
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// A connection, unless Redis is known to be unreachable.
+    fn conn(&self) -> Option<ConnectionManager> {
+        if !self.up.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.conn.load_full().map(|c| (*c).clone())
+    }
+
+    /// Run one Redis call with the timeout, counting errors and latency.
+    async fn call<T>(&self, what: &str, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.spec.timeout, fut).await;
+        self.metrics
+            .redis_duration
+            .observe(start.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => format!("{:?} error", e.kind()),
+            Err(_) => format!("timeout after {:?}", self.spec.timeout),
+        };
+        self.metrics.redis_errors.inc();
+        if self.up.swap(false, Ordering::Relaxed) {
+            log::warn!("redis {what} failed ({failure}): serving from the local cache and consistent hashing until it is back");
+        }
+        None
+    }
+
+    fn remember_pending(&self, id: SessionId, upstream: &Arc<str>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, upstream.clone());
+        }
+    }
+
+    fn adopt(&self, id: SessionId, (upstream, created): Pin) -> Arc<SessionRecord> {
+        self.local.put(id, Arc::from(upstream.as_str()), created)
+    }
+
+    /// Connect (retrying until shutdown) and keep the store in sync: pub/sub
+    /// invalidations, batched TTL renewals, and pins made during an outage.
+    pub async fn run(self: Arc<Self>, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let client = match redis::Client::open(self.spec.url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!(
+                    "redis client: {:?} error; the affinity table stays local",
+                    e.kind()
+                );
+                return;
+            }
+        };
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(self.spec.timeout.max(Duration::from_millis(10)) * 4)
+            .set_number_of_retries(2)
+            .set_max_delay(1000);
+        loop {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                client.get_connection_manager_with_config(config.clone()),
+            )
+            .await
+            {
+                Ok(Ok(cm)) => {
+                    self.conn.store(Some(Arc::new(cm)));
+                    break;
+                }
+                Ok(Err(e)) => log::warn!("redis unreachable ({:?} error); retrying", e.kind()),
+                Err(_) => log::warn!("redis connect timed out; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        tokio::spawn(self.clone().subscribe(client));
+        let mut tick = tokio::time::interval(self.spec.sync_interval.min(Duration::from_secs(1)));
+        let mut last_sync = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.sync().await;
+                    return;
+                }
+                _ = tick.tick() => {}
+            }
+            if !self.up.load(Ordering::Relaxed) {
+                self.probe().await;
+            }
+            if self.up.load(Ordering::Relaxed) {
+                self.write_pending().await;
+                if last_sync.elapsed() >= self.spec.sync_interval {
+                    self.sync().await;
+                    last_sync = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Is Redis back? (The connection manager reconnects by itself.)
+    async fn probe(&self) {
+        let Some(cm) = self.conn.load_full() else {
+            return;
+        };
+        let mut conn = (*cm).clone();
+        let pong: RedisResult<String> = tokio::time::timeout(
+            self.spec.timeout * 10,
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await
+        .unwrap_or_else(|_| Err((redis::ErrorKind::IoError, "timeout").into()));
+        if pong.is_ok() && !self.up.swap(true, Ordering::Relaxed) {
+            log::info!("redis is reachable; writing the pins made meanwhile");
+            // Invalidations may have been missed while it was away.
+            self.local.invalidate_all();
+        }
+    }
+
+    /// Write the pins made during an outage, never overwriting another's.
+    async fn write_pending(&self) {
+        let pending: Vec<(SessionId, Arc<str>)> = match self.pending.lock() {
+            Ok(mut p) if !p.is_empty() => p.drain().collect(),
+            _ => return,
+        };
+        for (i, (id, upstream)) in pending.iter().enumerate() {
+            let Some(mut conn) = self.conn() else {
+                // Down again: keep what is left for the next round.
+                for (id, up) in &pending[i..] {
+                    self.remember_pending(*id, up);
+                }
+                return;
+            };
+            let mut inv = self.claim.key(self.key(*id));
+            inv.arg(&**upstream).arg(now_ms()).arg(self.ttl_ms());
+            if let Some(pin) = self.call("claim", inv.invoke_async::<Pin>(&mut conn)).await {
+                self.adopt(*id, pin);
+            } else {
+                self.remember_pending(*id, upstream);
+            }
+        }
+    }
+
+    /// Renew the TTL of sessions used since their last renewal.
+    async fn sync(&self) {
+        let due: Vec<(SessionId, Arc<SessionRecord>)> = self
+            .local
+            .records()
+            .into_iter()
+            .filter(|(_, r)| r.needs_renewal())
+            .collect();
+        for chunk in due.chunks(self.spec.batch_size.max(1)) {
+            let Some(mut conn) = self.conn() else { return };
+            let mut pipe = redis::pipe();
+            for (id, _) in chunk {
+                pipe.pexpire(self.key(*id), self.ttl_ms() as i64).ignore();
+            }
+            if self
+                .call("renew", pipe.query_async::<()>(&mut conn))
+                .await
+                .is_some()
+            {
+                for (_, r) in chunk {
+                    r.mark_renewed();
+                }
+            }
+        }
+    }
+
+    /// Drop cached pins that another edge changed.
+    async fn subscribe(self: Arc<Self>, client: redis::Client) {
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&self.channel).await {
+                    Ok(()) => {
+                        // Messages may have been missed while unsubscribed.
+                        self.local.invalidate_all();
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let payload: String = msg.get_payload().unwrap_or_default();
+                            if let Some(id) = SessionId::from_hex(&payload) {
+                                self.local.invalidate(id);
+                            }
+                        }
+                        log::warn!("redis pub/sub connection lost; resubscribing");
+                    }
+                    Err(e) => log::warn!("redis subscribe failed ({:?} error)", e.kind()),
+                },
+                Err(e) => log::debug!("redis pub/sub unreachable ({:?} error)", e.kind()),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
+        self.local.lookup_local(id)
+    }
+
+    async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
+        if let Some(r) = self.local.lookup_local(id) {
+            return Some((r, LookupSource::Local));
+        }
+        let mut conn = self.conn()?;
+        let key = self.key(id);
+        let (upstream, created): (Option<String>, Option<u64>) =
+            self.call("lookup", conn.hget(&key, &["u", "c"])).await?;
+        let upstream = upstream?;
+        Some((
+            self.adopt(id, (upstream, created.unwrap_or(0))),
+            LookupSource::Shared,
+        ))
+    }
+
+    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
+        if let Some(mut conn) = self.conn() {
+            let mut inv = self.claim.key(self.key(id));
+            inv.arg(&*upstream).arg(now_ms()).arg(self.ttl_ms());
+            if let Some(pin) = self.call("claim", inv.invoke_async::<Pin>(&mut conn)).await {
+                return self.adopt(id, pin);
+            }
+        }
+        self.remember_pending(id, &upstream);
+        self.local.claim(id, upstream).await
+    }
+
+    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
+        if let Some(mut conn) = self.conn() {
+            let mut inv = self.repin.key(self.key(id));
+            inv.arg(from)
+                .arg(&*to)
+                .arg(now_ms())
+                .arg(self.ttl_ms())
+                .arg(&self.channel)
+                .arg(id.to_hex());
+            if let Some(pin) = self.call("repin", inv.invoke_async::<Pin>(&mut conn)).await {
+                return self.adopt(id, pin);
+            }
+        }
+        self.remember_pending(id, &to);
+        self.local.repin(id, from, to).await
+    }
+
+    async fn set(&self, id: SessionId, upstream: Arc<str>) {
+        if let Some(mut conn) = self.conn() {
+            let mut inv = self.pin.key(self.key(id));
+            inv.arg(&*upstream)
+                .arg(now_ms())
+                .arg(self.ttl_ms())
+                .arg(&self.channel)
+                .arg(id.to_hex());
+            if self
+                .call("pin", inv.invoke_async::<i64>(&mut conn))
+                .await
+                .is_none()
+            {
+                self.remember_pending(id, &upstream);
+            }
+        }
+        self.local.set(id, upstream).await;
+    }
+
+    async fn forget(&self, id: SessionId) -> bool {
+        let local = self.local.forget(id).await;
+        let Some(mut conn) = self.conn() else {
+            return local;
+        };
+        let mut inv = self.forget.key(self.key(id));
+        inv.arg(&self.channel).arg(id.to_hex());
+        match self
+            .call("forget", inv.invoke_async::<i64>(&mut conn))
+            .await
+        {
+            Some(n) => n > 0 || local,
+            None => local,
+        }
+    }
+
+    async fn get(&self, id: SessionId) -> Option<SessionInfo> {
+        let mut conn = self.conn()?;
+        let key = self.key(id);
+        let ((upstream, created), ttl_ms): ((Option<String>, Option<u64>), i64) = self
+            .call(
+                "get",
+                redis::pipe()
+                    .hget(&key, &["u", "c"])
+                    .pttl(&key)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let upstream = upstream?;
+        let cached = self.local.get(id).await;
+        Some(SessionInfo {
+            id: id.to_hex(),
+            upstream,
+            created_unix_ms: created.unwrap_or(0),
+            last_seen_unix_ms: cached.as_ref().map_or(0, |c| c.last_seen_unix_ms),
+            requests: cached.as_ref().map_or(0, |c| c.requests),
+            errors: cached.as_ref().map_or(0, |c| c.errors),
+            ttl_left_seconds: (ttl_ms.max(0) as u64) / 1000,
+        })
+    }
+
+    fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
+        self.local.list(upstream, limit)
+    }
+
+    fn counts(&self) -> HashMap<Arc<str>, u64> {
+        self.local.counts()
+    }
+
+    fn len(&self) -> u64 {
+        self.local.len()
+    }
+
+    fn degraded(&self) -> bool {
+        !self.up.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let pending = self.pending.lock().map_or(0, |p| p.len());
+        serde_json::json!({
+            "configured": true,
+            "mode": "redis with a local cache",
+            "connected": self.up.load(Ordering::Relaxed),
+            "errors": self.metrics.redis_errors.get(),
+            "pending_pins": pending,
+            "local_cache_entries": self.local.len(),
+            "prefix": self.spec.prefix,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! Several edges sharing one affinity table in a real redis-server.
+
+use crate::common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String {
+    format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', sync_interval: 1s}}\n",
+        upstreams_yaml(ups),
+        redis.url()
+    )
+}
+
+/// Send the first request of every key to both edges at the same moment.
+async fn first_requests_at_once(a: &Edge, b: &Edge, keys: &[String]) -> HashMap<String, String> {
+    let mut pins = HashMap::new();
+    for chunk in keys.chunks(50) {
+        let mut tasks = Vec::new();
+        for key in chunk {
+            let (ka, kb, key) = (a.addr, b.addr, key.clone());
+            tasks.push(tokio::spawn(async move {
+                let h = [("x-session-id", key.as_str())];
+                let (ra, rb) = tokio::join!(
+                    request(ka, "GET", "/v1/x", &h, b""),
+                    request(kb, "GET", "/v1/x", &h, b"")
+                );
+                let (ra, rb) = (ra.expect("edge a answers"), rb.expect("edge b answers"));
+                assert_eq!((ra.status, rb.status), (200, 200));
+                (key, ra.upstream(), rb.upstream())
+            }));
+        }
+        for t in tasks {
+            let (key, ua, ub) = t.await.expect("task");
+            assert_eq!(ua, ub, "edges disagree on {key}");
+            pins.insert(key, ua);
+        }
+    }
+    pins
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_agree_follow_admin_pins_and_survive_restarts() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let (a, b) = (
+        Edge::start(&config(&ups, &redis)).await,
+        Edge::start(&config(&ups, &redis)).await,
+    );
+    let keys: Vec<String> = (0..1000).map(|i| format!("shared-{i}")).collect();
+    let pins = first_requests_at_once(&a, &b, &keys).await;
+    assert_eq!(
+        pins.values()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "sessions spread over all upstreams"
+    );
+
+    // Alternating between edges never changes the upstream.
+    for key in keys.iter().take(200) {
+        for edge in [&a, &b, &a, &b] {
+            assert_eq!(
+                &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+                &pins[key]
+            );
+        }
+    }
+
+    // An admin pin through one edge is followed by the other within a second.
+    let key = &keys[0];
+    let target = if pins[key] == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
+    let body = format!(r#"{{"upstream":"{target}"}}"#);
+    assert_eq!(
+        a.admin_json("PUT", &format!("/api/sessions/{key}"), body.as_bytes())
+            .await
+            .0,
+        200
+    );
+    eventually(
+        Duration::from_secs(1),
+        "edge b follows the admin pin",
+        || async { b.get("/v1/x", &[("x-session-id", key)]).await.upstream() == target },
+    )
+    .await;
+    let (code, info) = b
+        .admin_json("GET", &format!("/api/sessions/{key}"), b"")
+        .await;
+    assert_eq!((code, info["upstream"].as_str()), (200, Some(target)));
+
+    // Pins survive restarting both edges.
+    drop((a, b));
+    let (a, b) = (
+        Edge::start(&config(&ups, &redis)).await,
+        Edge::start(&config(&ups, &redis)).await,
+    );
+    for key in keys.iter().skip(1).take(200) {
+        assert_eq!(
+            &a.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            &pins[key]
+        );
+        assert_eq!(
+            &b.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            &pins[key]
+        );
+    }
+    let (_, stats) = a.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["redis"]["connected"], true, "{stats}");
+    assert!(
+        stats["affinity"]["redis_hits"].as_u64().unwrap_or(0) >= 200,
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_upstream_moves_each_session_once_to_one_new_upstream() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let (a, b) = (
+        Edge::start(&config(&ups, &redis)).await,
+        Edge::start(&config(&ups, &redis)).await,
+    );
+    let keys: Vec<String> = (0..150).map(|i| format!("failover-{i}")).collect();
+    let pins = first_requests_at_once(&a, &b, &keys).await;
+    let victims: Vec<&String> = keys.iter().filter(|k| pins[*k] == "relay-a").collect();
+    assert!(!victims.is_empty());
+    ups[0].kill();
+    // Both edges see the failure at the same moment and must land together.
+    let moved = first_requests_at_once(
+        &a,
+        &b,
+        &victims.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+    )
+    .await;
+    for (key, upstream) in &moved {
+        assert_ne!(upstream, "relay-a", "{key}");
+        let stored = redis.cli(&["HGET", &session_key(&a, key).await, "u"]);
+        assert_eq!(&stored, upstream, "redis holds the one new pin of {key}");
+        for edge in [&a, &b] {
+            assert_eq!(
+                &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+                upstream
+            );
+        }
+    }
+    for key in keys.iter().filter(|k| pins[*k] != "relay-a") {
+        assert_eq!(
+            &b.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            &pins[key],
+            "others stay"
+        );
+    }
+}
+
+/// The Redis key of a session, from the id the admin API shows.
+async fn session_key(edge: &Edge, key: &str) -> String {
+    let (_, info) = edge
+        .admin_json("GET", &format!("/api/sessions/{key}"), b"")
+        .await;
+    format!("relay-edge:{}", info["id"].as_str().expect("session id"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_serves_on_and_recovers_by_itself() {
+    let mut redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let (a, b) = (
+        Edge::start(&config(&ups, &redis)).await,
+        Edge::start(&config(&ups, &redis)).await,
+    );
+    let known: Vec<String> = (0..100).map(|i| format!("known-{i}")).collect();
+    let pins = first_requests_at_once(&a, &b, &known).await;
+
+    redis.kill();
+    // Known sessions keep their upstream, with zero failed requests.
+    for round in 0..3 {
+        for key in &known {
+            for edge in [&a, &b] {
+                let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
+                assert_eq!(r.status, 200, "round {round}: {}", r.text());
+                assert_eq!(
+                    &r.upstream(),
+                    &pins[key],
+                    "round {round}: {key} moved during the outage"
+                );
+            }
+        }
+    }
+    // New sessions are placed by consistent hashing: the edges still agree.
+    let fresh: Vec<String> = (0..100).map(|i| format!("outage-{i}")).collect();
+    let mut agree = 0;
+    for key in &fresh {
+        let ua = a.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+        let ub = b.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+        agree += usize::from(ua == ub);
+    }
+    assert!(agree >= 95, "only {agree} of 100 outage sessions agreed");
+    let (_, stats) = a.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["redis"]["connected"], false, "{stats}");
+
+    // Redis comes back (empty): the edges reconnect by themselves, write the
+    // pins they made meanwhile, and agree again.
+    redis.restart().await;
+    for edge in [&a, &b] {
+        eventually(Duration::from_secs(10), "reconnected", || async {
+            edge.admin_json("GET", "/api/stats", b"").await.1["redis"]["connected"] == true
+        })
+        .await;
+    }
+    eventually(Duration::from_secs(10), "outage pins written", || async {
+        redis.cli(&["DBSIZE"]).parse::<usize>().unwrap_or(0) >= 100
+    })
+    .await;
+    for key in &fresh {
+        let ua = a.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+        let ub = b.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+        assert_eq!(ua, ub, "{key} after recovery");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_works_and_is_never_logged() {
+    let redis = RedisServer::start(Some("s3cret-redis-pw")).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&config(&ups, &redis)).await;
+    for i in 0..20 {
+        assert_eq!(
+            edge.get("/v1/x", &[("x-session-id", &format!("pw-{i}"))])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]), "20");
+    let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["redis"]["connected"], true);
+    assert!(!stats.to_string().contains("s3cret"), "{stats}");
+    assert!(
+        !edge.log().contains("s3cret"),
+        "the password leaked into the log"
+    );
+
+    // A wrong password: the edge still serves, and says nothing of the secret.
+    let wrong = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: 'redis://:wrong-pw-9@127.0.0.1:{}/0'}}\n",
+        upstreams_yaml(&ups),
+        redis.port
+    ))
+    .await;
+    assert_eq!(
+        wrong.get("/v1/x", &[("x-session-id", "w")]).await.status,
+        200
+    );
+    assert!(!wrong.log().contains("wrong-pw-9"));
+}
