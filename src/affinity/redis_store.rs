@@ -21,13 +21,14 @@
 
 use super::store::{now_ms, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore};
 use super::SessionId;
-use crate::config::RedisSpec;
+use crate::config::{RedisSpec, RedisTarget};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, RedisResult, Script};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,12 +77,47 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return n
 ";
 
+/// A connection to a single Redis (reconnecting by itself) or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
     local: LocalStore,
     spec: RedisSpec,
     ttl: Duration,
     channel: String,
-    conn: ArcSwapOption<ConnectionManager>,
+    conn: ArcSwapOption<Conn>,
     /// The last call succeeded. While false, request paths skip Redis.
     up: AtomicBool,
     /// Pins made while Redis was unreachable, to write once it is back.
@@ -122,7 +158,7 @@ impl RedisStore {
     }
 
     /// A connection, unless Redis is known to be unreachable.
-    fn conn(&self) -> Option<ConnectionManager> {
+    fn conn(&self) -> Option<Conn> {
         if !self.up.load(Ordering::Relaxed) {
             return None;
         }
@@ -161,30 +197,10 @@ impl RedisStore {
     /// Connect (retrying until shutdown) and keep the store in sync: pub/sub
     /// invalidations, batched TTL renewals, and pins made during an outage.
     pub async fn run(self: Arc<Self>, mut shutdown: pingora_core::server::ShutdownWatch) {
-        let client = match redis::Client::open(self.spec.url.as_str()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!(
-                    "redis client: {:?} error; the affinity table stays local",
-                    e.kind()
-                );
-                return;
-            }
-        };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(self.spec.timeout.max(Duration::from_millis(10)) * 4)
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
         loop {
-            match tokio::time::timeout(
-                Duration::from_secs(2),
-                client.get_connection_manager_with_config(config.clone()),
-            )
-            .await
-            {
-                Ok(Ok(cm)) => {
-                    self.conn.store(Some(Arc::new(cm)));
+            match tokio::time::timeout(Duration::from_secs(2), self.connect()).await {
+                Ok(Ok(conn)) => {
+                    self.conn.store(Some(Arc::new(conn)));
                     break;
                 }
                 Ok(Err(e)) => log::warn!("redis unreachable ({:?} error); retrying", e.kind()),
@@ -195,7 +211,7 @@ impl RedisStore {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        tokio::spawn(self.clone().subscribe(client));
+        tokio::spawn(self.clone().subscribe());
         let mut tick = tokio::time::interval(self.spec.sync_interval.min(Duration::from_secs(1)));
         let mut last_sync = Instant::now();
         loop {
@@ -215,6 +231,31 @@ impl RedisStore {
                     self.sync().await;
                     last_sync = Instant::now();
                 }
+            }
+        }
+    }
+
+    async fn connect(&self) -> RedisResult<Conn> {
+        match &self.spec.target {
+            RedisTarget::Single(url) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Duration::from_secs(1))
+                    .set_response_timeout(self.spec.timeout.max(Duration::from_millis(10)) * 4)
+                    .set_number_of_retries(2)
+                    .set_max_delay(1000);
+                let client = redis::Client::open(url.as_str())?;
+                Ok(Conn::Single(
+                    client.get_connection_manager_with_config(config).await?,
+                ))
+            }
+            RedisTarget::Cluster(urls) => {
+                let client =
+                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                        .connection_timeout(Duration::from_secs(1))
+                        .response_timeout(self.spec.timeout.max(Duration::from_millis(10)) * 4)
+                        .retries(2)
+                        .build()?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
             }
         }
     }
@@ -288,26 +329,32 @@ impl RedisStore {
         }
     }
 
-    /// Drop cached pins that another edge changed.
-    async fn subscribe(self: Arc<Self>, client: redis::Client) {
-        loop {
-            match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&self.channel).await {
-                    Ok(()) => {
-                        // Messages may have been missed while unsubscribed.
-                        self.local.invalidate_all();
-                        let mut messages = pubsub.on_message();
-                        while let Some(msg) = messages.next().await {
-                            let payload: String = msg.get_payload().unwrap_or_default();
-                            if let Some(id) = SessionId::from_hex(&payload) {
-                                self.local.invalidate(id);
+    /// Drop cached pins that another edge changed. Pub/sub messages reach
+    /// every node of a cluster, so any node will do.
+    async fn subscribe(self: Arc<Self>) {
+        let urls = self.spec.target.pubsub_urls();
+        for attempt in 0usize.. {
+            let url = urls[attempt % urls.len().max(1)];
+            match redis::Client::open(url) {
+                Ok(client) => match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(&self.channel).await {
+                        Ok(()) => {
+                            // Messages may have been missed while unsubscribed.
+                            self.local.invalidate_all();
+                            let mut messages = pubsub.on_message();
+                            while let Some(msg) = messages.next().await {
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                if let Some(id) = SessionId::from_hex(&payload) {
+                                    self.local.invalidate(id);
+                                }
                             }
+                            log::warn!("redis pub/sub connection lost; resubscribing");
                         }
-                        log::warn!("redis pub/sub connection lost; resubscribing");
-                    }
-                    Err(e) => log::warn!("redis subscribe failed ({:?} error)", e.kind()),
+                        Err(e) => log::warn!("redis subscribe failed ({:?} error)", e.kind()),
+                    },
+                    Err(e) => log::debug!("redis pub/sub unreachable ({:?} error)", e.kind()),
                 },
-                Err(e) => log::debug!("redis pub/sub unreachable ({:?} error)", e.kind()),
+                Err(e) => log::error!("redis pub/sub client ({:?} error)", e.kind()),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -147,7 +147,8 @@ pub struct FailoverFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
-    pub url: String,
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
     pub prefix: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,

@@ -122,8 +122,7 @@ pub struct Timeouts {
 
 #[derive(Clone)]
 pub struct RedisSpec {
-    /// May hold a password: never log or display it.
-    pub url: String,
+    pub target: RedisTarget,
     pub prefix: String,
     pub timeout: Duration,
     pub local_ttl: Duration,
@@ -132,10 +131,32 @@ pub struct RedisSpec {
     pub batch_size: usize,
 }
 
+/// Where the shared table lives. The URLs may hold a password: never log
+/// or display them.
+#[derive(Clone)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The URL to subscribe to for invalidations (pub/sub is cluster-wide).
+    pub fn pubsub_urls(&self) -> Vec<&str> {
+        match self {
+            RedisTarget::Single(url) => vec![url.as_str()],
+            RedisTarget::Cluster(urls) => urls.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 impl std::fmt::Debug for RedisSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match &self.target {
+            RedisTarget::Single(_) => "single <redacted>".to_string(),
+            RedisTarget::Cluster(urls) => format!("cluster of {} <redacted>", urls.len()),
+        };
         f.debug_struct("RedisSpec")
-            .field("url", &"<redacted>")
+            .field("target", &target)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()

@@ -391,9 +391,19 @@ fn key_spec(k: KeySourceFile, path: &str, errs: &mut Errors) -> Option<KeySpec> 
     sources.pop().map(|source| KeySpec { source, extract })
 }
 
+fn redis_url(url: &str, path: &str, errs: &mut Errors) {
+    // Never echo the URL: it may carry a password.
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        errs.push(path, "must start with redis:// or rediss://");
+    } else if redis::Client::open(url).is_err() {
+        errs.push(path, "is not a valid Redis URL");
+    }
+}
+
 fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
     let RedisFile {
         url,
+        cluster,
         prefix,
         timeout,
         local_ttl,
@@ -401,14 +411,27 @@ fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
         sync_interval,
         batch_size,
     } = r;
-    // Never echo the URL: it may carry a password.
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        errs.push("redis.url", "must start with redis:// or rediss://");
-    } else if redis::Client::open(url.as_str()).is_err() {
-        errs.push("redis.url", "is not a valid Redis URL");
-    }
+    let target = match (url, cluster) {
+        (Some(url), None) => {
+            redis_url(&url, "redis.url", errs);
+            RedisTarget::Single(url)
+        }
+        (None, Some(urls)) => {
+            if urls.is_empty() {
+                errs.push("redis.cluster", "needs at least one node URL");
+            }
+            for (i, url) in urls.iter().enumerate() {
+                redis_url(url, &format!("redis.cluster[{i}]"), errs);
+            }
+            RedisTarget::Cluster(urls)
+        }
+        _ => {
+            errs.push("redis", "needs exactly one of url and cluster");
+            RedisTarget::Cluster(Vec::new())
+        }
+    };
     let spec = RedisSpec {
-        url,
+        target,
         prefix: prefix.unwrap_or_else(|| Defaults::REDIS_PREFIX.to_string()),
         timeout: timeout.unwrap_or(Defaults::REDIS_TIMEOUT),
         local_ttl: local_ttl.unwrap_or(Defaults::REDIS_LOCAL_TTL),
@@ -566,6 +589,48 @@ mod tests {
         );
         let got = errors(&format!("{BASE}health_check: {{interval: soon}}\n"));
         assert!(got[0].contains("health_check.interval"), "{got:?}");
+    }
+
+    #[test]
+    fn redis_needs_one_target_and_valid_urls() {
+        let cases = [
+            (
+                "redis: {url: 'redis://a:1', cluster: ['redis://b:2']}",
+                "redis: needs exactly one of url and cluster",
+            ),
+            (
+                "redis: {prefix: x}",
+                "redis: needs exactly one of url and cluster",
+            ),
+            (
+                "redis: {cluster: []}",
+                "redis.cluster: needs at least one node URL",
+            ),
+            (
+                "redis: {cluster: ['redis://ok:1', 'tcp://x']}",
+                "redis.cluster[1]: must start with redis://",
+            ),
+            (
+                "redis: {url: 'redis://h:1', timeout: 0s}",
+                "redis.timeout: must be above zero",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = errors(&format!("{BASE}{yaml}\n"));
+            assert!(
+                got.iter().any(|l| l.starts_with(want)),
+                "want {want:?} in {got:?}"
+            );
+        }
+        let ok = parse(&format!(
+            "{BASE}redis: {{cluster: ['redis://a:1', 'redis://:pw@b:2']}}\n"
+        ))
+        .expect("valid");
+        let debug = format!("{:?}", ok.redis);
+        assert!(
+            !debug.contains("pw@") && debug.contains("cluster of 2"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -400,15 +400,22 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     pub password: Option<String>,
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub async fn start(password: Option<&str>) -> RedisServer {
+        RedisServer::start_with(password, &[]).await
+    }
+
+    /// Start with extra `redis-server` arguments.
+    pub async fn start_with(password: Option<&str>, extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             password: password.map(str::to_string),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         server.spawn().await;
@@ -434,6 +441,7 @@ impl RedisServer {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.extra);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("redis-server could not start ({e}); install it with: apt-get install -y redis-server")
         });
@@ -490,5 +498,59 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A 3-master Redis Cluster on loopback, made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let node = RedisServer::start_with(
+                None,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )
+            .await;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs (apt-get install -y redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            eventually(Duration::from_secs(20), "cluster state ok", || async {
+                node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            })
+            .await;
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 }

@@ -257,3 +257,50 @@ async fn a_password_in_the_url_works_and_is_never_logged() {
     );
     assert!(!wrong.log().contains("wrong-pw-9"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_gives_the_same_agreement() {
+    let cluster = RedisCluster::start().await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("'{u}'")).collect();
+    let conf = format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{cluster: [{}], sync_interval: 1s}}\n",
+        upstreams_yaml(&ups),
+        urls.join(", ")
+    );
+    let (a, b) = (Edge::start(&conf).await, Edge::start(&conf).await);
+    let keys: Vec<String> = (0..300).map(|i| format!("cluster-{i}")).collect();
+    let pins = first_requests_at_once(&a, &b, &keys).await;
+    for key in keys.iter().take(100) {
+        for edge in [&b, &a] {
+            assert_eq!(
+                &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+                &pins[key]
+            );
+        }
+    }
+    for node in &cluster.nodes {
+        let n: usize = node.cli(&["DBSIZE"]).parse().unwrap_or(0);
+        assert!(n > 30, "sessions must spread over every master: {n}");
+    }
+    // A pin through one edge reaches the other through the cluster's pub/sub.
+    let key = &keys[0];
+    let target = if pins[key] == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
+    let body = format!(r#"{{"upstream":"{target}"}}"#);
+    assert_eq!(
+        b.admin_json("PUT", &format!("/api/sessions/{key}"), body.as_bytes())
+            .await
+            .0,
+        200
+    );
+    eventually(
+        Duration::from_secs(1),
+        "edge a follows the admin pin",
+        || async { a.get("/v1/x", &[("x-session-id", key)]).await.upstream() == target },
+    )
+    .await;
+}
