@@ -85,7 +85,7 @@ impl Edge {
         };
         let state = State::build(config, &metrics, 1);
         metrics.config_generation.set(1);
-        Arc::new(Edge {
+        let edge = Arc::new(Edge {
             current: ArcSwap::from_pointee(state),
             redis,
             reading_bodies: AtomicI64::new(0),
@@ -93,7 +93,31 @@ impl Edge {
             metrics,
             ready: AtomicBool::new(false),
             started: SystemTime::now(),
-        })
+        });
+        if let Some(redis) = &edge.redis {
+            let weak = Arc::downgrade(&edge);
+            redis.on_drains(Box::new(move |drained| {
+                if let Some(edge) = weak.upgrade() {
+                    edge.apply_drains(drained);
+                }
+            }));
+        }
+        edge
+    }
+
+    /// With a shared table, the drained set read from it is the truth.
+    fn apply_drains(&self, drained: &std::collections::HashSet<String>) {
+        for u in self.state().upstreams.all() {
+            let on = drained.contains(&*u.id);
+            if u.is_draining() != on {
+                log::info!(
+                    "upstream {} {} (shared)",
+                    u.id,
+                    if on { "draining" } else { "undrained" }
+                );
+                u.set_draining(on);
+            }
+        }
     }
 
     /// The current generation.

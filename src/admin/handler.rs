@@ -110,7 +110,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         ("GET", ["api", "stats"]) => AdminResponse::json(200, &stats(edge)),
         ("GET", ["api", "upstreams"]) => AdminResponse::json(200, &Value::Array(upstreams(edge))),
         ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
-            drain(edge, id, *action == "drain")
+            drain(edge, id, *action == "drain").await
         }
         ("GET", ["api", "sessions"]) => list_sessions(edge, req.query),
         (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
@@ -212,7 +212,7 @@ fn stats(edge: &Edge) -> Value {
     })
 }
 
-fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
+async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
     let state = edge.state();
     let Some(u) = state
         .upstreams
@@ -222,12 +222,16 @@ fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
         return AdminResponse::error(404, "no such upstream");
     };
     u.set_draining(on);
+    let shared = edge.store.share_drain(&u.id, on).await;
     log::info!(
         "upstream {} {}",
         u.id,
         if on { "draining" } else { "undrained" }
     );
-    AdminResponse::json(200, &json!({ "id": &*u.id, "draining": on }))
+    AdminResponse::json(
+        200,
+        &json!({ "id": &*u.id, "draining": on, "shared": shared }),
+    )
 }
 
 fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {

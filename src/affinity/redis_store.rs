@@ -8,7 +8,8 @@
 //! - A failover re-pin is a compare-and-set script that moves the pin only if
 //!   it still names the failed upstream, and publishes the change.
 //! - Admin pins and deletes publish too; every edge drops the cached entry on
-//!   the message. Cached entries also expire after `local_ttl`, which bounds
+//!   the message. Admin drains go to a shared set (`<prefix>draining`) and are
+//!   announced the same way; every edge applies the set it reads. Cached entries also expire after `local_ttl`, which bounds
 //!   staleness if a message is lost.
 //! - TTL renewals are batched: every `sync_interval`, sessions used since their
 //!   last renewal get one `PEXPIRE` each, `batch_size` to a pipeline.
@@ -29,10 +30,10 @@ use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Claim: keep the pin in force, or set ours. Returns {upstream, created}.
@@ -123,6 +124,8 @@ pub struct RedisStore {
     /// Pins made while Redis was unreachable, to write once it is back.
     pending: Mutex<HashMap<SessionId, Arc<str>>>,
     metrics: Arc<Metrics>,
+    /// Told the set of drained upstreams whenever it is learnt from Redis.
+    drain_listener: OnceLock<Box<dyn Fn(&HashSet<String>) + Send + Sync>>,
     claim: Script,
     repin: Script,
     pin: Script,
@@ -142,10 +145,41 @@ impl RedisStore {
             up: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             metrics,
+            drain_listener: OnceLock::new(),
             claim: Script::new(CLAIM),
             repin: Script::new(REPIN),
             pin: Script::new(PIN),
             forget: Script::new(FORGET),
+        }
+    }
+
+    /// Payload of the message that says the drained set changed.
+    const DRAINS_CHANGED: &'static str = "drains";
+
+    fn drains_key(&self) -> String {
+        format!("{}draining", self.spec.prefix)
+    }
+
+    /// Call `listener` with the drained upstreams each time they are read.
+    pub fn on_drains(&self, listener: Box<dyn Fn(&HashSet<String>) + Send + Sync>) {
+        if self.drain_listener.set(listener).is_err() {
+            log::error!("drain listener set twice");
+        }
+    }
+
+    /// Read the shared drained set and hand it to the listener.
+    async fn refresh_drains(&self) {
+        let Some(mut conn) = self.conn() else { return };
+        if let Some(set) = self
+            .call(
+                "drains",
+                conn.smembers::<_, HashSet<String>>(self.drains_key()),
+            )
+            .await
+        {
+            if let Some(listener) = self.drain_listener.get() {
+                listener(&set);
+            }
         }
     }
 
@@ -228,6 +262,7 @@ impl RedisStore {
             if self.up.load(Ordering::Relaxed) {
                 self.write_pending().await;
                 if last_sync.elapsed() >= self.spec.sync_interval {
+                    self.refresh_drains().await;
                     self.sync().await;
                     last_sync = Instant::now();
                 }
@@ -276,6 +311,7 @@ impl RedisStore {
             log::info!("redis is reachable; writing the pins made meanwhile");
             // Invalidations may have been missed while it was away.
             self.local.invalidate_all();
+            self.refresh_drains().await;
         }
     }
 
@@ -344,7 +380,9 @@ impl RedisStore {
                             let mut messages = pubsub.on_message();
                             while let Some(msg) = messages.next().await {
                                 let payload: String = msg.get_payload().unwrap_or_default();
-                                if let Some(id) = SessionId::from_hex(&payload) {
+                                if payload == Self::DRAINS_CHANGED {
+                                    self.refresh_drains().await;
+                                } else if let Some(id) = SessionId::from_hex(&payload) {
                                     self.local.invalidate(id);
                                 }
                             }
@@ -481,6 +519,22 @@ impl SessionStore for RedisStore {
 
     fn len(&self) -> u64 {
         self.local.len()
+    }
+
+    async fn share_drain(&self, upstream: &str, on: bool) -> bool {
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let mut pipe = redis::pipe();
+        if on {
+            pipe.sadd(self.drains_key(), upstream).ignore();
+        } else {
+            pipe.srem(self.drains_key(), upstream).ignore();
+        }
+        pipe.publish(&self.channel, Self::DRAINS_CHANGED).ignore();
+        self.call("drain", pipe.query_async::<()>(&mut conn))
+            .await
+            .is_some()
     }
 
     fn degraded(&self) -> bool {

@@ -118,6 +118,11 @@ pub trait SessionStore: Send + Sync {
         self.len() == 0
     }
 
+    /// Share an admin drain with every edge; false if it could not be shared.
+    async fn share_drain(&self, _upstream: &str, _on: bool) -> bool {
+        false
+    }
+
     /// The shared table is unreachable: place new sessions so that edges
     /// still agree (consistent hashing).
     fn degraded(&self) -> bool {

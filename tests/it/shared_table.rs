@@ -304,3 +304,54 @@ async fn a_three_master_cluster_gives_the_same_agreement() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_on_one_edge_reaches_the_other() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let (a, b) = (
+        Edge::start(&config(&ups, &redis)).await,
+        Edge::start(&config(&ups, &redis)).await,
+    );
+    let keys: Vec<String> = (0..40).map(|i| format!("drain-{i}")).collect();
+    let pins = first_requests_at_once(&a, &b, &keys).await;
+    let (code, body) = a
+        .admin_json("POST", "/api/upstreams/relay-a/drain", b"")
+        .await;
+    assert_eq!(
+        (code, body["shared"].clone()),
+        (200, serde_json::json!(true)),
+        "{body}"
+    );
+    eventually(Duration::from_secs(1), "edge b sees the drain", || async {
+        b.upstream("relay-a").await["draining"] == true
+    })
+    .await;
+    // Through the other edge: sessions move off, and new ones never land there.
+    for key in keys.iter().filter(|k| pins[*k] == "relay-a") {
+        assert_eq!(
+            b.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            "relay-b"
+        );
+    }
+    for i in 0..20 {
+        assert_eq!(
+            b.get("/v1/x", &[("x-session-id", &format!("after-{i}"))])
+                .await
+                .upstream(),
+            "relay-b"
+        );
+    }
+    assert_eq!(
+        b.admin_json("POST", "/api/upstreams/relay-a/undrain", b"")
+            .await
+            .0,
+        200
+    );
+    eventually(
+        Duration::from_secs(1),
+        "edge a sees the undrain",
+        || async { a.upstream("relay-a").await["draining"] == false },
+    )
+    .await;
+}
