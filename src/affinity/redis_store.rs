@@ -125,7 +125,7 @@ pub struct RedisStore {
     pending: Mutex<HashMap<SessionId, Arc<str>>>,
     metrics: Arc<Metrics>,
     /// Told the set of drained upstreams whenever it is learnt from Redis.
-    drain_listener: OnceLock<Box<dyn Fn(&HashSet<String>) + Send + Sync>>,
+    drain_listener: OnceLock<DrainListener>,
     claim: Script,
     repin: Script,
     pin: Script,
@@ -133,6 +133,9 @@ pub struct RedisStore {
 }
 
 type Pin = (String, u64);
+
+/// Called with the set of drained upstream ids read from Redis.
+pub type DrainListener = Box<dyn Fn(&HashSet<String>) + Send + Sync>;
 
 impl RedisStore {
     pub fn new(spec: RedisSpec, ttl: Duration, metrics: Arc<Metrics>) -> RedisStore {
@@ -161,7 +164,7 @@ impl RedisStore {
     }
 
     /// Call `listener` with the drained upstreams each time they are read.
-    pub fn on_drains(&self, listener: Box<dyn Fn(&HashSet<String>) + Send + Sync>) {
+    pub fn on_drains(&self, listener: DrainListener) {
         if self.drain_listener.set(listener).is_err() {
             log::error!("drain listener set twice");
         }
