@@ -488,9 +488,13 @@ impl SessionStore for RedisStore {
     }
 
     async fn get(&self, id: SessionId) -> Option<SessionInfo> {
-        let mut conn = self.conn()?;
+        let cached = self.local.get(id).await;
+        // Without Redis, this edge's cached view is the best answer.
+        let Some(mut conn) = self.conn() else {
+            return cached;
+        };
         let key = self.key(id);
-        let ((upstream, created), ttl_ms): ((Option<String>, Option<u64>), i64) = self
+        let reply: Option<((Option<String>, Option<u64>), i64)> = self
             .call(
                 "get",
                 redis::pipe()
@@ -498,9 +502,11 @@ impl SessionStore for RedisStore {
                     .pttl(&key)
                     .query_async(&mut conn),
             )
-            .await?;
+            .await;
+        let Some(((upstream, created), ttl_ms)) = reply else {
+            return cached;
+        };
         let upstream = upstream?;
-        let cached = self.local.get(id).await;
         Some(SessionInfo {
             id: id.to_hex(),
             upstream,
