@@ -401,6 +401,8 @@ pub struct RedisServer {
     pub port: u16,
     pub password: Option<String>,
     extra: Vec<String>,
+    /// Serves TLS only (on `port`), with a self-signed certificate.
+    tls: bool,
     dir: tempfile::TempDir,
 }
 
@@ -416,8 +418,43 @@ impl RedisServer {
             port: free_port(),
             password: password.map(str::to_string),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
             dir: tempfile::tempdir().expect("tempdir"),
         };
+        server.spawn().await;
+        server
+    }
+
+    /// A TLS-only server with a self-signed certificate for `cert`/`key`.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            password: None,
+            extra: Vec::new(),
+            tls: true,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        server.extra = [
+            "--tls-port",
+            &server.port.to_string(),
+            "--port",
+            "0",
+            "--tls-cert-file",
+            &cert,
+        ]
+        .iter()
+        .chain(&[
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &cert,
+            "--tls-auth-clients",
+            "no",
+        ])
+        .map(|s| s.to_string())
+        .collect();
         server.spawn().await;
         server
     }
@@ -447,10 +484,15 @@ impl RedisServer {
         });
         self.child = Some(child);
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        let tls = self.tls;
         eventually(Duration::from_secs(10), "redis-server answers", || async {
             let Ok(mut s) = TcpStream::connect(addr).await else {
                 return false;
             };
+            if tls {
+                // A TLS port: accepting the connection is enough.
+                return true;
+            }
             if s.write_all(b"PING\r\n").await.is_err() {
                 return false;
             }
@@ -461,6 +503,9 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
+        if self.tls {
+            return format!("rediss://127.0.0.1:{}/0#insecure", self.port);
+        }
         match &self.password {
             Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
             None => format!("redis://127.0.0.1:{}/0", self.port),
@@ -471,6 +516,9 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
+        if self.tls {
+            cmd.args(["--tls", "--insecure"]);
+        }
         if let Some(pw) = &self.password {
             cmd.args(["-a", pw]);
         }

@@ -355,3 +355,25 @@ async fn a_drain_on_one_edge_reaches_the_other() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_reaches_a_tls_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = crate::tls::self_signed(dir.path());
+    let redis = RedisServer::start_tls(&cert, &key).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&config(&ups, &redis)).await;
+    for i in 0..20 {
+        assert_eq!(
+            edge.get("/v1/x", &[("x-session-id", &format!("tls-{i}"))])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]), "20");
+    assert_eq!(
+        edge.admin_json("GET", "/api/stats", b"").await.1["redis"]["connected"],
+        true
+    );
+}

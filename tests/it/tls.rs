@@ -5,7 +5,7 @@ use crate::common::*;
 use std::process::Command;
 
 /// A self-signed certificate for `localhost`, made with the openssl CLI.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = Command::new("openssl")
         .args([
