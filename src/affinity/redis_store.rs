@@ -15,8 +15,10 @@
 //!   last renewal get one `PEXPIRE` each, `batch_size` to a pipeline.
 //! - Every call has `timeout`. When Redis fails, the store says it is
 //!   degraded (new sessions are placed by consistent hashing, so edges still
-//!   mostly agree), keeps the pins it makes locally, and writes them with
-//!   claim semantics (never overwriting another edge's pin) once Redis is back.
+//!   mostly agree) and keeps the pins it makes locally. Once Redis is back
+//!   (or pub/sub resubscribes), every cached pin is written back with claim
+//!   semantics, never overwriting another edge's, and the pin Redis then
+//!   holds is adopted: lost Redis data and missed messages both heal.
 //!
 //! Nothing here logs or displays the Redis URL: it may hold a password.
 
@@ -121,6 +123,9 @@ pub struct RedisStore {
     conn: ArcSwapOption<Conn>,
     /// The last call succeeded. While false, request paths skip Redis.
     up: AtomicBool,
+    /// Cached pins must be written back and re-read (after a reconnect or a
+    /// resubscribe: Redis may have lost data, and messages may be missed).
+    needs_reseed: AtomicBool,
     /// Pins made while Redis was unreachable, to write once it is back.
     pending: Mutex<HashMap<SessionId, Arc<str>>>,
     metrics: Arc<Metrics>,
@@ -146,6 +151,7 @@ impl RedisStore {
             ttl,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            needs_reseed: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             metrics,
             drain_listener: OnceLock::new(),
@@ -204,15 +210,29 @@ impl RedisStore {
 
     /// Run one Redis call with the timeout, counting errors and latency.
     async fn call<T>(&self, what: &str, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
+        self.call_within(what, self.spec.timeout, fut).await
+    }
+
+    /// The longer deadline of a background batch.
+    fn batch_timeout(&self) -> Duration {
+        self.spec.timeout * 20
+    }
+
+    async fn call_within<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Option<T> {
         let start = Instant::now();
-        let result = tokio::time::timeout(self.spec.timeout, fut).await;
+        let result = tokio::time::timeout(timeout, fut).await;
         self.metrics
             .redis_duration
             .observe(start.elapsed().as_secs_f64());
         let failure = match result {
             Ok(Ok(v)) => return Some(v),
             Ok(Err(e)) => format!("{:?} error", e.kind()),
-            Err(_) => format!("timeout after {:?}", self.spec.timeout),
+            Err(_) => format!("timeout after {timeout:?}"),
         };
         self.metrics.redis_errors.inc();
         if self.up.swap(false, Ordering::Relaxed) {
@@ -221,9 +241,13 @@ impl RedisStore {
         None
     }
 
+    /// Remember a pin to write once Redis is back. Bounded by the local
+    /// cache's size; the cache itself is written back on reconnect too.
     fn remember_pending(&self, id: SessionId, upstream: &Arc<str>) {
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(id, upstream.clone());
+            if (p.len() as u64) < self.spec.local_cache_size || p.contains_key(&id) {
+                p.insert(id, upstream.clone());
+            }
         }
     }
 
@@ -263,6 +287,9 @@ impl RedisStore {
                 self.probe().await;
             }
             if self.up.load(Ordering::Relaxed) {
+                if self.needs_reseed.swap(false, Ordering::Relaxed) {
+                    self.reseed().await;
+                }
                 self.write_pending().await;
                 if last_sync.elapsed() >= self.spec.sync_interval {
                     self.refresh_drains().await;
@@ -312,8 +339,7 @@ impl RedisStore {
         .unwrap_or_else(|_| Err((redis::ErrorKind::IoError, "timeout").into()));
         if pong.is_ok() && !self.up.swap(true, Ordering::Relaxed) {
             log::info!("redis is reachable; writing the pins made meanwhile");
-            // Invalidations may have been missed while it was away.
-            self.local.invalidate_all();
+            self.needs_reseed.store(true, Ordering::Relaxed);
             self.refresh_drains().await;
         }
     }
@@ -342,7 +368,44 @@ impl RedisStore {
         }
     }
 
-    /// Renew the TTL of sessions used since their last renewal.
+    /// Write every cached pin back with claim semantics and adopt what Redis
+    /// holds: Redis may have lost data (a restart without persistence), and
+    /// invalidations may have been missed. Never overwrites another's pin.
+    async fn reseed(&self) {
+        let records = self.local.records();
+        for chunk in records.chunks(self.spec.batch_size.max(1)) {
+            let Some(conn) = self.conn() else {
+                self.needs_reseed.store(true, Ordering::Relaxed);
+                return;
+            };
+            let calls = chunk.iter().map(|(id, r)| {
+                let mut conn = conn.clone();
+                let mut inv = self.claim.key(self.key(*id));
+                inv.arg(&*r.upstream).arg(r.created_ms).arg(self.ttl_ms());
+                async move { inv.invoke_async::<Pin>(&mut conn).await }
+            });
+            let all = async {
+                futures::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect::<RedisResult<Vec<Pin>>>()
+            };
+            match self.call_within("reseed", self.batch_timeout(), all).await {
+                Some(pins) => {
+                    for ((id, _), pin) in chunk.iter().zip(pins) {
+                        self.adopt(*id, pin);
+                    }
+                }
+                None => {
+                    self.needs_reseed.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Renew the TTL of sessions used since their last renewal; a session
+    /// gone from Redis (lost, or expired meanwhile) is written back.
     async fn sync(&self) {
         let due: Vec<(SessionId, Arc<SessionRecord>)> = self
             .local
@@ -350,19 +413,39 @@ impl RedisStore {
             .into_iter()
             .filter(|(_, r)| r.needs_renewal())
             .collect();
+        let ttl = self.ttl_ms() as i64;
         for chunk in due.chunks(self.spec.batch_size.max(1)) {
             let Some(mut conn) = self.conn() else { return };
-            let mut pipe = redis::pipe();
-            for (id, _) in chunk {
-                pipe.pexpire(self.key(*id), self.ttl_ms() as i64).ignore();
-            }
-            if self
-                .call("renew", pipe.query_async::<()>(&mut conn))
-                .await
-                .is_some()
-            {
-                for (_, r) in chunk {
-                    r.mark_renewed();
+            let renewed: Option<Vec<i64>> = match &mut conn {
+                Conn::Single(_) => {
+                    let mut pipe = redis::pipe();
+                    for (id, _) in chunk {
+                        pipe.pexpire(self.key(*id), ttl);
+                    }
+                    let fut = pipe.query_async::<Vec<i64>>(&mut conn);
+                    self.call_within("renew", self.batch_timeout(), fut).await
+                }
+                // Keys of one batch sit on several nodes: one command each, concurrently.
+                Conn::Cluster(c) => {
+                    let calls = chunk.iter().map(|(id, _)| {
+                        let mut c = c.clone();
+                        let key = self.key(*id);
+                        async move { c.pexpire::<_, i64>(key, ttl).await }
+                    });
+                    let all = async {
+                        futures::future::join_all(calls)
+                            .await
+                            .into_iter()
+                            .collect::<RedisResult<Vec<i64>>>()
+                    };
+                    self.call_within("renew", self.batch_timeout(), all).await
+                }
+            };
+            let Some(results) = renewed else { continue };
+            for ((id, r), found) in chunk.iter().zip(results) {
+                r.mark_renewed();
+                if found == 0 {
+                    self.remember_pending(*id, &r.upstream);
                 }
             }
         }
@@ -379,7 +462,7 @@ impl RedisStore {
                     Ok(mut pubsub) => match pubsub.subscribe(&self.channel).await {
                         Ok(()) => {
                             // Messages may have been missed while unsubscribed.
-                            self.local.invalidate_all();
+                            self.needs_reseed.store(true, Ordering::Relaxed);
                             let mut messages = pubsub.on_message();
                             while let Some(msg) = messages.next().await {
                                 let payload: String = msg.get_payload().unwrap_or_default();

@@ -220,10 +220,6 @@ impl LocalStore {
         self.cache.invalidate(&id.0);
     }
 
-    pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
-    }
-
     /// Every cached session.
     pub fn records(&self) -> Vec<(SessionId, Arc<SessionRecord>)> {
         self.cache.iter().map(|(k, v)| (SessionId(*k), v)).collect()

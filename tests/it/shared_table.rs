@@ -220,6 +220,22 @@ async fn redis_outage_serves_on_and_recovers_by_itself() {
         let ub = b.get("/v1/x", &[("x-session-id", key)]).await.upstream();
         assert_eq!(ua, ub, "{key} after recovery");
     }
+    // The sessions from before the outage were lost with Redis's data; the
+    // edges wrote them back, so they keep their upstream, and Redis has them.
+    for key in &known {
+        for edge in [&a, &b] {
+            assert_eq!(
+                &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+                &pins[key],
+                "{key} after recovery"
+            );
+        }
+    }
+    let stored: usize = redis.cli(&["DBSIZE"]).parse().unwrap_or(0);
+    assert!(
+        stored >= 200,
+        "both generations of sessions are back in Redis: {stored}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
