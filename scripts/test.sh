@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On Debian it first installs what the build and
-# the tests need (cmake for Pingora's zlib-ng, curl), as root or with sudo.
+# the tests need (cmake for Pingora's zlib-ng; curl, openssl and redis-server
+# for the integration tests), as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
