@@ -642,6 +642,7 @@ impl SessionStore for RedisStore {
             "errors": self.metrics.redis_errors.get(),
             "pending_pins": pending,
             "local_cache_entries": self.local.len(),
+            "sessions_scope": "this edge's local cache (list, counts)",
             "prefix": self.spec.prefix,
         })
     }
