@@ -6,6 +6,8 @@
 //!                           │ (JSON key: proxy::body reads the body, keeps it for replay)
 //!                           ▼
 //!                         proxy::upstream_peer ── proxy::route ──► affinity::store (pin?)
+//!                           │                         │   (local cache; Redis on a miss:
+//!                           │                         │    affinity::redis_store)
 //!                           │                         └─ upstream::select (new session)
 //!                           ▼
 //!                         upstream (pooled HttpPeer) ──► response streamed back (SSE too)
@@ -14,6 +16,8 @@
 //!                         proxy::logging ──► metrics, session counters
 //!
 //! upstream::health  background service: active checks of every upstream
+//! redis sync        background service: pub/sub invalidations, batched TTL renewals,
+//!                   write-back after an outage
 //! admin             its own listener: JSON API, /metrics, dashboard
 //! ```
 //!
