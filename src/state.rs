@@ -95,6 +95,14 @@ impl Edge {
             started: SystemTime::now(),
         });
         if let Some(redis) = &edge.redis {
+            redis.set_upstreams(
+                edge.state()
+                    .upstreams
+                    .all()
+                    .iter()
+                    .map(|u| u.id.clone())
+                    .collect(),
+            );
             let weak = Arc::downgrade(&edge);
             redis.on_drains(Box::new(move |drained| {
                 if let Some(edge) = weak.upgrade() {

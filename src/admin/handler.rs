@@ -112,7 +112,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
             drain(edge, id, *action == "drain").await
         }
-        ("GET", ["api", "sessions"]) => list_sessions(edge, req.query),
+        ("GET", ["api", "sessions"]) => list_sessions(edge, req.query).await,
         (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
         ("POST", ["api", "reload"]) => {
             AdminResponse::error(501, "in-process reload is not available in this release")
@@ -241,14 +241,14 @@ fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Co
     })
 }
 
-fn list_sessions(edge: &Edge, query: Option<&str>) -> AdminResponse {
+async fn list_sessions(edge: &Edge, query: Option<&str>) -> AdminResponse {
     let upstream = query_param(query, "upstream");
     let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) => n.min(10_000),
         Some(Err(_)) => return AdminResponse::error(400, "limit must be a number"),
     };
-    let sessions = edge.store.list(upstream.as_deref(), limit);
+    let sessions = edge.store.list(upstream.as_deref(), limit).await;
     AdminResponse::json(200, &json!({ "sessions": sessions }))
 }
 

@@ -1,18 +1,24 @@
 //! The shared affinity table in Redis, with a local cache in front.
 //!
-//! - Every session is one small hash, `<prefix><id hex>` → `u` (upstream id)
-//!   and `c` (created, unix ms), with the table's TTL.
-//! - A hit in the local cache needs no Redis call. A miss reads the hash.
-//! - A session's first request claims its upstream atomically (a script:
-//!   keep the existing pin, else set ours); the loser adopts the winner's.
-//! - A failover re-pin is a compare-and-set script that moves the pin only if
-//!   it still names the failed upstream, and publishes the change.
-//! - Admin pins and deletes publish too; every edge drops the cached entry on
-//!   the message. Admin drains go to a shared set (`<prefix>draining`) and are
-//!   announced the same way; every edge applies the set it reads. Cached entries also expire after `local_ttl`, which bounds
-//!   staleness if a message is lost.
-//! - TTL renewals are batched: every `sync_interval`, sessions used since their
-//!   last renewal get one `PEXPIRE` each, `batch_size` to a pipeline.
+//! Layout (compact: see `benches/RESULTS.md` for the bytes per session):
+//! - Sessions live in `buckets` hashes, `<prefix>b:<n>`, chosen by the id:
+//!   field = id (hex), value = `upstream, created, last seen, requests,
+//!   errors` separated by tabs (times in ms since the epoch). Small hashes
+//!   stay in Redis's compact encoding.
+//! - Each upstream has an index set `<prefix>i:<upstream>` of its session
+//!   ids: listing by upstream and counting need no scan.
+//! - Expiry is ours: a sweeper walks a slice of the buckets every sync and
+//!   removes sessions not seen for `ttl` (plus the renewal margin), taking
+//!   them out of the index too. Renewals (last seen, counters) are batched
+//!   and written at most once per `ttl / 20` per session.
+//! - A hit in the local cache needs no Redis call. A miss reads one field.
+//! - A session's first request claims its upstream atomically (a script on
+//!   its bucket: keep the existing pin, else set ours); the loser adopts the
+//!   winner's. A failover re-pin is a compare-and-set script that publishes
+//!   the change. Admin pins, deletes and drains publish too; every edge drops
+//!   the cached entry on the message, and `local_ttl` bounds staleness if a
+//!   message is lost. Scripts touch one key, so they work on Redis Cluster;
+//!   the index is updated next to them.
 //! - Every call has `timeout`. When Redis fails, the store says it is
 //!   degraded (new sessions are placed by consistent hashing, so edges still
 //!   mostly agree) and keeps the pins it makes locally. Once Redis is back
@@ -38,47 +44,107 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Claim: keep the pin in force, or set ours. Returns {upstream, created}.
+/// Claim: keep the pin in force (returned), or set ours (returns nil).
 const CLAIM: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'u')
-if cur then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {cur, redis.call('HGET', KEYS[1], 'c') or ARGV[2]}
-end
-redis.call('HSET', KEYS[1], 'u', ARGV[1], 'c', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {ARGV[1], ARGV[2]}
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then return cur end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return false
 ";
 
-/// Compare-and-set: move the pin from ARGV[1] to ARGV[2] only if it still
-/// names ARGV[1] (or is gone); publish the change. Returns {upstream, created}.
+/// Compare-and-set: replace the value only if its upstream is still ARGV[2]
+/// (or the session is gone); publish. Returns {moved, value in force}.
 const REPIN: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'u')
-if cur and cur ~= ARGV[1] then
-  return {cur, redis.call('HGET', KEYS[1], 'c') or ARGV[3]}
-end
-redis.call('HSET', KEYS[1], 'u', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'c', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {ARGV[2], redis.call('HGET', KEYS[1], 'c')}
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.match(cur, '^[^\t]*') ~= ARGV[2] then return {0, cur} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {1, ARGV[3]}
 ";
 
-/// Admin pin: set unconditionally and publish.
+/// Admin pin: move to upstream ARGV[2] keeping the rest of the record (or
+/// ARGV[3] as a new record); publish. Returns the old value or nil.
 const PIN: &str = r"
-redis.call('HSET', KEYS[1], 'u', ARGV[1])
-redis.call('HSETNX', KEYS[1], 'c', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local value = ARGV[3]
+if cur then
+  local rest = string.match(cur, '^[^\t]*(\t.*)$')
+  if rest then value = ARGV[2] .. rest end
+end
+redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+return cur or false
+";
+
+/// Forget: delete and publish. Returns the old value or nil.
+const FORGET: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return cur or false
+";
+
+/// Renewal: set last seen ARGV[3] and add counter deltas, if the session is
+/// still on upstream ARGV[2]. Returns 1 done, 0 missing, 2 moved elsewhere.
+const TOUCH: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local up, c, l, r, e = string.match(cur, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
+if not up then return 0 end
+if up ~= ARGV[2] then return 2 end
+redis.call('HSET', KEYS[1], ARGV[1], up .. '\t' .. c .. '\t' .. ARGV[3] .. '\t' .. (tonumber(r) + tonumber(ARGV[4])) .. '\t' .. (tonumber(e) + tonumber(ARGV[5])))
 return 1
 ";
 
-/// Forget: delete and publish.
-const FORGET: &str = r"
-local n = redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return n
+/// Sweep one bucket: remove sessions last seen before ARGV[1]. Returns
+/// {id, upstream, id, upstream, ...} of those removed.
+const SWEEP: &str = r"
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local up, l = string.match(all[i + 1], '^([^\t]*)\t[^\t]*\t([^\t]*)')
+  if (not l) or tonumber(l) < tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+    out[#out + 1] = all[i]
+    out[#out + 1] = up or ''
+  end
+end
+return out
 ";
+
+/// A session's record as stored in its bucket.
+struct Stored {
+    upstream: String,
+    created_ms: u64,
+    last_seen_ms: u64,
+    requests: u64,
+    errors: u64,
+}
+
+impl Stored {
+    /// The stored value of a new session.
+    fn fresh(upstream: &str, now: u64) -> String {
+        format!("{upstream}\t{now}\t{now}\t0\t0")
+    }
+
+    fn parse(value: &str) -> Option<Stored> {
+        let mut parts = value.split('\t');
+        let upstream = parts.next()?.to_string();
+        let mut num = || {
+            parts
+                .next()
+                .and_then(|p| p.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Some(Stored {
+            upstream,
+            created_ms: num(),
+            last_seen_ms: num(),
+            requests: num(),
+            errors: num(),
+        })
+    }
+}
 
 /// A connection to a single Redis (reconnecting by itself) or to a cluster.
 #[derive(Clone)]
@@ -131,13 +197,19 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
     /// Told the set of drained upstreams whenever it is learnt from Redis.
     drain_listener: OnceLock<DrainListener>,
+    /// Every upstream id of the current config (for counts).
+    upstream_ids: arc_swap::ArcSwap<Vec<Arc<str>>>,
+    /// Sessions per upstream, as the index sets in Redis last said.
+    shared_counts: arc_swap::ArcSwap<HashMap<Arc<str>, u64>>,
+    /// Where the sweeper goes on.
+    sweep_cursor: std::sync::atomic::AtomicU32,
     claim: Script,
     repin: Script,
     pin: Script,
     forget: Script,
+    touch: Script,
+    sweep: Script,
 }
-
-type Pin = (String, u64);
 
 /// Called with the set of drained upstream ids read from Redis.
 pub type DrainListener = Box<dyn Fn(&HashSet<String>) + Send + Sync>;
@@ -155,10 +227,15 @@ impl RedisStore {
             pending: Mutex::new(HashMap::new()),
             metrics,
             drain_listener: OnceLock::new(),
+            upstream_ids: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            shared_counts: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            sweep_cursor: std::sync::atomic::AtomicU32::new(fastrand::u32(..)),
             claim: Script::new(CLAIM),
             repin: Script::new(REPIN),
             pin: Script::new(PIN),
             forget: Script::new(FORGET),
+            touch: Script::new(TOUCH),
+            sweep: Script::new(SWEEP),
         }
     }
 
@@ -192,8 +269,70 @@ impl RedisStore {
         }
     }
 
-    fn key(&self, id: SessionId) -> String {
-        format!("{}{}", self.spec.prefix, id.to_hex())
+    /// The bucket hash that holds `id`.
+    fn bucket(&self, id: SessionId) -> String {
+        self.bucket_key((id.0 >> 96) as u32 % self.spec.buckets.max(1))
+    }
+
+    fn bucket_key(&self, n: u32) -> String {
+        format!("{}b:{n}", self.spec.prefix)
+    }
+
+    fn index_key(&self, upstream: &str) -> String {
+        format!("{}i:{upstream}", self.spec.prefix)
+    }
+
+    /// The upstream ids whose sessions are counted.
+    pub fn set_upstreams(&self, ids: Vec<Arc<str>>) {
+        self.upstream_ids.store(Arc::new(ids));
+    }
+
+    /// Renewals of one session are at least this far apart.
+    fn renew_every_ms(&self) -> u64 {
+        (self.ttl_ms() / 20).max(1)
+    }
+
+    /// Move `id` in the index from one upstream's set to another's.
+    async fn reindex(&self, id: SessionId, from: Option<&str>, to: Option<&str>) {
+        if from == to {
+            return;
+        }
+        let Some(mut conn) = self.conn() else { return };
+        let field = id.to_hex();
+        if let Some(from) = from {
+            self.call(
+                "index",
+                conn.srem::<_, _, i64>(self.index_key(from), &field),
+            )
+            .await;
+        }
+        if let Some(to) = to {
+            self.call("index", conn.sadd::<_, _, i64>(self.index_key(to), &field))
+                .await;
+        }
+    }
+
+    /// Claim `id` for `upstream` in Redis; the pin in force, if Redis answered.
+    async fn claim_shared(
+        &self,
+        id: SessionId,
+        upstream: &str,
+        created_ms: u64,
+    ) -> Option<Arc<SessionRecord>> {
+        let mut conn = self.conn()?;
+        let mut inv = self.claim.key(self.bucket(id));
+        inv.arg(id.to_hex()).arg(Stored::fresh(upstream, created_ms));
+        let existing: Option<String> = self.call("claim", inv.invoke_async(&mut conn)).await?;
+        match existing.as_deref().and_then(Stored::parse) {
+            Some(s) => Some(
+                self.local
+                    .put(id, Arc::from(s.upstream.as_str()), s.created_ms),
+            ),
+            None => {
+                self.reindex(id, None, Some(upstream)).await;
+                Some(self.local.put(id, Arc::from(upstream), created_ms))
+            }
+        }
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -249,10 +388,6 @@ impl RedisStore {
                 p.insert(id, upstream.clone());
             }
         }
-    }
-
-    fn adopt(&self, id: SessionId, (upstream, created): Pin) -> Arc<SessionRecord> {
-        self.local.put(id, Arc::from(upstream.as_str()), created)
     }
 
     /// Connect (retrying until shutdown) and keep the store in sync: pub/sub
@@ -351,19 +486,12 @@ impl RedisStore {
             _ => return,
         };
         for (i, (id, upstream)) in pending.iter().enumerate() {
-            let Some(mut conn) = self.conn() else {
+            if self.claim_shared(*id, upstream, now_ms()).await.is_none() {
                 // Down again: keep what is left for the next round.
                 for (id, up) in &pending[i..] {
                     self.remember_pending(*id, up);
                 }
                 return;
-            };
-            let mut inv = self.claim.key(self.key(*id));
-            inv.arg(&**upstream).arg(now_ms()).arg(self.ttl_ms());
-            if let Some(pin) = self.call("claim", inv.invoke_async::<Pin>(&mut conn)).await {
-                self.adopt(*id, pin);
-            } else {
-                self.remember_pending(*id, upstream);
             }
         }
     }
@@ -372,83 +500,140 @@ impl RedisStore {
     /// holds: Redis may have lost data (a restart without persistence), and
     /// invalidations may have been missed. Never overwrites another's pin.
     async fn reseed(&self) {
-        let records = self.local.records();
-        for chunk in records.chunks(self.spec.batch_size.max(1)) {
-            let Some(conn) = self.conn() else {
+        for (id, record) in self.local.records() {
+            if self
+                .claim_shared(id, &record.upstream, record.created_ms)
+                .await
+                .is_none()
+            {
                 self.needs_reseed.store(true, Ordering::Relaxed);
                 return;
-            };
+            }
+        }
+    }
+
+    /// Write last-seen times and counters of sessions used since their
+    /// last renewal (at most once per `ttl / 20` each), sweep a slice of the
+    /// buckets for expired sessions, and refresh the per-upstream counts.
+    async fn sync(&self) {
+        let every = self.renew_every_ms();
+        let due: Vec<(SessionId, Arc<SessionRecord>)> = self
+            .local
+            .records()
+            .into_iter()
+            .filter(|(_, r)| r.needs_renewal(every))
+            .collect();
+        for chunk in due.chunks(self.spec.batch_size.max(1)) {
+            let Some(conn) = self.conn() else { return };
             let calls = chunk.iter().map(|(id, r)| {
                 let mut conn = conn.clone();
-                let mut inv = self.claim.key(self.key(*id));
-                inv.arg(&*r.upstream).arg(r.created_ms).arg(self.ttl_ms());
-                async move { inv.invoke_async::<Pin>(&mut conn).await }
+                let (dr, de) = r.take_deltas();
+                let mut inv = self.touch.key(self.bucket(*id));
+                inv.arg(id.to_hex())
+                    .arg(&*r.upstream)
+                    .arg(r.last_seen_ms())
+                    .arg(dr)
+                    .arg(de);
+                async move { inv.invoke_async::<i64>(&mut conn).await }
             });
             let all = async {
                 futures::future::join_all(calls)
                     .await
                     .into_iter()
-                    .collect::<RedisResult<Vec<Pin>>>()
+                    .collect::<RedisResult<Vec<i64>>>()
             };
-            match self.call_within("reseed", self.batch_timeout(), all).await {
-                Some(pins) => {
-                    for ((id, _), pin) in chunk.iter().zip(pins) {
-                        self.adopt(*id, pin);
-                    }
+            let Some(results) = self.call_within("renew", self.batch_timeout(), all).await else {
+                continue;
+            };
+            for ((id, r), found) in chunk.iter().zip(results) {
+                r.mark_renewed();
+                if found == 0 {
+                    // Gone from Redis (lost, or swept meanwhile): write it back.
+                    self.remember_pending(*id, &r.upstream);
                 }
-                None => {
-                    self.needs_reseed.store(true, Ordering::Relaxed);
-                    return;
+            }
+        }
+        self.sweep_some().await;
+        self.refresh_counts().await;
+    }
+
+    /// Sweep enough buckets per sync that all are swept every `ttl / 4`.
+    async fn sweep_some(&self) {
+        let buckets = self.spec.buckets.max(1);
+        let per_round = (u64::from(buckets) * self.spec.sync_interval.as_millis() as u64
+            / (self.ttl_ms() / 4).max(1))
+        .clamp(1, u64::from(buckets)) as u32;
+        // Seen within ttl, plus the renewal margin.
+        let margin = self.renew_every_ms() + self.spec.sync_interval.as_millis() as u64;
+        let cutoff = now_ms().saturating_sub(self.ttl_ms() + margin);
+        for _ in 0..per_round {
+            let n = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % buckets;
+            let Some(mut conn) = self.conn() else { return };
+            let mut inv = self.sweep.key(self.bucket_key(n));
+            inv.arg(cutoff);
+            let Some(removed) = self
+                .call("sweep", inv.invoke_async::<Vec<String>>(&mut conn))
+                .await
+            else {
+                return;
+            };
+            for pair in removed.chunks(2) {
+                if let [id, upstream] = pair {
+                    self.call(
+                        "index",
+                        conn.srem::<_, _, i64>(self.index_key(upstream), id),
+                    )
+                    .await;
+                    if let Some(id) = SessionId::from_hex(id) {
+                        self.local.invalidate(id);
+                    }
                 }
             }
         }
     }
 
-    /// Renew the TTL of sessions used since their last renewal; a session
-    /// gone from Redis (lost, or expired meanwhile) is written back.
-    async fn sync(&self) {
-        let due: Vec<(SessionId, Arc<SessionRecord>)> = self
-            .local
-            .records()
-            .into_iter()
-            .filter(|(_, r)| r.needs_renewal())
-            .collect();
-        let ttl = self.ttl_ms() as i64;
-        for chunk in due.chunks(self.spec.batch_size.max(1)) {
-            let Some(mut conn) = self.conn() else { return };
-            let renewed: Option<Vec<i64>> = match &mut conn {
-                Conn::Single(_) => {
-                    let mut pipe = redis::pipe();
-                    for (id, _) in chunk {
-                        pipe.pexpire(self.key(*id), ttl);
-                    }
-                    let fut = pipe.query_async::<Vec<i64>>(&mut conn);
-                    self.call_within("renew", self.batch_timeout(), fut).await
-                }
-                // Keys of one batch sit on several nodes: one command each, concurrently.
-                Conn::Cluster(c) => {
-                    let calls = chunk.iter().map(|(id, _)| {
-                        let mut c = c.clone();
-                        let key = self.key(*id);
-                        async move { c.pexpire::<_, i64>(key, ttl).await }
-                    });
-                    let all = async {
-                        futures::future::join_all(calls)
-                            .await
-                            .into_iter()
-                            .collect::<RedisResult<Vec<i64>>>()
-                    };
-                    self.call_within("renew", self.batch_timeout(), all).await
-                }
-            };
-            let Some(results) = renewed else { continue };
-            for ((id, r), found) in chunk.iter().zip(results) {
-                r.mark_renewed();
-                if found == 0 {
-                    self.remember_pending(*id, &r.upstream);
-                }
-            }
+    /// Sessions per upstream, from the index sets.
+    async fn refresh_counts(&self) {
+        let ids = self.upstream_ids.load_full();
+        let Some(conn) = self.conn() else { return };
+        let calls = ids.iter().map(|id| {
+            let mut conn = conn.clone();
+            let key = self.index_key(id);
+            async move { conn.scard::<_, u64>(key).await }
+        });
+        let all = async {
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<RedisResult<Vec<u64>>>()
+        };
+        if let Some(counts) = self.call_within("count", self.batch_timeout(), all).await {
+            self.shared_counts
+                .store(Arc::new(ids.iter().cloned().zip(counts).collect()));
         }
+    }
+
+    /// One stored session as the admin API shows it.
+    async fn info(&self, conn: &mut Conn, id: SessionId) -> Option<SessionInfo> {
+        let value: Option<String> = self
+            .call("get", conn.hget(self.bucket(id), id.to_hex()))
+            .await?;
+        let s = Stored::parse(value.as_deref()?)?;
+        let cached = self.local.get(id).await;
+        let last_seen = s
+            .last_seen_ms
+            .max(cached.as_ref().map_or(0, |c| c.last_seen_unix_ms));
+        let requests = s.requests.max(cached.as_ref().map_or(0, |c| c.requests));
+        let errors = s.errors.max(cached.as_ref().map_or(0, |c| c.errors));
+        Some(SessionInfo {
+            id: id.to_hex(),
+            upstream: s.upstream,
+            created_unix_ms: s.created_ms,
+            last_seen_unix_ms: last_seen,
+            requests,
+            errors,
+            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(now_ms()) / 1000,
+        })
     }
 
     /// Drop cached pins that another edge changed. Pub/sub messages reach
@@ -496,23 +681,20 @@ impl SessionStore for RedisStore {
             return Some((r, LookupSource::Local));
         }
         let mut conn = self.conn()?;
-        let key = self.key(id);
-        let (upstream, created): (Option<String>, Option<u64>) =
-            self.call("lookup", conn.hget(&key, &["u", "c"])).await?;
-        let upstream = upstream?;
+        let value: Option<String> = self
+            .call("lookup", conn.hget(self.bucket(id), id.to_hex()))
+            .await?;
+        let s = Stored::parse(value.as_deref()?)?;
         Some((
-            self.adopt(id, (upstream, created.unwrap_or(0))),
+            self.local
+                .put(id, Arc::from(s.upstream.as_str()), s.created_ms),
             LookupSource::Shared,
         ))
     }
 
     async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        if let Some(mut conn) = self.conn() {
-            let mut inv = self.claim.key(self.key(id));
-            inv.arg(&*upstream).arg(now_ms()).arg(self.ttl_ms());
-            if let Some(pin) = self.call("claim", inv.invoke_async::<Pin>(&mut conn)).await {
-                return self.adopt(id, pin);
-            }
+        if let Some(record) = self.claim_shared(id, &upstream, now_ms()).await {
+            return record;
         }
         self.remember_pending(id, &upstream);
         self.local.claim(id, upstream).await
@@ -520,15 +702,24 @@ impl SessionStore for RedisStore {
 
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
         if let Some(mut conn) = self.conn() {
-            let mut inv = self.repin.key(self.key(id));
-            inv.arg(from)
-                .arg(&*to)
-                .arg(now_ms())
-                .arg(self.ttl_ms())
+            let mut inv = self.repin.key(self.bucket(id));
+            inv.arg(id.to_hex())
+                .arg(from)
+                .arg(Stored::fresh(&to, now_ms()))
                 .arg(&self.channel)
                 .arg(id.to_hex());
-            if let Some(pin) = self.call("repin", inv.invoke_async::<Pin>(&mut conn)).await {
-                return self.adopt(id, pin);
+            if let Some((moved, value)) = self
+                .call("repin", inv.invoke_async::<(i64, String)>(&mut conn))
+                .await
+            {
+                if let Some(s) = Stored::parse(&value) {
+                    if moved == 1 {
+                        self.reindex(id, Some(from), Some(&s.upstream)).await;
+                    }
+                    return self
+                        .local
+                        .put(id, Arc::from(s.upstream.as_str()), s.created_ms);
+                }
             }
         }
         self.remember_pending(id, &to);
@@ -537,18 +728,21 @@ impl SessionStore for RedisStore {
 
     async fn set(&self, id: SessionId, upstream: Arc<str>) {
         if let Some(mut conn) = self.conn() {
-            let mut inv = self.pin.key(self.key(id));
-            inv.arg(&*upstream)
-                .arg(now_ms())
-                .arg(self.ttl_ms())
+            let mut inv = self.pin.key(self.bucket(id));
+            inv.arg(id.to_hex())
+                .arg(&*upstream)
+                .arg(Stored::fresh(&upstream, now_ms()))
                 .arg(&self.channel)
                 .arg(id.to_hex());
-            if self
-                .call("pin", inv.invoke_async::<i64>(&mut conn))
+            match self
+                .call("pin", inv.invoke_async::<Option<String>>(&mut conn))
                 .await
-                .is_none()
             {
-                self.remember_pending(id, &upstream);
+                Some(old) => {
+                    let old = old.as_deref().and_then(Stored::parse).map(|s| s.upstream);
+                    self.reindex(id, old.as_deref(), Some(&upstream)).await;
+                }
+                None => self.remember_pending(id, &upstream),
             }
         }
         self.local.set(id, upstream).await;
@@ -559,58 +753,83 @@ impl SessionStore for RedisStore {
         let Some(mut conn) = self.conn() else {
             return local;
         };
-        let mut inv = self.forget.key(self.key(id));
-        inv.arg(&self.channel).arg(id.to_hex());
+        let mut inv = self.forget.key(self.bucket(id));
+        inv.arg(id.to_hex()).arg(&self.channel).arg(id.to_hex());
         match self
-            .call("forget", inv.invoke_async::<i64>(&mut conn))
+            .call("forget", inv.invoke_async::<Option<String>>(&mut conn))
             .await
         {
-            Some(n) => n > 0 || local,
-            None => local,
+            Some(Some(old)) => {
+                let old = Stored::parse(&old).map(|s| s.upstream);
+                self.reindex(id, old.as_deref(), None).await;
+                true
+            }
+            Some(None) | None => local,
         }
     }
 
     async fn get(&self, id: SessionId) -> Option<SessionInfo> {
-        let cached = self.local.get(id).await;
         // Without Redis, this edge's cached view is the best answer.
         let Some(mut conn) = self.conn() else {
-            return cached;
+            return self.local.get(id).await;
         };
-        let key = self.key(id);
-        let reply: Option<((Option<String>, Option<u64>), i64)> = self
-            .call(
-                "get",
-                redis::pipe()
-                    .hget(&key, &["u", "c"])
-                    .pttl(&key)
-                    .query_async(&mut conn),
-            )
-            .await;
-        let Some(((upstream, created), ttl_ms)) = reply else {
-            return cached;
-        };
-        let upstream = upstream?;
-        Some(SessionInfo {
-            id: id.to_hex(),
-            upstream,
-            created_unix_ms: created.unwrap_or(0),
-            last_seen_unix_ms: cached.as_ref().map_or(0, |c| c.last_seen_unix_ms),
-            requests: cached.as_ref().map_or(0, |c| c.requests),
-            errors: cached.as_ref().map_or(0, |c| c.errors),
-            ttl_left_seconds: (ttl_ms.max(0) as u64) / 1000,
-        })
+        self.info(&mut conn, id).await
     }
 
-    fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
-        self.local.list(upstream, limit)
+    async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
+        let Some(mut conn) = self.conn() else {
+            return self.local.list(upstream, limit).await;
+        };
+        let upstreams: Vec<Arc<str>> = match upstream {
+            Some(u) => vec![Arc::from(u)],
+            None => self.upstream_ids.load_full().to_vec(),
+        };
+        let mut out = Vec::new();
+        for up in upstreams {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SSCAN");
+                scan.arg(self.index_key(&up))
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(100);
+                let reply = scan.query_async::<(u64, Vec<String>)>(&mut conn);
+                let Some((next, ids)) = self.call("list", reply).await else {
+                    return out;
+                };
+                for id in ids.iter().filter_map(|i| SessionId::from_hex(i)) {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if let Some(info) = self.info(&mut conn, id).await {
+                        out.push(info);
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     fn counts(&self) -> HashMap<Arc<str>, u64> {
-        self.local.counts()
+        let shared = self.shared_counts.load_full();
+        if shared.is_empty() {
+            self.local.counts()
+        } else {
+            (*shared).clone()
+        }
     }
 
     fn len(&self) -> u64 {
-        self.local.len()
+        let shared = self.shared_counts.load_full();
+        if shared.is_empty() {
+            self.local.len()
+        } else {
+            shared.values().sum()
+        }
     }
 
     async fn share_drain(&self, upstream: &str, on: bool) -> bool {
@@ -642,7 +861,7 @@ impl SessionStore for RedisStore {
             "errors": self.metrics.redis_errors.get(),
             "pending_pins": pending,
             "local_cache_entries": self.local.len(),
-            "sessions_scope": "this edge's local cache (list, counts)",
+            "buckets": self.spec.buckets,
             "prefix": self.spec.prefix,
         })
     }

@@ -27,6 +27,9 @@ pub struct SessionRecord {
     renewed_ms: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Counts already written to the shared table (Redis store only).
+    flushed_requests: AtomicU64,
+    flushed_errors: AtomicU64,
 }
 
 impl SessionRecord {
@@ -38,6 +41,8 @@ impl SessionRecord {
             renewed_ms: AtomicU64::new(now_ms()),
             requests: AtomicU64::new(requests),
             errors: AtomicU64::new(errors),
+            flushed_requests: AtomicU64::new(requests),
+            flushed_errors: AtomicU64::new(errors),
         }
     }
 
@@ -53,9 +58,25 @@ impl SessionRecord {
         self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Seen since its TTL was last renewed in the shared table.
-    pub fn needs_renewal(&self) -> bool {
-        self.last_seen_ms.load(Ordering::Relaxed) > self.renewed_ms.load(Ordering::Relaxed)
+    /// Seen since its last renewal in the shared table, which is at least
+    /// `every_ms` old.
+    pub fn needs_renewal(&self, every_ms: u64) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::Relaxed);
+        self.last_seen_ms.load(Ordering::Relaxed) > renewed
+            && now_ms().saturating_sub(renewed) >= every_ms
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Requests and errors counted since the last call.
+    pub fn take_deltas(&self) -> (u64, u64) {
+        let r = self.requests.load(Ordering::Relaxed);
+        let e = self.errors.load(Ordering::Relaxed);
+        let dr = r.saturating_sub(self.flushed_requests.swap(r, Ordering::Relaxed));
+        let de = e.saturating_sub(self.flushed_errors.swap(e, Ordering::Relaxed));
+        (dr, de)
     }
 
     pub fn mark_renewed(&self) {
@@ -107,7 +128,7 @@ pub trait SessionStore: Send + Sync {
     async fn get(&self, id: SessionId) -> Option<SessionInfo>;
 
     /// Sessions, optionally only those of one upstream, at most `limit`.
-    fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo>;
+    async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo>;
 
     /// Live sessions per upstream id.
     fn counts(&self) -> HashMap<Arc<str>, u64>;
@@ -324,7 +345,7 @@ impl SessionStore for LocalStore {
         self.cache.get(&id.0).map(|r| self.info(id.0, &r))
     }
 
-    fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
+    async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
         self.cache
             .iter()
             .filter(|(_, r)| upstream.is_none_or(|u| &*r.upstream == u))

@@ -158,6 +158,7 @@ pub struct RedisFile {
     #[serde(default, with = "humantime_serde")]
     pub sync_interval: Option<Duration>,
     pub batch_size: Option<usize>,
+    pub buckets: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

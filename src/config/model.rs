@@ -129,6 +129,7 @@ pub struct RedisSpec {
     pub local_cache_size: u64,
     pub sync_interval: Duration,
     pub batch_size: usize,
+    pub buckets: u32,
 }
 
 /// Where the shared table lives. The URLs may hold a password: never log
@@ -219,6 +220,7 @@ impl Defaults {
     pub const REDIS_LOCAL_CACHE_SIZE: u64 = 200_000;
     pub const REDIS_SYNC_INTERVAL: Duration = Duration::from_secs(10);
     pub const REDIS_BATCH_SIZE: usize = 500;
+    pub const REDIS_BUCKETS: u32 = 16384;
     /// The `claude_code: true` preset's header.
     pub const CLAUDE_CODE_HEADER: &'static str = "x-claude-code-session-id";
     pub const CLAUDE_CODE_POINTER: &'static str = "/metadata/user_id";

@@ -410,6 +410,7 @@ fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
         local_cache_size,
         sync_interval,
         batch_size,
+        buckets,
     } = r;
     let target = match (url, cluster) {
         (Some(url), None) => {
@@ -438,7 +439,9 @@ fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
         local_cache_size: local_cache_size.unwrap_or(Defaults::REDIS_LOCAL_CACHE_SIZE),
         sync_interval: sync_interval.unwrap_or(Defaults::REDIS_SYNC_INTERVAL),
         batch_size: batch_size.unwrap_or(Defaults::REDIS_BATCH_SIZE),
+        buckets: buckets.unwrap_or(Defaults::REDIS_BUCKETS),
     };
+    at_least_one(u64::from(spec.buckets), "redis.buckets", errs);
     for (name, d) in [
         ("timeout", spec.timeout),
         ("local_ttl", spec.local_ttl),

@@ -529,6 +529,12 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Sessions stored in this server's bucket hashes (default prefix).
+    pub fn stored_sessions(&self) -> usize {
+        let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', 'relay-edge:b:*')) do n = n + redis.call('HLEN', k) end return n";
+        self.cli(&["EVAL", script, "0"]).parse().unwrap_or(0)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

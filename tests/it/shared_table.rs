@@ -138,8 +138,15 @@ async fn a_killed_upstream_moves_each_session_once_to_one_new_upstream() {
     .await;
     for (key, upstream) in &moved {
         assert_ne!(upstream, "relay-a", "{key}");
-        let stored = redis.cli(&["HGET", &session_key(&a, key).await, "u"]);
-        assert_eq!(&stored, upstream, "redis holds the one new pin of {key}");
+        // Read back from Redis through the other edge's admin API.
+        let (_, stored) = b
+            .admin_json("GET", &format!("/api/sessions/{key}"), b"")
+            .await;
+        assert_eq!(
+            stored["upstream"].as_str(),
+            Some(upstream.as_str()),
+            "redis holds the one new pin of {key}"
+        );
         for edge in [&a, &b] {
             assert_eq!(
                 &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
@@ -154,14 +161,6 @@ async fn a_killed_upstream_moves_each_session_once_to_one_new_upstream() {
             "others stay"
         );
     }
-}
-
-/// The Redis key of a session, from the id the admin API shows.
-async fn session_key(edge: &Edge, key: &str) -> String {
-    let (_, info) = edge
-        .admin_json("GET", &format!("/api/sessions/{key}"), b"")
-        .await;
-    format!("relay-edge:{}", info["id"].as_str().expect("session id"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +211,7 @@ async fn redis_outage_serves_on_and_recovers_by_itself() {
         .await;
     }
     eventually(Duration::from_secs(10), "outage pins written", || async {
-        redis.cli(&["DBSIZE"]).parse::<usize>().unwrap_or(0) >= 100
+        redis.stored_sessions() >= 100
     })
     .await;
     for key in &fresh {
@@ -231,7 +230,7 @@ async fn redis_outage_serves_on_and_recovers_by_itself() {
             );
         }
     }
-    let stored: usize = redis.cli(&["DBSIZE"]).parse().unwrap_or(0);
+    let stored = redis.stored_sessions();
     assert!(
         stored >= 200,
         "both generations of sessions are back in Redis: {stored}"
@@ -251,7 +250,7 @@ async fn a_password_in_the_url_works_and_is_never_logged() {
             200
         );
     }
-    assert_eq!(redis.cli(&["DBSIZE"]), "20");
+    assert_eq!(redis.stored_sessions(), 20);
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     assert_eq!(stats["redis"]["connected"], true);
     assert!(!stats.to_string().contains("s3cret"), "{stats}");
@@ -387,9 +386,76 @@ async fn rediss_reaches_a_tls_redis() {
             200
         );
     }
-    assert_eq!(redis.cli(&["DBSIZE"]), "20");
+    assert_eq!(redis.stored_sessions(), 20);
     assert_eq!(
         edge.admin_json("GET", "/api/stats", b"").await.1["redis"]["connected"],
         true
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_and_counts_come_from_redis_and_idle_sessions_expire_from_both() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}], ttl: 2s}}\nredis: {{url: '{}', sync_interval: 200ms, buckets: 64}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    );
+    let (a, b) = (Edge::start(&conf).await, Edge::start(&conf).await);
+    let keys: Vec<String> = (0..10).map(|i| format!("idx-{i}")).collect();
+    let mut on_a = 0;
+    for key in &keys {
+        on_a += usize::from(a.get("/v1/x", &[("x-session-id", key)]).await.upstream() == "relay-a");
+    }
+    // Edge b never saw these sessions, yet lists and counts them from Redis.
+    let (_, listed) = b
+        .admin_json("GET", "/api/sessions?upstream=relay-a&limit=100", b"")
+        .await;
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(on_a),
+        "{listed}"
+    );
+    eventually(Duration::from_secs(3), "counts from the index", || async {
+        b.admin_json("GET", "/api/stats", b"").await.1["sessions"]["count"] == 10
+    })
+    .await;
+
+    // Keep half of them busy; the idle half expires from Redis and its index.
+    let (busy, idle) = keys.split_at(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        for key in busy {
+            a.get("/v1/x", &[("x-session-id", key)]).await;
+        }
+        if redis.stored_sessions() == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle sessions never expired: {}",
+            redis.stored_sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, all) = b.admin_json("GET", "/api/sessions?limit=100", b"").await;
+    let listed: Vec<&str> = all["sessions"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|s| s["upstream"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        listed.len(),
+        5,
+        "the index lost the expired sessions too: {all}"
+    );
+    for key in idle {
+        assert_eq!(
+            b.admin_json("GET", &format!("/api/sessions/{key}"), b"")
+                .await
+                .0,
+            404,
+            "{key} should be gone"
+        );
+    }
 }
