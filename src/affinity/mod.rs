@@ -35,6 +35,15 @@ impl SessionId {
         u128::from_str_radix(text, 16).ok().map(SessionId)
     }
 
+    /// The 16 raw bytes, as the shared table stores it.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<SessionId> {
+        Some(SessionId(u128::from_be_bytes(bytes.try_into().ok()?)))
+    }
+
     /// 64 bits for consistent hashing.
     pub fn ring_point(self) -> u64 {
         self.0 as u64
@@ -78,5 +87,7 @@ mod tests {
         let id = a.id(b"k");
         assert_eq!(SessionId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(SessionId::from_hex("zz"), None);
+        assert_eq!(SessionId::from_bytes(&id.to_bytes()), Some(id));
+        assert_eq!(SessionId::from_bytes(b"short"), None);
     }
 }

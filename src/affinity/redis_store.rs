@@ -2,11 +2,11 @@
 //!
 //! Layout (compact: see `benches/RESULTS.md` for the bytes per session):
 //! - Sessions live in `buckets` hashes, `<prefix>b:<n>`, chosen by the id:
-//!   field = id (hex), value = `upstream, created, last seen, requests,
+//!   field = id (16 raw bytes), value = `upstream, created, last seen, requests,
 //!   errors` separated by tabs (times in ms since the epoch). Small hashes
 //!   stay in Redis's compact encoding.
 //! - Each upstream has an index set `<prefix>i:<upstream>` of its session
-//!   ids: listing by upstream and counting need no scan.
+//!   ids (raw bytes): listing by upstream and counting need no scan.
 //! - Expiry is ours: a sweeper walks a slice of the buckets every sync and
 //!   removes sessions not seen for `ttl` (plus the renewal margin), taking
 //!   them out of the index too. Renewals (last seen, counters) are batched
@@ -298,17 +298,20 @@ impl RedisStore {
             return;
         }
         let Some(mut conn) = self.conn() else { return };
-        let field = id.to_hex();
+        let field = id.to_bytes();
         if let Some(from) = from {
             self.call(
                 "index",
-                conn.srem::<_, _, i64>(self.index_key(from), &field),
+                conn.srem::<_, _, i64>(self.index_key(from), &field[..]),
             )
             .await;
         }
         if let Some(to) = to {
-            self.call("index", conn.sadd::<_, _, i64>(self.index_key(to), &field))
-                .await;
+            self.call(
+                "index",
+                conn.sadd::<_, _, i64>(self.index_key(to), &field[..]),
+            )
+            .await;
         }
     }
 
@@ -321,7 +324,8 @@ impl RedisStore {
     ) -> Option<Arc<SessionRecord>> {
         let mut conn = self.conn()?;
         let mut inv = self.claim.key(self.bucket(id));
-        inv.arg(id.to_hex()).arg(Stored::fresh(upstream, created_ms));
+        inv.arg(&id.to_bytes()[..])
+            .arg(Stored::fresh(upstream, created_ms));
         let existing: Option<String> = self.call("claim", inv.invoke_async(&mut conn)).await?;
         match existing.as_deref().and_then(Stored::parse) {
             Some(s) => Some(
@@ -529,7 +533,7 @@ impl RedisStore {
                 let mut conn = conn.clone();
                 let (dr, de) = r.take_deltas();
                 let mut inv = self.touch.key(self.bucket(*id));
-                inv.arg(id.to_hex())
+                inv.arg(&id.to_bytes()[..])
                     .arg(&*r.upstream)
                     .arg(r.last_seen_ms())
                     .arg(dr)
@@ -572,19 +576,20 @@ impl RedisStore {
             let mut inv = self.sweep.key(self.bucket_key(n));
             inv.arg(cutoff);
             let Some(removed) = self
-                .call("sweep", inv.invoke_async::<Vec<String>>(&mut conn))
+                .call("sweep", inv.invoke_async::<Vec<Vec<u8>>>(&mut conn))
                 .await
             else {
                 return;
             };
             for pair in removed.chunks(2) {
                 if let [id, upstream] = pair {
+                    let upstream = String::from_utf8_lossy(upstream);
                     self.call(
                         "index",
-                        conn.srem::<_, _, i64>(self.index_key(upstream), id),
+                        conn.srem::<_, _, i64>(self.index_key(&upstream), &id[..]),
                     )
                     .await;
-                    if let Some(id) = SessionId::from_hex(id) {
+                    if let Some(id) = SessionId::from_bytes(id) {
                         self.local.invalidate(id);
                     }
                 }
@@ -616,7 +621,7 @@ impl RedisStore {
     /// One stored session as the admin API shows it.
     async fn info(&self, conn: &mut Conn, id: SessionId) -> Option<SessionInfo> {
         let value: Option<String> = self
-            .call("get", conn.hget(self.bucket(id), id.to_hex()))
+            .call("get", conn.hget(self.bucket(id), &id.to_bytes()[..]))
             .await?;
         let s = Stored::parse(value.as_deref()?)?;
         let cached = self.local.get(id).await;
@@ -682,7 +687,7 @@ impl SessionStore for RedisStore {
         }
         let mut conn = self.conn()?;
         let value: Option<String> = self
-            .call("lookup", conn.hget(self.bucket(id), id.to_hex()))
+            .call("lookup", conn.hget(self.bucket(id), &id.to_bytes()[..]))
             .await?;
         let s = Stored::parse(value.as_deref()?)?;
         Some((
@@ -703,7 +708,7 @@ impl SessionStore for RedisStore {
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
         if let Some(mut conn) = self.conn() {
             let mut inv = self.repin.key(self.bucket(id));
-            inv.arg(id.to_hex())
+            inv.arg(&id.to_bytes()[..])
                 .arg(from)
                 .arg(Stored::fresh(&to, now_ms()))
                 .arg(&self.channel)
@@ -729,7 +734,7 @@ impl SessionStore for RedisStore {
     async fn set(&self, id: SessionId, upstream: Arc<str>) {
         if let Some(mut conn) = self.conn() {
             let mut inv = self.pin.key(self.bucket(id));
-            inv.arg(id.to_hex())
+            inv.arg(&id.to_bytes()[..])
                 .arg(&*upstream)
                 .arg(Stored::fresh(&upstream, now_ms()))
                 .arg(&self.channel)
@@ -754,7 +759,9 @@ impl SessionStore for RedisStore {
             return local;
         };
         let mut inv = self.forget.key(self.bucket(id));
-        inv.arg(id.to_hex()).arg(&self.channel).arg(id.to_hex());
+        inv.arg(&id.to_bytes()[..])
+            .arg(&self.channel)
+            .arg(id.to_hex());
         match self
             .call("forget", inv.invoke_async::<Option<String>>(&mut conn))
             .await
@@ -793,11 +800,11 @@ impl SessionStore for RedisStore {
                     .arg(cursor)
                     .arg("COUNT")
                     .arg(100);
-                let reply = scan.query_async::<(u64, Vec<String>)>(&mut conn);
+                let reply = scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn);
                 let Some((next, ids)) = self.call("list", reply).await else {
                     return out;
                 };
-                for id in ids.iter().filter_map(|i| SessionId::from_hex(i)) {
+                for id in ids.iter().filter_map(|i| SessionId::from_bytes(i)) {
                     if out.len() >= limit {
                         return out;
                     }
