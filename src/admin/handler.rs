@@ -10,7 +10,7 @@
 //! POST   /api/upstreams/{id}/undrain
 //! GET    /api/sessions?upstream=ID&limit=N
 //! GET    /api/sessions/{key}            {key}: the client's key, URL-encoded
-//! PUT    /api/sessions/{key}            body {"upstream": "ID"}
+//! PUT    /api/sessions/{key}            body {"upstream": "ID", "metadata": {...}} (metadata optional)
 //! DELETE /api/sessions/{key}
 //! POST   /api/reload                    501 until in-process reload lands
 //! GET    /                              the HTML dashboard
@@ -265,20 +265,30 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
             None => AdminResponse::error(404, "no such session"),
         },
         "PUT" => {
-            let Some(target) = serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|v| v.get("upstream")?.as_str().map(str::to_string))
-            else {
-                return AdminResponse::error(400, r#"body must be {"upstream": "ID"}"#);
+            const SHAPE: &str =
+                r#"body must be {"upstream": "ID", "metadata": {...}} (metadata optional)"#;
+            let Some(body) = serde_json::from_slice::<Value>(body).ok() else {
+                return AdminResponse::error(400, SHAPE);
             };
+            let Some(target) = body.get("upstream").and_then(Value::as_str) else {
+                return AdminResponse::error(400, SHAPE);
+            };
+            let metadata = match body.get("metadata") {
+                None => None,
+                Some(m @ Value::Object(_)) => Some(m.to_string()),
+                Some(_) => return AdminResponse::error(400, "metadata must be a JSON object"),
+            };
+            if metadata.as_ref().is_some_and(|m| m.len() > 4096) {
+                return AdminResponse::error(400, "metadata must stay under 4 KiB");
+            }
             let Some(u) = state
                 .upstreams
-                .index_of(&target)
+                .index_of(target)
                 .and_then(|i| state.upstreams.get(i))
             else {
                 return AdminResponse::error(400, "no such upstream");
             };
-            edge.store.set(id, u.id.clone()).await;
+            edge.store.set(id, u.id.clone(), metadata).await;
             match edge.store.get(id).await {
                 Some(info) => AdminResponse::json(200, &json!(info)),
                 None => AdminResponse::error(500, "pin was not stored"),
@@ -346,6 +356,19 @@ mod tests {
             ("GET", "/api/upstreams/a/drain", "", 405),
             ("PUT", "/api/sessions/alice", r#"{"upstream":"b"}"#, 200),
             ("PUT", "/api/sessions/alice", r#"{"upstream":"zz"}"#, 400),
+            (
+                "PUT",
+                "/api/sessions/alice",
+                r#"{"upstream":"b","metadata":[1]}"#,
+                400,
+            ),
+            (
+                "PUT",
+                "/api/sessions/alice",
+                r#"{"upstream":"b","metadata":{"team":"red"}}"#,
+                200,
+            ),
+            ("PUT", "/api/sessions/alice", r#"{"upstream":"b"}"#, 200),
             ("GET", "/api/sessions/alice", "", 200),
             ("GET", "/api/sessions?limit=x", "", 400),
             ("POST", "/api/reload", "", 501),
@@ -365,6 +388,11 @@ mod tests {
         );
         let s = call(&e, "GET", "/api/sessions/alice", None, "").json_body();
         assert_eq!(s["upstream"], "b");
+        assert_eq!(
+            s["metadata"],
+            json!({"team": "red"}),
+            "a later pin keeps the metadata"
+        );
         assert_eq!(s["id"], e.state().keys.hasher().id(b"alice").to_hex());
         let listed = call(&e, "GET", "/api/sessions?upstream=b&limit=5", None, "").json_body();
         assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1));

@@ -63,13 +63,18 @@ return {1, ARGV[3]}
 ";
 
 /// Admin pin: move to upstream ARGV[2] keeping the rest of the record (or
-/// ARGV[3] as a new record); publish. Returns the old value or nil.
+/// ARGV[3] as a new record), with metadata ARGV[6] unless empty; publish.
+/// Returns the old value or nil.
 const PIN: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local value = ARGV[3]
 if cur then
   local rest = string.match(cur, '^[^\t]*(\t.*)$')
   if rest then value = ARGV[2] .. rest end
+end
+if ARGV[6] ~= '' then
+  local base = string.match(value, '^([^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*)')
+  value = (base or value) .. '\t' .. ARGV[6]
 end
 redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -89,10 +94,10 @@ return cur or false
 const TOUCH: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
-local up, c, l, r, e = string.match(cur, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
+local up, c, l, r, e, rest = string.match(cur, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)(.*)$')
 if not up then return 0 end
 if up ~= ARGV[2] then return 2 end
-redis.call('HSET', KEYS[1], ARGV[1], up .. '\t' .. c .. '\t' .. ARGV[3] .. '\t' .. (tonumber(r) + tonumber(ARGV[4])) .. '\t' .. (tonumber(e) + tonumber(ARGV[5])))
+redis.call('HSET', KEYS[1], ARGV[1], up .. '\t' .. c .. '\t' .. ARGV[3] .. '\t' .. (tonumber(r) + tonumber(ARGV[4])) .. '\t' .. (tonumber(e) + tonumber(ARGV[5])) .. rest)
 return 1
 ";
 
@@ -119,6 +124,8 @@ struct Stored {
     last_seen_ms: u64,
     requests: u64,
     errors: u64,
+    /// What an admin `PUT` attached (a serialized JSON object).
+    metadata: Option<String>,
 }
 
 impl Stored {
@@ -136,12 +143,15 @@ impl Stored {
                 .and_then(|p| p.parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        let (created_ms, last_seen_ms, requests, errors) = (num(), num(), num(), num());
+        let metadata = parts.next().map(str::to_string);
         Some(Stored {
             upstream,
-            created_ms: num(),
-            last_seen_ms: num(),
-            requests: num(),
-            errors: num(),
+            created_ms,
+            last_seen_ms,
+            requests,
+            errors,
+            metadata,
         })
     }
 }
@@ -638,6 +648,7 @@ impl RedisStore {
             requests,
             errors,
             ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(now_ms()) / 1000,
+            metadata: s.metadata.and_then(|m| serde_json::from_str(&m).ok()),
         })
     }
 
@@ -731,14 +742,15 @@ impl SessionStore for RedisStore {
         self.local.repin(id, from, to).await
     }
 
-    async fn set(&self, id: SessionId, upstream: Arc<str>) {
+    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
         if let Some(mut conn) = self.conn() {
             let mut inv = self.pin.key(self.bucket(id));
             inv.arg(&id.to_bytes()[..])
                 .arg(&*upstream)
                 .arg(Stored::fresh(&upstream, now_ms()))
                 .arg(&self.channel)
-                .arg(id.to_hex());
+                .arg(id.to_hex())
+                .arg(metadata.as_deref().unwrap_or(""));
             match self
                 .call("pin", inv.invoke_async::<Option<String>>(&mut conn))
                 .await
@@ -750,7 +762,7 @@ impl SessionStore for RedisStore {
                 None => self.remember_pending(id, &upstream),
             }
         }
-        self.local.set(id, upstream).await;
+        self.local.set(id, upstream, metadata).await;
     }
 
     async fn forget(&self, id: SessionId) -> bool {

@@ -27,6 +27,8 @@ pub struct SessionRecord {
     renewed_ms: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// What an admin `PUT` attached (a JSON object, serialized).
+    metadata: arc_swap::ArcSwapOption<String>,
     /// Counts already written to the shared table (Redis store only).
     flushed_requests: AtomicU64,
     flushed_errors: AtomicU64,
@@ -41,6 +43,7 @@ impl SessionRecord {
             renewed_ms: AtomicU64::new(now_ms()),
             requests: AtomicU64::new(requests),
             errors: AtomicU64::new(errors),
+            metadata: arc_swap::ArcSwapOption::empty(),
             flushed_requests: AtomicU64::new(requests),
             flushed_errors: AtomicU64::new(errors),
         }
@@ -94,6 +97,9 @@ pub struct SessionInfo {
     pub requests: u64,
     pub errors: u64,
     pub ttl_left_seconds: u64,
+    /// What an admin `PUT` attached to the session, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Where a lookup found its answer.
@@ -120,7 +126,9 @@ pub trait SessionStore: Send + Sync {
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord>;
 
     /// Pin `id` to `upstream` unconditionally (admin).
-    async fn set(&self, id: SessionId, upstream: Arc<str>);
+    /// Pin `id` to `upstream` unconditionally (admin), attaching `metadata`
+    /// (a serialized JSON object) if given, else keeping what it had.
+    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>);
 
     /// Forget `id`; true if it was pinned.
     async fn forget(&self, id: SessionId) -> bool;
@@ -264,6 +272,10 @@ impl LocalStore {
             requests: r.requests.load(Ordering::Relaxed),
             errors: r.errors.load(Ordering::Relaxed),
             ttl_left_seconds: self.ttl.saturating_sub(idle).as_secs(),
+            metadata: r
+                .metadata
+                .load_full()
+                .and_then(|m| serde_json::from_str(&m).ok()),
         }
     }
 }
@@ -326,15 +338,20 @@ impl SessionStore for LocalStore {
         }
     }
 
-    async fn set(&self, id: SessionId, upstream: Arc<str>) {
-        let (created, requests, errors) = self.cache.get(&id.0).map_or((now_ms(), 0, 0), |r| {
+    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
+        let previous = self.cache.get(&id.0);
+        let (created, requests, errors) = previous.as_ref().map_or((now_ms(), 0, 0), |r| {
             (
                 r.created_ms,
                 r.requests.load(Ordering::Relaxed),
                 r.errors.load(Ordering::Relaxed),
             )
         });
-        self.insert(id, SessionRecord::new(upstream, created, requests, errors));
+        let record = SessionRecord::new(upstream, created, requests, errors);
+        let metadata = metadata
+            .or_else(|| previous.and_then(|r| r.metadata.load_full().map(|m| (*m).clone())));
+        record.metadata.store(metadata.map(Arc::new));
+        self.insert(id, record);
     }
 
     async fn forget(&self, id: SessionId) -> bool {

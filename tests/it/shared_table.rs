@@ -74,7 +74,7 @@ async fn two_edges_agree_follow_admin_pins_and_survive_restarts() {
     } else {
         "relay-a"
     };
-    let body = format!(r#"{{"upstream":"{target}"}}"#);
+    let body = format!(r#"{{"upstream":"{target}","metadata":{{"owner":"ops"}}}}"#);
     assert_eq!(
         a.admin_json("PUT", &format!("/api/sessions/{key}"), body.as_bytes())
             .await
@@ -91,6 +91,10 @@ async fn two_edges_agree_follow_admin_pins_and_survive_restarts() {
         .admin_json("GET", &format!("/api/sessions/{key}"), b"")
         .await;
     assert_eq!((code, info["upstream"].as_str()), (200, Some(target)));
+    assert_eq!(
+        info["metadata"]["owner"], "ops",
+        "metadata travels through Redis: {info}"
+    );
 
     // Pins survive restarting both edges.
     drop((a, b));
