@@ -9,7 +9,7 @@
 //! POST   /api/upstreams/{id}/drain      no new sessions; existing ones move off
 //! POST   /api/upstreams/{id}/undrain
 //! GET    /api/sessions?upstream=ID&limit=N
-//! GET    /api/sessions/{key}            {key}: the client's key, URL-encoded
+//! GET    /api/sessions/{key}            {key}: the client's key, URL-encoded; with a status
 //! PUT    /api/sessions/{key}            body {"upstream": "ID", "metadata": {...}} (metadata optional)
 //! DELETE /api/sessions/{key}
 //! POST   /api/reload                    501 until in-process reload lands
@@ -234,6 +234,27 @@ async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
     )
 }
 
+/// What happens to a session on its next request, as this edge sees it.
+fn session_status(edge: &Edge, upstream: &str) -> &'static str {
+    let state = edge.state();
+    let Some(u) = state
+        .upstreams
+        .index_of(upstream)
+        .and_then(|i| state.upstreams.get(i))
+    else {
+        return "moving: upstream removed";
+    };
+    if u.is_draining() {
+        "moving: upstream draining"
+    } else if u.ejection.is_ejected(clock::now_ms()) {
+        "moving: upstream ejected"
+    } else if !u.health.is_healthy() {
+        "moving: upstream unhealthy"
+    } else {
+        "active"
+    }
+}
+
 fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -261,7 +282,11 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
     let id = state.keys.hasher().id(&raw);
     match method {
         "GET" => match edge.store.get(id).await {
-            Some(info) => AdminResponse::json(200, &json!(info)),
+            Some(info) => {
+                let mut body = json!(info);
+                body["status"] = json!(session_status(edge, &info.upstream));
+                AdminResponse::json(200, &body)
+            }
             None => AdminResponse::error(404, "no such session"),
         },
         "PUT" => {
@@ -388,6 +413,7 @@ mod tests {
         );
         let s = call(&e, "GET", "/api/sessions/alice", None, "").json_body();
         assert_eq!(s["upstream"], "b");
+        assert_eq!(s["status"], "active");
         assert_eq!(
             s["metadata"],
             json!({"team": "red"}),

@@ -211,6 +211,10 @@ async fn draining_moves_sessions_off_and_takes_no_new_ones() {
         (code, body["draining"].clone()),
         (200, serde_json::json!(true))
     );
+    let (_, first) = edge
+        .admin_json("GET", &format!("/api/sessions/{}", on_a[0]), b"")
+        .await;
+    assert_eq!(first["status"], "moving: upstream draining", "{first}");
     for key in &on_a {
         assert_eq!(
             edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
