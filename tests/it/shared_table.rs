@@ -12,6 +12,42 @@ fn config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String
     )
 }
 
+/// Pin `key` away from `current` through `via`'s admin API (with `extra`
+/// JSON members), and wait until `other` routes it there; the new upstream.
+async fn pin_through(
+    via: &Edge,
+    other: &Edge,
+    key: &str,
+    current: &str,
+    extra: &str,
+) -> &'static str {
+    let target = if current == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
+    let body = format!(r#"{{"upstream":"{target}"{extra}}}"#);
+    assert_eq!(
+        via.admin_json("PUT", &format!("/api/sessions/{key}"), body.as_bytes())
+            .await
+            .0,
+        200
+    );
+    eventually(
+        Duration::from_secs(1),
+        "the other edge follows the admin pin",
+        || async {
+            other
+                .get("/v1/x", &[("x-session-id", key)])
+                .await
+                .upstream()
+                == target
+        },
+    )
+    .await;
+    target
+}
+
 /// Send the first request of every key to both edges at the same moment.
 async fn first_requests_at_once(a: &Edge, b: &Edge, keys: &[String]) -> HashMap<String, String> {
     let mut pins = HashMap::new();
@@ -69,24 +105,7 @@ async fn two_edges_agree_follow_admin_pins_and_survive_restarts() {
 
     // An admin pin through one edge is followed by the other within a second.
     let key = &keys[0];
-    let target = if pins[key] == "relay-a" {
-        "relay-b"
-    } else {
-        "relay-a"
-    };
-    let body = format!(r#"{{"upstream":"{target}","metadata":{{"owner":"ops"}}}}"#);
-    assert_eq!(
-        a.admin_json("PUT", &format!("/api/sessions/{key}"), body.as_bytes())
-            .await
-            .0,
-        200
-    );
-    eventually(
-        Duration::from_secs(1),
-        "edge b follows the admin pin",
-        || async { b.get("/v1/x", &[("x-session-id", key)]).await.upstream() == target },
-    )
-    .await;
+    let target = pin_through(&a, &b, key, &pins[key], r#","metadata":{"owner":"ops"}"#).await;
     let (code, info) = b
         .admin_json("GET", &format!("/api/sessions/{key}"), b"")
         .await;
@@ -304,24 +323,7 @@ async fn a_three_master_cluster_gives_the_same_agreement() {
     }
     // A pin through one edge reaches the other through the cluster's pub/sub.
     let key = &keys[0];
-    let target = if pins[key] == "relay-a" {
-        "relay-b"
-    } else {
-        "relay-a"
-    };
-    let body = format!(r#"{{"upstream":"{target}"}}"#);
-    assert_eq!(
-        b.admin_json("PUT", &format!("/api/sessions/{key}"), body.as_bytes())
-            .await
-            .0,
-        200
-    );
-    eventually(
-        Duration::from_secs(1),
-        "edge a follows the admin pin",
-        || async { a.get("/v1/x", &[("x-session-id", key)]).await.upstream() == target },
-    )
-    .await;
+    pin_through(&b, &a, key, &pins[key], "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
