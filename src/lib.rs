@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod upstream;

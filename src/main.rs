@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .parse_filters(&config.server.log_level)
         .parse_env("RUST_LOG")
         .init();
-    let (server, _edge) = match relay_edge::server::build(config, upgrade) {
+    let (server, _edge) = match relay_edge::server::build(config, Some(path), upgrade) {
         Ok(built) => built,
         Err(e) => {
             eprintln!("relay-edge: {e}");

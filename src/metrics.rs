@@ -255,6 +255,15 @@ impl Metrics {
         }
     }
 
+    /// Drop the per-upstream series of an upstream that is gone.
+    pub fn forget_upstream(&self, id: &str) {
+        let _ = self.upstream_healthy.remove_label_values(&[id]);
+        let _ = self.upstream_inflight.remove_label_values(&[id]);
+        let _ = self.upstream_sessions.remove_label_values(&[id]);
+        let _ = self.request_duration.remove_label_values(&[id]);
+        let _ = self.ejections.remove_label_values(&[id]);
+    }
+
     /// Count a request that reached no upstream.
     pub fn count_unrouted(&self, code: u16) {
         self.requests

@@ -45,7 +45,11 @@ pub fn server_conf(config: &Config) -> ServerConf {
 
 /// Build the server and the shared edge state. Nothing is bound until the
 /// server runs.
-pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<Edge>), BuildError> {
+pub fn build(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    upgrade: bool,
+) -> Result<(Server, Arc<Edge>), BuildError> {
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -53,7 +57,7 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<Edge>), Build
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
 
-    let edge = Edge::new(config.clone());
+    let edge = Edge::with_path(config.clone(), config_path);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         EdgeProxy::new(edge.clone()),
@@ -118,8 +122,8 @@ impl BackgroundService for RedisSync {
 
 /// Signals Pingora leaves to us, and the end of a drain.
 ///
-/// - SIGHUP's default action kills the process; this keeps it alive until
-///   in-process reload lands, and says so in the log.
+/// - SIGHUP (whose default action would kill the process) reloads the
+///   config in-process.
 /// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
 ///   listeners, then keeps the process for the whole `grace_period` even
 ///   when nothing is left to finish. This service exits as soon as no
@@ -140,7 +144,11 @@ impl BackgroundService for SignalService {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = hup.recv() => log::warn!("SIGHUP received: in-process reload is not available in this release; restart or upgrade to apply a new config"),
+                _ = hup.recv() => {
+                    log::info!("SIGHUP received: reloading the config");
+                    // The outcome is logged and counted by `reload`.
+                    let _ = self.edge.reload().await;
+                }
             }
         }
         log::info!(

@@ -28,6 +28,7 @@ pub struct State {
 }
 
 impl State {
+    /// Build a generation from scratch (at start-up).
     pub fn build(config: Config, metrics: &Metrics, generation: u64) -> State {
         let checks = CheckConnectors::new();
         let upstreams = config
@@ -43,6 +44,11 @@ impl State {
                 ))
             })
             .collect();
+        State::assemble(config, upstreams, generation)
+    }
+
+    /// Put a generation together from upstreams built (or carried over) already.
+    pub fn assemble(config: Config, upstreams: Vec<Arc<Upstream>>, generation: u64) -> State {
         let upstreams = UpstreamSet::new(upstreams, config.passive.clone());
         let keys = KeyChain::new(
             config.affinity.keys.clone(),
@@ -59,6 +65,13 @@ impl State {
 
 pub struct Edge {
     current: ArcSwap<State>,
+    /// The file `reload` reads; set once at start-up.
+    pub config_path: Option<std::path::PathBuf>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// The errors of the last rejected reload, until one succeeds.
+    pub last_reload_error: arc_swap::ArcSwapOption<Vec<String>>,
+    /// Connectors every health check shares, across generations.
+    pub(crate) checks: Arc<CheckConnectors>,
     /// The Redis-backed table, when configured (also `store`).
     pub redis: Option<Arc<RedisStore>>,
     /// Requests reading their body before an upstream is chosen.
@@ -71,6 +84,11 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(config: Config) -> Arc<Edge> {
+        Edge::with_path(config, None)
+    }
+
+    /// An edge that can reload `config_path`.
+    pub fn with_path(config: Config, config_path: Option<std::path::PathBuf>) -> Arc<Edge> {
         let metrics = Arc::new(Metrics::new());
         let redis = config
             .redis
@@ -83,10 +101,28 @@ impl Edge {
                 config.affinity.ttl,
             )),
         };
-        let state = State::build(config, &metrics, 1);
+        let checks = CheckConnectors::new();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|spec| {
+                Arc::new(Upstream::new(
+                    spec.clone(),
+                    &config.timeouts,
+                    &config.health,
+                    &checks,
+                    &metrics,
+                ))
+            })
+            .collect();
+        let state = State::assemble(config, upstreams, 1);
         metrics.config_generation.set(1);
         let edge = Arc::new(Edge {
             current: ArcSwap::from_pointee(state),
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_reload_error: arc_swap::ArcSwapOption::empty(),
+            checks,
             redis,
             reading_bodies: AtomicI64::new(0),
             store,
@@ -126,6 +162,11 @@ impl Edge {
                 u.set_draining(on);
             }
         }
+    }
+
+    /// Make `state` the current generation.
+    pub(crate) fn swap(&self, state: State) {
+        self.current.store(Arc::new(state));
     }
 
     /// The current generation.

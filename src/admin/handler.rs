@@ -12,7 +12,7 @@
 //! GET    /api/sessions/{key}            {key}: the client's key, URL-encoded; with a status
 //! PUT    /api/sessions/{key}            body {"upstream": "ID", "metadata": {...}} (metadata optional)
 //! DELETE /api/sessions/{key}
-//! POST   /api/reload                    501 until in-process reload lands
+//! POST   /api/reload                    200 with the new generation, or 400 with the errors
 //! GET    /                              the HTML dashboard
 //! ```
 //!
@@ -114,9 +114,13 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         }
         ("GET", ["api", "sessions"]) => list_sessions(edge, req.query).await,
         (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
-        ("POST", ["api", "reload"]) => {
-            AdminResponse::error(501, "in-process reload is not available in this release")
-        }
+        ("POST", ["api", "reload"]) => match edge.reload().await {
+            Ok(report) => AdminResponse::json(200, &json!(report)),
+            Err(errors) => AdminResponse::json(
+                400,
+                &json!({ "error": "config rejected; the running config stays", "errors": errors }),
+            ),
+        },
         (
             _,
             ["healthz" | "readyz" | "metrics"]
@@ -207,7 +211,7 @@ fn stats(edge: &Edge) -> Value {
             "ttl_seconds": c.affinity.ttl.as_secs(),
             "balance": format!("{:?}", c.affinity.balance),
             "max_retries": c.max_retries,
-            "last_reload_error": Value::Null,
+            "last_reload_error": edge.last_reload_error.load_full().map(|e| json!(*e)),
         },
     })
 }
@@ -396,7 +400,7 @@ mod tests {
             ("PUT", "/api/sessions/alice", r#"{"upstream":"b"}"#, 200),
             ("GET", "/api/sessions/alice", "", 200),
             ("GET", "/api/sessions?limit=x", "", 400),
-            ("POST", "/api/reload", "", 501),
+            ("POST", "/api/reload", "", 400),
             ("GET", "/nowhere", "", 404),
         ];
         for (method, path, body, status) in steps {

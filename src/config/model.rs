@@ -48,7 +48,7 @@ pub struct UpstreamTls {
     pub verify: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthSpec {
     /// `Some(path)`: HTTP GET expecting 2xx. `None`: TCP connect.
     pub path: Option<String>,
@@ -112,7 +112,7 @@ pub enum Balance {
     Consistent,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
     pub read: Duration,

@@ -46,6 +46,11 @@ impl HealthState {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Set the verdict outright (a new upstream's first check, a carried-over one).
+    pub fn set(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
     /// Record one check; returns the new verdict if it flipped.
     pub fn observe(&self, ok: bool, healthy_after: usize, unhealthy_after: usize) -> Option<bool> {
         let (streak, other, threshold) = if ok {

@@ -74,6 +74,12 @@ impl Upstream {
         }
     }
 
+    /// Take over what a reload must not reset: the health verdict and the drain flag.
+    pub fn carry_over(&self, previous: &Upstream) {
+        self.health.set(previous.health.is_healthy());
+        self.set_draining(previous.is_draining());
+    }
+
     /// A fresh copy of the peer template for one request.
     pub fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.peer.clone())

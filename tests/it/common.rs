@@ -30,7 +30,7 @@ pub async fn upstreams(names: &[&str]) -> Vec<DemoUpstream> {
     ups
 }
 
-pub fn upstreams_yaml(ups: &[DemoUpstream]) -> String {
+pub fn upstreams_yaml<'a>(ups: impl IntoIterator<Item = &'a DemoUpstream>) -> String {
     let mut y = String::from("upstreams:\n");
     for u in ups {
         y.push_str(&format!("  - {{id: {}, addr: {}}}\n", u.name, u.addr));
