@@ -108,6 +108,13 @@ pub fn build(
     Ok((server, edge))
 }
 
+/// When the config file was last changed, and its size: a change of either
+/// is a change of the file.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 /// Connects to Redis and keeps the shared table in sync, on its own runtime.
 struct RedisSync {
     store: Arc<RedisStore>,
@@ -123,7 +130,8 @@ impl BackgroundService for RedisSync {
 /// Signals Pingora leaves to us, and the end of a drain.
 ///
 /// - SIGHUP (whose default action would kill the process) reloads the
-///   config in-process.
+///   config in-process; so does a change of the file with `reload.watch`,
+///   once it has stayed unchanged for `reload.debounce`.
 /// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
 ///   listeners, then keeps the process for the whole `grace_period` even
 ///   when nothing is left to finish. This service exits as soon as no
@@ -141,8 +149,24 @@ impl BackgroundService for SignalService {
             log::error!("cannot install the SIGHUP handler");
             return;
         };
+        let mut watch = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut seen = self.edge.config_path.as_deref().and_then(file_stamp);
+        let mut changed_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
+                _ = watch.tick() => {
+                    let spec = self.edge.state().config.reload.clone();
+                    let Some(path) = self.edge.config_path.as_deref().filter(|_| spec.watch) else { continue };
+                    let now = file_stamp(path);
+                    if now != seen {
+                        seen = now;
+                        changed_at = Some(std::time::Instant::now());
+                    } else if changed_at.is_some_and(|t| t.elapsed() >= spec.debounce) {
+                        changed_at = None;
+                        log::info!("config file changed: reloading");
+                        let _ = self.edge.reload().await;
+                    }
+                }
                 _ = shutdown.changed() => break,
                 _ = hup.recv() => {
                     log::info!("SIGHUP received: reloading the config");

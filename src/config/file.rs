@@ -26,6 +26,17 @@ pub struct FileConfig {
     pub admin: AdminFile,
     #[serde(default)]
     pub server: ServerFile,
+    #[serde(default)]
+    pub reload: ReloadFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadFile {
+    #[serde(default)]
+    pub watch: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

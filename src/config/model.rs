@@ -20,6 +20,15 @@ pub struct Config {
     pub redis: Option<RedisSpec>,
     pub admin: AdminSpec,
     pub server: ServerSpec,
+    pub reload: ReloadSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadSpec {
+    /// Reload when the config file changes.
+    pub watch: bool,
+    /// How long the file must stay unchanged before it is read.
+    pub debounce: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +223,7 @@ impl Defaults {
     pub const PID_FILE: &'static str = "/tmp/relay-edge.pid";
     pub const UPGRADE_SOCK: &'static str = "/tmp/relay-edge-upgrade.sock";
     pub const LOG_LEVEL: &'static str = "info";
+    pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(500);
     pub const REDIS_PREFIX: &'static str = "relay-edge:";
     pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
     pub const REDIS_LOCAL_TTL: Duration = Duration::from_secs(30);

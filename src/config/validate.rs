@@ -34,6 +34,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         redis,
         admin,
         server,
+        reload,
     } = raw;
     let mut errs = Errors::default();
 
@@ -67,6 +68,10 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             redis,
             admin,
             server,
+            reload: ReloadSpec {
+                watch: reload.watch,
+                debounce: reload.debounce.unwrap_or(Defaults::RELOAD_DEBOUNCE),
+            },
         })
     } else {
         Err(errs.0)

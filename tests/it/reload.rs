@@ -163,3 +163,21 @@ async fn an_open_stream_to_a_removed_relay_finishes() {
     assert!(r.text().contains("message_stop"), "{}", r.text());
     assert_eq!(r.upstream(), home);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_reloads_by_itself() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let a_only = upstreams_yaml(&ups[..1]);
+    let edge = Edge::start(&format!(
+        "{a_only}{KEYED}reload: {{watch: true, debounce: 200ms}}\n"
+    ))
+    .await;
+    rewrite(&edge, &a_only, &upstreams_yaml(&ups));
+    eventually(
+        Duration::from_secs(5),
+        "generation 2 after the file changed",
+        || async { edge.admin_json("GET", "/api/stats", b"").await.1["config"]["generation"] == 2 },
+    )
+    .await;
+    assert_eq!(edge.upstream("relay-b").await["healthy"], true);
+}
