@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On Debian it first installs what the build and
-# the tests need (cmake for Pingora's zlib-ng; curl, openssl and redis-server
-# for the integration tests), as root or with sudo.
+# the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
+# systemd's systemd-analyze for the integration tests), as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -10,4 +10,5 @@ mod failover;
 mod reload;
 mod routing;
 mod shared_table;
+mod systemd;
 mod tls;
