@@ -130,6 +130,32 @@ impl Edge {
         self.dir.path().join("relay-edge.yaml")
     }
 
+    /// Start a second relay-edge on the same config with `--upgrade`, ready
+    /// to take this one's sockets once it gets SIGQUIT.
+    pub async fn start_upgrade(&self) -> Child {
+        let sock = self.dir.path().join("upgrade.sock");
+        let log = std::fs::File::create(self.dir.path().join("upgrade.log")).expect("log file");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(self.config_path())
+            .arg("--upgrade")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("relay-edge --upgrade starts");
+        eventually(
+            Duration::from_secs(10),
+            "the new process waits on the upgrade socket",
+            || async { sock.exists() },
+        )
+        .await;
+        child
+    }
+
+    pub fn upgrade_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("upgrade.log")).unwrap_or_default()
+    }
+
     /// Send a signal (`TERM`, `INT`, `HUP`, ...) to the process.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -12,3 +12,4 @@ mod routing;
 mod shared_table;
 mod systemd;
 mod tls;
+mod upgrade;
