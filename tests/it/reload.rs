@@ -181,3 +181,191 @@ async fn a_watched_file_reloads_by_itself() {
     .await;
     assert_eq!(edge.upstream("relay-b").await["healthy"], true);
 }
+
+/// What the load saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub requests: usize,
+    pub failures: usize,
+    /// Requests resent on a new connection after a draining server closed
+    /// the idle keep-alive connection they were sent on.
+    pub retried: usize,
+    pub streams: usize,
+    pub broken: usize,
+    /// Sessions that left an upstream listed as stable.
+    pub moved: usize,
+}
+
+/// Keyed keep-alive clients (8) and SSE clients (3) run while `during` does.
+pub async fn under_load<F, Fut>(
+    edge_addr: std::net::SocketAddr,
+    stable: &'static [&'static str],
+    during: F,
+) -> LoadReport
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (requests, failures, moved) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (streams, broken) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let retried = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let (stop, requests, failures, moved) = (
+            stop.clone(),
+            requests.clone(),
+            failures.clone(),
+            moved.clone(),
+        );
+        let retried = retried.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut homes = std::collections::HashMap::new();
+            let mut conn = Conn::open(edge_addr).await.expect("connect");
+            let mut used = false;
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load-{client}-{}", i % 20);
+                i += 1;
+                match conn
+                    .request("GET", "/v1/x", &[("x-session-id", &key)], b"")
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        used = true;
+                        if r.header("connection")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                        {
+                            // The server is done with this connection (a drain): open another.
+                            conn = Conn::open(edge_addr).await.expect("reconnect");
+                            used = false;
+                        }
+                        let up = r.upstream();
+                        let home = homes.entry(key).or_insert_with(|| up.clone());
+                        if *home != up && stable.contains(&home.as_str()) {
+                            moved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *home = up;
+                    }
+                    Err(e)
+                        if used
+                            && matches!(
+                                e.kind(),
+                                std::io::ErrorKind::UnexpectedEof
+                                    | std::io::ErrorKind::ConnectionReset
+                            ) =>
+                    {
+                        // An idle keep-alive connection closed by a draining
+                        // server before any answer: what every HTTP client
+                        // retries on a new connection. Counted apart.
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        conn = Conn::open(edge_addr).await.expect("reconnect");
+                        used = false;
+                        continue;
+                    }
+                    other => {
+                        eprintln!(
+                            "load failure: {:?}",
+                            other.as_ref().map(|r| r.status).map_err(|e| e.kind())
+                        );
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        conn = Conn::open(edge_addr).await.expect("reconnect");
+                    }
+                }
+            }
+        }));
+    }
+    for _ in 0..3 {
+        let (stop, streams, broken) = (stop.clone(), streams.clone(), broken.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut conn = Conn::open(edge_addr).await.expect("connect");
+                let r = conn
+                    .request("GET", "/v1/messages?sse=8&gap_ms=250", &[], b"")
+                    .await;
+                streams.fetch_add(1, Ordering::Relaxed);
+                if !r.is_ok_and(|r| r.status == 200 && r.text().contains("message_stop")) {
+                    broken.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    during().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let get = |a: &Arc<AtomicUsize>| a.load(Ordering::Relaxed);
+    LoadReport {
+        requests: get(&requests),
+        failures: get(&failures),
+        retried: get(&retried),
+        streams: get(&streams),
+        broken: get(&broken),
+        moved: get(&moved),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_drop_nothing() {
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c", "relay-d"]).await;
+    let set = |odd: bool| {
+        let (third, weight, connect) = if odd {
+            (&ups[3], 2, "2s")
+        } else {
+            (&ups[2], 1, "3s")
+        };
+        format!(
+            "upstreams:\n  - {{id: relay-a, addr: {}}}\n  - {{id: relay-b, addr: {}, weight: {weight}}}\n  - {{id: {}, addr: {}}}\ntimeouts: {{connect: {connect}}}\n",
+            ups[0].addr, ups[1].addr, third.name, third.addr
+        )
+    };
+    let first = set(false);
+    let edge = Edge::start(&format!("{first}{KEYED}")).await;
+    let path = edge.config_path();
+    let admin = edge.admin;
+    let load = under_load(edge.addr, &["relay-a", "relay-b"], || async {
+        let mut current = first.clone();
+        for n in 0..20 {
+            let next = set(n % 2 == 0);
+            let text = std::fs::read_to_string(&path)
+                .expect("read")
+                .replace(&current, &next);
+            std::fs::write(&path, text).expect("write");
+            current = next;
+            let r = request(admin, "POST", "/api/reload", &[], b"")
+                .await
+                .expect("reload answers");
+            assert_eq!(r.status, 200, "reload {n}: {}", r.text());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        // An invalid file under load: refused, nothing changes.
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("weight:", "weigth:")).expect("write");
+        let r = request(admin, "POST", "/api/reload", &[], b"")
+            .await
+            .expect("reload answers");
+        assert_eq!(r.status, 400, "{}", r.text());
+    })
+    .await;
+    eprintln!("reloads under load: {load:?}");
+    assert!(load.requests > 500, "the load ran: {load:?}");
+    assert_eq!(
+        (load.failures, load.retried, load.broken, load.moved),
+        (0, 0, 0, 0),
+        "{load:?}"
+    );
+    assert!(load.streams >= 3);
+    let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["config"]["generation"], 21);
+    assert!(!stats["config"]["last_reload_error"].is_null());
+}

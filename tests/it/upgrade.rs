@@ -59,3 +59,44 @@ async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams(
     let _ = new.kill();
     let _ = new.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_fails_no_request() {
+    // The pins live in Redis, so they survive the change of process.
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}'}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    );
+    let mut old = Edge::start_opts(&conf, 1, None, "30s").await;
+    let mut new = old.start_upgrade().await;
+    let addr = old.addr;
+    let old_ref = &mut old;
+    let load = crate::reload::under_load(addr, &["relay-a", "relay-b"], || async move {
+        old_ref.signal("QUIT");
+        let code = tokio::task::block_in_place(|| old_ref.wait_exit(Duration::from_secs(30)));
+        assert_eq!(code, Some(0), "the old process exits after its streams end");
+    })
+    .await;
+    eprintln!("upgrade under load: {load:?}");
+    assert!(load.requests > 200, "the load ran: {load:?}");
+    assert_eq!(
+        (load.failures, load.broken, load.moved),
+        (0, 0, 0),
+        "{load:?}"
+    );
+    // Pingora drops idle keep-alive connections when a drain starts; a
+    // request sent on one at that moment is resent by the client, at most
+    // once per client connection (a reconnect may land on the old process
+    // again while both hold the listener).
+    assert!(load.retried <= 16, "{load:?}");
+    assert!(
+        matches!(new.try_wait(), Ok(None)),
+        "the new process runs:\n{}",
+        old.upgrade_log()
+    );
+    let _ = new.kill();
+    let _ = new.wait();
+}
