@@ -358,7 +358,7 @@ async fn twenty_reloads_under_load_drop_nothing() {
     })
     .await;
     eprintln!("reloads under load: {load:?}");
-    assert!(load.requests > 500, "the load ran: {load:?}");
+    assert!(load.requests > 100, "the load ran: {load:?}");
     assert_eq!(
         (load.failures, load.retried, load.broken, load.moved),
         (0, 0, 0, 0),
