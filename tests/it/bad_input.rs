@@ -164,8 +164,8 @@ async fn sighup_is_survived_and_sigterm_lets_open_streams_finish() {
     ))
     .await
     .expect("send");
-    let stream = tokio::spawn(async move { conn.read_response(|_| {}).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stream, started) = stream_in_background(conn);
+    started.await.expect("the stream started");
     edge.signal("TERM");
     let r = stream
         .await

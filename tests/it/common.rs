@@ -382,6 +382,29 @@ impl Conn {
     }
 }
 
+/// Read a streamed response in the background; the receiver fires once its
+/// first body bytes have arrived (the stream is under way).
+pub fn stream_in_background(
+    mut conn: Conn,
+) -> (
+    tokio::task::JoinHandle<std::io::Result<Response>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (started, on_start) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut started = Some(started);
+        conn.read_response(|data| {
+            if !data.is_empty() {
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .await
+    });
+    (task, on_start)
+}
+
 /// One request on a fresh connection.
 pub async fn request(
     addr: SocketAddr,

@@ -150,8 +150,8 @@ async fn an_open_stream_to_a_removed_relay_finishes() {
     ))
     .await
     .expect("send");
-    let stream = tokio::spawn(async move { conn.read_response(|_| {}).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stream, started) = stream_in_background(conn);
+    started.await.expect("the stream started");
     let keep = ups.iter().filter(|u| u.name != home).collect::<Vec<_>>();
     let remaining = upstreams_yaml([keep[0]]);
     rewrite(&edge, &both, &remaining);

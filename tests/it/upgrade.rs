@@ -19,8 +19,8 @@ async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams(
     ))
     .await
     .expect("send");
-    let stream = tokio::spawn(async move { conn.read_response(|_| {}).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (stream, started) = stream_in_background(conn);
+    started.await.expect("the stream started");
     old.signal("QUIT");
 
     // New connections are served all along: first by the old process, then by the new one.
