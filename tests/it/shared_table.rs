@@ -12,6 +12,21 @@ fn config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String
     )
 }
 
+/// An edge whose Redis connection is up: these tests are about agreement
+/// through Redis (the outage test covers the time without it).
+async fn shared_edge(conf: &str) -> Edge {
+    let edge = Edge::start(conf).await;
+    eventually(Duration::from_secs(20), "redis connected", || async {
+        let Ok(r) = request(edge.admin, "GET", "/api/stats", &[], b"").await else {
+            return false;
+        };
+        serde_json::from_slice::<serde_json::Value>(&r.body)
+            .is_ok_and(|s| s["redis"]["connected"] == true)
+    })
+    .await;
+    edge
+}
+
 /// Pin `key` away from `current` through `via`'s admin API (with `extra`
 /// JSON members), and wait until `other` routes it there; the new upstream.
 async fn pin_through(
@@ -80,8 +95,8 @@ async fn two_edges_agree_follow_admin_pins_and_survive_restarts() {
     let redis = RedisServer::start(None).await;
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     let (a, b) = (
-        Edge::start(&config(&ups, &redis)).await,
-        Edge::start(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
     );
     let keys: Vec<String> = (0..1000).map(|i| format!("shared-{i}")).collect();
     let pins = first_requests_at_once(&a, &b, &keys).await;
@@ -118,8 +133,8 @@ async fn two_edges_agree_follow_admin_pins_and_survive_restarts() {
     // Pins survive restarting both edges.
     drop((a, b));
     let (a, b) = (
-        Edge::start(&config(&ups, &redis)).await,
-        Edge::start(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
     );
     for key in keys.iter().skip(1).take(200) {
         assert_eq!(
@@ -144,8 +159,8 @@ async fn a_killed_upstream_moves_each_session_once_to_one_new_upstream() {
     let redis = RedisServer::start(None).await;
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     let (a, b) = (
-        Edge::start(&config(&ups, &redis)).await,
-        Edge::start(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
     );
     let keys: Vec<String> = (0..150).map(|i| format!("failover-{i}")).collect();
     let pins = first_requests_at_once(&a, &b, &keys).await;
@@ -191,8 +206,8 @@ async fn redis_outage_serves_on_and_recovers_by_itself() {
     let mut redis = RedisServer::start(None).await;
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     let (a, b) = (
-        Edge::start(&config(&ups, &redis)).await,
-        Edge::start(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
     );
     let known: Vec<String> = (0..100).map(|i| format!("known-{i}")).collect();
     let pins = first_requests_at_once(&a, &b, &known).await;
@@ -264,7 +279,7 @@ async fn redis_outage_serves_on_and_recovers_by_itself() {
 async fn a_password_in_the_url_works_and_is_never_logged() {
     let redis = RedisServer::start(Some("s3cret-redis-pw")).await;
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&config(&ups, &redis)).await;
+    let edge = shared_edge(&config(&ups, &redis)).await;
     for i in 0..20 {
         assert_eq!(
             edge.get("/v1/x", &[("x-session-id", &format!("pw-{i}"))])
@@ -306,7 +321,7 @@ async fn a_three_master_cluster_gives_the_same_agreement() {
         upstreams_yaml(&ups),
         urls.join(", ")
     );
-    let (a, b) = (Edge::start(&conf).await, Edge::start(&conf).await);
+    let (a, b) = (shared_edge(&conf).await, shared_edge(&conf).await);
     let keys: Vec<String> = (0..300).map(|i| format!("cluster-{i}")).collect();
     let pins = first_requests_at_once(&a, &b, &keys).await;
     for key in keys.iter().take(100) {
@@ -331,8 +346,8 @@ async fn a_drain_on_one_edge_reaches_the_other() {
     let redis = RedisServer::start(None).await;
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let (a, b) = (
-        Edge::start(&config(&ups, &redis)).await,
-        Edge::start(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
+        shared_edge(&config(&ups, &redis)).await,
     );
     let keys: Vec<String> = (0..40).map(|i| format!("drain-{i}")).collect();
     let pins = first_requests_at_once(&a, &b, &keys).await;
@@ -383,7 +398,7 @@ async fn rediss_reaches_a_tls_redis() {
     let (cert, key) = crate::tls::self_signed(dir.path());
     let redis = RedisServer::start_tls(&cert, &key).await;
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&config(&ups, &redis)).await;
+    let edge = shared_edge(&config(&ups, &redis)).await;
     for i in 0..20 {
         assert_eq!(
             edge.get("/v1/x", &[("x-session-id", &format!("tls-{i}"))])
@@ -408,7 +423,7 @@ async fn lists_and_counts_come_from_redis_and_idle_sessions_expire_from_both() {
         upstreams_yaml(&ups),
         redis.url()
     );
-    let (a, b) = (Edge::start(&conf).await, Edge::start(&conf).await);
+    let (a, b) = (shared_edge(&conf).await, shared_edge(&conf).await);
     let keys: Vec<String> = (0..10).map(|i| format!("idx-{i}")).collect();
     let mut on_a = 0;
     for key in &keys {

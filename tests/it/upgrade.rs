@@ -71,6 +71,10 @@ async fn an_upgrade_under_load_fails_no_request() {
         redis.url()
     );
     let mut old = Edge::start_opts(&conf, 1, None, "30s").await;
+    eventually(Duration::from_secs(20), "redis connected", || async {
+        old.admin_json("GET", "/api/stats", b"").await.1["redis"]["connected"] == true
+    })
+    .await;
     let mut new = old.start_upgrade().await;
     let addr = old.addr;
     let old_ref = &mut old;
