@@ -28,9 +28,18 @@ pub struct State {
 }
 
 impl State {
-    /// Build a generation from scratch (at start-up).
+    /// Build a generation from scratch, with its own check connectors.
     pub fn build(config: Config, metrics: &Metrics, generation: u64) -> State {
-        let checks = CheckConnectors::new();
+        State::build_with(config, metrics, &CheckConnectors::new(), generation)
+    }
+
+    /// Build a generation from scratch, its health checks sharing `checks`.
+    pub fn build_with(
+        config: Config,
+        metrics: &Metrics,
+        checks: &Arc<CheckConnectors>,
+        generation: u64,
+    ) -> State {
         let upstreams = config
             .upstreams
             .iter()
@@ -39,7 +48,7 @@ impl State {
                     spec.clone(),
                     &config.timeouts,
                     &config.health,
-                    &checks,
+                    checks,
                     metrics,
                 ))
             })
@@ -102,20 +111,7 @@ impl Edge {
             )),
         };
         let checks = CheckConnectors::new();
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|spec| {
-                Arc::new(Upstream::new(
-                    spec.clone(),
-                    &config.timeouts,
-                    &config.health,
-                    &checks,
-                    &metrics,
-                ))
-            })
-            .collect();
-        let state = State::assemble(config, upstreams, 1);
+        let state = State::build_with(config, &metrics, &checks, 1);
         metrics.config_generation.set(1);
         let edge = Arc::new(Edge {
             current: ArcSwap::from_pointee(state),
