@@ -43,10 +43,7 @@ fn main() -> ExitCode {
         println!("relay-edge: {} is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::new()
-        .parse_filters(&config.server.log_level)
-        .parse_env("RUST_LOG")
-        .init();
+    relay_edge::logging::init(&config.server.log_level);
     let (server, _edge) = match relay_edge::server::build(config, Some(path), upgrade) {
         Ok(built) => built,
         Err(e) => {

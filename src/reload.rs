@@ -48,27 +48,20 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
     );
     check("server.pid_file", a.pid_file != b.pid_file);
     check("server.upgrade_sock", a.upgrade_sock != b.upgrade_sock);
-    check(
-        "redis",
-        format!("{:?}", old.redis) != format!("{:?}", new.redis)
-            || redis_urls(old) != redis_urls(new),
-    );
+    // The table's kind, and the capacity of an in-process cache, are fixed
+    // when it is built; every other Redis setting applies in place.
+    match (&old.redis, &new.redis) {
+        (Some(a), Some(b)) => check(
+            "redis.local_cache_size",
+            a.local_cache_size != b.local_cache_size,
+        ),
+        (a, b) => check("redis (adding or removing it)", a.is_some() != b.is_some()),
+    }
     check(
         "affinity.max_sessions",
         old.affinity.max_sessions != new.affinity.max_sessions,
     );
-    check("affinity.ttl", old.affinity.ttl != new.affinity.ttl);
     out
-}
-
-fn redis_urls(c: &Config) -> Vec<String> {
-    c.redis.as_ref().map_or_else(Vec::new, |r| {
-        r.target
-            .pubsub_urls()
-            .iter()
-            .map(|u| u.to_string())
-            .collect()
-    })
 }
 
 /// Carry over what a restart-only setting would change, so the running
@@ -76,10 +69,15 @@ fn redis_urls(c: &Config) -> Vec<String> {
 fn keep_running_settings(old: &Config, mut new: Config) -> Config {
     new.listeners = old.listeners.clone();
     new.admin.listen = old.admin.listen;
-    new.server = old.server.clone();
-    new.redis = old.redis.clone();
+    new.server = crate::config::ServerSpec {
+        log_level: new.server.log_level,
+        ..old.server.clone()
+    };
+    match (&old.redis, &mut new.redis) {
+        (Some(a), Some(b)) => b.local_cache_size = a.local_cache_size,
+        (a, b) => *b = a.clone(),
+    }
     new.affinity.max_sessions = old.affinity.max_sessions;
-    new.affinity.ttl = old.affinity.ttl;
     new
 }
 
@@ -189,6 +187,13 @@ impl Edge {
             self.metrics.forget_upstream(id);
         }
         let generation = old.generation + 1;
+        self.store.apply_ttl(config.affinity.ttl);
+        if let (Some(redis), Some(spec)) = (&self.redis, &config.redis) {
+            redis.reconfigure(spec.clone());
+        }
+        if crate::logging::set_level(&config.server.log_level) {
+            log::warn!("log level is now {}", config.server.log_level);
+        }
         let state = State::assemble(config, upstreams, generation);
         if let Some(redis) = &self.redis {
             redis.set_upstreams(state.upstreams.all().iter().map(|u| u.id.clone()).collect());

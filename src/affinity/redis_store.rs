@@ -28,7 +28,9 @@
 //!
 //! Nothing here logs or displays the Redis URL: it may hold a password.
 
-use super::store::{now_ms, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore};
+use super::store::{
+    now_ms, LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
+};
 use super::SessionId;
 use crate::config::{RedisSpec, RedisTarget};
 use crate::metrics::Metrics;
@@ -193,9 +195,12 @@ impl redis::aio::ConnectionLike for Conn {
 
 pub struct RedisStore {
     local: LocalStore,
-    spec: RedisSpec,
-    ttl: Duration,
-    channel: String,
+    /// The settings in force; a reload replaces them (see `reconfigure`).
+    spec: arc_swap::ArcSwap<RedisSpec>,
+    ttl: LiveDuration,
+    /// Bumped when a reload names another table (target, prefix or
+    /// buckets): the sync loop and the subscriber start over on it.
+    table: tokio::sync::watch::Sender<u64>,
     conn: ArcSwapOption<Conn>,
     /// The last call succeeded. While false, request paths skip Redis.
     up: AtomicBool,
@@ -221,6 +226,11 @@ pub struct RedisStore {
     sweep: Script,
 }
 
+/// The pub/sub channel of a table's invalidations.
+fn pins_channel(prefix: &str) -> String {
+    format!("{prefix}pins")
+}
+
 /// Called with the set of drained upstream ids read from Redis.
 pub type DrainListener = Box<dyn Fn(&HashSet<String>) + Send + Sync>;
 
@@ -228,9 +238,9 @@ impl RedisStore {
     pub fn new(spec: RedisSpec, ttl: Duration, metrics: Arc<Metrics>) -> RedisStore {
         RedisStore {
             local: LocalStore::front_cache(spec.local_cache_size, ttl, spec.local_ttl),
-            channel: format!("{}pins", spec.prefix),
-            spec,
-            ttl,
+            spec: arc_swap::ArcSwap::from_pointee(spec),
+            ttl: LiveDuration::new(ttl),
+            table: tokio::sync::watch::Sender::new(0),
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             needs_reseed: AtomicBool::new(false),
@@ -252,8 +262,40 @@ impl RedisStore {
     /// Payload of the message that says the drained set changed.
     const DRAINS_CHANGED: &'static str = "drains";
 
+    /// The settings in force.
+    fn spec(&self) -> Arc<RedisSpec> {
+        self.spec.load_full()
+    }
+
+    /// Where invalidations are published.
+    fn channel(&self) -> String {
+        pins_channel(&self.spec.load().prefix)
+    }
+
+    /// Apply a reloaded `redis` section (its `local_cache_size` is fixed at
+    /// start). Timeouts, batching and `local_ttl` apply at once. Another
+    /// target, prefix or bucket count is another table: requests skip Redis
+    /// (as in an outage) until it is connected, and it is then seeded with
+    /// every pin this edge has cached. Sessions that only the old table
+    /// knew are not carried over.
+    pub fn reconfigure(&self, spec: RedisSpec) {
+        let old = self.spec();
+        let spec = RedisSpec {
+            local_cache_size: old.local_cache_size,
+            ..spec
+        };
+        self.local.set_refresh(spec.local_ttl);
+        let new_table = !spec.same_table(&old);
+        self.spec.store(Arc::new(spec));
+        if new_table {
+            log::warn!("redis: another table (target, prefix or buckets changed): connecting to it; it will be seeded with the pins cached here");
+            self.up.store(false, Ordering::Relaxed);
+            self.table.send_modify(|n| *n += 1);
+        }
+    }
+
     fn drains_key(&self) -> String {
-        format!("{}draining", self.spec.prefix)
+        format!("{}draining", self.spec.load().prefix)
     }
 
     /// Call `listener` with the drained upstreams each time they are read.
@@ -281,15 +323,15 @@ impl RedisStore {
 
     /// The bucket hash that holds `id`.
     fn bucket(&self, id: SessionId) -> String {
-        self.bucket_key((id.0 >> 96) as u32 % self.spec.buckets.max(1))
+        self.bucket_key((id.0 >> 96) as u32 % self.spec.load().buckets.max(1))
     }
 
     fn bucket_key(&self, n: u32) -> String {
-        format!("{}b:{n}", self.spec.prefix)
+        format!("{}b:{n}", self.spec.load().prefix)
     }
 
     fn index_key(&self, upstream: &str) -> String {
-        format!("{}i:{upstream}", self.spec.prefix)
+        format!("{}i:{upstream}", self.spec.load().prefix)
     }
 
     /// The upstream ids whose sessions are counted.
@@ -350,7 +392,7 @@ impl RedisStore {
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis() as u64
+        self.ttl.get().as_millis() as u64
     }
 
     /// A connection, unless Redis is known to be unreachable.
@@ -363,12 +405,12 @@ impl RedisStore {
 
     /// Run one Redis call with the timeout, counting errors and latency.
     async fn call<T>(&self, what: &str, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
-        self.call_within(what, self.spec.timeout, fut).await
+        self.call_within(what, self.spec.load().timeout, fut).await
     }
 
     /// The longer deadline of a background batch.
     fn batch_timeout(&self) -> Duration {
-        self.spec.timeout * 20
+        self.spec.load().timeout * 20
     }
 
     async fn call_within<T>(
@@ -398,7 +440,7 @@ impl RedisStore {
     /// cache's size; the cache itself is written back on reconnect too.
     fn remember_pending(&self, id: SessionId, upstream: &Arc<str>) {
         if let Ok(mut p) = self.pending.lock() {
-            if (p.len() as u64) < self.spec.local_cache_size || p.contains_key(&id) {
+            if (p.len() as u64) < self.spec.load().local_cache_size || p.contains_key(&id) {
                 p.insert(id, upstream.clone());
             }
         }
@@ -406,41 +448,70 @@ impl RedisStore {
 
     /// Connect (retrying until shutdown) and keep the store in sync: pub/sub
     /// invalidations, batched TTL renewals, and pins made during an outage.
+    /// A reload that names another table starts this over on it.
     pub async fn run(self: Arc<Self>, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut table = self.table.subscribe();
+        loop {
+            let generation = *table.borrow_and_update();
+            let Some(conn) = self.connect_until_up(&mut shutdown).await else {
+                return;
+            };
+            self.conn.store(Some(Arc::new(conn)));
+            let subscriber = tokio::spawn(self.clone().subscribe(self.spec()));
+            let shut_down = self.sync_until(&mut shutdown, &mut table, generation).await;
+            subscriber.abort();
+            if shut_down {
+                return;
+            }
+        }
+    }
+
+    /// A connection to the table now configured; `None` at shutdown.
+    async fn connect_until_up(
+        &self,
+        shutdown: &mut pingora_core::server::ShutdownWatch,
+    ) -> Option<Conn> {
         loop {
             match tokio::time::timeout(Duration::from_secs(2), self.connect()).await {
-                Ok(Ok(conn)) => {
-                    self.conn.store(Some(Arc::new(conn)));
-                    break;
-                }
+                Ok(Ok(conn)) => return Some(conn),
                 Ok(Err(e)) => log::warn!("redis unreachable ({:?} error); retrying", e.kind()),
                 Err(_) => log::warn!("redis connect timed out; retrying"),
             }
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return None,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        tokio::spawn(self.clone().subscribe());
-        let mut tick = tokio::time::interval(self.spec.sync_interval.min(Duration::from_secs(1)));
+    }
+
+    /// Keep the connected table in sync until shutdown (true) or until a
+    /// reload names another table (false).
+    async fn sync_until(
+        &self,
+        shutdown: &mut pingora_core::server::ShutdownWatch,
+        table: &mut tokio::sync::watch::Receiver<u64>,
+        generation: u64,
+    ) -> bool {
         let mut last_sync = Instant::now();
         loop {
+            let tick = self.spec().sync_interval.min(Duration::from_secs(1));
             tokio::select! {
                 _ = shutdown.changed() => {
                     self.sync().await;
-                    return;
+                    return true;
                 }
-                _ = tick.tick() => {}
+                _ = table.changed() => return false,
+                _ = tokio::time::sleep(tick) => {}
             }
             if !self.up.load(Ordering::Relaxed) {
-                self.probe().await;
+                self.probe(generation).await;
             }
             if self.up.load(Ordering::Relaxed) {
                 if self.needs_reseed.swap(false, Ordering::Relaxed) {
                     self.reseed().await;
                 }
                 self.write_pending().await;
-                if last_sync.elapsed() >= self.spec.sync_interval {
+                if last_sync.elapsed() >= self.spec().sync_interval {
                     self.refresh_drains().await;
                     self.sync().await;
                     last_sync = Instant::now();
@@ -450,11 +521,12 @@ impl RedisStore {
     }
 
     async fn connect(&self) -> RedisResult<Conn> {
-        match &self.spec.target {
+        let spec = self.spec();
+        match &spec.target {
             RedisTarget::Single(url) => {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Duration::from_secs(1))
-                    .set_response_timeout(self.spec.timeout.max(Duration::from_millis(10)) * 4)
+                    .set_response_timeout(spec.timeout.max(Duration::from_millis(10)) * 4)
                     .set_number_of_retries(2)
                     .set_max_delay(1000);
                 let client = redis::Client::open(url.as_str())?;
@@ -466,7 +538,7 @@ impl RedisStore {
                 let client =
                     redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
                         .connection_timeout(Duration::from_secs(1))
-                        .response_timeout(self.spec.timeout.max(Duration::from_millis(10)) * 4)
+                        .response_timeout(spec.timeout.max(Duration::from_millis(10)) * 4)
                         .retries(2)
                         .build()?;
                 Ok(Conn::Cluster(client.get_async_connection().await?))
@@ -474,19 +546,23 @@ impl RedisStore {
         }
     }
 
-    /// Is Redis back? (The connection manager reconnects by itself.)
-    async fn probe(&self) {
+    /// Is Redis back? (The connection manager reconnects by itself.) Only
+    /// while the connection is to the table of `generation`.
+    async fn probe(&self, generation: u64) {
         let Some(cm) = self.conn.load_full() else {
             return;
         };
         let mut conn = (*cm).clone();
         let pong: RedisResult<String> = tokio::time::timeout(
-            self.spec.timeout * 10,
+            self.spec.load().timeout * 10,
             redis::cmd("PING").query_async(&mut conn),
         )
         .await
         .unwrap_or_else(|_| Err((redis::ErrorKind::IoError, "timeout").into()));
-        if pong.is_ok() && !self.up.swap(true, Ordering::Relaxed) {
+        if pong.is_ok()
+            && *self.table.borrow() == generation
+            && !self.up.swap(true, Ordering::Relaxed)
+        {
             log::info!("redis is reachable; writing the pins made meanwhile");
             self.needs_reseed.store(true, Ordering::Relaxed);
             self.refresh_drains().await;
@@ -537,7 +613,7 @@ impl RedisStore {
             .into_iter()
             .filter(|(_, r)| r.needs_renewal(every))
             .collect();
-        for chunk in due.chunks(self.spec.batch_size.max(1)) {
+        for chunk in due.chunks(self.spec.load().batch_size.max(1)) {
             let Some(conn) = self.conn() else { return };
             let calls = chunk.iter().map(|(id, r)| {
                 let mut conn = conn.clone();
@@ -573,12 +649,12 @@ impl RedisStore {
 
     /// Sweep enough buckets per sync that all are swept every `ttl / 4`.
     async fn sweep_some(&self) {
-        let buckets = self.spec.buckets.max(1);
-        let per_round = (u64::from(buckets) * self.spec.sync_interval.as_millis() as u64
+        let buckets = self.spec.load().buckets.max(1);
+        let per_round = (u64::from(buckets) * self.spec.load().sync_interval.as_millis() as u64
             / (self.ttl_ms() / 4).max(1))
         .clamp(1, u64::from(buckets)) as u32;
         // Seen within ttl, plus the renewal margin.
-        let margin = self.renew_every_ms() + self.spec.sync_interval.as_millis() as u64;
+        let margin = self.renew_every_ms() + self.spec.load().sync_interval.as_millis() as u64;
         let cutoff = now_ms().saturating_sub(self.ttl_ms() + margin);
         for _ in 0..per_round {
             let n = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % buckets;
@@ -654,13 +730,13 @@ impl RedisStore {
 
     /// Drop cached pins that another edge changed. Pub/sub messages reach
     /// every node of a cluster, so any node will do.
-    async fn subscribe(self: Arc<Self>) {
-        let urls = self.spec.target.pubsub_urls();
+    async fn subscribe(self: Arc<Self>, spec: Arc<RedisSpec>) {
+        let urls = spec.target.pubsub_urls();
         for attempt in 0usize.. {
             let url = urls[attempt % urls.len().max(1)];
             match redis::Client::open(url) {
                 Ok(client) => match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => match pubsub.subscribe(&self.channel).await {
+                    Ok(mut pubsub) => match pubsub.subscribe(pins_channel(&spec.prefix)).await {
                         Ok(()) => {
                             // Messages may have been missed while unsubscribed.
                             self.needs_reseed.store(true, Ordering::Relaxed);
@@ -690,6 +766,11 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
         self.local.lookup_local(id)
+    }
+
+    fn apply_ttl(&self, ttl: Duration) {
+        self.ttl.set(ttl);
+        self.local.set_ttl(ttl);
     }
 
     async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
@@ -722,7 +803,7 @@ impl SessionStore for RedisStore {
             inv.arg(&id.to_bytes()[..])
                 .arg(from)
                 .arg(Stored::fresh(&to, now_ms()))
-                .arg(&self.channel)
+                .arg(self.channel())
                 .arg(id.to_hex());
             if let Some((moved, value)) = self
                 .call("repin", inv.invoke_async::<(i64, String)>(&mut conn))
@@ -748,7 +829,7 @@ impl SessionStore for RedisStore {
             inv.arg(&id.to_bytes()[..])
                 .arg(&*upstream)
                 .arg(Stored::fresh(&upstream, now_ms()))
-                .arg(&self.channel)
+                .arg(self.channel())
                 .arg(id.to_hex())
                 .arg(metadata.as_deref().unwrap_or(""));
             match self
@@ -772,7 +853,7 @@ impl SessionStore for RedisStore {
         };
         let mut inv = self.forget.key(self.bucket(id));
         inv.arg(&id.to_bytes()[..])
-            .arg(&self.channel)
+            .arg(self.channel())
             .arg(id.to_hex());
         match self
             .call("forget", inv.invoke_async::<Option<String>>(&mut conn))
@@ -861,7 +942,7 @@ impl SessionStore for RedisStore {
         } else {
             pipe.srem(self.drains_key(), upstream).ignore();
         }
-        pipe.publish(&self.channel, Self::DRAINS_CHANGED).ignore();
+        pipe.publish(self.channel(), Self::DRAINS_CHANGED).ignore();
         self.call("drain", pipe.query_async::<()>(&mut conn))
             .await
             .is_some()
@@ -880,8 +961,8 @@ impl SessionStore for RedisStore {
             "errors": self.metrics.redis_errors.get(),
             "pending_pins": pending,
             "local_cache_entries": self.local.len(),
-            "buckets": self.spec.buckets,
-            "prefix": self.spec.prefix,
+            "buckets": self.spec.load().buckets,
+            "prefix": self.spec.load().prefix,
         })
     }
 }

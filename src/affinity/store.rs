@@ -10,12 +10,76 @@
 use super::SessionId;
 use async_trait::async_trait;
 use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
+use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A duration that a reload can change while the table is in use.
+#[derive(Debug, Clone)]
+pub struct LiveDuration(Arc<AtomicU64>);
+
+impl LiveDuration {
+    pub fn new(d: Duration) -> Self {
+        LiveDuration(Arc::new(AtomicU64::new(d.as_millis() as u64)))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, d: Duration) {
+        self.0.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// How long a table entry lives, read at each use so that a reload applies
+/// to every entry from its next use: `span` after its last use (sliding,
+/// the session TTL), or `span` after it was loaded (a front cache's
+/// `local_ttl`; a shortened span cuts what is left).
+struct Lifetime {
+    span: LiveDuration,
+    sliding: bool,
+}
+
+impl Expiry<u128, Arc<SessionRecord>> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _: &u128,
+        _: &Arc<SessionRecord>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(self.span.get())
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &u128,
+        _: &Arc<SessionRecord>,
+        _: Instant,
+        left: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        let span = self.span.get();
+        if self.sliding {
+            Some(span)
+        } else {
+            Some(left.map_or(span, |left| left.min(span)))
+        }
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &u128,
+        _: &Arc<SessionRecord>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.span.get())
+    }
+}
 
 /// One session's pin and counters. The proxy updates the counters in place.
 #[derive(Debug)]
@@ -55,10 +119,6 @@ impl SessionRecord {
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    fn touch(&self) {
-        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// Seen since its last renewal in the shared table, which is at least
@@ -113,6 +173,9 @@ pub enum LookupSource {
 pub trait SessionStore: Send + Sync {
     /// The pin of `id` from local knowledge alone, renewing its TTL. No I/O.
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>>;
+
+    /// A TTL from a reload: each session's next use applies it.
+    fn apply_ttl(&self, ttl: Duration);
 
     /// The pin of `id`, asking the shared table on a local miss.
     async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)>;
@@ -197,7 +260,12 @@ impl Counts {
 pub struct LocalStore {
     cache: Cache<u128, Arc<SessionRecord>>,
     counts: Arc<Counts>,
-    ttl: Duration,
+    /// The session TTL (for a front cache: the shared table's, for display).
+    ttl: LiveDuration,
+    /// How long entries live: `ttl`, or a front cache's `local_ttl`.
+    span: LiveDuration,
+    /// Entries expire `span` after their last use (the in-process table).
+    sliding: bool,
 }
 
 impl LocalStore {
@@ -216,18 +284,41 @@ impl LocalStore {
     fn build(max_sessions: u64, ttl: Duration, refresh: Option<Duration>) -> Self {
         let counts = Arc::new(Counts::default());
         let on_remove = counts.clone();
-        let builder = Cache::builder().max_capacity(max_sessions);
-        let builder = match refresh {
-            None => builder.time_to_idle(ttl),
-            Some(refresh) => builder.time_to_live(refresh),
-        };
-        let cache = builder
+        let ttl = LiveDuration::new(ttl);
+        let span = refresh.map_or_else(|| ttl.clone(), LiveDuration::new);
+        let sliding = refresh.is_none();
+        let cache = Cache::builder()
+            .max_capacity(max_sessions)
+            .expire_after(Lifetime {
+                span: span.clone(),
+                sliding,
+            })
             .eviction_policy(EvictionPolicy::lru())
             .eviction_listener(move |_k, v: Arc<SessionRecord>, _cause| {
                 on_remove.remove(&v.upstream)
             })
             .build();
-        LocalStore { cache, counts, ttl }
+        LocalStore {
+            cache,
+            counts,
+            ttl,
+            span,
+            sliding,
+        }
+    }
+
+    /// The TTL a reload set. Each session's next use applies it; with a
+    /// shorter TTL, a session idle longer than it is gone at that use. (For
+    /// a front cache: the shared table's TTL, for display.)
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl.set(ttl);
+    }
+
+    /// A front cache's `local_ttl`, from a reload.
+    pub fn set_refresh(&self, refresh: Duration) {
+        if !self.sliding {
+            self.span.set(refresh);
+        }
     }
 
     /// Put a pin learnt from the shared table.
@@ -271,7 +362,7 @@ impl LocalStore {
             last_seen_unix_ms: last,
             requests: r.requests.load(Ordering::Relaxed),
             errors: r.errors.load(Ordering::Relaxed),
-            ttl_left_seconds: self.ttl.saturating_sub(idle).as_secs(),
+            ttl_left_seconds: self.ttl.get().saturating_sub(idle).as_secs(),
             metadata: r
                 .metadata
                 .load_full()
@@ -284,8 +375,19 @@ impl LocalStore {
 impl SessionStore for LocalStore {
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
         let r = self.cache.get(&id.0)?;
-        r.touch();
+        let now = now_ms();
+        let idle = now.saturating_sub(r.last_seen_ms.load(Ordering::Relaxed));
+        if self.sliding && idle > self.span.get().as_millis() as u64 {
+            // Idle past a TTL that a reload shortened.
+            self.cache.invalidate(&id.0);
+            return None;
+        }
+        r.last_seen_ms.store(now, Ordering::Relaxed);
         Some(r)
+    }
+
+    fn apply_ttl(&self, ttl: Duration) {
+        self.set_ttl(ttl);
     }
 
     async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
@@ -444,13 +546,31 @@ mod tests {
         let id = SessionId(7);
         block(s.claim(id, up("a")));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while s.cache.contains_key(&id.0) {
+        // Gone at once for lookups; from the counts once the cache's
+        // timer wheel (about 1 s a slot) has removed it.
+        while s.cache.contains_key(&id.0) || s.counts().contains_key("a") {
             assert!(
                 std::time::Instant::now() < deadline,
                 "session never expired"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn a_shortened_ttl_applies_at_the_next_use() {
+        let s = LocalStore::new(10, Duration::from_secs(3600));
+        let id = SessionId(8);
+        block(s.claim(id, up("a")));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(s.lookup_local(id).is_some(), "used within the TTL");
+        s.set_ttl(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(s.lookup_local(id).is_none(), "idle past the new TTL");
         assert_eq!(s.counts().get("a"), None);
+        s.set_ttl(Duration::from_secs(3600));
+        block(s.claim(id, up("b")));
+        let left = block(s.get(id)).map(|i| i.ttl_left_seconds);
+        assert!(matches!(left, Some(3599..=3600)), "ttl left {left:?}");
     }
 }

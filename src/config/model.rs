@@ -129,7 +129,7 @@ pub struct Timeouts {
     pub pool_idle: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisSpec {
     pub target: RedisTarget,
     pub prefix: String,
@@ -143,7 +143,7 @@ pub struct RedisSpec {
 
 /// Where the shared table lives. The URLs may hold a password: never log
 /// or display them.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub enum RedisTarget {
     Single(String),
     Cluster(Vec<String>),
@@ -156,6 +156,13 @@ impl RedisTarget {
             RedisTarget::Single(url) => vec![url.as_str()],
             RedisTarget::Cluster(urls) => urls.iter().map(String::as_str).collect(),
         }
+    }
+}
+
+impl RedisSpec {
+    /// Same server(s), prefix and buckets: the same table, laid out the same.
+    pub fn same_table(&self, other: &RedisSpec) -> bool {
+        self.target == other.target && self.prefix == other.prefix && self.buckets == other.buckets
     }
 }
 

@@ -122,7 +122,8 @@ impl ProxyHttp for EdgeProxy {
         let now = clock::now_ms();
         // Still holding an upstream: Pingora retries after a reused (pooled)
         // connection failed mid-request. The upstream is not at fault: try
-        // it again on a fresh connection rather than move the session.
+        // it again on a fresh connection (not another pooled one, which may
+        // be as dead) rather than move the session.
         if let Some(previous) = ctx.upstream.take() {
             if let Some(u) = state.upstreams.get(previous) {
                 u.end_request();
@@ -130,7 +131,7 @@ impl ProxyHttp for EdgeProxy {
                     ctx.upstream = Some(previous);
                     ctx.connect_started = Instant::now();
                     u.start_request();
-                    return Ok(u.peer());
+                    return Ok(u.fresh_peer());
                 }
             }
         }

@@ -85,6 +85,16 @@ impl Upstream {
         Box::new(self.peer.clone())
     }
 
+    /// A peer no pooled connection matches (a group key of its own), so
+    /// Pingora must open a fresh connection: after a pooled connection
+    /// failed, the others in the pool may be just as dead. The connection
+    /// it opens is pooled under that key and closes after `pool_idle`.
+    pub fn fresh_peer(&self) -> Box<HttpPeer> {
+        let mut peer = self.peer.clone();
+        peer.group_key = fastrand::u64(1..);
+        Box::new(peer)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }

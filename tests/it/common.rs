@@ -136,6 +136,14 @@ impl Edge {
         std::fs::read_to_string(self.dir.path().join("relay-edge.log")).unwrap_or_default()
     }
 
+    /// Replace `from` (which must be there) with `to` in the config file.
+    pub fn rewrite(&self, from: &str, to: &str) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).expect("read config");
+        assert!(text.contains(from), "config lacks {from:?}");
+        std::fs::write(&path, text.replace(from, to)).expect("write config");
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("relay-edge.yaml")
     }

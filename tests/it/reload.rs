@@ -5,13 +5,6 @@ use std::time::Duration;
 
 const KEYED: &str = "affinity: {keys: [{header: x-session-id}]}\n";
 
-fn rewrite(edge: &Edge, from: &str, to: &str) {
-    let path = edge.config_path();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    assert!(text.contains(from), "config lacks {from:?}");
-    std::fs::write(&path, text.replace(from, to)).expect("write config");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
@@ -34,7 +27,7 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
     }
     assert!(!on_b.is_empty());
 
-    rewrite(&edge, &ab, &ac);
+    edge.rewrite(&ab, &ac);
     let (code, report) = edge.admin_json("POST", "/api/reload", b"").await;
     assert_eq!(code, 200, "{report}");
     assert_eq!(report["generation"], 2);
@@ -58,7 +51,7 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
     assert!(reached_c, "the added relay takes new sessions");
 
     // A broken file is rejected whole; the running config stays.
-    rewrite(&edge, &format!("addr: {}", ups[2].addr), "addr: nowhere");
+    edge.rewrite(&format!("addr: {}", ups[2].addr), "addr: nowhere");
     let (code, body) = edge.admin_json("POST", "/api/reload", b"").await;
     assert_eq!(code, 400, "{body}");
     let errors = body["errors"].to_string();
@@ -96,7 +89,7 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
     );
 
     // Fixed again: accepted, and the error is cleared.
-    rewrite(&edge, "addr: nowhere", &format!("addr: {}", ups[2].addr));
+    edge.rewrite("addr: nowhere", &format!("addr: {}", ups[2].addr));
     assert_eq!(edge.admin_json("POST", "/api/reload", b"").await.0, 200);
     assert!(
         edge.admin_json("GET", "/api/stats", b"").await.1["config"]["last_reload_error"].is_null()
@@ -108,7 +101,7 @@ async fn sighup_reloads_and_listener_changes_are_reported_as_needing_an_upgrade(
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let a_only = upstreams_yaml(&ups[..1]);
     let edge = Edge::start(&format!("{a_only}{KEYED}")).await;
-    rewrite(&edge, &a_only, &upstreams_yaml(&ups));
+    edge.rewrite(&a_only, &upstreams_yaml(&ups));
     edge.signal("HUP");
     eventually(
         Duration::from_secs(5),
@@ -117,8 +110,7 @@ async fn sighup_reloads_and_listener_changes_are_reported_as_needing_an_upgrade(
     )
     .await;
     let new_port = free_port();
-    rewrite(
-        &edge,
+    edge.rewrite(
         &format!("addr: {}}}]\nadmin", edge.addr),
         &format!("addr: 127.0.0.1:{new_port}}}]\nadmin"),
     );
@@ -154,7 +146,7 @@ async fn an_open_stream_to_a_removed_relay_finishes() {
     started.await.expect("the stream started");
     let keep = ups.iter().filter(|u| u.name != home).collect::<Vec<_>>();
     let remaining = upstreams_yaml([keep[0]]);
-    rewrite(&edge, &both, &remaining);
+    edge.rewrite(&both, &remaining);
     assert_eq!(edge.admin_json("POST", "/api/reload", b"").await.0, 200);
     let r = stream
         .await
@@ -172,7 +164,7 @@ async fn a_watched_file_reloads_by_itself() {
         "{a_only}{KEYED}reload: {{watch: true, debounce: 200ms}}\n"
     ))
     .await;
-    rewrite(&edge, &a_only, &upstreams_yaml(&ups));
+    edge.rewrite(&a_only, &upstreams_yaml(&ups));
     eventually(
         Duration::from_secs(5),
         "generation 2 after the file changed",

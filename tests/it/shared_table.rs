@@ -480,3 +480,77 @@ async fn lists_and_counts_come_from_redis_and_idle_sessions_expire_from_both() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_table_to_another_redis_and_applies_ttl_and_log_level() {
+    let (old, new) = (
+        RedisServer::start(None).await,
+        RedisServer::start(None).await,
+    );
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = |redis: &RedisServer| {
+        format!(
+            "{}affinity: {{keys: [{{header: x-session-id}}], ttl: 1h}}\nredis: {{url: '{}', sync_interval: 200ms}}\n",
+            upstreams_yaml(&ups),
+            redis.url()
+        )
+    };
+    let edge = shared_edge(&conf(&old)).await;
+    let mut pins = HashMap::new();
+    for i in 0..20 {
+        let key = format!("move-{i}");
+        let up = edge
+            .get("/v1/x", &[("x-session-id", &key)])
+            .await
+            .upstream();
+        pins.insert(key, up);
+    }
+    assert_eq!(old.stored_sessions(), 20);
+
+    edge.rewrite(&old.url(), &new.url());
+    edge.rewrite("ttl: 1h", "ttl: 2h");
+    edge.rewrite("log_level: info", "log_level: debug");
+    let (code, report) = edge.admin_json("POST", "/api/reload", b"").await;
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["needs_upgrade"], serde_json::json!([]), "{report}");
+    eventually(
+        Duration::from_secs(10),
+        "the new Redis seeded with the cached pins",
+        || async { new.stored_sessions() == 20 },
+    )
+    .await;
+    for (key, up) in &pins {
+        assert_eq!(
+            &edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            up,
+            "{key} moved"
+        );
+    }
+    let (_, session) = edge.admin_json("GET", "/api/sessions/move-0", b"").await;
+    let left = session["ttl_left_seconds"].as_u64().unwrap_or(0);
+    assert!(left > 3600, "the new 2h TTL applies: {session}");
+    edge.get("/v1/x", &[("x-session-id", "born-after")]).await;
+    assert_eq!(
+        new.stored_sessions(),
+        21,
+        "new sessions go to the new Redis"
+    );
+    assert!(
+        edge.log().contains("log level is now debug"),
+        "{}",
+        edge.log()
+    );
+
+    // Another edge on the new Redis follows every pin.
+    let other = shared_edge(&conf(&new)).await;
+    for (key, up) in &pins {
+        assert_eq!(
+            &other
+                .get("/v1/x", &[("x-session-id", key)])
+                .await
+                .upstream(),
+            up,
+            "{key} differs on the second edge"
+        );
+    }
+}
