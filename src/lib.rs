@@ -34,4 +34,6 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod supervision;
+pub mod upgrade;
 pub mod upstream;

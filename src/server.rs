@@ -130,7 +130,8 @@ impl BackgroundService for RedisSync {
 /// Signals Pingora leaves to us, and the end of a drain.
 ///
 /// - SIGHUP (whose default action would kill the process) reloads the
-///   config in-process; so does a change of the file with `reload.watch`,
+///   config in-process; SIGUSR2 starts a graceful binary upgrade from
+///   inside (see [`crate::upgrade`]); so does a change of the file with `reload.watch`,
 ///   once it has stayed unchanged for `reload.debounce`.
 /// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
 ///   listeners, then keeps the process for the whole `grace_period` even
@@ -141,12 +142,30 @@ struct SignalService {
     edge: Arc<Edge>,
 }
 
+impl SignalService {
+    /// SIGUSR2: start the binary again and hand it the sockets.
+    async fn upgrade(&self) {
+        let Some(path) = self.edge.config_path.as_deref() else {
+            return;
+        };
+        let sock = self.edge.state().config.server.upgrade_sock.clone();
+        log::info!("SIGUSR2 received: starting the new binary to hand the sockets to");
+        match crate::upgrade::hand_over(path, &sock).await {
+            Ok(pid) => log::info!("handing the listening sockets to process {pid}, then draining"),
+            Err(e) => log::error!("upgrade abandoned, serving on: {e}"),
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for SignalService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            log::error!("cannot install the SIGHUP handler");
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut usr2)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            log::error!("cannot install the SIGHUP and SIGUSR2 handlers");
             return;
         };
         let mut watch = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -173,6 +192,7 @@ impl BackgroundService for SignalService {
                     // The outcome is logged and counted by `reload`.
                     let _ = self.edge.reload().await;
                 }
+                _ = usr2.recv() => self.upgrade().await,
             }
         }
         log::info!(

@@ -170,9 +170,9 @@ impl Edge {
         self.current.load_full()
     }
 
-    /// Latch readiness once upstream health is known.
-    pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+    /// Latch readiness once upstream health is known; true the first time.
+    pub fn mark_ready(&self) -> bool {
+        !self.ready.swap(true, Ordering::Relaxed)
     }
 
     pub fn is_ready(&self) -> bool {

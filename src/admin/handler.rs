@@ -375,7 +375,7 @@ mod tests {
             503,
             "not ready before the first health round"
         );
-        e.mark_ready();
+        let _ = e.mark_ready();
         // In order: each step may depend on the one before.
         let steps: &[(&str, &str, &str, u16)] = &[
             ("GET", "/healthz", "", 200),

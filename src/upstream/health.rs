@@ -210,7 +210,9 @@ impl HealthService {
         while tasks.join_next().await.is_some() {}
         state.upstreams.refresh_gauges();
         self.edge.refresh_session_gauges();
-        self.edge.mark_ready();
+        if self.edge.mark_ready() {
+            crate::supervision::announce_ready(&state.config.server.pid_file);
+        }
     }
 }
 

@@ -86,6 +86,25 @@ impl Edge {
         tls: Option<(&std::path::Path, &std::path::Path)>,
         grace_period: &str,
     ) -> Edge {
+        Edge::launch(body, threads, tls, grace_period, &[]).await
+    }
+
+    /// As [`Edge::start_opts`] without TLS, with `env` set for the process.
+    pub async fn start_with_env(
+        body: &str,
+        grace_period: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Edge {
+        Edge::launch(body, 1, None, grace_period, env).await
+    }
+
+    async fn launch(
+        body: &str,
+        threads: usize,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+        grace_period: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -105,6 +124,7 @@ impl Edge {
         let child = Command::new(BIN)
             .arg("-c")
             .arg(&conf)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -142,6 +162,16 @@ impl Edge {
         let text = std::fs::read_to_string(&path).expect("read config");
         assert!(text.contains(from), "config lacks {from:?}");
         std::fs::write(&path, text.replace(from, to)).expect("write config");
+    }
+
+    /// The process id of this relay-edge.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory of its config, pid file, upgrade socket and logs.
+    pub fn dir_path(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn config_path(&self) -> PathBuf {

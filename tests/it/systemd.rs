@@ -12,8 +12,9 @@ fn the_unit_verifies_and_is_hardened() {
     ))
     .expect("systemd/relay-edge.service exists");
     for line in [
-        "Type=simple",
-        "ExecStartPre=/usr/local/bin/relay-edge -c /etc/relay-edge/relay-edge.yaml --check",
+        "Type=notify",
+        "NotifyAccess=all",
+        "ExecStartPre=/usr/bin/relay-edge -c /etc/relay-edge/relay-edge.yaml --check",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "User=relay-edge",
         "NoNewPrivileges=true",
@@ -49,7 +50,7 @@ fn the_unit_verifies_and_is_hardened() {
     // verify checks that the binaries exist: point the copy at the built one.
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = dir.path().join("relay-edge.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/relay-edge", BIN)).expect("write unit");
+    std::fs::write(&copy, unit.replace("/usr/bin/relay-edge", BIN)).expect("write unit");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)

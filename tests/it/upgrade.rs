@@ -104,3 +104,139 @@ async fn an_upgrade_under_load_fails_no_request() {
     let _ = new.kill();
     let _ = new.wait();
 }
+
+/// Kills a process the test did not start itself (the successor that an
+/// edge started), whatever way the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+/// The notifications received on a NOTIFY_SOCKET, in order.
+fn received(socket: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_from_inside_and_tells_systemd_the_new_main_pid() {
+    let ups = upstreams(&["relay-a"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_nonblocking(true).expect("nonblocking");
+    let mut old = Edge::start_with_env(
+        &upstreams_yaml(&ups),
+        "30s",
+        &[("NOTIFY_SOCKET", notify_path.as_os_str())],
+    )
+    .await;
+    let old_pid = old.pid();
+    eventually(
+        Duration::from_secs(5),
+        "READY=1 from the first process",
+        || {
+            let got = received(&notify).join("\n");
+            let ok = got.contains("READY=1") && got.contains(&format!("MAINPID={old_pid}"));
+            async move { ok }
+        },
+    )
+    .await;
+
+    let pid_file = old.dir_path().join("pid");
+    let named = || {
+        std::fs::read_to_string(&pid_file)
+            .map(|p| p.trim().to_string())
+            .ok()
+    };
+    assert_eq!(named(), Some(old_pid.to_string()), "the pid file names it");
+
+    // A stream that runs across the hand-over, on the old process.
+    let mut conn = Conn::open(old.addr).await.expect("connect");
+    conn.send_raw(&raw_request(
+        "GET",
+        "/v1/messages?sse=8&gap_ms=250",
+        &[],
+        b"",
+    ))
+    .await
+    .expect("send");
+    let (stream, started) = stream_in_background(conn);
+    started.await.expect("the stream started");
+    old.signal("USR2");
+
+    // The successor reports itself as the main process once it is ready.
+    let mut new_pid = 0;
+    eventually(
+        Duration::from_secs(20),
+        "READY=1 from the successor",
+        || {
+            for message in received(&notify) {
+                if let Some(pid) = message
+                    .lines()
+                    .find_map(|l| l.strip_prefix("MAINPID="))
+                    .and_then(|p| p.parse::<u32>().ok())
+                {
+                    if pid != old_pid && message.contains("READY=1") {
+                        new_pid = pid;
+                    }
+                }
+            }
+            let ok = new_pid != 0;
+            async move { ok }
+        },
+    )
+    .await;
+    let _successor = KillOnDrop(new_pid as i32);
+    let r = stream
+        .await
+        .expect("task")
+        .expect("the old process finishes its stream");
+    assert!(r.text().contains("message_stop"), "{}", r.text());
+    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
+    assert_eq!(
+        code,
+        Some(0),
+        "the old process exits once drained:\n{}",
+        old.log()
+    );
+    let r = request(old.addr, "GET", "/v1/x", &[], b"")
+        .await
+        .expect("served by the successor");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        named(),
+        Some(new_pid.to_string()),
+        "the pid file names the successor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_cannot_start_hands_nothing_over() {
+    let ups = upstreams(&["relay-a"]).await;
+    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 1, None, "30s").await;
+    // The file is broken now: the successor refuses it and exits.
+    std::fs::write(edge.config_path(), "listen: nowhere\n").expect("write config");
+    edge.signal("USR2");
+    eventually(
+        Duration::from_secs(10),
+        "the abandoned upgrade logged",
+        || {
+            let ok = edge.log().contains("upgrade abandoned, serving on");
+            async move { ok }
+        },
+    )
+    .await;
+    assert!(edge.alive(), "the running process serves on");
+    assert_eq!(edge.get("/v1/x", &[]).await.status, 200);
+}
