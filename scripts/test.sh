@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On Debian it first installs what the build and
 # the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
-# systemd's systemd-analyze for the integration tests), as root or with sudo.
+# systemd's systemd-analyze for the integration tests), as root or with sudo,
+# and cargo-deb, with which a test builds and inspects the .deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,11 @@ if ((${#need[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+
+# The version is pinned: the package test relies on its layout and flags.
+if ! cargo deb --version 2>/dev/null | grep -q '3\.8\.0'; then
+  cargo install cargo-deb --locked --version 3.8.0
 fi
 
 cargo test --locked "$@"

@@ -7,6 +7,7 @@ mod bodies;
 mod common;
 mod config_files;
 mod failover;
+mod package;
 pub mod reload;
 mod routing;
 mod shared_table;
