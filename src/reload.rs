@@ -20,6 +20,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadReport {
     pub generation: u64,
+    /// From the start of the reload (signal, request or file change) to the swap.
+    pub took_ms: f64,
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
@@ -85,12 +87,13 @@ impl Edge {
     /// Reload the config file; on error nothing changes and every problem
     /// is returned as a `path: message` line.
     pub async fn reload(&self) -> Result<ReloadReport, Vec<String>> {
+        let started = std::time::Instant::now();
         let _one_at_a_time = self.reload_lock.lock().await;
         let Some(path) = self.config_path.as_ref() else {
             return Err(vec!["no config file to reload".to_string()]);
         };
         let result = match config::load(path) {
-            Ok(config) => Ok(self.apply(config).await),
+            Ok(config) => Ok(self.apply(config, started).await),
             Err(e) => Err(e.lines()),
         };
         match &result {
@@ -99,7 +102,8 @@ impl Edge {
                 self.metrics.config_generation.set(report.generation as i64);
                 self.last_reload_error.store(None);
                 log::info!(
-                    "config reloaded: generation {}, added {:?}, removed {:?}, changed {:?}",
+                    "config reloaded in {:.1} ms: generation {}, added {:?}, removed {:?}, changed {:?}",
+                    report.took_ms,
                     report.generation,
                     report.added,
                     report.removed,
@@ -126,7 +130,7 @@ impl Edge {
         result
     }
 
-    async fn apply(&self, config: Config) -> ReloadReport {
+    async fn apply(&self, config: Config, started: std::time::Instant) -> ReloadReport {
         let old = self.state();
         let needs_upgrade = needs_upgrade(&old.config, &config);
         let config = keep_running_settings(&old.config, config);
@@ -201,6 +205,7 @@ impl Edge {
         self.swap(state);
         ReloadReport {
             generation,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
             added,
             removed,
             changed,

@@ -33,6 +33,7 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
     assert_eq!(report["generation"], 2);
     assert_eq!(report["added"], serde_json::json!(["relay-c"]));
     assert_eq!(report["removed"], serde_json::json!(["relay-b"]));
+    let served_by_b = ups[1].requests();
     for key in &on_b {
         let u = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
         assert!(
@@ -49,6 +50,11 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
             == "relay-c";
     }
     assert!(reached_c, "the added relay takes new sessions");
+    assert_eq!(
+        ups[1].requests(),
+        served_by_b,
+        "the removed relay gets no request after the reload"
+    );
 
     // A broken file is rejected whole; the running config stays.
     edge.rewrite(&format!("addr: {}", ups[2].addr), "addr: nowhere");
