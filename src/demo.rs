@@ -358,20 +358,27 @@ async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finis
     if stream.write_all(head.as_bytes()).await.is_err() {
         return false;
     }
-    let mut events = vec![format!(
-        "event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\"}}\n\n"
-    )];
-    events.extend((0..deltas).map(|i| {
-        format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{i} \"}}}}\n\n")
-    }));
-    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
-    for (i, event) in events.iter().enumerate() {
+    let last = deltas + 1;
+    for i in 0..=last {
         if i > 0 && gap_ms > 0 {
             tokio::time::sleep(Duration::from_millis(gap_ms)).await;
         }
         if !finish && i == 2 {
             return false;
         }
+        // Each delta says when it was sent (µs since the epoch), so that a
+        // client can measure what a proxy adds per event.
+        let event = match i {
+            0 => format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\"}}\n\n"),
+            i if i == last => "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
+            i => format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"sent_us\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":\"{} \"}}}}\n\n",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros()),
+                i - 1
+            ),
+        };
         let chunk = format!("{:x}\r\n{event}\r\n", event.len());
         if stream.write_all(chunk.as_bytes()).await.is_err() {
             return false;
