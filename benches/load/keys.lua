@@ -16,8 +16,8 @@ end
 -- One machine-readable line; latencies are in microseconds in wrk.
 function done(summary, latency, requests)
    local e = summary.errors
-   io.write(string.format("RESULT rps=%.1f p50_ms=%.3f p99_ms=%.3f errors=%d\n",
+   io.write(string.format("RESULT rps=%.1f p50_ms=%.3f p99_ms=%.3f errors=%d requests=%d\n",
       summary.requests / (summary.duration / 1e6),
       latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-      e.connect + e.read + e.write + e.status + e.timeout))
+      e.connect + e.read + e.write + e.status + e.timeout, summary.requests))
 end

@@ -4,18 +4,19 @@
 //! hot path calls only [`SessionStore::lookup_local`], which never does I/O
 //! and never allocates; the async calls run for a session's first request, a
 //! failover re-pin, or the admin API. [`LocalStore`] keeps the table in this
-//! process (a bounded LRU cache with a sliding TTL); the Redis store will
-//! implement the same interface with a local cache in front.
+//! process: a bounded `quick_cache` (CLOCK-style eviction: a hit only sets a
+//! bit, with no per-read bookkeeping; see `benches/RESULTS.md` for what moka
+//! cost here) with the TTL checked on each use and swept now and then. The
+//! Redis store puts one in front of the shared table.
 
 use super::SessionId;
 use async_trait::async_trait;
-use moka::ops::compute::Op;
-use moka::policy::{EvictionPolicy, Expiry};
-use moka::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{Lifecycle, OptionsBuilder, UnitWeighter};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A duration that a reload can change while the table is in use.
 #[derive(Debug, Clone)]
@@ -35,57 +36,13 @@ impl LiveDuration {
     }
 }
 
-/// How long a table entry lives, read at each use so that a reload applies
-/// to every entry from its next use: `span` after its last use (sliding,
-/// the session TTL), or `span` after it was loaded (a front cache's
-/// `local_ttl`; a shortened span cuts what is left).
-struct Lifetime {
-    span: LiveDuration,
-    sliding: bool,
-}
-
-impl Expiry<u128, Arc<SessionRecord>> for Lifetime {
-    fn expire_after_create(
-        &self,
-        _: &u128,
-        _: &Arc<SessionRecord>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(self.span.get())
-    }
-
-    fn expire_after_read(
-        &self,
-        _: &u128,
-        _: &Arc<SessionRecord>,
-        _: Instant,
-        left: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        let span = self.span.get();
-        if self.sliding {
-            Some(span)
-        } else {
-            Some(left.map_or(span, |left| left.min(span)))
-        }
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &u128,
-        _: &Arc<SessionRecord>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.span.get())
-    }
-}
-
 /// One session's pin and counters. The proxy updates the counters in place.
 #[derive(Debug)]
 pub struct SessionRecord {
     pub upstream: Arc<str>,
     pub created_ms: u64,
+    /// When this process learnt the pin (a front cache drops it `local_ttl` later).
+    loaded_ms: u64,
     last_seen_ms: AtomicU64,
     /// When the shared table's TTL was last renewed (Redis store only).
     renewed_ms: AtomicU64,
@@ -100,11 +57,13 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     pub(crate) fn new(upstream: Arc<str>, created_ms: u64, requests: u64, errors: u64) -> Self {
+        let now = now_ms();
         SessionRecord {
             upstream,
             created_ms,
-            last_seen_ms: AtomicU64::new(now_ms()),
-            renewed_ms: AtomicU64::new(now_ms()),
+            loaded_ms: now,
+            last_seen_ms: AtomicU64::new(now),
+            renewed_ms: AtomicU64::new(now),
             requests: AtomicU64::new(requests),
             errors: AtomicU64::new(errors),
             metadata: arc_swap::ArcSwapOption::empty(),
@@ -256,16 +215,39 @@ impl Counts {
     }
 }
 
-/// The in-process affinity table: bounded, LRU-evicted, sliding TTL.
+/// Keeps the per-upstream counts right when the cache evicts for room.
+#[derive(Clone)]
+struct Evictions(Arc<Counts>);
+
+impl Lifecycle<u128, Arc<SessionRecord>> for Evictions {
+    type RequestState = ();
+
+    fn begin_request(&self) {}
+
+    fn on_evict(&self, _: &mut (), _: u128, record: Arc<SessionRecord>) {
+        self.0.remove(&record.upstream);
+    }
+}
+
+type Table =
+    Cache<u128, Arc<SessionRecord>, UnitWeighter, quick_cache::DefaultHashBuilder, Evictions>;
+
+/// The in-process affinity table: bounded (CLOCK eviction), with a TTL
+/// that is either sliding (the session TTL) or counted from loading (a
+/// front cache's `local_ttl`). An expired entry is never returned; sweeps
+/// remove them for the counts.
 pub struct LocalStore {
-    cache: Cache<u128, Arc<SessionRecord>>,
+    table: Table,
     counts: Arc<Counts>,
     /// The session TTL (for a front cache: the shared table's, for display).
     ttl: LiveDuration,
     /// How long entries live: `ttl`, or a front cache's `local_ttl`.
     span: LiveDuration,
-    /// Entries expire `span` after their last use (the in-process table).
+    /// Entries expire `span` after their last use (the in-process table),
+    /// else `span` after they were loaded.
     sliding: bool,
+    /// When expired entries were last swept out.
+    swept_ms: AtomicU64,
 }
 
 impl LocalStore {
@@ -283,27 +265,35 @@ impl LocalStore {
 
     fn build(max_sessions: u64, ttl: Duration, refresh: Option<Duration>) -> Self {
         let counts = Arc::new(Counts::default());
-        let on_remove = counts.clone();
-        let ttl = LiveDuration::new(ttl);
-        let span = refresh.map_or_else(|| ttl.clone(), LiveDuration::new);
-        let sliding = refresh.is_none();
-        let cache = Cache::builder()
-            .max_capacity(max_sessions)
-            .expire_after(Lifetime {
-                span: span.clone(),
-                sliding,
-            })
-            .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(move |_k, v: Arc<SessionRecord>, _cause| {
-                on_remove.remove(&v.upstream)
-            })
+        let capacity = max_sessions.max(1);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(capacity.min(1 << 20) as usize)
+            .weight_capacity(capacity)
             .build();
+        let table = match options {
+            Ok(options) => Cache::with_options(
+                options,
+                UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                Evictions(counts.clone()),
+            ),
+            // Only reachable with inconsistent options; the plain form.
+            Err(_) => Cache::with(
+                capacity as usize,
+                capacity,
+                UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                Evictions(counts.clone()),
+            ),
+        };
+        let ttl = LiveDuration::new(ttl);
         LocalStore {
-            cache,
+            table,
             counts,
+            span: refresh.map_or_else(|| ttl.clone(), LiveDuration::new),
             ttl,
-            span,
-            sliding,
+            sliding: refresh.is_none(),
+            swept_ms: AtomicU64::new(now_ms()),
         }
     }
 
@@ -321,35 +311,126 @@ impl LocalStore {
         }
     }
 
+    fn expired(&self, r: &SessionRecord, now: u64) -> bool {
+        let since = if self.sliding {
+            r.last_seen_ms.load(Ordering::Relaxed)
+        } else {
+            r.loaded_ms
+        };
+        now.saturating_sub(since) > self.span.get().as_millis() as u64
+    }
+
+    /// Remove `record` from `id` unless another has replaced it meanwhile.
+    fn remove_exact(&self, id: u128, record: &Arc<SessionRecord>) {
+        if let Some((_, r)) = self.table.remove_if(&id, |v| Arc::ptr_eq(v, record)) {
+            self.counts.remove(&r.upstream);
+        }
+    }
+
+    /// Remove expired entries, at most every `span / 8` (and 30 s), so
+    /// that counts and lengths drop as sessions expire.
+    fn sweep_if_due(&self) {
+        let now = now_ms();
+        let every = (self.span.get().as_millis() as u64 / 8).clamp(1, 30_000);
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < every
+            || self
+                .swept_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.table.retain(|_, r| {
+            let keep = !self.expired(r, now);
+            if !keep {
+                self.counts.remove(&r.upstream);
+            }
+            keep
+        });
+    }
+
+    /// Decide the entry of `id` atomically: `decide` sees the live record
+    /// (none if absent or expired) and returns a record to store, or none to
+    /// keep what is there. Returns the record in force, if any.
+    fn update(
+        &self,
+        id: u128,
+        decide: impl FnOnce(Option<&Arc<SessionRecord>>) -> Option<Arc<SessionRecord>>,
+    ) -> Option<Arc<SessionRecord>> {
+        let now = now_ms();
+        let mut decide = Some(decide);
+        let mut replaced = None;
+        let result = self.table.entry(&id, None, |_, current| {
+            let live = (!self.expired(current, now)).then_some(&*current);
+            match decide.take().and_then(|d| d(live)) {
+                Some(new) => {
+                    replaced = Some(std::mem::replace(current, new.clone()));
+                    EntryAction::Retain(new)
+                }
+                None => EntryAction::Retain(current.clone()),
+            }
+        });
+        if let Some(old) = &replaced {
+            self.counts.remove(&old.upstream);
+        }
+        match result {
+            EntryResult::Retained(r) => {
+                if replaced.is_some() {
+                    self.counts.add(&r.upstream);
+                }
+                Some(r)
+            }
+            EntryResult::Vacant(guard) => {
+                let new = decide.take().and_then(|d| d(None))?;
+                if guard.insert(new.clone()).is_ok() {
+                    self.counts.add(&new.upstream);
+                }
+                Some(new)
+            }
+            EntryResult::Removed(_, r) | EntryResult::Replaced(_, r) => {
+                self.counts.remove(&r.upstream);
+                None
+            }
+            EntryResult::Timeout => None,
+        }
+    }
+
     /// Put a pin learnt from the shared table.
     pub fn put(&self, id: SessionId, upstream: Arc<str>, created_ms: u64) -> Arc<SessionRecord> {
-        let (requests, errors) = self.cache.get(&id.0).map_or((0, 0), |r| {
-            (
-                r.requests.load(Ordering::Relaxed),
-                r.errors.load(Ordering::Relaxed),
-            )
-        });
-        self.insert(
-            id,
-            SessionRecord::new(upstream, created_ms, requests, errors),
-        )
+        let fresh = |prior: Option<&Arc<SessionRecord>>| {
+            let (requests, errors) = prior.map_or((0, 0), |r| {
+                (
+                    r.requests.load(Ordering::Relaxed),
+                    r.errors.load(Ordering::Relaxed),
+                )
+            });
+            Arc::new(SessionRecord::new(
+                upstream.clone(),
+                created_ms,
+                requests,
+                errors,
+            ))
+        };
+        self.update(id.0, |prior| Some(fresh(prior)))
+            .unwrap_or_else(|| fresh(None))
     }
 
     /// Drop a cached pin (it changed elsewhere).
     pub fn invalidate(&self, id: SessionId) {
-        self.cache.invalidate(&id.0);
+        if let Some((_, r)) = self.table.remove(&id.0) {
+            self.counts.remove(&r.upstream);
+        }
     }
 
-    /// Every cached session.
+    /// Every live cached session.
     pub fn records(&self) -> Vec<(SessionId, Arc<SessionRecord>)> {
-        self.cache.iter().map(|(k, v)| (SessionId(*k), v)).collect()
-    }
-
-    fn insert(&self, id: SessionId, record: SessionRecord) -> Arc<SessionRecord> {
-        let record = Arc::new(record);
-        self.counts.add(&record.upstream);
-        self.cache.insert(id.0, record.clone());
-        record
+        let now = now_ms();
+        self.table
+            .iter()
+            .filter(|(_, v)| !self.expired(v, now))
+            .map(|(k, v)| (SessionId(k), v))
+            .collect()
     }
 
     fn info(&self, id: u128, r: &SessionRecord) -> SessionInfo {
@@ -374,12 +455,10 @@ impl LocalStore {
 #[async_trait]
 impl SessionStore for LocalStore {
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
-        let r = self.cache.get(&id.0)?;
+        let r = self.table.get(&id.0)?;
         let now = now_ms();
-        let idle = now.saturating_sub(r.last_seen_ms.load(Ordering::Relaxed));
-        if self.sliding && idle > self.span.get().as_millis() as u64 {
-            // Idle past a TTL that a reload shortened.
-            self.cache.invalidate(&id.0);
+        if self.expired(&r, now) {
+            self.remove_exact(id.0, &r);
             return None;
         }
         r.last_seen_ms.store(now, Ordering::Relaxed);
@@ -395,92 +474,84 @@ impl SessionStore for LocalStore {
     }
 
     async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        let entry = self
-            .cache
-            .entry(id.0)
-            .or_insert_with(|| Arc::new(SessionRecord::new(upstream, now_ms(), 0, 0)));
-        if entry.is_fresh() {
-            self.counts.add(&entry.value().upstream);
-        }
-        entry.into_value()
+        let fresh = || Arc::new(SessionRecord::new(upstream.clone(), now_ms(), 0, 0));
+        self.update(id.0, |current| match current {
+            Some(_) => None,
+            None => Some(fresh()),
+        })
+        .unwrap_or_else(fresh)
     }
 
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
-        let mut added = None;
-        let result = self.cache.entry(id.0).and_compute_with(|current| {
-            let replace = match &current {
-                Some(e) => &*e.value().upstream == from,
-                None => true,
-            };
-            if !replace {
-                return Op::Nop;
-            }
-            let (created, requests, errors) = current.map_or((now_ms(), 0, 0), |e| {
-                let r = e.value();
+        let moved = |current: Option<&Arc<SessionRecord>>| {
+            let (created, requests, errors) = current.map_or((now_ms(), 0, 0), |r| {
                 (
                     r.created_ms,
                     r.requests.load(Ordering::Relaxed),
                     r.errors.load(Ordering::Relaxed),
                 )
             });
-            let record = Arc::new(SessionRecord::new(to.clone(), created, requests, errors));
-            added = Some(record.clone());
-            Op::Put(record)
-        });
-        if let Some(r) = &added {
-            self.counts.add(&r.upstream);
-        }
-        match result {
-            moka::ops::compute::CompResult::Inserted(e)
-            | moka::ops::compute::CompResult::ReplacedWith(e)
-            | moka::ops::compute::CompResult::Unchanged(e) => e.into_value(),
-            // Nop on an absent entry cannot happen (absent always replaces),
-            // but answer with the requested pin rather than panic.
-            _ => added.unwrap_or_else(|| Arc::new(SessionRecord::new(to, now_ms(), 0, 0))),
-        }
+            Arc::new(SessionRecord::new(to.clone(), created, requests, errors))
+        };
+        self.update(id.0, |current| match current {
+            Some(r) if &*r.upstream != from => None,
+            _ => Some(moved(current)),
+        })
+        .unwrap_or_else(|| moved(None))
     }
 
     async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
-        let previous = self.cache.get(&id.0);
-        let (created, requests, errors) = previous.as_ref().map_or((now_ms(), 0, 0), |r| {
-            (
-                r.created_ms,
-                r.requests.load(Ordering::Relaxed),
-                r.errors.load(Ordering::Relaxed),
-            )
+        self.update(id.0, |previous| {
+            let (created, requests, errors) = previous.map_or((now_ms(), 0, 0), |r| {
+                (
+                    r.created_ms,
+                    r.requests.load(Ordering::Relaxed),
+                    r.errors.load(Ordering::Relaxed),
+                )
+            });
+            let record = SessionRecord::new(upstream, created, requests, errors);
+            let metadata = metadata
+                .or_else(|| previous.and_then(|r| r.metadata.load_full().map(|m| (*m).clone())));
+            record.metadata.store(metadata.map(Arc::new));
+            Some(Arc::new(record))
         });
-        let record = SessionRecord::new(upstream, created, requests, errors);
-        let metadata = metadata
-            .or_else(|| previous.and_then(|r| r.metadata.load_full().map(|m| (*m).clone())));
-        record.metadata.store(metadata.map(Arc::new));
-        self.insert(id, record);
     }
 
     async fn forget(&self, id: SessionId) -> bool {
-        self.cache.remove(&id.0).is_some()
+        match self.table.remove(&id.0) {
+            Some((_, r)) => {
+                self.counts.remove(&r.upstream);
+                !self.expired(&r, now_ms())
+            }
+            None => false,
+        }
     }
 
     async fn get(&self, id: SessionId) -> Option<SessionInfo> {
-        self.cache.get(&id.0).map(|r| self.info(id.0, &r))
+        self.table
+            .peek(&id.0)
+            .filter(|r| !self.expired(r, now_ms()))
+            .map(|r| self.info(id.0, &r))
     }
 
     async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
-        self.cache
+        let now = now_ms();
+        self.table
             .iter()
-            .filter(|(_, r)| upstream.is_none_or(|u| &*r.upstream == u))
+            .filter(|(_, r)| !self.expired(r, now) && upstream.is_none_or(|u| &*r.upstream == u))
             .take(limit)
-            .map(|(k, r)| self.info(*k, &r))
+            .map(|(k, r)| self.info(k, &r))
             .collect()
     }
 
     fn counts(&self) -> HashMap<Arc<str>, u64> {
-        self.cache.run_pending_tasks();
+        self.sweep_if_due();
         self.counts.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.sweep_if_due();
+        self.table.len() as u64
     }
 }
 
@@ -546,9 +617,8 @@ mod tests {
         let id = SessionId(7);
         block(s.claim(id, up("a")));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        // Gone at once for lookups; from the counts once the cache's
-        // timer wheel (about 1 s a slot) has removed it.
-        while s.cache.contains_key(&id.0) || s.counts().contains_key("a") {
+        // Gone at once for lookups; from the counts once a sweep has run.
+        while block(s.get(id)).is_some() || s.counts().contains_key("a") {
             assert!(
                 std::time::Instant::now() < deadline,
                 "session never expired"

@@ -13,6 +13,7 @@
 
 pub mod body;
 pub mod errors;
+pub mod forwarded;
 pub mod route;
 
 use crate::affinity::keys::HeadLookup;
@@ -81,6 +82,11 @@ impl RequestCtx {
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
+
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // Pingora's default adds a response-compression module, disabled,
+        // that still runs on every request. relay-edge never compresses.
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         let now = Instant::now();
@@ -217,16 +223,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let value = match upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-                _ => ip,
-            };
-            upstream_request.insert_header("x-forwarded-for", value)?;
+            let value =
+                forwarded::append(upstream_request.headers.get(forwarded::HEADER), addr.ip());
+            upstream_request.insert_header(forwarded::NAME, value)?;
         }
         if ctx.body.is_some() {
             // The client already got its 100 Continue from us.
