@@ -363,6 +363,10 @@ async def sse_client(port, streams, events, gap_ms, hold):
     delays, failures, started = [], [0], [0]
 
     async def one(i):
+        # Spread the streams' phases over one gap, so that events arrive
+        # evenly rather than in bursts of `streams` that the client itself
+        # would take tens of milliseconds to read.
+        await asyncio.sleep(gap_ms / 1000 * i / streams)
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
             w.write((f"GET /v1/messages?sse={events}&gap_ms={gap_ms} HTTP/1.1\r\nhost: x\r\n"
