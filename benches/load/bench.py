@@ -599,16 +599,21 @@ def main():
             demo_p = procs.start("sse-backends", pin(1, [demo] + [f"127.0.0.1:{p}" for _, p in sse_relays]))
             for _, p in sse_relays:
                 wait_http(procs, demo_p, p)
-            ours = edge("relay-edge-sse", sse_relays)
-            ng = nginx("nginx-sse", sse_relays)
-            targets = [("direct", sse_relays[0][1], None), ("relay-edge", ours[1], ours[2]), ("nginx", ng[1], ng[2])]
-            runs = {t[0]: [] for t in targets}
+            # Fresh proxies every round: memory a process kept from the
+            # previous round's streams would hide what a stream costs.
+            runs = {name: [] for name in ("direct", "relay-edge", "nginx")}
             for r in range(rounds):
+                ours = edge("relay-edge-sse", sse_relays)
+                ng = nginx("nginx-sse", sse_relays)
+                targets = [("direct", sse_relays[0][1], None), ("relay-edge", ours[1], ours[2]),
+                           ("nginx", ng[1], ng[2])]
                 for name, port, p in targets:
                     print(f"bench: d round {r + 1}/{rounds}: {name}", file=sys.stderr)
                     res = sse_run(port, worker_pid(p) if p else None, sse_streams, sse_events, sse_gap)
                     check(f"d {name}", res)
                     runs[name].append(res)
+                procs.stop(ours[2])
+                procs.stop(ng[2])
             direct99 = median_of(runs["direct"], "p99_us")
             rows = [[n, f"{median_of(v, 'p50_us') / 1000:.2f}", f"{median_of(v, 'p99_us') / 1000:.2f}",
                      "—" if n == "direct" else f"{(median_of(v, 'p99_us') - direct99) / 1000:.2f}",
@@ -617,8 +622,6 @@ def main():
             report.append(f"## d: {sse_streams:,} concurrent SSE streams of {sse_events} events, {sse_gap} ms apart\n\n"
                           + fmt_table(["path", "event delay p50 ms", "p99 ms", "p99 added ms",
                                        "RSS KiB per open stream", "failed streams"], rows))
-            procs.stop(ours[2])
-            procs.stop(ng[2])
             procs.stop(demo_p)
 
         if "e" in args.scenarios:
