@@ -1,7 +1,8 @@
 //! Wires a Pingora server from a validated config: the proxy service on
 //! every listener, the admin service, the health-check service, and the
-//! signal service (SIGHUP, and leaving as soon as a drain is done). Pingora's own `ServerConf` is derived from our config, so
-//! one YAML file is all an operator writes.
+//! signal service (SIGHUP, SIGUSR2, and leaving as soon as a drain is
+//! done). Pingora's own `ServerConf` is derived from our config, so one YAML
+//! file is all an operator writes.
 
 use crate::admin::AdminService;
 use crate::affinity::redis_store::RedisStore;
@@ -130,9 +131,10 @@ impl BackgroundService for RedisSync {
 /// Signals Pingora leaves to us, and the end of a drain.
 ///
 /// - SIGHUP (whose default action would kill the process) reloads the
-///   config in-process; SIGUSR2 starts a graceful binary upgrade from
-///   inside (see [`crate::upgrade`]); so does a change of the file with `reload.watch`,
+///   config in-process; so does a change of the file with `reload.watch`,
 ///   once it has stayed unchanged for `reload.debounce`.
+/// - SIGUSR2 starts a graceful binary upgrade from inside (see
+///   [`crate::upgrade`]).
 /// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
 ///   listeners, then keeps the process for the whole `grace_period` even
 ///   when nothing is left to finish. This service exits as soon as no
