@@ -155,17 +155,7 @@ async fn sighup_is_survived_and_sigterm_lets_open_streams_finish() {
     still_serves(&mut edge).await;
 
     // An SSE stream of about 1.5 s, then SIGTERM while it runs.
-    let mut conn = Conn::open(edge.addr).await.expect("connect");
-    conn.send_raw(&raw_request(
-        "GET",
-        "/v1/messages?sse=5&gap_ms=250",
-        &[],
-        b"",
-    ))
-    .await
-    .expect("send");
-    let (stream, started) = stream_in_background(conn);
-    started.await.expect("the stream started");
+    let stream = open_stream(edge.addr, "/v1/messages?sse=5&gap_ms=250", &[]).await;
     edge.signal("TERM");
     let r = stream
         .await

@@ -430,14 +430,18 @@ impl Conn {
     }
 }
 
-/// Read a streamed response in the background; the receiver fires once its
-/// first body bytes have arrived (the stream is under way).
-pub fn stream_in_background(
-    mut conn: Conn,
-) -> (
-    tokio::task::JoinHandle<std::io::Result<Response>>,
-    tokio::sync::oneshot::Receiver<()>,
-) {
+/// Send `GET path` on a fresh connection and read the streamed response in
+/// the background; returns once its first body bytes have arrived (the
+/// stream is under way).
+pub async fn open_stream(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio::task::JoinHandle<std::io::Result<Response>> {
+    let mut conn = Conn::open(addr).await.expect("connect");
+    conn.send_raw(&raw_request("GET", path, headers, b""))
+        .await
+        .expect("send");
     let (started, on_start) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut started = Some(started);
@@ -450,7 +454,8 @@ pub fn stream_in_background(
         })
         .await
     });
-    (task, on_start)
+    on_start.await.expect("the stream started");
+    task
 }
 
 /// One request on a fresh connection.

@@ -139,17 +139,12 @@ async fn an_open_stream_to_a_removed_relay_finishes() {
         .get("/v1/x", &[("x-session-id", "streamer")])
         .await
         .upstream();
-    let mut conn = Conn::open(edge.addr).await.expect("connect");
-    conn.send_raw(&raw_request(
-        "GET",
+    let stream = open_stream(
+        edge.addr,
         "/v1/messages?sse=6&gap_ms=200",
         &[("x-session-id", "streamer")],
-        b"",
-    ))
-    .await
-    .expect("send");
-    let (stream, started) = stream_in_background(conn);
-    started.await.expect("the stream started");
+    )
+    .await;
     let keep = ups.iter().filter(|u| u.name != home).collect::<Vec<_>>();
     let remaining = upstreams_yaml([keep[0]]);
     edge.rewrite(&both, &remaining);

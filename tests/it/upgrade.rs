@@ -10,17 +10,7 @@ async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams(
     let mut new = old.start_upgrade().await;
 
     // A stream that runs across the hand-over, on the old process.
-    let mut conn = Conn::open(old.addr).await.expect("connect");
-    conn.send_raw(&raw_request(
-        "GET",
-        "/v1/messages?sse=8&gap_ms=250",
-        &[],
-        b"",
-    ))
-    .await
-    .expect("send");
-    let (stream, started) = stream_in_background(conn);
-    started.await.expect("the stream started");
+    let stream = open_stream(old.addr, "/v1/messages?sse=8&gap_ms=250", &[]).await;
     old.signal("QUIT");
 
     // New connections are served all along: first by the old process, then by the new one.
@@ -162,17 +152,7 @@ async fn sigusr2_upgrades_from_inside_and_tells_systemd_the_new_main_pid() {
     assert_eq!(named(), Some(old_pid.to_string()), "the pid file names it");
 
     // A stream that runs across the hand-over, on the old process.
-    let mut conn = Conn::open(old.addr).await.expect("connect");
-    conn.send_raw(&raw_request(
-        "GET",
-        "/v1/messages?sse=8&gap_ms=250",
-        &[],
-        b"",
-    ))
-    .await
-    .expect("send");
-    let (stream, started) = stream_in_background(conn);
-    started.await.expect("the stream started");
+    let stream = open_stream(old.addr, "/v1/messages?sse=8&gap_ms=250", &[]).await;
     old.signal("USR2");
 
     // The successor reports itself as the main process once it is ready.
