@@ -73,6 +73,14 @@ fn key_extraction(c: &mut Criterion) {
     c.bench_function("key/json_1MiB_key_at_end", |b| {
         b.iter(|| black_box(s.keys.resume_with_body(&by_body, Some(black_box(&body)), 2)))
     });
+    // The shape of a real Claude Code body: a few long strings (system
+    // prompt, tool descriptions), then the metadata.
+    let mut long = br#"{"model":"m","system":""#.to_vec();
+    long.resize(1024 * 1024, b'x');
+    long.extend_from_slice(br#"","messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"user_ab_account_x_session_9f6c1c2e-1111-4222-8333-444455556666"}}"#);
+    c.bench_function("key/json_1MiB_long_string_key_at_end", |b| {
+        b.iter(|| black_box(s.keys.resume_with_body(&by_body, Some(black_box(&long)), 2)))
+    });
 }
 
 fn table_lookup(c: &mut Criterion) {

@@ -14,6 +14,9 @@
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
+/// Strings are looked at a word at a time this far before `memchr` takes over.
+const SHORT: usize = 64;
+
 /// How deep objects and arrays may nest, as in `serde_json` (which fails
 /// the 128th level).
 const MAX_DEPTH: usize = 127;
@@ -60,6 +63,10 @@ impl<'b> Scanner<'b> {
     /// One value. `path`: `Some(rest)` while it lies on the pointer (the
     /// value is wanted when `rest` is empty), `None` to skip it.
     fn value(&mut self, path: Option<&[String]>, depth: usize) -> Step<Option<String>> {
+        if path.is_none() {
+            self.skip(depth)?;
+            return Ok(None);
+        }
         self.ws();
         let start = self.i;
         match self.peek()? {
@@ -85,11 +92,91 @@ impl<'b> Scanner<'b> {
         }
     }
 
-    fn literal(&mut self, word: &[u8], path: Option<&[String]>) -> Step<Option<String>> {
+    /// Skip one value off the pointer, checking its grammar: a loop with
+    /// the open containers as bits (1: object), not recursion.
+    fn skip(&mut self, depth: usize) -> Step<()> {
+        let (mut open, mut levels) = (0u128, depth);
+        loop {
+            // A value.
+            self.ws();
+            match self.peek()? {
+                c @ (b'{' | b'[') => {
+                    levels += 1;
+                    if levels > MAX_DEPTH {
+                        return Err(Invalid);
+                    }
+                    let object = c == b'{';
+                    open = (open << 1) | u128::from(object);
+                    self.i += 1;
+                    self.ws();
+                    match self.peek()? {
+                        b'}' if object => self.i += 1,
+                        b']' if !object => self.i += 1,
+                        _ if object => {
+                            self.key()?;
+                            continue;
+                        }
+                        _ => continue,
+                    }
+                    // Empty: closed at once.
+                    open >>= 1;
+                    levels -= 1;
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                b't' => self.word(b"true")?,
+                b'f' => self.word(b"false")?,
+                b'n' => self.word(b"null")?,
+                _ => self.number()?,
+            }
+            // After a value: close containers until one goes on.
+            loop {
+                if levels == depth {
+                    return Ok(());
+                }
+                self.ws();
+                let object = open & 1 == 1;
+                match self.peek()? {
+                    b',' => {
+                        self.i += 1;
+                        if object {
+                            self.ws();
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return Err(Invalid),
+                }
+                self.i += 1;
+                open >>= 1;
+                levels -= 1;
+            }
+        }
+    }
+
+    /// An object key and its colon.
+    fn key(&mut self) -> Step<()> {
+        if self.peek()? != b'"' {
+            return Err(Invalid);
+        }
+        self.string()?;
+        self.ws();
+        self.expect(b':')
+    }
+
+    fn word(&mut self, word: &[u8]) -> Step<()> {
         if !self.b[self.i..].starts_with(word) {
             return Err(Invalid);
         }
         self.i += word.len();
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8], path: Option<&[String]>) -> Step<Option<String>> {
+        self.word(word)?;
         Ok(match path {
             Some([]) => Some(String::from_utf8_lossy(word).into_owned()),
             _ => None,
@@ -178,10 +265,19 @@ impl<'b> Scanner<'b> {
         let mut escaped = false;
         loop {
             let rest = &self.b[self.i..];
-            let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Invalid)?;
-            if has_control(&rest[..at]) {
-                return Err(Invalid);
-            }
+            // Most strings in a body are short (keys, roles, types): eight
+            // bytes at a time beats setting up a vector search.
+            let at = match special(&rest[..rest.len().min(SHORT)]) {
+                Some(at) if rest[at] < 0x20 => return Err(Invalid),
+                Some(at) => at,
+                None => {
+                    let at = memchr::memchr2(b'"', b'\\', rest).ok_or(Invalid)?;
+                    if has_control(&rest[..at]) {
+                        return Err(Invalid);
+                    }
+                    at
+                }
+            };
             self.i += at;
             if self.b[self.i] == b'"' {
                 self.i += 1;
@@ -261,6 +357,34 @@ impl<'b> Scanner<'b> {
         }
         Ok(())
     }
+}
+
+/// The first quote, backslash or control character in `bytes`, eight bytes
+/// at a time (the classic "has zero byte" test; a false hit can only follow
+/// a true one, so the lowest hit is exact).
+fn special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    for (n, word) in words.by_ref().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let w = u64::from_le_bytes(w);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let hits = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w);
+        let hits = hits & HIGH;
+        if hits != 0 {
+            return Some(n * 8 + (hits.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = words.remainder();
+    let done = bytes.len() - tail.len();
+    tail.iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| done + p)
 }
 
 /// A raw control character, which JSON forbids inside strings. Checked in
@@ -499,6 +623,24 @@ mod tests {
                 reference(doc.as_bytes(), &path),
                 "{depth}"
             );
+        }
+    }
+
+    #[test]
+    fn special_bytes_are_found_at_every_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                for c in [b'"', b'\\', 0x01, 0x1f] {
+                    let mut bytes = vec![b'a'; len];
+                    // Bytes that are near misses of the test, before the hit.
+                    for (i, b) in bytes.iter_mut().enumerate().take(at) {
+                        *b = [0x20, 0x21, 0x5b, 0x5d, 0x80, 0xff][i % 6];
+                    }
+                    bytes[at] = c;
+                    assert_eq!(super::special(&bytes), Some(at), "{len} {at} {c}");
+                }
+            }
+            assert_eq!(super::special(&vec![b' '; len]), None);
         }
     }
 
