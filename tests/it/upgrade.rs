@@ -3,6 +3,25 @@
 use crate::common::*;
 use std::time::Duration;
 
+/// The old process completes `stream` (an SSE response), then exits 0.
+async fn finishes_its_stream_and_exits(
+    old: &mut Edge,
+    stream: tokio::task::JoinHandle<std::io::Result<Response>>,
+) {
+    let r = stream
+        .await
+        .expect("task")
+        .expect("the old process finishes its stream");
+    assert!(r.text().contains("message_stop"), "{}", r.text());
+    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
+    assert_eq!(
+        code,
+        Some(0),
+        "the old process exits once drained:\n{}",
+        old.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams() {
     let ups = upstreams(&["relay-a"]).await;
@@ -24,18 +43,7 @@ async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams(
         served += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = stream
-        .await
-        .expect("task")
-        .expect("the old process finishes its stream");
-    assert!(r.text().contains("message_stop"), "{}", r.text());
-    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
-    assert_eq!(
-        code,
-        Some(0),
-        "the old process exits once drained:\n{}",
-        old.log()
-    );
+    finishes_its_stream_and_exits(&mut old, stream).await;
     assert!(served > 0);
 
     // The new process owns the sockets now, the admin service's too.
@@ -178,18 +186,7 @@ async fn sigusr2_upgrades_from_inside_and_tells_systemd_the_new_main_pid() {
     )
     .await;
     let _successor = KillOnDrop(new_pid as i32);
-    let r = stream
-        .await
-        .expect("task")
-        .expect("the old process finishes its stream");
-    assert!(r.text().contains("message_stop"), "{}", r.text());
-    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
-    assert_eq!(
-        code,
-        Some(0),
-        "the old process exits once drained:\n{}",
-        old.log()
-    );
+    finishes_its_stream_and_exits(&mut old, stream).await;
     let r = request(old.addr, "GET", "/v1/x", &[], b"")
         .await
         .expect("served by the successor");
