@@ -7,7 +7,8 @@
 //! - `GET /health`: 200, or 503 after `set_healthy(false)`.
 //! - `/status/{code}`: answers that status.
 //! - `/hang`: reads the request and never answers.
-//! - `/close`: reads the request and closes the connection without answering.
+//! - `/close`: reads the request and closes the connection without answering
+//!   (any path, for the next requests, after `drop_next`).
 //! - `/reset`: starts an SSE stream, then drops the connection.
 //! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
 //!   style SSE stream of N deltas, M ms apart.
@@ -65,6 +66,9 @@ struct Inner {
     proxied_connections: AtomicUsize,
     requests: AtomicUsize,
     unhealthy: AtomicBool,
+    /// This many more requests (health checks excluded) are read and then
+    /// dropped with their connection, unanswered.
+    drop_next: AtomicUsize,
     recorded: Mutex<Vec<Recorded>>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -119,6 +123,14 @@ impl DemoUpstream {
     /// Requests (health checks excluded) answered or started so far.
     pub fn requests(&self) -> usize {
         self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    /// Read the next `n` requests (health checks excluded), then close their
+    /// connections without an answer: a relay dying with requests in hand,
+    /// or closing a pooled connection as it is reused, while its health
+    /// checks still pass.
+    pub fn drop_next(&self, n: usize) {
+        self.inner.drop_next.store(n, Ordering::SeqCst);
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -286,6 +298,14 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
                     body: req.body.clone(),
                 });
             }
+        }
+        let dropping = !health
+            && inner
+                .drop_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if dropping {
+            return;
         }
         let stream = reader.get_mut();
         let wants_stream =

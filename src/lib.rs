@@ -28,6 +28,7 @@ pub mod affinity;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -18,15 +18,18 @@ pub enum RepinReason {
     Draining,
     Removed,
     ConnectFailure,
+    /// The connection to the upstream failed after the request was sent.
+    ConnectionLost,
 }
 
 impl RepinReason {
-    pub const ALL: [RepinReason; 5] = [
+    pub const ALL: [RepinReason; 6] = [
         RepinReason::Unhealthy,
         RepinReason::Ejected,
         RepinReason::Draining,
         RepinReason::Removed,
         RepinReason::ConnectFailure,
+        RepinReason::ConnectionLost,
     ];
 
     pub fn label(self) -> &'static str {
@@ -36,6 +39,55 @@ impl RepinReason {
             RepinReason::Draining => "draining",
             RepinReason::Removed => "removed",
             RepinReason::ConnectFailure => "connect_failure",
+            RepinReason::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+/// Why a client got an error from the edge: the `cause` label of
+/// `relay_edge_client_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// No healthy upstream could take the request (503).
+    NoUpstream,
+    /// Every connect attempt failed (502).
+    Connect,
+    /// The upstream connection was lost before the response began (502).
+    ConnectionLost,
+    /// The upstream did not answer in time (504).
+    Timeout,
+    /// The upstream sent something that is not HTTP (502).
+    BadUpstreamResponse,
+    /// The response had begun and was cut (the client sees a short body).
+    Cut,
+    /// The request was malformed (400).
+    BadRequest,
+    /// Anything else (500).
+    Internal,
+}
+
+impl FailureCause {
+    pub const ALL: [FailureCause; 8] = [
+        FailureCause::NoUpstream,
+        FailureCause::Connect,
+        FailureCause::ConnectionLost,
+        FailureCause::Timeout,
+        FailureCause::BadUpstreamResponse,
+        FailureCause::Cut,
+        FailureCause::BadRequest,
+        FailureCause::Internal,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureCause::NoUpstream => "no_upstream",
+            FailureCause::Connect => "connect",
+            FailureCause::ConnectionLost => "connection_lost",
+            FailureCause::Timeout => "timeout",
+            FailureCause::BadUpstreamResponse => "bad_upstream_response",
+            FailureCause::Cut => "cut",
+            FailureCause::BadRequest => "bad_request",
+            FailureCause::Internal => "internal",
         }
     }
 }
@@ -71,8 +123,10 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Passive ejections of upstreams.
     pub ejections: IntCounterVec,
-    /// Requests retried on another upstream after a connect failure.
+    /// Attempts retried: on another upstream, or once on a fresh connection.
     pub retries: IntCounter,
+    /// Errors the edge gave clients, by cause.
+    pub client_failures: IntCounterVec,
     pub lookup_local_hit: IntCounter,
     pub lookup_shared_hit: IntCounter,
     pub lookup_miss: IntCounter,
@@ -188,10 +242,18 @@ impl Metrics {
             &r,
             IntCounter::new(
                 "relay_edge_retries_total",
-                "Requests retried on another upstream after a connect failure.",
+                "Attempts retried: on another upstream, or once on a fresh connection.",
             )
             .expect("static metric definition"),
         );
+        let client_failures = counter_vec(
+            "relay_edge_client_failures_total",
+            "Errors the edge gave clients, by cause.",
+            &["cause"],
+        );
+        for cause in FailureCause::ALL {
+            client_failures.with_label_values(&[cause.label()]);
+        }
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -214,6 +276,7 @@ impl Metrics {
             config_generation,
             ejections,
             retries,
+            client_failures,
             lookup_local_hit,
             lookup_shared_hit,
             lookup_miss,
@@ -224,6 +287,13 @@ impl Metrics {
     /// Count one re-pin.
     pub fn repin(&self, reason: RepinReason) {
         self.repins[reason as usize].inc();
+    }
+
+    /// Count one error given to a client.
+    pub fn client_failure(&self, cause: FailureCause) {
+        self.client_failures
+            .with_label_values(&[cause.label()])
+            .inc();
     }
 
     /// Re-pins of every reason.

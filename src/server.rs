@@ -1,8 +1,13 @@
 //! Wires a Pingora server from a validated config: the proxy service on
-//! every listener, the admin service, the health-check service, and the
-//! signal service (SIGHUP, SIGUSR2, and leaving as soon as a drain is
-//! done). Pingora's own `ServerConf` is derived from our config, so one YAML
-//! file is all an operator writes.
+//! every listener, the admin service, the health-check service, the
+//! readiness latch, and the signal service (SIGHUP, SIGUSR2, and leaving as
+//! soon as a drain is done). Pingora's own `ServerConf` is derived from our
+//! config, so one YAML file is all an operator writes.
+//!
+//! Readiness is decided here: the edge is ready once the first health-check
+//! round has finished and, with `redis`, once the shared table is connected
+//! (or `redis.connect_wait` has passed). Then `/readyz` answers 200, the pid
+//! file is written and systemd is told `READY=1`.
 
 use crate::admin::AdminService;
 use crate::affinity::redis_store::RedisStore;
@@ -11,10 +16,13 @@ use crate::proxy::EdgeProxy;
 use crate::state::Edge;
 use crate::upstream::health::HealthService;
 use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +42,9 @@ pub fn server_conf(config: &Config) -> ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
         upstream_keepalive_pool_size: s.pool_size,
-        max_retries: config.max_retries + 1,
+        // Attempts, not retries: each upstream tried may take two (a pooled
+        // connection, then a fresh one); `proxy::retry` bounds the rest.
+        max_retries: (config.max_retries + 1).saturating_mul(2),
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.as_secs()),
         pid_file: s.pid_file.clone(),
@@ -51,6 +61,13 @@ pub fn build(
     config_path: Option<std::path::PathBuf>,
     upgrade: bool,
 ) -> Result<(Server, Arc<Edge>), BuildError> {
+    if let (true, Some(redis)) = (upgrade, &config.redis) {
+        // Pingora takes the old process's sockets in `bootstrap`; meet
+        // Redis first, so the old process serves while we connect.
+        if !RedisStore::reachable_before_start(redis) {
+            log::error!("redis not reachable within redis.connect_wait: taking the sockets anyway");
+        }
+    }
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -59,10 +76,14 @@ pub fn build(
     server.bootstrap();
 
     let edge = Edge::with_path(config.clone(), config_path);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeProxy::new(edge.clone()),
-        "relay-edge proxy",
+    let mut inner = HttpProxy::new(EdgeProxy::new(edge.clone()), server.configuration.clone());
+    inner.handle_init_modules();
+    let mut proxy = Service::new(
+        "relay-edge proxy".to_string(),
+        DrainingProxy {
+            inner: Arc::new(inner),
+            edge: edge.clone(),
+        },
     );
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
@@ -93,11 +114,13 @@ pub fn build(
         HealthService { edge: edge.clone() },
     );
     let signals = background_service("relay-edge signals", SignalService { edge: edge.clone() });
+    let readiness = background_service("relay-edge readiness", Readiness { edge: edge.clone() });
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
     server.add_service(signals);
+    server.add_service(readiness);
     if let Some(redis) = &edge.redis {
         server.add_service(background_service(
             "relay-edge redis",
@@ -107,6 +130,65 @@ pub fn build(
         ));
     }
     Ok((server, edge))
+}
+
+/// The proxy as Pingora's HTTP app, with one change to its drain: Pingora
+/// closes idle keep-alive connections the moment its listeners close, which
+/// cuts clients that are about to send their next request. Here they stay
+/// open until the drain is quiet ([`crate::drain`]); meanwhile their requests
+/// are served, each answered with `Connection: close`.
+struct DrainingProxy {
+    inner: Arc<HttpProxy<EdgeProxy>>,
+    edge: Arc<Edge>,
+}
+
+#[async_trait]
+impl HttpServerApp for DrainingProxy {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    /// Called once the listeners are closed.
+    async fn http_cleanup(&self) {
+        self.edge.drain.begin();
+        let quiet = self.edge.state().config.server.drain_quiet;
+        self.edge.drain.until_quiet(quiet).await;
+        self.inner.http_cleanup().await;
+    }
+}
+
+/// Latches readiness once upstream health and the shared table are known.
+struct Readiness {
+    edge: Arc<Edge>,
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let known = async {
+            let _ = self.edge.health_known.subscribe().wait_for(|k| *k).await;
+            self.edge.store.until_settled().await;
+        };
+        tokio::select! {
+            _ = known => {}
+            _ = shutdown.changed() => return,
+        }
+        if self.edge.mark_ready() {
+            crate::supervision::announce_ready(&self.edge.state().config.server.pid_file);
+        }
+    }
 }
 
 /// When the config file was last changed, and its size: a change of either
@@ -137,9 +219,10 @@ impl BackgroundService for RedisSync {
 ///   [`crate::upgrade`]).
 /// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
 ///   listeners, then keeps the process for the whole `grace_period` even
-///   when nothing is left to finish. This service exits as soon as no
-///   request is in flight, so a drain takes as long as the longest open
-///   request or stream, and never longer than `grace_period`.
+///   when nothing is left to finish. This service exits as soon as the
+///   drain is quiet (nothing in flight in any generation, and no request
+///   started for `server.drain_quiet`), so a drain takes as long as the
+///   longest open request or stream, and never longer than `grace_period`.
 struct SignalService {
     edge: Arc<Edge>,
 }
@@ -197,23 +280,14 @@ impl BackgroundService for SignalService {
                 _ = usr2.recv() => self.upgrade().await,
             }
         }
+        self.edge.drain.begin();
         log::info!(
             "draining: waiting for {} in-flight requests",
             self.edge.in_flight()
         );
-        let mut idle_checks = 0;
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            idle_checks = if self.edge.in_flight() == 0 {
-                idle_checks + 1
-            } else {
-                0
-            };
-            // Idle twice in a row, 50 ms apart: nothing is between phases.
-            if idle_checks >= 2 {
-                log::info!("drained: no request in flight, exiting");
-                std::process::exit(0);
-            }
-        }
+        let quiet = self.edge.state().config.server.drain_quiet;
+        self.edge.drain.until_quiet(quiet).await;
+        log::info!("drained: nothing in flight for {quiet:?}, exiting");
+        std::process::exit(0);
     }
 }

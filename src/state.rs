@@ -4,18 +4,19 @@
 //! config, the upstream set and the key chain. [`Edge`] holds the current
 //! `State` behind an `ArcSwap` (so a reload can build a new one to the side
 //! and swap it in one store), plus what outlives a generation: the affinity
-//! table, the metrics and the readiness latch.
+//! table, the metrics, the in-flight count and the readiness latch.
 
 use crate::affinity::keys::KeyChain;
 use crate::affinity::redis_store::RedisStore;
 use crate::affinity::store::{LocalStore, SessionStore};
 use crate::affinity::KeyHasher;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::upstream::health::CheckConnectors;
 use crate::upstream::{Upstream, UpstreamSet};
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -83,10 +84,12 @@ pub struct Edge {
     pub(crate) checks: Arc<CheckConnectors>,
     /// The Redis-backed table, when configured (also `store`).
     pub redis: Option<Arc<RedisStore>>,
-    /// Requests reading their body before an upstream is chosen.
-    pub reading_bodies: AtomicI64,
+    /// Every request in flight in this process, across generations.
+    pub drain: Arc<Drain>,
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
+    /// The first health-check round has finished.
+    pub health_known: tokio::sync::watch::Sender<bool>,
     ready: AtomicBool,
     pub started: SystemTime,
 }
@@ -120,9 +123,10 @@ impl Edge {
             last_reload_error: arc_swap::ArcSwapOption::empty(),
             checks,
             redis,
-            reading_bodies: AtomicI64::new(0),
+            drain: Drain::new(),
             store,
             metrics,
+            health_known: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
             started: SystemTime::now(),
         });
@@ -170,7 +174,7 @@ impl Edge {
         self.current.load_full()
     }
 
-    /// Latch readiness once upstream health is known; true the first time.
+    /// Latch readiness (see `server::Readiness`); true the first time.
     pub fn mark_ready(&self) -> bool {
         !self.ready.swap(true, Ordering::Relaxed)
     }
@@ -179,16 +183,9 @@ impl Edge {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Requests in flight: to an upstream, or still reading their body.
+    /// Requests in flight in this process, on any generation.
     pub fn in_flight(&self) -> i64 {
-        let upstream: i64 = self
-            .state()
-            .upstreams
-            .all()
-            .iter()
-            .map(|u| u.inflight())
-            .sum();
-        upstream + self.reading_bodies.load(Ordering::Relaxed)
+        self.drain.in_flight()
     }
 
     /// Copy the table's per-upstream session counts into the gauges.

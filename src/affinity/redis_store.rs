@@ -204,6 +204,10 @@ pub struct RedisStore {
     conn: ArcSwapOption<Conn>,
     /// The last call succeeded. While false, request paths skip Redis.
     up: AtomicBool,
+    /// The first connection is made and subscribed, or `connect_wait` has
+    /// passed without it. Until then requests wait (see `until_settled`).
+    settled: AtomicBool,
+    settled_watch: tokio::sync::watch::Sender<bool>,
     /// Cached pins must be written back and re-read (after a reconnect or a
     /// resubscribe: Redis may have lost data, and messages may be missed).
     needs_reseed: AtomicBool,
@@ -243,6 +247,8 @@ impl RedisStore {
             table: tokio::sync::watch::Sender::new(0),
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+            settled_watch: tokio::sync::watch::Sender::new(false),
             needs_reseed: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             metrics,
@@ -410,7 +416,7 @@ impl RedisStore {
 
     /// The longer deadline of a background batch.
     fn batch_timeout(&self) -> Duration {
-        self.spec.load().timeout * 20
+        self.spec.load().timeout.saturating_mul(20)
     }
 
     async fn call_within<T>(
@@ -446,18 +452,54 @@ impl RedisStore {
         }
     }
 
+    /// The table is known (connected, or given up on): requests may place.
+    fn settle(&self, connected: bool) {
+        if self.settled.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.settled_watch.send_replace(true);
+        if connected {
+            log::info!("redis connected and subscribed: the shared table is in use");
+        } else {
+            log::error!(
+                "redis not reachable within redis.connect_wait ({:?}): serving DEGRADED, new sessions placed by consistent hashing until it is",
+                self.spec.load().connect_wait
+            );
+        }
+    }
+
     /// Connect (retrying until shutdown) and keep the store in sync: pub/sub
     /// invalidations, batched TTL renewals, and pins made during an outage.
-    /// A reload that names another table starts this over on it.
+    /// A reload that names another table starts this over on it. The first
+    /// connection is tried at once; the store is settled when it is up and
+    /// subscribed, or after `connect_wait` without it.
     pub async fn run(self: Arc<Self>, mut shutdown: pingora_core::server::ShutdownWatch) {
         let mut table = self.table.subscribe();
+        let give_up = {
+            let store = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(store.spec.load().connect_wait).await;
+                store.settle(false);
+            })
+        };
         loop {
             let generation = *table.borrow_and_update();
             let Some(conn) = self.connect_until_up(&mut shutdown).await else {
+                give_up.abort();
                 return;
             };
             self.conn.store(Some(Arc::new(conn)));
-            let subscriber = tokio::spawn(self.clone().subscribe(self.spec()));
+            let (subscribed, on_subscribed) = tokio::sync::oneshot::channel();
+            let subscriber = tokio::spawn(self.clone().subscribe(self.spec(), subscribed));
+            // Up now, not one sync tick later.
+            self.probe(generation).await;
+            if !self.settled.load(Ordering::Relaxed) && self.up.load(Ordering::Relaxed) {
+                // The timer settles the store if this never comes.
+                let wait = self.spec.load().connect_wait;
+                if let Ok(Ok(())) = tokio::time::timeout(wait, on_subscribed).await {
+                    self.settle(true);
+                }
+            }
             let shut_down = self.sync_until(&mut shutdown, &mut table, generation).await;
             subscriber.abort();
             if shut_down {
@@ -471,17 +513,48 @@ impl RedisStore {
         &self,
         shutdown: &mut pingora_core::server::ShutdownWatch,
     ) -> Option<Conn> {
+        let mut backoff = Duration::from_millis(100);
         loop {
-            match tokio::time::timeout(Duration::from_secs(2), self.connect()).await {
+            match tokio::time::timeout(Duration::from_secs(2), connect(&self.spec())).await {
                 Ok(Ok(conn)) => return Some(conn),
                 Ok(Err(e)) => log::warn!("redis unreachable ({:?} error); retrying", e.kind()),
                 Err(_) => log::warn!("redis connect timed out; retrying"),
             }
             tokio::select! {
                 _ = shutdown.changed() => return None,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(backoff) => {}
             }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// Before a graceful upgrade's new process takes the sockets (and before
+    /// Pingora's runtimes exist): wait, up to `connect_wait`, until Redis
+    /// answers a PING, so that the old process serves on meanwhile. True if
+    /// it did.
+    pub fn reachable_before_start(spec: &RedisSpec) -> bool {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return false;
+        };
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + spec.connect_wait;
+            loop {
+                let ping = async {
+                    let mut conn = connect(spec).await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                };
+                if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, ping).await {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
     }
 
     /// Keep the connected table in sync until shutdown (true) or until a
@@ -520,32 +593,6 @@ impl RedisStore {
         }
     }
 
-    async fn connect(&self) -> RedisResult<Conn> {
-        let spec = self.spec();
-        match &spec.target {
-            RedisTarget::Single(url) => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Duration::from_secs(1))
-                    .set_response_timeout(spec.timeout.max(Duration::from_millis(10)) * 4)
-                    .set_number_of_retries(2)
-                    .set_max_delay(1000);
-                let client = redis::Client::open(url.as_str())?;
-                Ok(Conn::Single(
-                    client.get_connection_manager_with_config(config).await?,
-                ))
-            }
-            RedisTarget::Cluster(urls) => {
-                let client =
-                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
-                        .connection_timeout(Duration::from_secs(1))
-                        .response_timeout(spec.timeout.max(Duration::from_millis(10)) * 4)
-                        .retries(2)
-                        .build()?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
-            }
-        }
-    }
-
     /// Is Redis back? (The connection manager reconnects by itself.) Only
     /// while the connection is to the table of `generation`.
     async fn probe(&self, generation: u64) {
@@ -554,7 +601,7 @@ impl RedisStore {
         };
         let mut conn = (*cm).clone();
         let pong: RedisResult<String> = tokio::time::timeout(
-            self.spec.load().timeout * 10,
+            self.spec.load().timeout.saturating_mul(10),
             redis::cmd("PING").query_async(&mut conn),
         )
         .await
@@ -730,8 +777,13 @@ impl RedisStore {
 
     /// Drop cached pins that another edge changed. Pub/sub messages reach
     /// every node of a cluster, so any node will do.
-    async fn subscribe(self: Arc<Self>, spec: Arc<RedisSpec>) {
+    async fn subscribe(
+        self: Arc<Self>,
+        spec: Arc<RedisSpec>,
+        subscribed: tokio::sync::oneshot::Sender<()>,
+    ) {
         let urls = spec.target.pubsub_urls();
+        let mut subscribed = Some(subscribed);
         for attempt in 0usize.. {
             let url = urls[attempt % urls.len().max(1)];
             match redis::Client::open(url) {
@@ -740,6 +792,9 @@ impl RedisStore {
                         Ok(()) => {
                             // Messages may have been missed while unsubscribed.
                             self.needs_reseed.store(true, Ordering::Relaxed);
+                            if let Some(tx) = subscribed.take() {
+                                let _ = tx.send(());
+                            }
                             let mut messages = pubsub.on_message();
                             while let Some(msg) = messages.next().await {
                                 let payload: String = msg.get_payload().unwrap_or_default();
@@ -758,6 +813,39 @@ impl RedisStore {
                 Err(e) => log::error!("redis pub/sub client ({:?} error)", e.kind()),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// A connection to the configured Single Redis or Cluster.
+async fn connect(spec: &RedisSpec) -> RedisResult<Conn> {
+    match &spec.target {
+        RedisTarget::Single(url) => {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(1))
+                .set_response_timeout(
+                    spec.timeout
+                        .max(Duration::from_millis(10))
+                        .saturating_mul(4),
+                )
+                .set_number_of_retries(2)
+                .set_max_delay(1000);
+            let client = redis::Client::open(url.as_str())?;
+            Ok(Conn::Single(
+                client.get_connection_manager_with_config(config).await?,
+            ))
+        }
+        RedisTarget::Cluster(urls) => {
+            let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(
+                    spec.timeout
+                        .max(Duration::from_millis(10))
+                        .saturating_mul(4),
+                )
+                .retries(2)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
         }
     }
 }
@@ -952,12 +1040,25 @@ impl SessionStore for RedisStore {
         !self.up.load(Ordering::Relaxed)
     }
 
+    fn settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    async fn until_settled(&self) {
+        let mut settled = self.settled_watch.subscribe();
+        let wait = self.spec.load().connect_wait;
+        // The sync service settles within `connect_wait`; the bound here
+        // holds even if it never ran.
+        let _ = tokio::time::timeout(wait, settled.wait_for(|s| *s)).await;
+    }
+
     fn describe(&self) -> serde_json::Value {
         let pending = self.pending.lock().map_or(0, |p| p.len());
         serde_json::json!({
             "configured": true,
             "mode": "redis with a local cache",
             "connected": self.up.load(Ordering::Relaxed),
+            "settled": self.settled.load(Ordering::Relaxed),
             "errors": self.metrics.redis_errors.get(),
             "pending_pins": pending,
             "local_cache_entries": self.local.len(),

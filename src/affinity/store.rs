@@ -180,6 +180,15 @@ pub trait SessionStore: Send + Sync {
         false
     }
 
+    /// The table is known: its first connection is made (or given up on
+    /// after a bounded wait). Until then nothing may be placed.
+    fn settled(&self) -> bool {
+        true
+    }
+
+    /// Wait until [`SessionStore::settled`].
+    async fn until_settled(&self) {}
+
     /// What `/api/stats` shows under `redis`.
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "configured": false, "mode": "in-process table" })

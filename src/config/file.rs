@@ -1,37 +1,183 @@
 //! The serde mirror of the YAML file: what operators write, field for field.
 //!
-//! Nothing here is validated beyond its shape; [`super::model`] turns it into
-//! the checked model. Every struct denies unknown keys so that a typo is an
-//! error, never a silently ignored setting.
+//! Nothing here is validated beyond its shape; [`super::validate`] turns it
+//! into the checked model. [`read`] takes the document apart section by
+//! section, and list by item, so that one mistake never hides another: every
+//! unknown key (collected with `serde_ignored`) and every section or item of
+//! the wrong shape (named with `serde_path_to_error`) is reported, and what
+//! could be read is still validated. Messages about the `redis`, `admin` and
+//! `affinity` sections never quote the value, which may be a secret.
 
+use super::FieldError;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole file. List items keep their index in the file, so that a
+/// later error names the item the operator wrote even when an earlier one
+/// could not be read.
+#[derive(Debug, Default)]
 pub struct FileConfig {
-    pub listen: Vec<ListenFile>,
-    pub upstreams: Vec<UpstreamFile>,
-    #[serde(default)]
+    pub listen: Vec<(usize, ListenFile)>,
+    pub upstreams: Vec<(usize, UpstreamFile)>,
     pub health_check: HealthCheckFile,
-    #[serde(default)]
     pub passive_health: PassiveHealthFile,
     pub affinity: Option<AffinityFile>,
-    #[serde(default)]
     pub timeouts: TimeoutsFile,
-    #[serde(default)]
     pub failover: FailoverFile,
     pub redis: Option<RedisFile>,
-    #[serde(default)]
     pub admin: AdminFile,
-    #[serde(default)]
     pub server: ServerFile,
-    #[serde(default)]
     pub reload: ReloadFile,
 }
 
+/// The path of an error about the document as a whole.
+pub const WHOLE_FILE: &str = "(file)";
+
+/// Read the document into its sections; every problem found goes to `errs`.
+pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
+    let mut map = match serde_yaml::from_str::<Value>(text) {
+        Ok(Value::Mapping(map)) => map,
+        Ok(Value::Null) => Mapping::new(),
+        Ok(_) => {
+            errs.push(FieldError::new(WHOLE_FILE, "must be a mapping of settings"));
+            return FileConfig::default();
+        }
+        Err(e) => {
+            // A syntax error names its line and column, not the content.
+            errs.push(FieldError::new(WHOLE_FILE, format!("not valid YAML: {e}")));
+            return FileConfig::default();
+        }
+    };
+    let mut take = |name: &str| map.remove(name);
+    let config = FileConfig {
+        listen: list(take("listen"), "listen", errs),
+        upstreams: list(take("upstreams"), "upstreams", errs),
+        health_check: section(take("health_check"), "health_check", errs).unwrap_or_default(),
+        passive_health: section(take("passive_health"), "passive_health", errs).unwrap_or_default(),
+        affinity: section(take("affinity"), "affinity", errs),
+        timeouts: section(take("timeouts"), "timeouts", errs).unwrap_or_default(),
+        failover: section(take("failover"), "failover", errs).unwrap_or_default(),
+        redis: section(take("redis"), "redis", errs),
+        admin: section(take("admin"), "admin", errs).unwrap_or_default(),
+        server: section(take("server"), "server", errs).unwrap_or_default(),
+        reload: section(take("reload"), "reload", errs).unwrap_or_default(),
+    };
+    for key in map.keys() {
+        match key.as_str() {
+            Some(k) => errs.push(FieldError::new(k, "unknown field")),
+            None => errs.push(FieldError::new(WHOLE_FILE, "setting names must be strings")),
+        }
+    }
+    config
+}
+
+/// Sections whose values may be secrets (a Redis URL, a token file, the
+/// hash secret): their messages never quote a value.
+fn may_hold_secrets(path: &str) -> bool {
+    ["redis", "admin", "affinity"]
+        .iter()
+        .any(|s| path == *s || path.starts_with(&format!("{s}.")))
+}
+
+/// One section, `None` when it is absent or could not be read.
+fn section<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<T> {
+    match value? {
+        Value::Null => None,
+        value => one(value, path, errs),
+    }
+}
+
+/// A list whose items are read one by one, each with its index.
+fn list<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) -> Vec<(usize, T)> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| Some((i, one(item, &format!("{path}[{i}]"), errs)?)))
+            .collect(),
+        Some(_) => {
+            errs.push(FieldError::new(path, "must be a list"));
+            Vec::new()
+        }
+    }
+}
+
+fn one<T: DeserializeOwned>(value: Value, path: &str, errs: &mut Vec<FieldError>) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
+    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    for key in unknown {
+        errs.push(FieldError::new(join(path, &key), "unknown field"));
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let at = join(path, &e.path().to_string());
+            let message = if may_hold_secrets(&at) {
+                redact_quoted(&e.inner().to_string())
+            } else {
+                e.inner().to_string()
+            };
+            errs.push(FieldError::new(at, message));
+            None
+        }
+    }
+}
+
+/// `parent.child`, or `parent` alone for the section's root (`.`).
+fn join(parent: &str, child: &str) -> String {
+    match child {
+        "" | "." => parent.to_string(),
+        c if parent.is_empty() => c.to_string(),
+        c if c.starts_with('[') => format!("{parent}{c}"),
+        c => format!("{parent}.{c}"),
+    }
+}
+
+/// serde_ignored's path as `keys[0].name`.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// Replace every quoted part of a serde message with `"…"`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        if i % 2 == 0 {
+            out.push_str("\"…");
+        } else {
+            out.push('"');
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReloadFile {
     #[serde(default)]
     pub watch: bool,
@@ -40,21 +186,18 @@ pub struct ReloadFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListenFile {
     pub addr: String,
     pub tls: Option<ListenTlsFile>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListenTlsFile {
     pub cert: String,
     pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub id: String,
     pub addr: String,
@@ -63,7 +206,6 @@ pub struct UpstreamFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamTlsFile {
     /// Server name to send and verify; defaults to the host part of `addr`.
     pub sni: Option<String>,
@@ -76,7 +218,6 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
     pub path: Option<String>,
     pub host: Option<String>,
@@ -89,7 +230,6 @@ pub struct HealthCheckFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PassiveHealthFile {
     pub max_failures: Option<u32>,
     #[serde(default, with = "humantime_serde")]
@@ -103,7 +243,6 @@ pub struct PassiveHealthFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AffinityFile {
     #[serde(default)]
     pub keys: Vec<KeySourceFile>,
@@ -120,7 +259,6 @@ pub struct AffinityFile {
 
 /// One key source. Exactly one of `header`, `cookie`, `query` and `json` is set.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeySourceFile {
     pub header: Option<String>,
     pub cookie: Option<String>,
@@ -137,7 +275,6 @@ pub enum BalanceFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TimeoutsFile {
     #[serde(default, with = "humantime_serde")]
     pub connect: Option<Duration>,
@@ -147,16 +284,16 @@ pub struct TimeoutsFile {
     pub write: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub pool_idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub client_idle: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FailoverFile {
     pub max_retries: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: Option<String>,
     pub cluster: Option<Vec<String>>,
@@ -170,17 +307,17 @@ pub struct RedisFile {
     pub sync_interval: Option<Duration>,
     pub batch_size: Option<usize>,
     pub buckets: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_wait: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerFile {
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
@@ -192,4 +329,6 @@ pub struct ServerFile {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub log_level: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_quiet: Option<Duration>,
 }

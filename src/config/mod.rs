@@ -23,6 +23,15 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.message)
@@ -37,8 +46,6 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Syntax(#[source] serde_yaml::Error),
     #[error("{}", join_lines(.0))]
     Invalid(Vec<FieldError>),
 }
@@ -58,7 +65,6 @@ impl ConfigError {
             ConfigError::Read { path, source } => {
                 vec![format!("{}: cannot read: {source}", path.display())]
             }
-            ConfigError::Syntax(e) => vec![e.to_string()],
             ConfigError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
         }
     }
@@ -73,8 +79,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text)
 }
 
-/// Parse and validate config text.
+/// Parse and validate config text. Every problem is reported: those of
+/// reading (unknown keys, wrong shapes) and then those of validating what
+/// could be read, unless the file is not YAML at all.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    let raw: file::FileConfig = serde_yaml::from_str(text).map_err(ConfigError::Syntax)?;
-    validate(raw).map_err(ConfigError::Invalid)
+    let mut errors = Vec::new();
+    let raw = file::read(text, &mut errors);
+    if errors.iter().any(|e| e.path == file::WHOLE_FILE) {
+        return Err(ConfigError::Invalid(errors));
+    }
+    match validate(raw) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError::Invalid(errors)),
+        Err(more) => {
+            errors.extend(more);
+            Err(ConfigError::Invalid(errors))
+        }
+    }
 }

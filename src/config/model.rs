@@ -127,6 +127,23 @@ pub struct Timeouts {
     pub read: Duration,
     pub write: Duration,
     pub pool_idle: Duration,
+    /// How long an idle keep-alive client connection is kept (whole seconds).
+    pub client_idle: Duration,
+}
+
+impl Timeouts {
+    /// The same settings for upstream connections (`client_idle` aside).
+    pub fn same_for_upstreams(&self, other: &Timeouts) -> bool {
+        let Timeouts {
+            connect,
+            read,
+            write,
+            pool_idle,
+            client_idle: _,
+        } = self;
+        (*connect, *read, *write, *pool_idle)
+            == (other.connect, other.read, other.write, other.pool_idle)
+    }
 }
 
 #[derive(Clone, PartialEq)]
@@ -139,6 +156,9 @@ pub struct RedisSpec {
     pub sync_interval: Duration,
     pub batch_size: usize,
     pub buckets: u32,
+    /// At start, how long to wait for the first connection before serving
+    /// degraded (placing sessions without the shared table).
+    pub connect_wait: Duration,
 }
 
 /// Where the shared table lives. The URLs may hold a password: never log
@@ -196,6 +216,20 @@ pub struct ServerSpec {
     pub pid_file: String,
     pub upgrade_sock: String,
     pub log_level: String,
+    /// A drain ends once nothing was in flight, and nothing started, this long.
+    pub drain_quiet: Duration,
+}
+
+/// The bounds validation enforces, where other code depends on them.
+pub struct Limits;
+
+impl Limits {
+    /// Other upstreams one request may try after the first.
+    pub const MAX_RETRIES: usize = 15;
+    /// Virtual nodes on the ring grow with weight.
+    pub const MAX_WEIGHT: u32 = 1000;
+    pub const MAX_SESSIONS: u64 = 1_000_000_000;
+    pub const MAX_BODY_BYTES: usize = 1 << 30;
 }
 
 /// Every default in one place; `conf/relay-edge.yaml` documents the same values.
@@ -222,6 +256,10 @@ impl Defaults {
     pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const POOL_IDLE: Duration = Duration::from_secs(90);
+    /// nginx's `keepalive_timeout`.
+    pub const CLIENT_IDLE: Duration = Duration::from_secs(75);
+    pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
+    pub const REDIS_CONNECT_WAIT: Duration = Duration::from_secs(5);
     pub const MAX_RETRIES: usize = 2;
     pub const ADMIN_LISTEN: &'static str = "127.0.0.1:9900";
     pub const POOL_SIZE: usize = 1024;

@@ -1,12 +1,17 @@
-//! Turns the serde mirror into the checked [`Config`], collecting every error.
+//! Turns the serde mirror into the checked [`Config`], collecting every
+//! error. Every duration and number is bounded here, so that nothing that
+//! combines them later (a timeout times a factor, a backoff doubling, a ring
+//! of virtual nodes per unit of weight) can overflow.
 
 use super::file::*;
 use super::model::*;
 use super::FieldError;
 use regex::Regex;
 use std::collections::HashSet;
+use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Collects errors, each with its path.
 #[derive(Default)]
@@ -14,11 +19,53 @@ struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.0.push(FieldError::new(path, message));
     }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `value` (or `default`) within `min..=max`, or an error at `path`.
+fn duration(
+    value: Option<Duration>,
+    default: Duration,
+    (min, max): (Duration, Duration),
+    path: &str,
+    errs: &mut Errors,
+) -> Duration {
+    let d = value.unwrap_or(default);
+    if d < min || d > max {
+        errs.push(
+            path,
+            format!(
+                "must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        );
+        return default;
+    }
+    d
+}
+
+/// `value` (or `default`) within `min..=max`, or an error at `path`.
+fn number<T: PartialOrd + Display + Copy>(
+    value: Option<T>,
+    default: T,
+    (min, max): (T, T),
+    path: &str,
+    errs: &mut Errors,
+) -> T {
+    let n = value.unwrap_or(default);
+    if n < min || n > max {
+        errs.push(path, format!("must be from {min} to {max}"));
+        return default;
+    }
+    n
 }
 
 /// Validate a parsed file into the model, or return every error found.
@@ -45,16 +92,27 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let affinity = affinity_spec(affinity.unwrap_or_default(), &mut errs);
     let timeouts = timeouts_spec(timeouts, &mut errs);
     let FailoverFile { max_retries } = failover;
-    let max_retries = max_retries.unwrap_or(Defaults::MAX_RETRIES);
-    if max_retries >= crate::upstream::select::Tried::CAPACITY {
-        errs.push(
-            "failover.max_retries",
-            format!("must be below {}", crate::upstream::select::Tried::CAPACITY),
-        );
-    }
+    let max_retries = number(
+        max_retries,
+        Defaults::MAX_RETRIES,
+        (0, Limits::MAX_RETRIES),
+        "failover.max_retries",
+        &mut errs,
+    );
     let redis = redis.map(|r| redis_spec(r, &mut errs));
     let admin = admin_spec(admin, &mut errs);
     let server = server_spec(server, &mut errs);
+    let ReloadFile { watch, debounce } = reload;
+    let reload = ReloadSpec {
+        watch,
+        debounce: duration(
+            debounce,
+            Defaults::RELOAD_DEBOUNCE,
+            (Duration::ZERO, HOUR),
+            "reload.debounce",
+            &mut errs,
+        ),
+    };
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -68,10 +126,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             redis,
             admin,
             server,
-            reload: ReloadSpec {
-                watch: reload.watch,
-                debounce: reload.debounce.unwrap_or(Defaults::RELOAD_DEBOUNCE),
-            },
+            reload,
         })
     } else {
         Err(errs.0)
@@ -95,14 +150,13 @@ fn placeholder_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
-fn listeners(listen: Vec<ListenFile>, errs: &mut Errors) -> Vec<Listener> {
+fn listeners(listen: Vec<(usize, ListenFile)>, errs: &mut Errors) -> Vec<Listener> {
     if listen.is_empty() {
         errs.push("listen", "at least one listener is required");
     }
     let mut seen = HashSet::new();
     listen
         .into_iter()
-        .enumerate()
         .map(|(i, ListenFile { addr, tls })| {
             let path = format!("listen[{i}].addr");
             let addr = socket_addr(&addr, &path, errs).unwrap_or_else(placeholder_addr);
@@ -128,14 +182,13 @@ fn listeners(listen: Vec<ListenFile>, errs: &mut Errors) -> Vec<Listener> {
         .collect()
 }
 
-fn upstream_specs(upstreams: Vec<UpstreamFile>, errs: &mut Errors) -> Vec<UpstreamSpec> {
+fn upstream_specs(upstreams: Vec<(usize, UpstreamFile)>, errs: &mut Errors) -> Vec<UpstreamSpec> {
     if upstreams.is_empty() {
         errs.push("upstreams", "at least one upstream is required");
     }
     let mut ids = HashSet::new();
     upstreams
         .into_iter()
-        .enumerate()
         .map(
             |(
                 i,
@@ -157,10 +210,13 @@ fn upstream_specs(upstreams: Vec<UpstreamFile>, errs: &mut Errors) -> Vec<Upstre
                 } else if !ids.insert(id.clone()) {
                     errs.push(format!("upstreams[{i}].id"), format!("duplicate id {id:?}"));
                 }
-                let weight = weight.unwrap_or(Defaults::WEIGHT);
-                if weight == 0 {
-                    errs.push(format!("upstreams[{i}].weight"), "must be at least 1");
-                }
+                let weight = number(
+                    weight,
+                    Defaults::WEIGHT,
+                    (1, Limits::MAX_WEIGHT),
+                    &format!("upstreams[{i}].weight"),
+                    errs,
+                );
                 let host = addr
                     .rsplit_once(':')
                     .map_or(addr.as_str(), |(h, _)| h)
@@ -182,13 +238,6 @@ fn upstream_specs(upstreams: Vec<UpstreamFile>, errs: &mut Errors) -> Vec<Upstre
         .collect()
 }
 
-fn at_least_one<T: PartialOrd + From<u8>>(value: T, path: &str, errs: &mut Errors) -> T {
-    if value < T::from(1) {
-        errs.push(path, "must be at least 1");
-    }
-    value
-}
-
 fn health(h: HealthCheckFile, errs: &mut Errors) -> HealthSpec {
     let HealthCheckFile {
         path,
@@ -203,26 +252,36 @@ fn health(h: HealthCheckFile, errs: &mut Errors) -> HealthSpec {
             errs.push("health_check.path", "must start with '/'");
         }
     }
-    let interval = interval.unwrap_or(Defaults::HEALTH_INTERVAL);
-    if interval.is_zero() {
-        errs.push("health_check.interval", "must be above zero");
-    }
-    let timeout = timeout.unwrap_or(Defaults::HEALTH_TIMEOUT.min(interval));
-    if timeout.is_zero() {
-        errs.push("health_check.timeout", "must be above zero");
-    }
+    let interval = duration(
+        interval,
+        Defaults::HEALTH_INTERVAL,
+        (10 * MS, HOUR),
+        "health_check.interval",
+        errs,
+    );
+    let timeout = duration(
+        timeout,
+        Defaults::HEALTH_TIMEOUT.min(interval),
+        (MS, MINUTE),
+        "health_check.timeout",
+        errs,
+    );
     HealthSpec {
         path,
         host,
         interval,
         timeout,
-        healthy_after: at_least_one(
-            healthy_after.unwrap_or(Defaults::HEALTHY_AFTER),
+        healthy_after: number(
+            healthy_after,
+            Defaults::HEALTHY_AFTER,
+            (1, 1000),
             "health_check.healthy_after",
             errs,
         ),
-        unhealthy_after: at_least_one(
-            unhealthy_after.unwrap_or(Defaults::UNHEALTHY_AFTER),
+        unhealthy_after: number(
+            unhealthy_after,
+            Defaults::UNHEALTHY_AFTER,
+            (1, 1000),
             "health_check.unhealthy_after",
             errs,
         ),
@@ -247,30 +306,51 @@ fn passive(p: PassiveHealthFile, errs: &mut Errors) -> PassiveSpec {
             );
         }
     }
-    let recovery_time = recovery_time.unwrap_or(Defaults::RECOVERY_TIME);
-    let max_recovery_time =
-        max_recovery_time.unwrap_or(Defaults::MAX_RECOVERY_TIME.max(recovery_time));
+    let recovery_time = duration(
+        recovery_time,
+        Defaults::RECOVERY_TIME,
+        (MS, DAY),
+        "passive_health.recovery_time",
+        errs,
+    );
+    let max_recovery_time = duration(
+        max_recovery_time,
+        Defaults::MAX_RECOVERY_TIME.max(recovery_time),
+        (MS, 7 * DAY),
+        "passive_health.max_recovery_time",
+        errs,
+    );
     if max_recovery_time < recovery_time {
         errs.push(
             "passive_health.max_recovery_time",
             "must not be below recovery_time",
         );
     }
-    let max_ejected_percent = max_ejected_percent.unwrap_or(Defaults::MAX_EJECTED_PERCENT);
-    if max_ejected_percent > 100 {
-        errs.push("passive_health.max_ejected_percent", "must be 0 to 100");
-    }
     PassiveSpec {
-        max_failures: at_least_one(
-            max_failures.unwrap_or(Defaults::MAX_FAILURES),
+        max_failures: number(
+            max_failures,
+            Defaults::MAX_FAILURES,
+            (1, 1_000_000),
             "passive_health.max_failures",
             errs,
         ),
-        failure_window: failure_window.unwrap_or(Defaults::FAILURE_WINDOW),
+        failure_window: duration(
+            failure_window,
+            Defaults::FAILURE_WINDOW,
+            (MS, DAY),
+            "passive_health.failure_window",
+            errs,
+        ),
         failure_codes,
         recovery_time,
         max_recovery_time,
-        max_ejected_percent,
+        max_ejected_percent: number(
+            max_ejected_percent,
+            Defaults::MAX_EJECTED_PERCENT,
+            (0, 100),
+            "passive_health.max_ejected_percent",
+            errs,
+        ),
     }
 }
 
@@ -303,13 +383,9 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
             specs.push(spec);
         }
     }
-    let ttl = ttl.unwrap_or(Defaults::TTL);
-    if ttl.is_zero() {
-        errs.push("affinity.ttl", "must be above zero");
-    }
     let load_factor = load_factor.unwrap_or(Defaults::LOAD_FACTOR);
-    if !(load_factor >= 1.0 && load_factor.is_finite()) {
-        errs.push("affinity.load_factor", "must be a number of at least 1.0");
+    if !((1.0..=100.0).contains(&load_factor)) {
+        errs.push("affinity.load_factor", "must be a number from 1.0 to 100");
     }
     let hash_secret = hash_secret.unwrap_or_else(|| Defaults::HASH_SECRET.to_string());
     if hash_secret.is_empty() {
@@ -317,13 +393,27 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
     }
     AffinitySpec {
         keys: specs,
-        ttl,
-        max_sessions: at_least_one(
-            max_sessions.unwrap_or(Defaults::MAX_SESSIONS),
+        ttl: duration(
+            ttl,
+            Defaults::TTL,
+            (SECOND, 365 * DAY),
+            "affinity.ttl",
+            errs,
+        ),
+        max_sessions: number(
+            max_sessions,
+            Defaults::MAX_SESSIONS,
+            (1, Limits::MAX_SESSIONS),
             "affinity.max_sessions",
             errs,
         ),
-        max_body_bytes: max_body_bytes.unwrap_or(Defaults::MAX_BODY_BYTES),
+        max_body_bytes: number(
+            max_body_bytes,
+            Defaults::MAX_BODY_BYTES,
+            (0, Limits::MAX_BODY_BYTES),
+            "affinity.max_body_bytes",
+            errs,
+        ),
         balance: match balance {
             None | Some(BalanceFile::LeastLoaded) => Balance::LeastLoaded,
             Some(BalanceFile::Consistent) => Balance::Consistent,
@@ -416,6 +506,7 @@ fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
         sync_interval,
         batch_size,
         buckets,
+        connect_wait,
     } = r;
     let target = match (url, cluster) {
         (Some(url), None) => {
@@ -436,29 +527,59 @@ fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
             RedisTarget::Cluster(Vec::new())
         }
     };
-    let spec = RedisSpec {
+    RedisSpec {
         target,
         prefix: prefix.unwrap_or_else(|| Defaults::REDIS_PREFIX.to_string()),
-        timeout: timeout.unwrap_or(Defaults::REDIS_TIMEOUT),
-        local_ttl: local_ttl.unwrap_or(Defaults::REDIS_LOCAL_TTL),
-        local_cache_size: local_cache_size.unwrap_or(Defaults::REDIS_LOCAL_CACHE_SIZE),
-        sync_interval: sync_interval.unwrap_or(Defaults::REDIS_SYNC_INTERVAL),
-        batch_size: batch_size.unwrap_or(Defaults::REDIS_BATCH_SIZE),
-        buckets: buckets.unwrap_or(Defaults::REDIS_BUCKETS),
-    };
-    at_least_one(u64::from(spec.buckets), "redis.buckets", errs);
-    for (name, d) in [
-        ("timeout", spec.timeout),
-        ("local_ttl", spec.local_ttl),
-        ("sync_interval", spec.sync_interval),
-    ] {
-        if d.is_zero() {
-            errs.push(format!("redis.{name}"), "must be above zero");
-        }
+        timeout: duration(
+            timeout,
+            Defaults::REDIS_TIMEOUT,
+            (MS, MINUTE),
+            "redis.timeout",
+            errs,
+        ),
+        local_ttl: duration(
+            local_ttl,
+            Defaults::REDIS_LOCAL_TTL,
+            (MS, DAY),
+            "redis.local_ttl",
+            errs,
+        ),
+        local_cache_size: number(
+            local_cache_size,
+            Defaults::REDIS_LOCAL_CACHE_SIZE,
+            (1, Limits::MAX_SESSIONS),
+            "redis.local_cache_size",
+            errs,
+        ),
+        sync_interval: duration(
+            sync_interval,
+            Defaults::REDIS_SYNC_INTERVAL,
+            (10 * MS, HOUR),
+            "redis.sync_interval",
+            errs,
+        ),
+        batch_size: number(
+            batch_size,
+            Defaults::REDIS_BATCH_SIZE,
+            (1, 100_000),
+            "redis.batch_size",
+            errs,
+        ),
+        buckets: number(
+            buckets,
+            Defaults::REDIS_BUCKETS,
+            (1, 1 << 20),
+            "redis.buckets",
+            errs,
+        ),
+        connect_wait: duration(
+            connect_wait,
+            Defaults::REDIS_CONNECT_WAIT,
+            (Duration::ZERO, 10 * MINUTE),
+            "redis.connect_wait",
+            errs,
+        ),
     }
-    at_least_one(spec.local_cache_size, "redis.local_cache_size", errs);
-    at_least_one(spec.batch_size as u64, "redis.batch_size", errs);
-    spec
 }
 
 fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
@@ -467,24 +588,49 @@ fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
         read,
         write,
         pool_idle,
+        client_idle,
     } = t;
-    let t = Timeouts {
-        connect: connect.unwrap_or(Defaults::CONNECT_TIMEOUT),
-        read: read.unwrap_or(Defaults::READ_TIMEOUT),
-        write: write.unwrap_or(Defaults::WRITE_TIMEOUT),
-        pool_idle: pool_idle.unwrap_or(Defaults::POOL_IDLE),
-    };
-    for (name, d) in [
-        ("connect", t.connect),
-        ("read", t.read),
-        ("write", t.write),
-        ("pool_idle", t.pool_idle),
-    ] {
-        if d.is_zero() {
-            errs.push(format!("timeouts.{name}"), "must be above zero");
-        }
+    let client_idle = duration(
+        client_idle,
+        Defaults::CLIENT_IDLE,
+        (SECOND, DAY),
+        "timeouts.client_idle",
+        errs,
+    );
+    if client_idle.subsec_nanos() != 0 {
+        errs.push("timeouts.client_idle", "must be whole seconds");
     }
-    t
+    Timeouts {
+        connect: duration(
+            connect,
+            Defaults::CONNECT_TIMEOUT,
+            (MS, 10 * MINUTE),
+            "timeouts.connect",
+            errs,
+        ),
+        read: duration(
+            read,
+            Defaults::READ_TIMEOUT,
+            (MS, DAY),
+            "timeouts.read",
+            errs,
+        ),
+        write: duration(
+            write,
+            Defaults::WRITE_TIMEOUT,
+            (MS, DAY),
+            "timeouts.write",
+            errs,
+        ),
+        pool_idle: duration(
+            pool_idle,
+            Defaults::POOL_IDLE,
+            (MS, DAY),
+            "timeouts.pool_idle",
+            errs,
+        ),
+        client_idle,
+    }
 }
 
 fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
@@ -521,6 +667,7 @@ fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
         pid_file,
         upgrade_sock,
         log_level,
+        drain_quiet,
     } = s;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let log_level = log_level.unwrap_or_else(|| Defaults::LOG_LEVEL.to_string());
@@ -531,14 +678,39 @@ fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
         );
     }
     ServerSpec {
-        threads: at_least_one(threads.unwrap_or(cores), "server.threads", errs),
+        threads: number(threads, cores, (1, 1024), "server.threads", errs),
         work_stealing: work_stealing.unwrap_or(false),
-        pool_size: pool_size.unwrap_or(Defaults::POOL_SIZE),
-        grace_period: grace_period.unwrap_or(Defaults::GRACE_PERIOD),
-        shutdown_timeout: shutdown_timeout.unwrap_or(Defaults::SHUTDOWN_TIMEOUT),
+        pool_size: number(
+            pool_size,
+            Defaults::POOL_SIZE,
+            (0, 1_000_000),
+            "server.pool_size",
+            errs,
+        ),
+        grace_period: duration(
+            grace_period,
+            Defaults::GRACE_PERIOD,
+            (Duration::ZERO, 7 * DAY),
+            "server.grace_period",
+            errs,
+        ),
+        shutdown_timeout: duration(
+            shutdown_timeout,
+            Defaults::SHUTDOWN_TIMEOUT,
+            (Duration::ZERO, HOUR),
+            "server.shutdown_timeout",
+            errs,
+        ),
         pid_file: pid_file.unwrap_or_else(|| Defaults::PID_FILE.to_string()),
         upgrade_sock: upgrade_sock.unwrap_or_else(|| Defaults::UPGRADE_SOCK.to_string()),
         log_level,
+        drain_quiet: duration(
+            drain_quiet,
+            Defaults::DRAIN_QUIET,
+            (Duration::ZERO, HOUR),
+            "server.drain_quiet",
+            errs,
+        ),
     }
 }
 
@@ -600,6 +772,95 @@ mod tests {
     }
 
     #[test]
+    fn every_mistake_is_reported_each_with_its_path() {
+        let text = "listen: [{addr: 127.0.0.1:8080}]\n\
+            upstreams: [{id: a, addr: 127.0.0.1:1}, {id: b, addr: nowhere}, {id: c, adr: 127.0.0.1:3}]\n\
+            colour: blue\n\
+            health_check: {interval: soon}\n\
+            timeouts: {connect: 1000d}\n\
+            redis: {url: 'redis://h:1', bukets: 3}\n\
+            server: {threads: 0}\n";
+        let got = errors(text);
+        for want in [
+            "upstreams[1].addr: invalid socket address",
+            "upstreams[2].adr: unknown field",
+            "upstreams[2]: missing field `addr`",
+            "colour: unknown field",
+            "health_check.interval:",
+            "timeouts.connect: must be from 1ms to 10m",
+            "redis.bukets: unknown field",
+            "server.threads: must be from 1 to 1024",
+        ] {
+            assert!(
+                got.iter().any(|l| l.starts_with(want)),
+                "want {want:?} in {got:?}"
+            );
+        }
+        assert_eq!(got.len(), 8, "{got:?}");
+    }
+
+    #[test]
+    fn durations_and_numbers_are_bounded() {
+        let cases = [
+            (
+                "timeouts: {read: 400000000000s}",
+                "timeouts.read: must be from",
+            ),
+            (
+                "redis: {url: 'redis://h:1', timeout: 1000000h}",
+                "redis.timeout",
+            ),
+            (
+                "passive_health: {max_recovery_time: 100000000d}",
+                "passive_health.max_recovery_time",
+            ),
+            (
+                "upstreams: [{id: a, addr: 127.0.0.1:1, weight: 4000000000}]",
+                "upstreams[0].weight",
+            ),
+            ("redis: {url: 'redis://h:1', buckets: 0}", "redis.buckets"),
+            (
+                "failover: {max_retries: 99}",
+                "failover.max_retries: must be from 0 to 15",
+            ),
+            ("affinity: {ttl: 0s}", "affinity.ttl"),
+            (
+                "timeouts: {client_idle: 1500ms}",
+                "timeouts.client_idle: must be whole seconds",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let text = if yaml.starts_with("upstreams") {
+                format!("listen: [{{addr: 127.0.0.1:8080}}]\n{yaml}\n")
+            } else {
+                format!("{BASE}{yaml}\n")
+            };
+            let got = errors(&text);
+            assert!(
+                got.iter().any(|l| l.starts_with(want)),
+                "want {want:?} in {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_message_quotes_a_secret() {
+        let secret = "hunter2-secret";
+        for yaml in [
+            format!("redis: {{url: ['redis://:{secret}@h:1']}}"),
+            format!("redis: {{url: 'redis://:{secret}@h:1', timeout: 'redis://:{secret}@h'}}"),
+            format!("redis: {{url: 'redis://:{secret}@h:1', buckets: '{secret}'}}"),
+            format!("redis: {{cluster: 'redis://:{secret}@h:1'}}"),
+            format!("affinity: {{hash_secret: [{secret}]}}"),
+            format!("admin: {{token_file: [{secret}]}}"),
+        ] {
+            let got = errors(&format!("{BASE}{yaml}\n"));
+            assert!(!got.is_empty(), "{yaml} is invalid");
+            assert!(got.iter().all(|l| !l.contains(secret)), "{got:?}");
+        }
+    }
+
+    #[test]
     fn redis_needs_one_target_and_valid_urls() {
         let cases = [
             (
@@ -620,7 +881,7 @@ mod tests {
             ),
             (
                 "redis: {url: 'redis://h:1', timeout: 0s}",
-                "redis.timeout: must be above zero",
+                "redis.timeout: must be from 1ms to 1m",
             ),
         ];
         for (yaml, want) in cases {

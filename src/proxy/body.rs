@@ -22,6 +22,15 @@ const RETRY_BUFFER: usize = 64 * 1024;
 /// Above this header size, Pingora's header read may already hold the whole body.
 const MAX_HEADER_FOR_EARLY_READ: usize = 16 * 1024;
 
+/// The request carries a body (a non-zero length, or chunked).
+pub fn has_body(req: &pingora_http::RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// Read the whole body if it can be replayed; `None` if it is not read.
 pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
     let req = session.req_header();

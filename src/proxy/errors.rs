@@ -1,6 +1,7 @@
 //! The answer a client gets when no upstream could: a status and a short
 //! JSON body in the Anthropic error shape, so SDKs parse and retry it.
 
+use crate::metrics::FailureCause;
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
@@ -25,6 +26,30 @@ pub fn status_for(e: &Error) -> u16 {
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
     }
+}
+
+/// Why the client gets `e`, or `None` when it is gone and sees nothing.
+/// `mid_response`: the response head had already been sent.
+pub fn cause(e: &Error, mid_response: bool) -> Option<FailureCause> {
+    use ErrorType::*;
+    let cause = match (e.esource(), e.etype()) {
+        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => return None,
+        (_, HTTPStatus(503)) => FailureCause::NoUpstream,
+        (ErrorSource::Upstream, _) if mid_response => FailureCause::Cut,
+        (ErrorSource::Downstream, _) => FailureCause::BadRequest,
+        (
+            ErrorSource::Upstream,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+            | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | SocketError | BindError,
+        ) => FailureCause::Connect,
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => FailureCause::Timeout,
+        (ErrorSource::Upstream, ConnectionClosed | ReadError | WriteError) => {
+            FailureCause::ConnectionLost
+        }
+        (ErrorSource::Upstream, _) => FailureCause::BadUpstreamResponse,
+        _ => FailureCause::Internal,
+    };
+    Some(cause)
 }
 
 pub fn body_for(code: u16) -> String {

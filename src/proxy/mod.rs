@@ -4,22 +4,31 @@
 //! - `request_filter`: find the session key ([`crate::affinity::keys`]),
 //!   reading the body early only when a JSON source needs it ([`body`]).
 //! - `upstream_peer`: choose the upstream ([`route`]) and clone its peer.
-//! - `fail_to_connect`: passive failure, then retry elsewhere if allowed.
+//! - `fail_to_connect`, `error_while_proxy`: passive failure, then a retry
+//!   as [`retry`] decides.
 //! - `upstream_request_filter`: `X-Forwarded-For`.
 //! - `request_body_filter`: put back a body that was read early.
-//! - `upstream_response_filter`: failure-coded answers count as failures.
+//! - `upstream_response_filter`: failure-coded answers count as failures;
+//!   a draining process closes the connection after the response.
 //! - `logging`: counters and metrics, once per request.
-//! - `fail_to_proxy`: a short JSON error when nothing could answer.
+//! - `fail_to_proxy`: a short JSON error when nothing could answer, and the
+//!   failure counted by cause.
+//!
+//! Every request holds an [`InFlight`] guard from its context's creation to
+//! its end, so a drain waits for it whatever generation it runs on.
 
 pub mod body;
 pub mod errors;
 pub mod forwarded;
+pub mod retry;
 pub mod route;
 
 use crate::affinity::keys::HeadLookup;
 use crate::affinity::store::SessionRecord;
 use crate::affinity::SessionId;
 use crate::clock;
+use crate::drain::InFlight;
+use crate::metrics::RepinReason;
 use crate::state::{Edge, State};
 use crate::upstream::select::Tried;
 use async_trait::async_trait;
@@ -28,7 +37,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,21 +49,27 @@ impl EdgeProxy {
     pub fn new(edge: Arc<Edge>) -> Self {
         EdgeProxy { edge }
     }
-}
 
-/// Counts itself in a gauge for as long as it lives.
-struct InFlight<'a>(&'a AtomicI64);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a AtomicI64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        InFlight(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    /// The attempt's upstream failed and the request leaves it: count the
+    /// failure, and say whether another upstream may be tried.
+    fn leave_upstream(&self, ctx: &mut RequestCtx, because: RepinReason) -> bool {
+        let Some(state) = ctx.state.clone() else {
+            return false;
+        };
+        if let Some(i) = ctx.upstream.take() {
+            if let Some(u) = state.upstreams.get(i) {
+                u.end_request();
+                u.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            state.upstreams.record_failure(i);
+        }
+        ctx.left_because = Some(because);
+        let may_retry = ctx.tried.len() <= state.config.max_retries
+            && ctx.tried.len() < state.upstreams.all().len();
+        if may_retry {
+            self.edge.metrics.retries.inc();
+        }
+        may_retry
     }
 }
 
@@ -71,6 +86,11 @@ pub struct RequestCtx {
     started: Instant,
     connect_started: Instant,
     failed_upstream: bool,
+    /// Why the last attempt's upstream was left (the re-pin reason).
+    left_because: Option<RepinReason>,
+    /// The one retry on a fresh connection after a pooled one failed was used.
+    fresh_retried: bool,
+    _in_flight: InFlight,
 }
 
 impl RequestCtx {
@@ -100,16 +120,24 @@ impl ProxyHttp for EdgeProxy {
             started: now,
             connect_started: now,
             failed_upstream: false,
+            left_because: None,
+            fresh_retried: false,
+            _in_flight: self.edge.drain.enter(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let state = ctx.state(&self.edge).clone();
+        // Pingora keeps a keep-alive connection forever after its first
+        // request (cloudflare/pingora#447): bound the wait for the next one,
+        // and end the connection after this response once draining.
+        let keepalive = (!self.edge.drain.is_draining())
+            .then(|| state.config.timeouts.client_idle.as_secs().max(1));
+        session.set_keepalive(keepalive);
         ctx.session = match state.keys.from_head(session.req_header()) {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
-                let _reading = InFlight::enter(&self.edge.reading_bodies);
                 ctx.body = body::read_whole(session, state.config.affinity.max_body_bytes).await?;
                 state
                     .keys
@@ -181,22 +209,39 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(state) = ctx.state.clone() else {
-            return e;
-        };
-        if let Some(i) = ctx.upstream.take() {
-            if let Some(u) = state.upstreams.get(i) {
-                u.end_request();
-                u.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            state.upstreams.record_failure(i);
-        }
-        let may_retry = ctx.tried.len() <= state.config.max_retries
-            && ctx.tried.len() < state.upstreams.all().len();
+        let may_retry = self.leave_upstream(ctx, RepinReason::ConnectFailure);
         e.set_retry(may_retry);
-        if may_retry {
-            self.edge.metrics.retries.inc();
-        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let req = session.req_header();
+        let attempt = retry::Attempt {
+            responded: session.response_written().is_some(),
+            replayable: ctx.body.is_some() || !body::has_body(req),
+            idempotent: req.method.is_idempotent(),
+            reused: client_reused,
+            fresh_retried: ctx.fresh_retried,
+        };
+        let again = match retry::after_send(&e, attempt) {
+            retry::AfterSend::Fail => false,
+            retry::AfterSend::SameUpstreamFresh => {
+                ctx.fresh_retried = true;
+                ctx.left_because = Some(RepinReason::ConnectionLost);
+                self.edge.metrics.retries.inc();
+                true
+            }
+            retry::AfterSend::Elsewhere => self.leave_upstream(ctx, RepinReason::ConnectionLost),
+        };
+        e.set_retry(again);
         e
     }
 
@@ -236,13 +281,17 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) else {
             return Ok(());
         };
+        if self.edge.drain.is_draining() {
+            // Heads written after the drain began close their connection too.
+            session.set_keepalive(None);
+        }
         let code = upstream_response.status.as_u16();
         if state.upstreams.passive().failure_codes.contains(&code) {
             ctx.failed_upstream = true;
@@ -266,6 +315,10 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let mid_response = session.response_written().is_some();
+        if let Some(cause) = errors::cause(e, mid_response) {
+            self.edge.metrics.client_failure(cause);
+        }
         errors::respond(session, e).await
     }
 

@@ -1,6 +1,9 @@
 //! Choosing the upstream of one attempt: the pin if it can serve, otherwise
 //! a new placement that becomes the pin.
 //!
+//! A session's request waits while the shared table is still being
+//! connected at start-up (bounded by `redis.connect_wait`).
+//!
 //! First attempt: look the session up (local cache first, no I/O on a hit).
 //! A usable pin is followed. A pin on an unhealthy, ejected, draining or
 //! removed upstream is moved (compare-and-set on the old pin). A session
@@ -50,11 +53,16 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
     let Some(id) = ctx.session else {
         return place(edge, state, None, ctx, now).ok_or_else(no_upstream);
     };
+    if !edge.store.settled() {
+        // Just started: the shared table is being connected. A short wait
+        // costs less than a session placed without it (a lost prompt cache).
+        edge.store.until_settled().await;
+    }
 
     let (from, reason) = if let Some(last) = ctx.tried.last() {
         (
             ups.get(last).map(|u| u.id.clone()),
-            RepinReason::ConnectFailure,
+            ctx.left_because.unwrap_or(RepinReason::ConnectFailure),
         )
     } else {
         let found = match edge.store.lookup_local(id) {

@@ -6,7 +6,8 @@
 //! Pingora's `HealthCheck` and share one set of connectors.
 //! `healthy_after` consecutive successes make an upstream healthy,
 //! `unhealthy_after` consecutive failures unhealthy. New upstreams start
-//! healthy; the edge is ready once the first round has finished.
+//! healthy; `Edge::health_known` turns true once the first round has
+//! finished (readiness itself is the server's).
 
 use crate::config::{HealthSpec, UpstreamSpec};
 use crate::state::Edge;
@@ -210,9 +211,9 @@ impl HealthService {
         while tasks.join_next().await.is_some() {}
         state.upstreams.refresh_gauges();
         self.edge.refresh_session_gauges();
-        if self.edge.mark_ready() {
-            crate::supervision::announce_ready(&state.config.server.pid_file);
-        }
+        self.edge
+            .health_known
+            .send_if_modified(|known| !std::mem::replace(known, true));
     }
 }
 

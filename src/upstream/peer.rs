@@ -15,7 +15,7 @@ pub fn build_peer(spec: &UpstreamSpec, timeouts: &Timeouts) -> HttpPeer {
     let mut peer = HttpPeer::new(spec.addr, tls, sni);
     let o = &mut peer.options;
     o.connection_timeout = Some(timeouts.connect);
-    o.total_connection_timeout = Some(timeouts.connect * 2);
+    o.total_connection_timeout = Some(timeouts.connect.saturating_mul(2));
     o.read_timeout = Some(timeouts.read);
     o.write_timeout = Some(timeouts.write);
     o.idle_timeout = Some(timeouts.pool_idle);

@@ -24,8 +24,8 @@ pub struct Tried {
 }
 
 impl Tried {
-    /// Most upstreams one request may try (the config caps `max_retries` below this).
-    pub const CAPACITY: usize = 16;
+    /// Most upstreams one request may try: the first and its retries.
+    pub const CAPACITY: usize = crate::config::Limits::MAX_RETRIES + 1;
 
     pub fn add(&mut self, index: usize) {
         if self.len < Self::CAPACITY && !self.contains(index) {

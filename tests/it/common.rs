@@ -258,6 +258,14 @@ impl Edge {
         )
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        request(self.admin, "GET", "/metrics", &[], b"")
+            .await
+            .expect("admin answers")
+            .text()
+    }
+
     /// The admin view of one upstream.
     pub async fn upstream(&self, id: &str) -> serde_json::Value {
         let (_, list) = self.admin_json("GET", "/api/upstreams", b"").await;

@@ -342,25 +342,90 @@ async fn a_failure_on_a_pooled_connection_does_not_move_the_session() {
     } else {
         (&ups[1], &ups[0])
     };
-    let before = home_up.requests();
-    // The relay closes the pooled connection mid-request: an idempotent GET
-    // is retried on the same relay, and the session stays put.
-    let r = edge.get("/close", &[("x-session-id", "steady")]).await;
-    assert_eq!(r.status, 502, "{}", r.text());
-    assert!(home_up.requests() - before >= 1);
+    let connections = home_up.connections();
+    // The relay closes the pooled connection as it is reused: the request
+    // is sent again on a fresh connection to the same relay, and the
+    // session stays put.
+    home_up.drop_next(1);
+    let r = edge.get("/v1/x", &[("x-session-id", "steady")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream(), home);
+    assert_eq!(
+        home_up.connections(),
+        connections + 1,
+        "one fresh connection"
+    );
     assert_eq!(
         other_up.requests(),
         0,
         "the other relay must not see the session"
     );
+    // A relay that drops the request on the fresh connection too is dying:
+    // an idempotent request goes on to the other relay, and the session
+    // moves with it.
+    home_up.drop_next(2);
+    let r = edge.get("/v1/x", &[("x-session-id", "steady")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.upstream(), home, "served by the other relay");
     assert_eq!(
         edge.get("/v1/x", &[("x-session-id", "steady")])
             .await
             .upstream(),
-        home
+        r.upstream(),
+        "and pinned there"
+    );
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("relay_edge_affinity_repins_total{reason=\"connection_lost\"} 1"),
+        "{metrics}"
     );
     eventually(Duration::from_secs(5), "in-flight back to zero", || async {
         edge.upstream(&home).await["inflight"] == 0
+            && edge.upstream(&r.upstream()).await["inflight"] == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_its_relay_took_and_lost_gets_a_502_and_is_not_run_twice() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
+    let home = edge
+        .get("/v1/x", &[("x-session-id", "billed")])
+        .await
+        .upstream();
+    let (home_up, other_up) = if home == "relay-a" {
+        (&ups[0], &ups[1])
+    } else {
+        (&ups[1], &ups[0])
+    };
+    // The relay reads the POST on its pooled connection, then on a fresh
+    // one, and drops both: it may have run it, so it is not sent elsewhere.
+    home_up.drop_next(2);
+    let r = edge
+        .post(
+            "/v1/messages",
+            &[("x-session-id", "billed")],
+            b"{\"model\":\"m\"}",
+        )
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let error: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "api_error");
+    assert_eq!(other_up.requests(), 0, "never sent to another relay");
+    let posts = home_up
+        .recorded()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(
+        posts, 1,
+        "a POST that reached the relay whole is not sent again"
+    );
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("relay_edge_client_failures_total{cause=\"connection_lost\"} 1"),
+        "{metrics}"
+    );
 }
