@@ -105,6 +105,41 @@ impl Edge {
         grace_period: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Edge {
+        let edge = Edge::spawn(body, threads, tls, grace_period, env);
+        edge.wait_ready(Duration::from_secs(20)).await;
+        edge
+    }
+
+    /// Start relay-edge (one thread) without waiting for it to be ready.
+    pub fn spawn_unready(body: &str) -> Edge {
+        Edge::spawn(body, 1, None, "0s", &[])
+    }
+
+    /// Wait until `/readyz` answers 200 and the proxy port accepts.
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = request(self.admin, "GET", "/readyz", &[], b"").await {
+                if r.status == 200 && TcpStream::connect(self.addr).await.is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay-edge did not become ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn spawn(
+        body: &str,
+        threads: usize,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+        grace_period: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -129,27 +164,12 @@ impl Edge {
             .stderr(log)
             .spawn()
             .expect("relay-edge starts");
-        let edge = Edge {
+        Edge {
             child,
             addr,
             admin,
             dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = request(edge.admin, "GET", "/readyz", &[], b"").await {
-                if r.status == 200 && TcpStream::connect(edge.addr).await.is_ok() {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay-edge did not become ready:\n{}",
-                edge.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        edge
     }
 
     pub fn log(&self) -> String {
@@ -355,6 +375,17 @@ impl Conn {
         self.read_response(|_| {}).await
     }
 
+    /// Wait for the server to close the connection; true on a clean close.
+    pub async fn read_eof(&mut self) -> bool {
+        loop {
+            match self.fill().await {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
     async fn fill(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 16384];
         let n = self.stream.read(&mut chunk).await?;
@@ -523,16 +554,23 @@ impl RedisServer {
 
     /// Start with extra `redis-server` arguments.
     pub async fn start_with(password: Option<&str>, extra: &[&str]) -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            port: free_port(),
-            password: password.map(str::to_string),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            tls: false,
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
+        let mut server = RedisServer::unstarted();
+        server.password = password.map(str::to_string);
+        server.extra = extra.iter().map(|s| s.to_string()).collect();
         server.spawn().await;
         server
+    }
+
+    /// A server with a port and a URL that is not running yet (`spawn` starts it).
+    pub fn unstarted() -> RedisServer {
+        RedisServer {
+            child: None,
+            port: free_port(),
+            password: None,
+            extra: Vec::new(),
+            tls: false,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// A TLS-only server with a self-signed certificate for `cert`/`key`.
@@ -569,7 +607,7 @@ impl RedisServer {
         server
     }
 
-    async fn spawn(&mut self) {
+    pub async fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",

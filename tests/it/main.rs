@@ -6,6 +6,7 @@ mod bad_input;
 mod bodies;
 mod common;
 mod config_files;
+mod drain;
 mod failover;
 mod package;
 pub mod reload;

@@ -12,18 +12,11 @@ fn config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String
     )
 }
 
-/// An edge whose Redis connection is up: these tests are about agreement
-/// through Redis (the outage test covers the time without it).
+/// An edge on a reachable Redis: ready means connected to it.
 async fn shared_edge(conf: &str) -> Edge {
     let edge = Edge::start(conf).await;
-    eventually(Duration::from_secs(20), "redis connected", || async {
-        let Ok(r) = request(edge.admin, "GET", "/api/stats", &[], b"").await else {
-            return false;
-        };
-        serde_json::from_slice::<serde_json::Value>(&r.body)
-            .is_ok_and(|s| s["redis"]["connected"] == true)
-    })
-    .await;
+    let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["redis"]["connected"], true, "ready before connected");
     edge
 }
 
@@ -553,4 +546,103 @@ async fn a_reload_moves_the_table_to_another_redis_and_applies_ttl_and_log_level
             "{key} differs on the second edge"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_edges_serve_every_known_session_from_their_first_request() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("known-{i}")).collect();
+    let mut pins = HashMap::new();
+    {
+        let edge = shared_edge(&config(&ups, &redis)).await;
+        for key in &keys {
+            let up = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+            pins.insert(key.clone(), up);
+        }
+    }
+    // Both edges start anew. Ready is the first moment they serve; from
+    // there on every known session goes to its pin, none is placed anew.
+    let (a, b) = (
+        Edge::start(&config(&ups, &redis)).await,
+        Edge::start(&config(&ups, &redis)).await,
+    );
+    for (i, key) in keys.iter().enumerate() {
+        let edge = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            pins[key],
+            "{key} moved after the restart"
+        );
+    }
+    let metrics = a.metrics().await;
+    assert!(
+        metrics.contains("relay_edge_affinity_lookups_total{result=\"miss\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_is_not_ready_until_redis_answers_and_then_places_through_it() {
+    let mut redis = RedisServer::unstarted();
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', connect_wait: 60s}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    );
+    let edge = Edge::spawn_unready(&conf);
+    // The admin service answers, and says not ready, while Redis is away.
+    eventually(
+        Duration::from_secs(20),
+        "the admin service answers",
+        || async {
+            request(edge.admin, "GET", "/readyz", &[], b"")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let (code, body) = edge.admin_json("GET", "/readyz", b"").await;
+    assert_eq!(code, 503, "{body}");
+    // A keyed request that arrives now waits for the table.
+    let early = {
+        let addr = edge.addr;
+        tokio::spawn(async move {
+            request(addr, "GET", "/v1/x", &[("x-session-id", "early")], b"").await
+        })
+    };
+    redis.spawn().await;
+    edge.wait_ready(Duration::from_secs(20)).await;
+    let r = early.await.expect("task").expect("answered");
+    assert_eq!(r.status, 200);
+    // Its pin was claimed in Redis: another edge follows it.
+    let other = shared_edge(&conf).await;
+    assert_eq!(
+        other
+            .get("/v1/x", &[("x-session-id", "early")])
+            .await
+            .upstream(),
+        r.upstream()
+    );
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("relay_edge_affinity_lookups_total{result=\"miss\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_an_edge_serves_degraded_after_connect_wait_and_says_so() {
+    let redis = RedisServer::unstarted();
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', connect_wait: 300ms}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    ))
+    .await;
+    let r = edge.get("/v1/x", &[("x-session-id", "alone")]).await;
+    assert_eq!(r.status, 200);
+    assert!(edge.log().contains("serving DEGRADED"), "{}", edge.log());
 }
