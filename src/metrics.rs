@@ -113,8 +113,10 @@ pub struct Metrics {
     pub affinity_lookups: IntCounterVec,
     /// Sessions moved to another upstream, by reason.
     pub affinity_repins: IntCounterVec,
-    /// Failed Redis calls.
+    /// Failed Redis calls that mean an outage (timeouts, lost connections).
     pub redis_errors: IntCounter,
+    /// Redis calls that failed on one record, and unreadable records.
+    pub redis_record_errors: IntCounter,
     /// Latency of Redis calls.
     pub redis_duration: Histogram,
     /// Config reloads by result: ok, error.
@@ -204,8 +206,19 @@ impl Metrics {
         );
         let redis_errors = register(
             &r,
-            IntCounter::new("relay_edge_redis_errors_total", "Failed Redis calls.")
-                .expect("static metric definition"),
+            IntCounter::new(
+                "relay_edge_redis_errors_total",
+                "Failed Redis calls that mean an outage.",
+            )
+            .expect("static metric definition"),
+        );
+        let redis_record_errors = register(
+            &r,
+            IntCounter::new(
+                "relay_edge_redis_record_errors_total",
+                "Redis calls that failed on one record, and unreadable records.",
+            )
+            .expect("static metric definition"),
         );
         let redis_duration = register(
             &r,
@@ -271,6 +284,7 @@ impl Metrics {
             affinity_lookups,
             affinity_repins,
             redis_errors,
+            redis_record_errors,
             redis_duration,
             config_reloads,
             config_generation,

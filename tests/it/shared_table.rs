@@ -646,3 +646,184 @@ async fn without_redis_an_edge_serves_degraded_after_connect_wait_and_says_so() 
     assert_eq!(r.status, 200);
     assert!(edge.log().contains("serving DEGRADED"), "{}", edge.log());
 }
+
+/// The bucket hash and the raw field of a session (by its hex id), with
+/// the default prefix and `buckets` buckets.
+fn bucket_of(id_hex: &str, buckets: u32) -> String {
+    let top = u32::from_str_radix(&id_hex[..8], 16).expect("hex id");
+    format!("relay-edge:b:{}", top % buckets)
+}
+
+const HEX_FIELD: &str =
+    "local f = (string.gsub(ARGV[1], '..', function(h) return string.char(tonumber(h, 16)) end))";
+
+/// Write `value` as the stored record of session `id_hex`.
+fn plant(redis: &RedisServer, id_hex: &str, value: &str, buckets: u32) {
+    let script = format!("{HEX_FIELD} return redis.call('HSET', KEYS[1], f, ARGV[2])");
+    redis.cli(&[
+        "EVAL",
+        &script,
+        "1",
+        &bucket_of(id_hex, buckets),
+        id_hex,
+        value,
+    ]);
+}
+
+/// The stored record of session `id_hex`.
+fn stored(redis: &RedisServer, id_hex: &str, buckets: u32) -> String {
+    let script = format!("{HEX_FIELD} return redis.call('HGET', KEYS[1], f)");
+    redis.cli(&["EVAL", &script, "1", &bucket_of(id_hex, buckets), id_hex])
+}
+
+/// The hex id of `key`, as the admin API shows it.
+async fn id_of(edge: &Edge, key: &str) -> String {
+    let (code, s) = edge
+        .admin_json("GET", &format!("/api/sessions/{key}"), b"")
+        .await;
+    assert_eq!(code, 200, "{s}");
+    s["id"].as_str().expect("id").to_string()
+}
+
+fn small_table(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String {
+    format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', sync_interval: 200ms, buckets: 4}}\n",
+        upstreams_yaml(ups),
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_record_is_one_sessions_problem_and_is_repaired() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let a = shared_edge(&small_table(&ups, &redis)).await;
+    let home = a
+        .get("/v1/x", &[("x-session-id", "broken")])
+        .await
+        .upstream();
+    let (cold, cold_id) = {
+        let seed = shared_edge(&small_table(&ups, &redis)).await;
+        let up = seed
+            .get("/v1/x", &[("x-session-id", "cold")])
+            .await
+            .upstream();
+        (up, id_of(&seed, "cold").await)
+    };
+    let broken = id_of(&a, "broken").await;
+    // Edge a has "broken" cached and renews it (a script on a bad value);
+    // a fresh edge b reads "cold", which no running edge has cached (a
+    // value that does not parse).
+    plant(&redis, &broken, &format!("{home}\tx\ty\tz\tw"), 4);
+    plant(&redis, &cold_id, "garbage", 4);
+    let r = a.get("/v1/x", &[("x-session-id", "broken")]).await;
+    assert_eq!(r.upstream(), home, "served from the cache meanwhile");
+    eventually(
+        Duration::from_secs(10),
+        "the renewal repairs the record",
+        || async {
+            stored(&redis, &broken, 4).starts_with(&format!("{home}\t"))
+                && !stored(&redis, &broken, 4).contains('x')
+        },
+    )
+    .await;
+    let b = shared_edge(&small_table(&ups, &redis)).await;
+    let r = b.get("/v1/x", &[("x-session-id", "cold")]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        stored(&redis, &cold_id, 4).starts_with(&format!("{}\t", r.upstream())),
+        "placed anew and claimed (was on {cold})"
+    );
+    let again = a.get("/v1/x", &[("x-session-id", "broken")]).await;
+    assert_eq!(again.upstream(), home, "the session never moved");
+    for edge in [&a, &b] {
+        let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
+        assert_eq!(
+            stats["redis"]["connected"], true,
+            "Redis stays in use: {stats}"
+        );
+        assert_eq!(
+            stats["redis"]["errors"], 0,
+            "no outage was counted: {stats}"
+        );
+        assert!(
+            stats["redis"]["record_errors"].as_u64() >= Some(1),
+            "{stats}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_a_newer_format_is_left_alone() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let a = shared_edge(&small_table(&ups, &redis)).await;
+    a.get("/v1/x", &[("x-session-id", "future")]).await;
+    let id = id_of(&a, "future").await;
+    let newer = "/2\trelay-b\t{\"some\":\"future layout\"}";
+    plant(&redis, &id, newer, 4);
+    let b = shared_edge(&small_table(&ups, &redis)).await;
+    let r = b.get("/v1/x", &[("x-session-id", "future")]).await;
+    assert_eq!(r.status, 200, "served, by this edge's own placement");
+    assert_eq!(
+        stored(&redis, &id, 4),
+        newer,
+        "neither adopted nor overwritten"
+    );
+    // Sweeps and renewals leave it too.
+    let before = b.metrics().await;
+    eventually(Duration::from_secs(10), "a few syncs", || async {
+        b.get("/v1/x", &[("x-session-id", "future")]).await;
+        let (_, s) = b.admin_json("GET", "/api/stats", b"").await;
+        s["redis"]["record_errors"].as_u64() >= Some(2)
+    })
+    .await;
+    assert!(!before.is_empty());
+    assert_eq!(stored(&redis, &id, 4), newer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_counts_converge_after_a_crash_between_a_pin_and_its_index() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let a = shared_edge(&small_table(&ups, &redis)).await;
+    let mut truth: HashMap<String, usize> = HashMap::new();
+    for i in 0..40 {
+        let up = a
+            .get("/v1/x", &[("x-session-id", &format!("count-{i}"))])
+            .await
+            .upstream();
+        *truth.entry(up).or_default() += 1;
+    }
+    // As if edges had crashed between their scripts and index writes: one
+    // index lost, the other holding entries that belong to the first.
+    let ids: Vec<String> = redis
+        .cli(&["SMEMBERS", "relay-edge:i:relay-a"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(!ids.is_empty());
+    redis.cli(&[
+        "RENAME",
+        "relay-edge:i:relay-a",
+        "relay-edge:i:relay-b-extra",
+    ]);
+    redis.cli(&[
+        "SUNIONSTORE",
+        "relay-edge:i:relay-b",
+        "relay-edge:i:relay-b",
+        "relay-edge:i:relay-b-extra",
+    ]);
+    redis.cli(&["DEL", "relay-edge:i:relay-b-extra"]);
+    eventually(
+        Duration::from_secs(20),
+        "counts equal the table",
+        || async {
+            let a_count = a.upstream("relay-a").await["sessions"].as_u64();
+            let b_count = a.upstream("relay-b").await["sessions"].as_u64();
+            a_count == Some(truth.get("relay-a").copied().unwrap_or(0) as u64)
+                && b_count == Some(truth.get("relay-b").copied().unwrap_or(0) as u64)
+        },
+    )
+    .await;
+}

@@ -1,0 +1,194 @@
+//! The connection to Redis (a single server or a cluster), its state, and
+//! what a failed call means.
+//!
+//! [`Link`] is the state machine: *connecting* until the first connection
+//! is up and subscribed or `connect_wait` has passed (then *settled*); *up*
+//! while calls succeed; *down* after a call fails for a reason that is the
+//! server's (a timeout, a lost connection, a cluster in trouble), until a
+//! probe answers again. A failure that is one record's (a script error on a
+//! malformed value, a key of the wrong type) is [`Failure::Record`]: it
+//! leaves the link up for every other session.
+
+use crate::config::{RedisSpec, RedisTarget};
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What a failed call means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Redis is unreachable, slow or unwell: every session is affected.
+    Outage,
+    /// The call's own key or value is at fault: one session is affected.
+    Record,
+}
+
+impl Failure {
+    pub fn of(e: &RedisError) -> Failure {
+        match e.kind() {
+            // A script that failed on a value (`ERR user_script...`), a reply
+            // of the wrong type, a key of the wrong type (`WRONGTYPE`).
+            ErrorKind::ResponseError | ErrorKind::TypeError | ErrorKind::ExtensionError => {
+                Failure::Record
+            }
+            _ => Failure::Outage,
+        }
+    }
+}
+
+/// The link's state, shared by the request path and the sync loop.
+#[derive(Debug, Default)]
+pub struct Link {
+    /// The last call succeeded (or a probe did). While false, request
+    /// paths skip Redis.
+    up: AtomicBool,
+    /// The first connection is made and subscribed, or given up on.
+    settled: AtomicBool,
+    /// Cached pins must be written back and re-read (after a reconnect or a
+    /// resubscribe: Redis may have lost data, and messages may be missed).
+    needs_reseed: AtomicBool,
+}
+
+impl Link {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    /// An outage: true if the link was up until now.
+    pub fn went_down(&self) -> bool {
+        self.up.swap(false, Ordering::Relaxed)
+    }
+
+    /// A probe answered: true if the link was down until now. Coming back
+    /// means the table must be re-seeded.
+    pub fn came_up(&self) -> bool {
+        let was_down = !self.up.swap(true, Ordering::Relaxed);
+        if was_down {
+            self.needs_reseed.store(true, Ordering::Relaxed);
+        }
+        was_down
+    }
+
+    /// True the first time only.
+    pub fn settle(&self) -> bool {
+        !self.settled.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn reseed_later(&self) {
+        self.needs_reseed.store(true, Ordering::Relaxed);
+    }
+
+    /// True if a re-seed was due (and is now taken on).
+    pub fn take_reseed(&self) -> bool {
+        self.needs_reseed.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// A connection to a single Redis (reconnecting by itself) or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A connection to the configured Single Redis or Cluster.
+pub async fn connect(spec: &RedisSpec) -> RedisResult<Conn> {
+    match &spec.target {
+        RedisTarget::Single(url) => {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(1))
+                .set_response_timeout(
+                    spec.timeout
+                        .max(Duration::from_millis(10))
+                        .saturating_mul(4),
+                )
+                .set_number_of_retries(2)
+                .set_max_delay(1000);
+            let client = redis::Client::open(url.as_str())?;
+            Ok(Conn::Single(
+                client.get_connection_manager_with_config(config).await?,
+            ))
+        }
+        RedisTarget::Cluster(urls) => {
+            let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(
+                    spec.timeout
+                        .max(Duration::from_millis(10))
+                        .saturating_mul(4),
+                )
+                .retries(2)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Failure, Link};
+    use redis::{ErrorKind, RedisError};
+
+    #[test]
+    fn the_link_goes_down_comes_up_and_asks_for_a_reseed_once() {
+        let link = Link::default();
+        assert!(!link.is_up() && !link.is_settled());
+        assert!(link.settle());
+        assert!(!link.settle(), "settles once");
+        assert!(link.came_up());
+        assert!(link.take_reseed(), "coming up means re-seeding");
+        assert!(!link.take_reseed());
+        assert!(!link.came_up(), "already up");
+        assert!(link.went_down());
+        assert!(!link.went_down(), "already down");
+        assert!(!link.is_up());
+        assert!(link.came_up());
+        assert!(link.take_reseed());
+    }
+
+    #[test]
+    fn failures_have_kinds() {
+        let record = RedisError::from((ErrorKind::ResponseError, "ERR user_script:1: bad"));
+        assert_eq!(Failure::of(&record), Failure::Record);
+        let wrongtype = RedisError::from((ErrorKind::TypeError, "unexpected reply"));
+        assert_eq!(Failure::of(&wrongtype), Failure::Record);
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(Failure::of(&io), Failure::Outage);
+        let loading = RedisError::from((ErrorKind::BusyLoadingError, "LOADING"));
+        assert_eq!(Failure::of(&loading), Failure::Outage);
+    }
+}

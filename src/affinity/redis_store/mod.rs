@@ -1,0 +1,603 @@
+//! The shared affinity table in Redis, with a local cache in front.
+//!
+//! Layout (compact: see `benches/RESULTS.md` for the bytes per session):
+//! - Sessions live in `buckets` hashes, `<prefix>b:<n>`, chosen by the id:
+//!   field = id (16 raw bytes), value = `upstream, created, last seen, requests,
+//!   errors` separated by tabs (times in ms since the epoch). Small hashes
+//!   stay in Redis's compact encoding.
+//! - Each upstream has an index set `<prefix>i:<upstream>` of its session
+//!   ids (raw bytes): listing by upstream and counting need no scan.
+//! - Expiry is ours: a sweeper walks a slice of the buckets every sync and
+//!   removes sessions not seen for `ttl` (plus the renewal margin), taking
+//!   them out of the index too. Renewals (last seen, counters) are batched
+//!   and written at most once per `ttl / 20` per session.
+//! - A hit in the local cache needs no Redis call. A miss reads one field.
+//! - A session's first request claims its upstream atomically (a script on
+//!   its bucket: keep the existing pin, else set ours); the loser adopts the
+//!   winner's. A failover re-pin is a compare-and-set script that publishes
+//!   the change. Admin pins, deletes and drains publish too; every edge drops
+//!   the cached entry on the message, and `local_ttl` bounds staleness if a
+//!   message is lost. Scripts touch one key, so they work on Redis Cluster;
+//!   the index is updated next to them.
+//! - Every call has `timeout`. When Redis fails, the store says it is
+//!   degraded (new sessions are placed by consistent hashing, so edges still
+//!   mostly agree) and keeps the pins it makes locally. Once Redis is back
+//!   (or pub/sub resubscribes), every cached pin is written back with claim
+//!   semantics, never overwriting another edge's, and the pin Redis then
+//!   holds is adopted: lost Redis data and missed messages both heal.
+//!
+//! Nothing here logs or displays the Redis URL: it may hold a password.
+//!
+//! The parts: [`record`] is the stored value's codec (versioned);
+//! [`scripts`] holds the Lua scripts; [`link`] is the connection and its
+//! state (up, settled, what a failure means); [`sync`] runs the background
+//! loop (connect, renew, sweep, repair, write back); [`pubsub`] receives
+//! invalidations.
+
+mod link;
+mod pubsub;
+mod record;
+mod scripts;
+mod sync;
+
+use super::store::{
+    now_ms, LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
+};
+use super::SessionId;
+use crate::config::RedisSpec;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use link::{Conn, Failure, Link};
+use record::{Stored, Unreadable};
+use redis::{AsyncCommands, RedisResult};
+use scripts::Scripts;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub struct RedisStore {
+    local: LocalStore,
+    /// The settings in force; a reload replaces them (see `reconfigure`).
+    spec: arc_swap::ArcSwap<RedisSpec>,
+    ttl: LiveDuration,
+    /// Bumped when a reload names another table (target, prefix or
+    /// buckets): the sync loop and the subscriber start over on it.
+    table: tokio::sync::watch::Sender<u64>,
+    conn: ArcSwapOption<Conn>,
+    /// Up, settled, due for a re-seed. Until settled, requests wait (see
+    /// `until_settled`), told by `settled_watch`.
+    link: Link,
+    settled_watch: tokio::sync::watch::Sender<bool>,
+    /// Pins made while Redis was unreachable, to write once it is back.
+    pending: Mutex<HashMap<SessionId, Arc<str>>>,
+    metrics: Arc<Metrics>,
+    /// Told the set of drained upstreams whenever it is learnt from Redis.
+    drain_listener: OnceLock<DrainListener>,
+    /// Every upstream id of the current config (for counts).
+    upstream_ids: arc_swap::ArcSwap<Vec<Arc<str>>>,
+    /// Sessions per upstream, as the index sets in Redis last said.
+    shared_counts: arc_swap::ArcSwap<HashMap<Arc<str>, u64>>,
+    /// Where the sweeper goes on.
+    sweep_cursor: std::sync::atomic::AtomicU32,
+    /// Where the index check goes on: (upstream number, SSCAN cursor).
+    index_cursor: Mutex<(usize, u64)>,
+    scripts: Scripts,
+}
+
+/// The pub/sub channel of a table's invalidations.
+fn pins_channel(prefix: &str) -> String {
+    format!("{prefix}pins")
+}
+
+/// Called with the set of drained upstream ids read from Redis.
+pub type DrainListener = Box<dyn Fn(&HashSet<String>) + Send + Sync>;
+
+impl RedisStore {
+    pub fn new(spec: RedisSpec, ttl: Duration, metrics: Arc<Metrics>) -> RedisStore {
+        RedisStore {
+            local: LocalStore::front_cache(spec.local_cache_size, ttl, spec.local_ttl),
+            spec: arc_swap::ArcSwap::from_pointee(spec),
+            ttl: LiveDuration::new(ttl),
+            table: tokio::sync::watch::Sender::new(0),
+            conn: ArcSwapOption::empty(),
+            link: Link::default(),
+            settled_watch: tokio::sync::watch::Sender::new(false),
+            pending: Mutex::new(HashMap::new()),
+            metrics,
+            drain_listener: OnceLock::new(),
+            upstream_ids: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            shared_counts: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            sweep_cursor: std::sync::atomic::AtomicU32::new(fastrand::u32(..)),
+            index_cursor: Mutex::new((0, 0)),
+            scripts: Scripts::new(),
+        }
+    }
+
+    /// Payload of the message that says the drained set changed.
+    const DRAINS_CHANGED: &'static str = "drains";
+
+    /// The settings in force.
+    fn spec(&self) -> Arc<RedisSpec> {
+        self.spec.load_full()
+    }
+
+    /// Where invalidations are published.
+    fn channel(&self) -> String {
+        pins_channel(&self.spec.load().prefix)
+    }
+
+    /// Apply a reloaded `redis` section (its `local_cache_size` is fixed at
+    /// start). Timeouts, batching and `local_ttl` apply at once. Another
+    /// target, prefix or bucket count is another table: requests skip Redis
+    /// (as in an outage) until it is connected, and it is then seeded with
+    /// every pin this edge has cached. Sessions that only the old table
+    /// knew are not carried over.
+    pub fn reconfigure(&self, spec: RedisSpec) {
+        let old = self.spec();
+        let spec = RedisSpec {
+            local_cache_size: old.local_cache_size,
+            ..spec
+        };
+        self.local.set_refresh(spec.local_ttl);
+        let new_table = !spec.same_table(&old);
+        self.spec.store(Arc::new(spec));
+        if new_table {
+            log::warn!("redis: another table (target, prefix or buckets changed): connecting to it; it will be seeded with the pins cached here");
+            self.link.went_down();
+            self.table.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn drains_key(&self) -> String {
+        format!("{}draining", self.spec.load().prefix)
+    }
+
+    /// Call `listener` with the drained upstreams each time they are read.
+    pub fn on_drains(&self, listener: DrainListener) {
+        if self.drain_listener.set(listener).is_err() {
+            log::error!("drain listener set twice");
+        }
+    }
+
+    /// Read the shared drained set and hand it to the listener.
+    async fn refresh_drains(&self) {
+        let Some(mut conn) = self.conn() else { return };
+        if let Some(set) = self
+            .call(
+                "drains",
+                conn.smembers::<_, HashSet<String>>(self.drains_key()),
+            )
+            .await
+        {
+            if let Some(listener) = self.drain_listener.get() {
+                listener(&set);
+            }
+        }
+    }
+
+    /// The bucket hash that holds `id`.
+    fn bucket(&self, id: SessionId) -> String {
+        self.bucket_key((id.0 >> 96) as u32 % self.spec.load().buckets.max(1))
+    }
+
+    fn bucket_key(&self, n: u32) -> String {
+        format!("{}b:{n}", self.spec.load().prefix)
+    }
+
+    fn index_key(&self, upstream: &str) -> String {
+        format!("{}i:{upstream}", self.spec.load().prefix)
+    }
+
+    /// The upstream ids whose sessions are counted.
+    pub fn set_upstreams(&self, ids: Vec<Arc<str>>) {
+        self.upstream_ids.store(Arc::new(ids));
+    }
+
+    /// Renewals of one session are at least this far apart.
+    fn renew_every_ms(&self) -> u64 {
+        (self.ttl_ms() / 20).max(1)
+    }
+
+    /// Move `id` in the index from one upstream's set to another's.
+    async fn reindex(&self, id: SessionId, from: Option<&str>, to: Option<&str>) {
+        if from == to {
+            return;
+        }
+        let Some(mut conn) = self.conn() else { return };
+        let field = id.to_bytes();
+        if let Some(from) = from {
+            self.call(
+                "index",
+                conn.srem::<_, _, i64>(self.index_key(from), &field[..]),
+            )
+            .await;
+        }
+        if let Some(to) = to {
+            self.call(
+                "index",
+                conn.sadd::<_, _, i64>(self.index_key(to), &field[..]),
+            )
+            .await;
+        }
+    }
+
+    /// Claim `id` for `upstream` in Redis; the pin in force, if Redis answered.
+    async fn claim_shared(
+        &self,
+        id: SessionId,
+        upstream: &str,
+        created_ms: u64,
+    ) -> Option<Arc<SessionRecord>> {
+        for _ in 0..2 {
+            let mut conn = self.conn()?;
+            let mut inv = self.scripts.claim.key(self.bucket(id));
+            inv.arg(&id.to_bytes()[..])
+                .arg(Stored::fresh(upstream, created_ms));
+            let existing: Option<String> = self.call("claim", inv.invoke_async(&mut conn)).await?;
+            let Some(value) = existing else {
+                self.reindex(id, None, Some(upstream)).await;
+                return Some(self.local.put(id, Arc::from(upstream), created_ms));
+            };
+            match Stored::parse(&value) {
+                Ok(s) => {
+                    return Some(
+                        self.local
+                            .put(id, Arc::from(s.upstream.as_str()), s.created_ms),
+                    )
+                }
+                // Gone now: claim again.
+                Err(why) if self.unreadable(id, &value, &why).await => continue,
+                // Left alone: this edge pins the session for itself only.
+                Err(_) => return Some(self.local.put(id, Arc::from(upstream), created_ms)),
+            }
+        }
+        Some(self.local.put(id, Arc::from(upstream), created_ms))
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.get().as_millis() as u64
+    }
+
+    /// A connection, unless Redis is known to be unreachable.
+    fn conn(&self) -> Option<Conn> {
+        if !self.link.is_up() {
+            return None;
+        }
+        self.conn.load_full().map(|c| (*c).clone())
+    }
+
+    /// Run one Redis call with the timeout, counting errors and latency.
+    async fn call<T>(&self, what: &str, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
+        self.call_within(what, self.spec.load().timeout, fut).await
+    }
+
+    /// The longer deadline of a background batch.
+    fn batch_timeout(&self) -> Duration {
+        self.spec.load().timeout.saturating_mul(20)
+    }
+
+    async fn call_within<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Option<T> {
+        let start = Instant::now();
+        let result = tokio::time::timeout(timeout, fut).await;
+        self.metrics
+            .redis_duration
+            .observe(start.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) if Failure::of(&e) == Failure::Record => {
+                // One key's problem: Redis stays in use for every other session.
+                self.metrics.redis_record_errors.inc();
+                log::warn!("redis {what}: {} on one record", e.category());
+                return None;
+            }
+            Ok(Err(e)) => format!("{} error", e.category()),
+            Err(_) => format!("timeout after {timeout:?}"),
+        };
+        self.outage(what, &failure);
+        None
+    }
+
+    /// A call failed for a reason that is the server's: stop using Redis
+    /// until a probe answers.
+    fn outage(&self, what: &str, failure: &str) {
+        self.metrics.redis_errors.inc();
+        if self.link.went_down() {
+            log::warn!("redis {what} failed ({failure}): serving from the local cache and consistent hashing until it is back");
+        }
+    }
+
+    /// A record of `id` that cannot be read: a newer format is left alone;
+    /// a malformed one is counted, logged with the session's hash, and
+    /// deleted (if it has not changed meanwhile) so that the session is
+    /// placed anew. Returns true if the record is gone.
+    async fn unreadable(&self, id: SessionId, value: &str, why: &Unreadable) -> bool {
+        self.metrics.redis_record_errors.inc();
+        log::warn!("redis: session {} holds {why}", id.to_hex());
+        if matches!(why, Unreadable::Newer(_)) {
+            return false;
+        }
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let mut inv = self.scripts.discard.key(self.bucket(id));
+        inv.arg(&id.to_bytes()[..])
+            .arg(value)
+            .arg(self.channel())
+            .arg(id.to_hex());
+        self.call("discard", inv.invoke_async::<i64>(&mut conn))
+            .await
+            .is_some()
+    }
+
+    /// Remember a pin to write once Redis is back. Bounded by the local
+    /// cache's size; the cache itself is written back on reconnect too.
+    fn remember_pending(&self, id: SessionId, upstream: &Arc<str>) {
+        if let Ok(mut p) = self.pending.lock() {
+            if (p.len() as u64) < self.spec.load().local_cache_size || p.contains_key(&id) {
+                p.insert(id, upstream.clone());
+            }
+        }
+    }
+
+    /// One stored session as the admin API shows it.
+    async fn info(&self, conn: &mut Conn, id: SessionId) -> Option<SessionInfo> {
+        let value: Option<String> = self
+            .call("get", conn.hget(self.bucket(id), &id.to_bytes()[..]))
+            .await?;
+        let s = Stored::parse(value.as_deref()?).ok()?;
+        let cached = self.local.get(id).await;
+        let last_seen = s
+            .last_seen_ms
+            .max(cached.as_ref().map_or(0, |c| c.last_seen_unix_ms));
+        let requests = s.requests.max(cached.as_ref().map_or(0, |c| c.requests));
+        let errors = s.errors.max(cached.as_ref().map_or(0, |c| c.errors));
+        Some(SessionInfo {
+            id: id.to_hex(),
+            upstream: s.upstream,
+            created_unix_ms: s.created_ms,
+            last_seen_unix_ms: last_seen,
+            requests,
+            errors,
+            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(now_ms()) / 1000,
+            metadata: s.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        })
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
+        self.local.lookup_local(id)
+    }
+
+    fn apply_ttl(&self, ttl: Duration) {
+        self.ttl.set(ttl);
+        self.local.set_ttl(ttl);
+    }
+
+    async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
+        if let Some(r) = self.local.lookup_local(id) {
+            return Some((r, LookupSource::Local));
+        }
+        let mut conn = self.conn()?;
+        let value: Option<String> = self
+            .call("lookup", conn.hget(self.bucket(id), &id.to_bytes()[..]))
+            .await?;
+        let value = value?;
+        let s = match Stored::parse(&value) {
+            Ok(s) => s,
+            Err(why) => {
+                // Placed anew (a newer format: for this edge only).
+                self.unreadable(id, &value, &why).await;
+                return None;
+            }
+        };
+        Some((
+            self.local
+                .put(id, Arc::from(s.upstream.as_str()), s.created_ms),
+            LookupSource::Shared,
+        ))
+    }
+
+    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
+        if let Some(record) = self.claim_shared(id, &upstream, now_ms()).await {
+            return record;
+        }
+        self.remember_pending(id, &upstream);
+        self.local.claim(id, upstream).await
+    }
+
+    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
+        if let Some(mut conn) = self.conn() {
+            let mut inv = self.scripts.repin.key(self.bucket(id));
+            inv.arg(&id.to_bytes()[..])
+                .arg(from)
+                .arg(Stored::fresh(&to, now_ms()))
+                .arg(self.channel())
+                .arg(id.to_hex());
+            if let Some((moved, value)) = self
+                .call("repin", inv.invoke_async::<(i64, String)>(&mut conn))
+                .await
+            {
+                if let Ok(s) = Stored::parse(&value) {
+                    if moved == 1 {
+                        self.reindex(id, Some(from), Some(&s.upstream)).await;
+                    }
+                    return self
+                        .local
+                        .put(id, Arc::from(s.upstream.as_str()), s.created_ms);
+                }
+            }
+        }
+        self.remember_pending(id, &to);
+        self.local.repin(id, from, to).await
+    }
+
+    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
+        if let Some(mut conn) = self.conn() {
+            let mut inv = self.scripts.pin.key(self.bucket(id));
+            inv.arg(&id.to_bytes()[..])
+                .arg(&*upstream)
+                .arg(Stored::fresh(&upstream, now_ms()))
+                .arg(self.channel())
+                .arg(id.to_hex())
+                .arg(metadata.as_deref().unwrap_or(""));
+            match self
+                .call("pin", inv.invoke_async::<Option<String>>(&mut conn))
+                .await
+            {
+                Some(old) => {
+                    let old = old
+                        .as_deref()
+                        .and_then(|v| Stored::parse(v).ok())
+                        .map(|s| s.upstream);
+                    self.reindex(id, old.as_deref(), Some(&upstream)).await;
+                }
+                None => self.remember_pending(id, &upstream),
+            }
+        }
+        self.local.set(id, upstream, metadata).await;
+    }
+
+    async fn forget(&self, id: SessionId) -> bool {
+        let local = self.local.forget(id).await;
+        let Some(mut conn) = self.conn() else {
+            return local;
+        };
+        let mut inv = self.scripts.forget.key(self.bucket(id));
+        inv.arg(&id.to_bytes()[..])
+            .arg(self.channel())
+            .arg(id.to_hex());
+        match self
+            .call("forget", inv.invoke_async::<Option<String>>(&mut conn))
+            .await
+        {
+            Some(Some(old)) => {
+                let old = Stored::parse(&old).ok().map(|s| s.upstream);
+                self.reindex(id, old.as_deref(), None).await;
+                true
+            }
+            Some(None) | None => local,
+        }
+    }
+
+    async fn get(&self, id: SessionId) -> Option<SessionInfo> {
+        // Without Redis, this edge's cached view is the best answer.
+        let Some(mut conn) = self.conn() else {
+            return self.local.get(id).await;
+        };
+        self.info(&mut conn, id).await
+    }
+
+    async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
+        let Some(mut conn) = self.conn() else {
+            return self.local.list(upstream, limit).await;
+        };
+        let upstreams: Vec<Arc<str>> = match upstream {
+            Some(u) => vec![Arc::from(u)],
+            None => self.upstream_ids.load_full().to_vec(),
+        };
+        let mut out = Vec::new();
+        for up in upstreams {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SSCAN");
+                scan.arg(self.index_key(&up))
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(100);
+                let reply = scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn);
+                let Some((next, ids)) = self.call("list", reply).await else {
+                    return out;
+                };
+                for id in ids.iter().filter_map(|i| SessionId::from_bytes(i)) {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    if let Some(info) = self.info(&mut conn, id).await {
+                        out.push(info);
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn counts(&self) -> HashMap<Arc<str>, u64> {
+        let shared = self.shared_counts.load_full();
+        if shared.is_empty() {
+            self.local.counts()
+        } else {
+            (*shared).clone()
+        }
+    }
+
+    fn len(&self) -> u64 {
+        let shared = self.shared_counts.load_full();
+        if shared.is_empty() {
+            self.local.len()
+        } else {
+            shared.values().sum()
+        }
+    }
+
+    async fn share_drain(&self, upstream: &str, on: bool) -> bool {
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let mut pipe = redis::pipe();
+        if on {
+            pipe.sadd(self.drains_key(), upstream).ignore();
+        } else {
+            pipe.srem(self.drains_key(), upstream).ignore();
+        }
+        pipe.publish(self.channel(), Self::DRAINS_CHANGED).ignore();
+        self.call("drain", pipe.query_async::<()>(&mut conn))
+            .await
+            .is_some()
+    }
+
+    fn degraded(&self) -> bool {
+        !self.link.is_up()
+    }
+
+    fn settled(&self) -> bool {
+        self.link.is_settled()
+    }
+
+    async fn until_settled(&self) {
+        let mut settled = self.settled_watch.subscribe();
+        let wait = self.spec.load().connect_wait;
+        // The sync service settles within `connect_wait`; the bound here
+        // holds even if it never ran.
+        let _ = tokio::time::timeout(wait, settled.wait_for(|s| *s)).await;
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let pending = self.pending.lock().map_or(0, |p| p.len());
+        serde_json::json!({
+            "configured": true,
+            "mode": "redis with a local cache",
+            "connected": self.link.is_up(),
+            "settled": self.link.is_settled(),
+            "record_errors": self.metrics.redis_record_errors.get(),
+            "errors": self.metrics.redis_errors.get(),
+            "pending_pins": pending,
+            "local_cache_entries": self.local.len(),
+            "buckets": self.spec.load().buckets,
+            "prefix": self.spec.load().prefix,
+        })
+    }
+}

@@ -1,0 +1,124 @@
+//! The Lua scripts. Each touches one key (its session's bucket), so that
+//! they run on Redis Cluster too; the per-upstream index sets are updated
+//! next to them, and the sweep's repair pass mends what a crash between
+//! the two writes left behind. A value that starts with `/` is a newer
+//! record format (see [`super::record`]): no script rewrites or sweeps it.
+
+use redis::Script;
+
+/// Claim: keep the pin in force (returned), or set ours (returns nil).
+pub const CLAIM: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then return cur end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return false
+";
+
+/// Compare-and-set: replace the value only if its upstream is still ARGV[2]
+/// (or the session is gone); publish. Returns {moved, value in force}.
+pub const REPIN: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.match(cur, '^[^\t]*') ~= ARGV[2] then return {0, cur} end
+if cur and string.sub(cur, 1, 1) == '/' then return {0, cur} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {1, ARGV[3]}
+";
+
+/// Admin pin: move to upstream ARGV[2] keeping the rest of the record (or
+/// ARGV[3] as a new record), with metadata ARGV[6] unless empty; publish.
+/// Returns the old value or nil.
+pub const PIN: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local value = ARGV[3]
+if cur then
+  local rest = string.match(cur, '^[^\t]*(\t.*)$')
+  if rest then value = ARGV[2] .. rest end
+end
+if ARGV[6] ~= '' then
+  local base = string.match(value, '^([^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*)')
+  value = (base or value) .. '\t' .. ARGV[6]
+end
+redis.call('HSET', KEYS[1], ARGV[1], value)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return cur or false
+";
+
+/// Forget: delete and publish. Returns the old value or nil.
+pub const FORGET: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return cur or false
+";
+
+/// Renewal: set last seen ARGV[3] and add counter deltas, if the session is
+/// still on upstream ARGV[2]. Returns 1 done, 0 missing, 2 moved elsewhere
+/// (or a newer format), 3 malformed.
+pub const TOUCH: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local up, c, l, r, e, rest = string.match(cur, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)(.*)$')
+if not up then return 3 end
+if up ~= ARGV[2] then return 2 end
+if not (tonumber(r) and tonumber(e)) then return 3 end
+redis.call('HSET', KEYS[1], ARGV[1], up .. '\t' .. c .. '\t' .. ARGV[3] .. '\t' .. (tonumber(r) + tonumber(ARGV[4])) .. '\t' .. (tonumber(e) + tonumber(ARGV[5])) .. rest)
+return 1
+";
+
+/// Sweep one bucket: remove sessions last seen before ARGV[1] (and
+/// malformed ones). Returns {removed, live}: each a flat list
+/// {id, upstream, id, upstream, ...}, the live ones for the index repair.
+pub const SWEEP: &str = r"
+local all = redis.call('HGETALL', KEYS[1])
+local removed, live = {}, {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  if string.sub(v, 1, 1) ~= '/' then
+    local up, l = string.match(v, '^([^\t]+)\t[^\t]*\t([^\t]*)')
+    if (not l) or (not tonumber(l)) or tonumber(l) < tonumber(ARGV[1]) then
+      redis.call('HDEL', KEYS[1], all[i])
+      removed[#removed + 1] = all[i]
+      removed[#removed + 1] = up or ''
+    else
+      live[#live + 1] = all[i]
+      live[#live + 1] = up
+    end
+  end
+end
+return {removed, live}
+";
+
+/// Repair: delete ARGV[1] if its value is still ARGV[2] (a malformed record
+/// this edge read); publish. Returns 1 if deleted.
+pub const DISCARD: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+";
+
+/// Every script, loaded once.
+pub struct Scripts {
+    pub claim: Script,
+    pub repin: Script,
+    pub pin: Script,
+    pub forget: Script,
+    pub touch: Script,
+    pub sweep: Script,
+    pub discard: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            claim: Script::new(CLAIM),
+            repin: Script::new(REPIN),
+            pin: Script::new(PIN),
+            forget: Script::new(FORGET),
+            touch: Script::new(TOUCH),
+            sweep: Script::new(SWEEP),
+            discard: Script::new(DISCARD),
+        }
+    }
+}

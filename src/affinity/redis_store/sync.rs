@@ -1,0 +1,411 @@
+//! The background loop: connect, keep the table in sync, write back.
+
+use super::link::connect;
+use super::*;
+
+impl RedisStore {
+    /// The table is known (connected, or given up on): requests may place.
+    fn settle(&self, connected: bool) {
+        if !self.link.settle() {
+            return;
+        }
+        self.settled_watch.send_replace(true);
+        if connected {
+            log::info!("redis connected and subscribed: the shared table is in use");
+        } else {
+            log::error!(
+                "redis not reachable within redis.connect_wait ({:?}): serving DEGRADED, new sessions placed by consistent hashing until it is",
+                self.spec.load().connect_wait
+            );
+        }
+    }
+
+    /// Connect (retrying until shutdown) and keep the store in sync: pub/sub
+    /// invalidations, batched TTL renewals, and pins made during an outage.
+    /// A reload that names another table starts this over on it. The first
+    /// connection is tried at once; the store is settled when it is up and
+    /// subscribed, or after `connect_wait` without it.
+    pub async fn run(self: Arc<Self>, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut table = self.table.subscribe();
+        let give_up = {
+            let store = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(store.spec.load().connect_wait).await;
+                store.settle(false);
+            })
+        };
+        loop {
+            let generation = *table.borrow_and_update();
+            let Some(conn) = self.connect_until_up(&mut shutdown).await else {
+                give_up.abort();
+                return;
+            };
+            self.conn.store(Some(Arc::new(conn)));
+            let (subscribed, on_subscribed) = tokio::sync::oneshot::channel();
+            let subscriber = tokio::spawn(self.clone().subscribe(self.spec(), subscribed));
+            // Up now, not one sync tick later.
+            self.probe(generation).await;
+            if !self.link.is_settled() && self.link.is_up() {
+                // The timer settles the store if this never comes.
+                let wait = self.spec.load().connect_wait;
+                if let Ok(Ok(())) = tokio::time::timeout(wait, on_subscribed).await {
+                    self.settle(true);
+                }
+            }
+            let shut_down = self.sync_until(&mut shutdown, &mut table, generation).await;
+            subscriber.abort();
+            if shut_down {
+                return;
+            }
+        }
+    }
+
+    /// A connection to the table now configured; `None` at shutdown.
+    async fn connect_until_up(
+        &self,
+        shutdown: &mut pingora_core::server::ShutdownWatch,
+    ) -> Option<Conn> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), connect(&self.spec())).await {
+                Ok(Ok(conn)) => return Some(conn),
+                Ok(Err(e)) => log::warn!("redis unreachable ({:?} error); retrying", e.kind()),
+                Err(_) => log::warn!("redis connect timed out; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Before a graceful upgrade's new process takes the sockets (and before
+    /// Pingora's runtimes exist): wait, up to `connect_wait`, until Redis
+    /// answers a PING, so that the old process serves on meanwhile. True if
+    /// it did.
+    pub fn reachable_before_start(spec: &RedisSpec) -> bool {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return false;
+        };
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + spec.connect_wait;
+            loop {
+                let ping = async {
+                    let mut conn = connect(spec).await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                };
+                if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, ping).await {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    /// Keep the connected table in sync until shutdown (true) or until a
+    /// reload names another table (false).
+    async fn sync_until(
+        &self,
+        shutdown: &mut pingora_core::server::ShutdownWatch,
+        table: &mut tokio::sync::watch::Receiver<u64>,
+        generation: u64,
+    ) -> bool {
+        let mut last_sync = Instant::now();
+        loop {
+            let tick = self.spec().sync_interval.min(Duration::from_secs(1));
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.sync().await;
+                    return true;
+                }
+                _ = table.changed() => return false,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            if !self.link.is_up() {
+                self.probe(generation).await;
+            }
+            if self.link.is_up() {
+                if self.link.take_reseed() {
+                    self.reseed().await;
+                }
+                self.write_pending().await;
+                if last_sync.elapsed() >= self.spec().sync_interval {
+                    self.refresh_drains().await;
+                    self.sync().await;
+                    last_sync = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Is Redis back? (The connection manager reconnects by itself.) Only
+    /// while the connection is to the table of `generation`.
+    async fn probe(&self, generation: u64) {
+        let Some(cm) = self.conn.load_full() else {
+            return;
+        };
+        let mut conn = (*cm).clone();
+        let pong: RedisResult<String> = tokio::time::timeout(
+            self.spec.load().timeout.saturating_mul(10),
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await
+        .unwrap_or_else(|_| Err((redis::ErrorKind::IoError, "timeout").into()));
+        if pong.is_ok() && *self.table.borrow() == generation && self.link.came_up() {
+            log::info!("redis is reachable; writing the pins made meanwhile");
+            self.refresh_drains().await;
+        }
+    }
+
+    /// Write the pins made during an outage, never overwriting another's.
+    async fn write_pending(&self) {
+        let pending: Vec<(SessionId, Arc<str>)> = match self.pending.lock() {
+            Ok(mut p) if !p.is_empty() => p.drain().collect(),
+            _ => return,
+        };
+        for (i, (id, upstream)) in pending.iter().enumerate() {
+            if self.claim_shared(*id, upstream, now_ms()).await.is_none() {
+                // Down again: keep what is left for the next round.
+                for (id, up) in &pending[i..] {
+                    self.remember_pending(*id, up);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Write every cached pin back with claim semantics and adopt what Redis
+    /// holds: Redis may have lost data (a restart without persistence), and
+    /// invalidations may have been missed. Never overwrites another's pin.
+    async fn reseed(&self) {
+        for (id, record) in self.local.records() {
+            if self
+                .claim_shared(id, &record.upstream, record.created_ms)
+                .await
+                .is_none()
+            {
+                self.link.reseed_later();
+                return;
+            }
+        }
+    }
+
+    /// Write last-seen times and counters of sessions used since their
+    /// last renewal (at most once per `ttl / 20` each), sweep a slice of the
+    /// buckets for expired sessions, repair the index, and refresh the
+    /// per-upstream counts.
+    async fn sync(&self) {
+        let every = self.renew_every_ms();
+        let due: Vec<(SessionId, Arc<SessionRecord>)> = self
+            .local
+            .records()
+            .into_iter()
+            .filter(|(_, r)| r.needs_renewal(every))
+            .collect();
+        for chunk in due.chunks(self.spec.load().batch_size.max(1)) {
+            let Some(conn) = self.conn() else { return };
+            let calls = chunk.iter().map(|(id, r)| {
+                let mut conn = conn.clone();
+                let (dr, de) = r.take_deltas();
+                let mut inv = self.scripts.touch.key(self.bucket(*id));
+                inv.arg(&id.to_bytes()[..])
+                    .arg(&*r.upstream)
+                    .arg(r.last_seen_ms())
+                    .arg(dr)
+                    .arg(de);
+                async move { inv.invoke_async::<i64>(&mut conn).await }
+            });
+            let all = async { Ok(futures::future::join_all(calls).await) };
+            let Some(results) = self.call_within("renew", self.batch_timeout(), all).await else {
+                continue;
+            };
+            for ((id, r), result) in chunk.iter().zip(results) {
+                r.mark_renewed();
+                match result {
+                    Ok(1) | Ok(2) => {}
+                    // Gone from Redis (lost, or swept meanwhile): write it back.
+                    Ok(0) => self.remember_pending(*id, &r.upstream),
+                    Err(e) if Failure::of(&e) == Failure::Outage => {
+                        self.outage("renew", &format!("{} error", e.category()));
+                        return;
+                    }
+                    // Malformed (3), or a script error on this record.
+                    Ok(_) | Err(_) => self.discard_and_rewrite(*id, r).await,
+                }
+            }
+        }
+        self.sweep_some().await;
+        self.prune_index_slice().await;
+        self.refresh_counts().await;
+    }
+
+    /// A record that failed its renewal: read it, discard it if it is
+    /// malformed, and write this edge's pin back with claim semantics.
+    async fn discard_and_rewrite(&self, id: SessionId, r: &Arc<SessionRecord>) {
+        let Some(mut conn) = self.conn() else { return };
+        let value: Option<Option<String>> = self
+            .call("get", conn.hget(self.bucket(id), &id.to_bytes()[..]))
+            .await;
+        if let Some(Some(value)) = value {
+            if let Err(why) = Stored::parse(&value) {
+                self.unreadable(id, &value, &why).await;
+            }
+        }
+        self.remember_pending(id, &r.upstream);
+    }
+
+    /// Sweep enough buckets per sync that all are swept every `ttl / 4`.
+    /// The sweep also repairs the index: every live session is added to its
+    /// upstream's set (a crash between a script and its index write leaves
+    /// it out); `prune_index_slice` removes the entries left over.
+    async fn sweep_some(&self) {
+        let buckets = self.spec.load().buckets.max(1);
+        let per_round = (u64::from(buckets) * self.spec.load().sync_interval.as_millis() as u64
+            / (self.ttl_ms() / 4).max(1))
+        .clamp(1, u64::from(buckets)) as u32;
+        // Seen within ttl, plus the renewal margin.
+        let margin = self.renew_every_ms() + self.spec.load().sync_interval.as_millis() as u64;
+        let cutoff = now_ms().saturating_sub(self.ttl_ms() + margin);
+        for _ in 0..per_round {
+            let n = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % buckets;
+            let Some(mut conn) = self.conn() else { return };
+            let mut inv = self.scripts.sweep.key(self.bucket_key(n));
+            inv.arg(cutoff);
+            let Some((removed, live)) = self
+                .call(
+                    "sweep",
+                    inv.invoke_async::<(Vec<Vec<u8>>, Vec<Vec<u8>>)>(&mut conn),
+                )
+                .await
+            else {
+                return;
+            };
+            for pair in removed.chunks(2) {
+                if let [id, upstream] = pair {
+                    let upstream = String::from_utf8_lossy(upstream);
+                    self.call(
+                        "index",
+                        conn.srem::<_, _, i64>(self.index_key(&upstream), &id[..]),
+                    )
+                    .await;
+                    if let Some(id) = SessionId::from_bytes(id) {
+                        self.local.invalidate(id);
+                    }
+                }
+            }
+            self.index_live(&mut conn, &live).await;
+        }
+    }
+
+    /// Put every live session of a swept bucket (`id, upstream` pairs) in
+    /// its upstream's index set (SADD is idempotent).
+    async fn index_live(&self, conn: &mut Conn, live: &[Vec<u8>]) {
+        let mut by_upstream: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
+        for pair in live.chunks(2) {
+            if let [id, upstream] = pair {
+                by_upstream.entry(upstream).or_default().push(id);
+            }
+        }
+        for (upstream, ids) in by_upstream {
+            let key = self.index_key(&String::from_utf8_lossy(upstream));
+            if self
+                .call("index", conn.sadd::<_, _, i64>(key, ids))
+                .await
+                .is_none()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Check one slice of one upstream's index set (the next, each sync):
+    /// remove the entries whose session is gone or pinned elsewhere.
+    async fn prune_index_slice(&self) {
+        const SLICE: usize = 200;
+        let ids = self.upstream_ids.load_full();
+        let Some(mut conn) = self.conn() else { return };
+        let (which, cursor) = match self.index_cursor.lock() {
+            Ok(c) => *c,
+            Err(_) => return,
+        };
+        let Some(upstream) = ids.get(which % ids.len().max(1)) else {
+            return;
+        };
+        let key = self.index_key(upstream);
+        let mut scan = redis::cmd("SSCAN");
+        scan.arg(&key).arg(cursor).arg("COUNT").arg(SLICE);
+        let Some((next, members)) = self
+            .call("index", scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn))
+            .await
+        else {
+            return;
+        };
+        let checks = members
+            .iter()
+            .filter_map(|m| SessionId::from_bytes(m))
+            .map(|id| {
+                let mut conn = conn.clone();
+                let bucket = self.bucket(id);
+                async move {
+                    let value: RedisResult<Option<String>> =
+                        conn.hget(bucket, &id.to_bytes()[..]).await;
+                    (id, value)
+                }
+            });
+        let all = async { Ok(futures::future::join_all(checks).await) };
+        let Some(values) = self.call_within("index", self.batch_timeout(), all).await else {
+            return;
+        };
+        let stale: Vec<[u8; 16]> = values
+            .into_iter()
+            .filter_map(|(id, value)| match value {
+                Ok(None) => Some(id.to_bytes()),
+                Ok(Some(v)) => match Stored::parse(&v) {
+                    Ok(s) if s.upstream != **upstream => Some(id.to_bytes()),
+                    _ => None,
+                },
+                Err(_) => None,
+            })
+            .collect();
+        if !stale.is_empty() {
+            let stale: Vec<&[u8]> = stale.iter().map(|b| &b[..]).collect();
+            self.call("index", conn.srem::<_, _, i64>(&key, stale))
+                .await;
+        }
+        if let Ok(mut c) = self.index_cursor.lock() {
+            *c = if next == 0 {
+                (which + 1, 0)
+            } else {
+                (which, next)
+            };
+        }
+    }
+
+    /// Sessions per upstream, from the index sets.
+    async fn refresh_counts(&self) {
+        let ids = self.upstream_ids.load_full();
+        let Some(conn) = self.conn() else { return };
+        let calls = ids.iter().map(|id| {
+            let mut conn = conn.clone();
+            let key = self.index_key(id);
+            async move { conn.scard::<_, u64>(key).await }
+        });
+        let all = async {
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<RedisResult<Vec<u64>>>()
+        };
+        if let Some(counts) = self.call_within("count", self.batch_timeout(), all).await {
+            self.shared_counts
+                .store(Arc::new(ids.iter().cloned().zip(counts).collect()));
+        }
+    }
+}
