@@ -8,7 +8,7 @@
 //! the generation they started with. Settings that only a restart or a
 //! graceful upgrade can change are reported, and everything else applies.
 
-use crate::config::{self, Config};
+use crate::config::{self, AdminSpec, AffinitySpec, Config, ServerSpec};
 use crate::state::{Edge, State};
 use crate::upstream::Upstream;
 use pingora_load_balancing::health_check::HealthCheck;
@@ -29,58 +29,89 @@ pub struct ReloadReport {
     pub needs_upgrade: Vec<String>,
 }
 
-/// Settings this process cannot change in place.
-fn needs_upgrade(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |name: &str, differs: bool| {
-        if differs {
-            out.push(name.to_string());
-        }
-    };
-    check("listen", old.listeners != new.listeners);
-    check("admin.listen", old.admin.listen != new.admin.listen);
-    let (a, b) = (&old.server, &new.server);
-    check("server.threads", a.threads != b.threads);
-    check("server.work_stealing", a.work_stealing != b.work_stealing);
-    check("server.pool_size", a.pool_size != b.pool_size);
-    check("server.grace_period", a.grace_period != b.grace_period);
-    check(
+/// Keep in `new` the settings that only a restart or a graceful upgrade can
+/// change, as `old` has them, so that the running process stays coherent
+/// with what it runs; return the names of those that differed. Every field
+/// of the config is named here (destructured without `..`), so a new one
+/// must be classified before the code compiles.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
+    let mut differed = Vec::new();
+    macro_rules! keep {
+        ($name:expr, $new:expr, $old:expr) => {
+            if *$new != $old {
+                differed.push($name.to_string());
+                *$new = $old.clone();
+            }
+        };
+    }
+    let Config {
+        listeners,
+        upstreams: _,
+        health: _,
+        passive: _,
+        affinity,
+        timeouts: _,
+        max_retries: _,
+        redis,
+        admin,
+        server,
+        reload: _,
+    } = new;
+    keep!("listen", listeners, old.listeners);
+    let AdminSpec { listen, token: _ } = admin;
+    keep!("admin.listen", listen, old.admin.listen);
+    let ServerSpec {
+        threads,
+        work_stealing,
+        pool_size,
+        grace_period,
+        shutdown_timeout,
+        pid_file,
+        upgrade_sock,
+        log_level: _,
+        drain_quiet: _,
+    } = server;
+    let o = &old.server;
+    keep!("server.threads", threads, o.threads);
+    keep!("server.work_stealing", work_stealing, o.work_stealing);
+    keep!("server.pool_size", pool_size, o.pool_size);
+    keep!("server.grace_period", grace_period, o.grace_period);
+    keep!(
         "server.shutdown_timeout",
-        a.shutdown_timeout != b.shutdown_timeout,
+        shutdown_timeout,
+        o.shutdown_timeout
     );
-    check("server.pid_file", a.pid_file != b.pid_file);
-    check("server.upgrade_sock", a.upgrade_sock != b.upgrade_sock);
-    // The table's kind, and the capacity of an in-process cache, are fixed
-    // when it is built; every other Redis setting applies in place.
-    match (&old.redis, &new.redis) {
-        (Some(a), Some(b)) => check(
-            "redis.local_cache_size",
-            a.local_cache_size != b.local_cache_size,
-        ),
-        (a, b) => check("redis (adding or removing it)", a.is_some() != b.is_some()),
-    }
-    check(
+    keep!("server.pid_file", pid_file, o.pid_file);
+    keep!("server.upgrade_sock", upgrade_sock, o.upgrade_sock);
+    // The capacity of an in-process table or cache is fixed when it is built.
+    let AffinitySpec {
+        keys: _,
+        ttl: _,
+        max_sessions,
+        max_body_bytes: _,
+        balance: _,
+        load_factor: _,
+        hash_secret: _,
+    } = affinity;
+    keep!(
         "affinity.max_sessions",
-        old.affinity.max_sessions != new.affinity.max_sessions,
+        max_sessions,
+        old.affinity.max_sessions
     );
-    out
-}
-
-/// Carry over what a restart-only setting would change, so the running
-/// process stays coherent with what it actually runs.
-fn keep_running_settings(old: &Config, mut new: Config) -> Config {
-    new.listeners = old.listeners.clone();
-    new.admin.listen = old.admin.listen;
-    new.server = crate::config::ServerSpec {
-        log_level: new.server.log_level,
-        ..old.server.clone()
-    };
-    match (&old.redis, &mut new.redis) {
-        (Some(a), Some(b)) => b.local_cache_size = a.local_cache_size,
-        (a, b) => *b = a.clone(),
+    // The table's kind is fixed too; every other Redis setting applies in place.
+    match (&old.redis, redis) {
+        (Some(a), Some(b)) => keep!(
+            "redis.local_cache_size",
+            &mut b.local_cache_size,
+            a.local_cache_size
+        ),
+        (a, b) if a.is_some() != b.is_some() => {
+            differed.push("redis (adding or removing it)".to_string());
+            *b = a.clone();
+        }
+        _ => {}
     }
-    new.affinity.max_sessions = old.affinity.max_sessions;
-    new
+    differed
 }
 
 impl Edge {
@@ -132,10 +163,10 @@ impl Edge {
 
     async fn apply(&self, config: Config, started: std::time::Instant) -> ReloadReport {
         let old = self.state();
-        let needs_upgrade = needs_upgrade(&old.config, &config);
-        let config = keep_running_settings(&old.config, config);
-        let unchanged_settings =
-            old.config.timeouts == config.timeouts && old.config.health == config.health;
+        let mut config = config;
+        let needs_upgrade = keep_restart_only(&old.config, &mut config);
+        let unchanged_settings = old.config.timeouts.same_for_upstreams(&config.timeouts)
+            && old.config.health == config.health;
         let previous: HashMap<&str, &Arc<Upstream>> =
             old.upstreams.all().iter().map(|u| (&*u.id, u)).collect();
         let (mut added, mut changed) = (Vec::new(), Vec::new());

@@ -21,6 +21,7 @@
 //! `{"error": "..."}`.
 
 use crate::clock;
+use crate::metrics::RepinReason;
 use crate::state::Edge;
 use crate::upstream::Upstream;
 use percent_encoding::percent_decode_str;
@@ -156,6 +157,7 @@ fn upstream_json(u: &Upstream, sessions: u64, now: u64) -> Value {
         "ejected_for_seconds": u.ejection.remaining_ms(now) as f64 / 1000.0,
         "ejections": u.ejection.ejections(),
         "draining": u.is_draining(),
+        "unusable": u.unusable(now).map(|r| r.label()),
         "inflight": u.inflight(),
         "sessions": sessions,
         "requests": s.requests.load(Ordering::Relaxed),
@@ -248,14 +250,11 @@ fn session_status(edge: &Edge, upstream: &str) -> &'static str {
     else {
         return "moving: upstream removed";
     };
-    if u.is_draining() {
-        "moving: upstream draining"
-    } else if u.ejection.is_ejected(clock::now_ms()) {
-        "moving: upstream ejected"
-    } else if !u.health.is_healthy() {
-        "moving: upstream unhealthy"
-    } else {
-        "active"
+    match u.unusable(clock::now_ms()) {
+        None => "active",
+        Some(RepinReason::Draining) => "moving: upstream draining",
+        Some(RepinReason::Ejected) => "moving: upstream ejected",
+        Some(_) => "moving: upstream unhealthy",
     }
 }
 

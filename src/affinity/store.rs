@@ -320,6 +320,16 @@ impl LocalStore {
         }
     }
 
+    /// Idle longer than the session TTL: the session is over.
+    fn gone(&self, r: &SessionRecord, now: u64) -> bool {
+        now.saturating_sub(r.last_seen_ms.load(Ordering::Relaxed))
+            > self.ttl.get().as_millis() as u64
+    }
+
+    /// Not to be used without asking again: gone, or (in a front cache)
+    /// loaded longer than `local_ttl` ago. A front cache keeps such an
+    /// entry, stale, until the session is gone: it is what this edge knew
+    /// when the shared table cannot answer.
     fn expired(&self, r: &SessionRecord, now: u64) -> bool {
         let since = if self.sliding {
             r.last_seen_ms.load(Ordering::Relaxed)
@@ -351,7 +361,7 @@ impl LocalStore {
             return;
         }
         self.table.retain(|_, r| {
-            let keep = !self.expired(r, now);
+            let keep = !self.gone(r, now) && (!self.sliding || !self.expired(r, now));
             if !keep {
                 self.counts.remove(&r.upstream);
             }
@@ -432,12 +442,24 @@ impl LocalStore {
         }
     }
 
-    /// Every live cached session.
+    /// A front cache's entry of `id` even if stale, unless the session is
+    /// gone: for when the shared table cannot answer.
+    pub fn stale(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
+        let r = self.table.get(&id.0)?;
+        let now = now_ms();
+        if self.gone(&r, now) {
+            return None;
+        }
+        r.last_seen_ms.store(now, Ordering::Relaxed);
+        Some(r)
+    }
+
+    /// Every cached session that is not gone (a front cache's stale ones too).
     pub fn records(&self) -> Vec<(SessionId, Arc<SessionRecord>)> {
         let now = now_ms();
         self.table
             .iter()
-            .filter(|(_, v)| !self.expired(v, now))
+            .filter(|(_, v)| !self.gone(v, now) && (!self.sliding || !self.expired(v, now)))
             .map(|(k, v)| (SessionId(k), v))
             .collect()
     }
@@ -466,8 +488,11 @@ impl SessionStore for LocalStore {
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
         let r = self.table.get(&id.0)?;
         let now = now_ms();
-        if self.expired(&r, now) {
+        if self.gone(&r, now) || (self.sliding && self.expired(&r, now)) {
             self.remove_exact(id.0, &r);
+            return None;
+        }
+        if self.expired(&r, now) {
             return None;
         }
         r.last_seen_ms.store(now, Ordering::Relaxed);

@@ -12,8 +12,10 @@
 //!   - on a fresh connection, another upstream: the relay is dying;
 //!   - only when the request can be sent again whole (no body, or a body
 //!     read early and held), and only when running it twice is harmless: an
-//!     idempotent method, or a failure while the request was still being
-//!     written (the relay never had all of it).
+//!     idempotent method, or a relay that never had all of it: a failure
+//!     while the request was still being written, or a reset with no byte
+//!     of answer (a relay that read the whole request and then died would
+//!     have closed with a FIN: a reset means unread bytes were left).
 //! - **A POST whose relay fails once the request was written whole** is not
 //!   retried: the client gets a 502 with an Anthropic-shaped error. The relay
 //!   may have run it, and an LLM call run twice is billed twice; the SDKs
@@ -56,7 +58,8 @@ pub fn after_send(error: &Error, a: Attempt) -> AfterSend {
         error.etype(),
         ConnectionClosed | ReadError | WriteError | WriteTimedout
     );
-    let partly_written = matches!(error.etype(), WriteError | WriteTimedout);
+    let partly_written =
+        matches!(error.etype(), WriteError | WriteTimedout) || reset_by_peer(error);
     if a.responded || !a.replayable || !lost_connection || !(a.idempotent || partly_written) {
         AfterSend::Fail
     } else if a.reused && !a.fresh_retried {
@@ -64,6 +67,14 @@ pub fn after_send(error: &Error, a: Attempt) -> AfterSend {
     } else {
         AfterSend::Elsewhere
     }
+}
+
+/// The connection was reset by the peer (its cause is `ECONNRESET`).
+fn reset_by_peer(error: &Error) -> bool {
+    error
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 #[cfg(test)]
@@ -107,6 +118,7 @@ mod tests {
                 Elsewhere,
             ),
             (ReadError, post, Fail),
+            (ConnectionClosed, post, Fail),
             (WriteError, post, SameUpstreamFresh),
             (
                 WriteError,
@@ -135,6 +147,12 @@ mod tests {
             ),
             (InvalidHTTPHeader, GET_ON_POOLED, Fail),
         ];
+        let reset = Error::because(
+            ReadError,
+            "while reading response headers",
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        );
+        assert_eq!(after_send(&reset, post), SameUpstreamFresh, "a reset POST");
         for (etype, attempt, want) in cases {
             assert_eq!(
                 decide(etype.clone(), attempt),

@@ -89,19 +89,13 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             }
         };
         let reason = match ups.index_of(&record.upstream) {
-            Some(i) => {
-                let u = &ups.all()[i];
-                if u.is_usable(now) {
+            Some(i) => match ups.all()[i].unusable(now) {
+                None => {
                     ctx.record = Some(record);
                     return Ok(i);
-                } else if u.is_draining() {
-                    RepinReason::Draining
-                } else if u.ejection.is_ejected(now) {
-                    RepinReason::Ejected
-                } else {
-                    RepinReason::Unhealthy
                 }
-            }
+                Some(reason) => reason,
+            },
             None => RepinReason::Removed,
         };
         (Some(record.upstream.clone()), reason)

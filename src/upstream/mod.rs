@@ -14,7 +14,7 @@ pub mod select;
 
 use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
-use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::metrics::{Metrics, RepinReason, UpstreamMetrics};
 use ejection::{Ejection, Verdict};
 use health::{Check, CheckConnectors, HealthState};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -103,9 +103,24 @@ impl Upstream {
         self.draining.store(draining, Ordering::Relaxed);
     }
 
+    /// Why this upstream may not take requests now, or `None` if it may.
+    /// The one place that decides it: routing, the admin API, the healthy
+    /// gauge and the dashboard all ask here.
+    pub fn unusable(&self, now_ms: u64) -> Option<RepinReason> {
+        if self.is_draining() {
+            Some(RepinReason::Draining)
+        } else if self.ejection.is_ejected(now_ms) {
+            Some(RepinReason::Ejected)
+        } else if !self.health.is_healthy() {
+            Some(RepinReason::Unhealthy)
+        } else {
+            None
+        }
+    }
+
     /// Healthy, not ejected, not draining: may take new sessions.
     pub fn is_usable(&self, now_ms: u64) -> bool {
-        self.health.is_healthy() && !self.is_draining() && !self.ejection.is_ejected(now_ms)
+        self.unusable(now_ms).is_none()
     }
 
     pub fn inflight(&self) -> i64 {
@@ -123,7 +138,11 @@ impl Upstream {
     }
 
     fn refresh_healthy_gauge(&self) {
-        let up = self.health.is_healthy() && !self.ejection.is_ejected(clock::now_ms());
+        // Healthy means able to serve: a drain is an operator's choice.
+        let up = !matches!(
+            self.unusable(clock::now_ms()),
+            Some(RepinReason::Unhealthy | RepinReason::Ejected)
+        );
         self.metrics.healthy.set(i64::from(up));
     }
 }

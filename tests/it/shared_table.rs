@@ -827,3 +827,37 @@ async fn session_counts_converge_after_a_crash_between_a_pin_and_its_index() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_local_ttl_moves_no_known_session() {
+    let mut redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let edge = shared_edge(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', local_ttl: 100ms}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    ))
+    .await;
+    let keys: Vec<String> = (0..30).map(|i| format!("long-outage-{i}")).collect();
+    let mut pins = HashMap::new();
+    for key in &keys {
+        pins.insert(
+            key.clone(),
+            edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+        );
+    }
+    redis.kill();
+    // For ten times local_ttl, every cached pin goes stale and is asked of
+    // Redis again, which cannot answer: the session stays where it was.
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    let mut rounds = 0;
+    while std::time::Instant::now() < until {
+        for key in &keys {
+            let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(&r.upstream(), &pins[key], "{key} moved in round {rounds}");
+        }
+        rounds += 1;
+    }
+    assert!(rounds >= 2, "the outage outlasted local_ttl");
+}

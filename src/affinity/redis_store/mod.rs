@@ -387,11 +387,28 @@ impl SessionStore for RedisStore {
         if let Some(r) = self.local.lookup_local(id) {
             return Some((r, LookupSource::Local));
         }
-        let mut conn = self.conn()?;
-        let value: Option<String> = self
+        // Kept past `local_ttl`: what this edge knew, for when Redis cannot
+        // answer (an outage must not move a known session).
+        let stale = self.local.stale(id).map(|r| (r, LookupSource::Local));
+        let Some(mut conn) = self.conn() else {
+            return stale;
+        };
+        let value: Option<String> = match self
             .call("lookup", conn.hget(self.bucket(id), &id.to_bytes()[..]))
-            .await?;
-        let value = value?;
+            .await
+        {
+            Some(v) => v,
+            None => return stale,
+        };
+        let Some(value) = value else {
+            // Redis lost it (a restart without persistence): write back what
+            // this edge knew, with claim semantics.
+            let (r, _) = stale?;
+            return match self.claim_shared(id, &r.upstream, r.created_ms).await {
+                Some(record) => Some((record, LookupSource::Shared)),
+                None => Some((r, LookupSource::Local)),
+            };
+        };
         let s = match Stored::parse(&value) {
             Ok(s) => s,
             Err(why) => {
