@@ -11,6 +11,7 @@ mod failover;
 mod package;
 pub mod reload;
 mod routing;
+mod secrets;
 mod shared_table;
 mod systemd;
 mod tls;

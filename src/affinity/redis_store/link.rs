@@ -49,6 +49,9 @@ pub struct Link {
     /// Cached pins must be written back and re-read (after a reconnect or a
     /// resubscribe: Redis may have lost data, and messages may be missed).
     needs_reseed: AtomicBool,
+    /// Wakes the sync loop when a re-seed is due: the sooner it runs after
+    /// Redis lost its data, the fewer sessions another edge places anew.
+    reseed_due: tokio::sync::Notify,
 }
 
 impl Link {
@@ -70,7 +73,7 @@ impl Link {
     pub fn came_up(&self) -> bool {
         let was_down = !self.up.swap(true, Ordering::Relaxed);
         if was_down {
-            self.needs_reseed.store(true, Ordering::Relaxed);
+            self.reseed_later();
         }
         was_down
     }
@@ -82,6 +85,13 @@ impl Link {
 
     pub fn reseed_later(&self) {
         self.needs_reseed.store(true, Ordering::Relaxed);
+        self.reseed_due.notify_one();
+    }
+
+    /// Resolves once a re-seed is asked for (at once if one was asked for
+    /// since the last wait).
+    pub async fn reseed_asked(&self) {
+        self.reseed_due.notified().await;
     }
 
     /// True if a re-seed was due (and is now taken on).

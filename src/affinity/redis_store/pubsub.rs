@@ -13,6 +13,7 @@ impl RedisStore {
     ) {
         let urls = spec.target.pubsub_urls();
         let mut subscribed = Some(subscribed);
+        let mut backoff = Duration::from_millis(50);
         for attempt in 0usize.. {
             let url = urls[attempt % urls.len().max(1)];
             match redis::Client::open(url) {
@@ -24,6 +25,7 @@ impl RedisStore {
                             if let Some(tx) = subscribed.take() {
                                 let _ = tx.send(());
                             }
+                            backoff = Duration::from_millis(50);
                             let mut messages = pubsub.on_message();
                             while let Some(msg) = messages.next().await {
                                 let payload: String = msg.get_payload().unwrap_or_default();
@@ -41,7 +43,10 @@ impl RedisStore {
                 },
                 Err(e) => log::error!("redis pub/sub client ({:?} error)", e.kind()),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Soon after a loss (Redis restarted: the re-seed should beat
+            // other edges' placements), then at most once a second.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 }

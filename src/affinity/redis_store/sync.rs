@@ -127,6 +127,7 @@ impl RedisStore {
                 }
                 _ = table.changed() => return false,
                 _ = tokio::time::sleep(tick) => {}
+                _ = self.link.reseed_asked() => {}
             }
             if !self.link.is_up() {
                 self.probe(generation).await;

@@ -1,0 +1,113 @@
+//! No error, log line or API answer ever shows a secret: the Redis
+//! password, the admin token, the hash secret. Each is planted, then every
+//! output the edge has is searched for it.
+
+use crate::common::*;
+use std::time::Duration;
+
+const PASSWORD: &str = "pw-S3CRET-redis";
+const TOKEN: &str = "tok-S3CRET-admin";
+const HASH_SECRET: &str = "hash-S3CRET-key";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_output_holds_a_planted_secret() {
+    let redis = RedisServer::start(Some(PASSWORD)).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
+    let (port, admin_port) = (free_port(), free_port());
+    let d = dir.path().display();
+    let head = format!(
+        "listen: [{{addr: 127.0.0.1:{port}}}]\n{}admin: {{listen: 127.0.0.1:{admin_port}, token_file: {}}}\nserver: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
+        upstreams_yaml(&ups),
+        token_file.display(),
+    );
+    let good = format!(
+        "{head}affinity: {{keys: [{{header: x-session-id}}], hash_secret: {HASH_SECRET}}}\nredis: {{url: '{}'}}\n",
+        redis.url()
+    );
+    let conf = dir.path().join("c.yaml");
+    std::fs::write(&conf, &good).expect("write config");
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let auth = format!("Bearer {TOKEN}");
+    let get = |path: &'static str| {
+        let auth = auth.clone();
+        async move {
+            request(admin, "GET", path, &[("authorization", &auth)], b"")
+                .await
+                .map(|r| (r.status, r.text()))
+        }
+    };
+    eventually(Duration::from_secs(20), "ready", || async {
+        matches!(get("/readyz").await, Ok((200, _)))
+    })
+    .await;
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    for key in ["alice", "bob"] {
+        let r = request(proxy, "GET", "/v1/x", &[("x-session-id", key)], b"")
+            .await
+            .expect("proxied");
+        assert_eq!(r.status, 200);
+    }
+    let mut seen = Vec::new();
+    for path in [
+        "/api/stats",
+        "/api/upstreams",
+        "/metrics",
+        "/",
+        "/api/sessions/alice",
+        "/api/sessions?limit=10",
+    ] {
+        let (code, body) = get(path).await.expect("admin answers");
+        assert_eq!(code, 200, "{path}");
+        seen.push(body);
+    }
+    // A broken file whose mistakes sit on the secrets themselves.
+    let broken = format!(
+        "{head}affinity: {{keys: [{{header: x-session-id}}], hash_secret: [{HASH_SECRET}]}}\nredis: {{url: '{}', timeout: '{}', buckets: '{PASSWORD}'}}\n",
+        redis.url(),
+        redis.url()
+    );
+    std::fs::write(&conf, &broken).expect("write config");
+    let r = request(
+        admin,
+        "POST",
+        "/api/reload",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await
+    .expect("reload answers");
+    assert_eq!(r.status, 400, "{}", r.text());
+    seen.push(r.text());
+    seen.push(get("/api/stats").await.expect("stats").1);
+    let check = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .arg("--check")
+        .output()
+        .expect("check runs");
+    assert_eq!(check.status.code(), Some(1));
+    seen.push(String::from_utf8_lossy(&check.stdout).into_owned());
+    seen.push(String::from_utf8_lossy(&check.stderr).into_owned());
+    let _ = child.kill();
+    let _ = child.wait();
+    seen.push(std::fs::read_to_string(&log).expect("log"));
+    assert!(seen
+        .last()
+        .is_some_and(|l| l.contains("config reload rejected")));
+    for (i, text) in seen.iter().enumerate() {
+        for secret in [PASSWORD, TOKEN, HASH_SECRET] {
+            assert!(!text.contains(secret), "output {i} shows {secret}:\n{text}");
+        }
+    }
+}
