@@ -69,6 +69,8 @@ struct Inner {
     /// This many more requests (health checks excluded) are read and then
     /// dropped with their connection, unanswered.
     drop_next: AtomicUsize,
+    /// This many more requests are read and then answered with a TCP reset.
+    reset_next: AtomicUsize,
     recorded: Mutex<Vec<Recorded>>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -131,6 +133,13 @@ impl DemoUpstream {
     /// checks still pass.
     pub fn drop_next(&self, n: usize) {
         self.inner.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Read the next `n` requests (health checks excluded), then reset their
+    /// connections (RST, no answer): a relay process killed with the
+    /// request still unread looks like this to the proxy.
+    pub fn reset_next(&self, n: usize) {
+        self.inner.reset_next.store(n, Ordering::SeqCst);
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -299,12 +308,17 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
                 });
             }
         }
-        let dropping = !health
-            && inner
-                .drop_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if dropping {
+        let take = |n: &AtomicUsize| {
+            n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        if !health && take(&inner.drop_next) {
+            return;
+        }
+        if !health && take(&inner.reset_next) {
+            // A zero linger never blocks: the close sends RST at once.
+            #[allow(deprecated)]
+            let _ = reader.get_mut().set_linger(Some(Duration::ZERO));
             return;
         }
         let stream = reader.get_mut();

@@ -22,13 +22,28 @@ const RETRY_BUFFER: usize = 64 * 1024;
 /// Above this header size, Pingora's header read may already hold the whole body.
 const MAX_HEADER_FOR_EARLY_READ: usize = 16 * 1024;
 
-/// The request carries a body (a non-zero length, or chunked).
-pub fn has_body(req: &pingora_http::RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+/// Keep a copy of a body that fits Pingora's retry buffer, so that a retry
+/// after a lost upstream connection can send it again. True if the request
+/// can be sent again whole: it has no body, or its body is kept.
+pub fn keep_for_retry(session: &mut Session) -> bool {
+    let req = session.req_header();
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    match length {
+        0 => true,
+        n if n <= RETRY_BUFFER => {
+            session.as_downstream_mut().enable_retry_buffering();
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Read the whole body if it can be replayed; `None` if it is not read.

@@ -90,6 +90,8 @@ pub struct RequestCtx {
     left_because: Option<RepinReason>,
     /// The one retry on a fresh connection after a pooled one failed was used.
     fresh_retried: bool,
+    /// The request can be sent again whole (no body, or its body is kept).
+    replayable: bool,
     _in_flight: InFlight,
 }
 
@@ -122,6 +124,7 @@ impl ProxyHttp for EdgeProxy {
             failed_upstream: false,
             left_because: None,
             fresh_retried: false,
+            replayable: false,
             _in_flight: self.edge.drain.enter(),
         }
     }
@@ -144,6 +147,7 @@ impl ProxyHttp for EdgeProxy {
                     .resume_with_body(session.req_header(), ctx.body.as_deref(), from)
             }
         };
+        ctx.replayable = ctx.body.is_some() || body::keep_for_retry(session);
         Ok(false)
     }
 
@@ -226,7 +230,7 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let attempt = retry::Attempt {
             responded: session.response_written().is_some(),
-            replayable: ctx.body.is_some() || !body::has_body(req),
+            replayable: ctx.replayable && !session.as_ref().retry_buffer_truncated(),
             idempotent: req.method.is_idempotent(),
             reused: client_reused,
             fresh_retried: ctx.fresh_retried,

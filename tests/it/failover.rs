@@ -429,3 +429,34 @@ async fn a_post_its_relay_took_and_lost_gets_a_502_and_is_not_run_twice() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_its_relay_reset_unanswered_is_sent_again_byte_for_byte() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
+    let home = edge
+        .get("/v1/x", &[("x-session-id", "resent")])
+        .await
+        .upstream();
+    let (home_up, other_up) = if home == "relay-a" {
+        (&ups[0], &ups[1])
+    } else {
+        (&ups[1], &ups[0])
+    };
+    let body = messages_body(20_000, "resent");
+    // A reset without a byte of answer: the relay never had the whole
+    // request (it would have closed with a FIN). Pooled, then fresh: the
+    // POST moves on, with its body.
+    home_up.reset_next(2);
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "resent")], &body)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.upstream(), home);
+    let got = other_up.recorded();
+    let post = got
+        .iter()
+        .find(|r| r.method == "POST")
+        .expect("the POST arrived");
+    assert_eq!(post.body, body, "byte for byte");
+}
