@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the request path's own pieces: key extraction from a
 //! header, a cookie and a 1 MiB JSON body; the affinity-table lookup (local
-//! hit); placement across 500 upstreams; and cloning the peer.
+//! hit); placement across 500 upstreams; cloning the peer; and the
+//! in-flight guard every request holds.
 //!
 //! Run with `cargo bench`.
 
@@ -131,5 +132,12 @@ fn placement(c: &mut Criterion) {
     c.bench_function("peer/clone_template", |b| b.iter(|| black_box(u.peer())));
 }
 
-criterion_group!(benches, key_extraction, table_lookup, placement);
+fn in_flight(c: &mut Criterion) {
+    let drain = relay_edge::drain::Drain::new();
+    c.bench_function("drain/in_flight_guard", |b| {
+        b.iter(|| drop(black_box(drain.enter())))
+    });
+}
+
+criterion_group!(benches, key_extraction, table_lookup, placement, in_flight);
 criterion_main!(benches);

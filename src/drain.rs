@@ -7,7 +7,9 @@
 //! and on nothing else.
 //!
 //! A drain (SIGTERM, or SIGQUIT after the socket hand-over) ends once nothing
-//! has been in flight, and no request has started, for `quiet`. Meanwhile
+//! has been in flight, and no request has started or ended, for `quiet`: a
+//! keep-alive client sends its next request just after the last one ended,
+//! even when that one was a stream that started minutes ago. Meanwhile
 //! every response carries `Connection: close`, so a keep-alive client moves
 //! to the new process with its next request instead of finding its
 //! connection closed under it. What remains of the race: a client idle for
@@ -23,8 +25,8 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct Drain {
     in_flight: AtomicI64,
-    /// `clock::now_ms` when the last request started.
-    last_started_ms: AtomicU64,
+    /// `clock::now_ms` when a request last started or ended.
+    last_change_ms: AtomicU64,
     draining: AtomicBool,
 }
 
@@ -33,6 +35,7 @@ pub struct InFlight(Arc<Drain>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -44,10 +47,14 @@ impl Drain {
 
     /// Count a request from now until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.touch();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_started_ms
-            .store(clock::now_ms(), Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        self.last_change_ms
+            .store(clock::now_ms(), Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> i64 {
@@ -63,9 +70,9 @@ impl Drain {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Nothing in flight, and no request started within `quiet`.
+    /// Nothing in flight, and no request started or ended within `quiet`.
     pub fn is_quiet(&self, quiet: Duration) -> bool {
-        let since = clock::now_ms().saturating_sub(self.last_started_ms.load(Ordering::Relaxed));
+        let since = clock::now_ms().saturating_sub(self.last_change_ms.load(Ordering::Relaxed));
         self.in_flight() == 0 && u128::from(since) >= quiet.as_millis()
     }
 
@@ -83,15 +90,21 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn quiet_needs_no_request_in_flight_and_none_started_lately() {
+    fn quiet_needs_no_request_in_flight_and_none_started_or_ended_lately() {
         let d = Drain::new();
         assert!(d.is_quiet(Duration::ZERO));
         let guard = d.enter();
         assert_eq!(d.in_flight(), 1);
         assert!(!d.is_quiet(Duration::ZERO));
+        // A long request: its start is long past when it ends.
+        d.last_change_ms
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         drop(guard);
         assert_eq!(d.in_flight(), 0);
         assert!(d.is_quiet(Duration::ZERO));
-        assert!(!d.is_quiet(Duration::from_secs(3600)));
+        assert!(
+            !d.is_quiet(Duration::from_secs(3600)),
+            "it just ended: the client may send again on its connection"
+        );
     }
 }

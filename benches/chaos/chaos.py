@@ -4,8 +4,8 @@ that pauses and restarts, reloads, a graceful upgrade and a restart, all under
 steady keyed load and long SSE streams. Every request and stream is accounted.
 
     python3 benches/chaos/chaos.py --bin PATH        # 600 s of chaos
-    python3 benches/chaos/chaos.py --bin PATH --short  # CI: about 90 s, every action
-                                                       # once; exit 1 if a goal is missed
+    python3 benches/chaos/chaos.py --bin PATH --short  # CI: about 70-90 s, every kind of
+                                                       # action; exit 1 if a goal is missed
     options: --duration S, --seed N, --out FILE.json, --relays N (4), --clients K (8),
              --streams S (4), --keys N (25 per client), --logs-dir DIR (/tmp/chaos-logs),
              --wait-bin S (wait that long for --bin to appear), --load-nice N (5)
@@ -25,7 +25,9 @@ restart it, CLIENT PAUSE Redis, restart Redis, reload an edge with a changed
 timeouts.connect (upstreams rebuilt), SIGUSR2 edge A (graceful upgrade),
 SIGTERM and restart edge B.
 
-Outcomes: pinned, moved (relay_killed, relay_ejected_after_kill),
+Outcomes: pinned, moved (relay_killed, relay_ejected_after_kill, pin_lost:
+Redis restarted without persistence after the only edge process that knew
+the pin was gone),
 moved_unexplained (a violation), failed (by cause, and whether a relay had
 logged its x-request-id); streams complete, cut_relay_killed, cut (a
 violation). Goals: no failed request that never reached a relay, no
@@ -59,7 +61,11 @@ SSE_EVENTS, SSE_GAP_MS = 60, 500   # about 30 s (--short: 30 events, about 15 s)
 HEALTH_LAG = 2.0           # s: an edge may still take a restarted relay for down
 REQUEST_TIMEOUT = 30.0     # s: client socket timeout, far above any expected answer
 STREAM_TIMEOUT = 20.0      # s: longest silence in a stream (events come every 0.5 s)
-GRACE = 30                 # server.grace_period of the edges, s
+# server.grace_period of the edges, s. A drain answers the next request on
+# each keep-alive connection that was busy when it began (with Connection:
+# close), and a stream client's next request is a stream: the grace period
+# must cover two streams in a row.
+GRACE = 75
 RSS_SLACK_MIB, RSS_FACTOR, FD_SLACK = 16.0, 1.25, 16
 
 
@@ -226,15 +232,18 @@ def redis_call(port, *args, timeout=3.0):
 
 
 def proc_stats(pid):
-    """(VmRSS in KiB, open fds) of a process, or None."""
+    """(VmRSS in KiB, open fds, CPU seconds) of a process, or None."""
     try:
         rss = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1])
-        return rss, len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return rss, len(os.listdir(f"/proc/{pid}/fd")), cpu
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -766,7 +775,7 @@ class Bench:
             with self.lock:
                 conns = self.open_conns[e.name]
             rec = {"t": time.time(), "label": label, "edge": e.name, "pid": pid, "rss_kib": st[0],
-                   "fds": st[1], "bench_conns": conns}
+                   "fds": st[1], "cpu_s": st[2], "bench_conns": conns}
             with self.lock:
                 self.samples.append(rec)
             out[e.name] = rec
@@ -1020,6 +1029,22 @@ class Bench:
         t_done = time.time()
         return self.report(start, end, t_chaos, t_chaos_end, t_done, stuck, warm_counts)
 
+    def cpu_summary(self):
+        """CPU use of each edge process between its samples, and of this script."""
+        out = {}
+        for e in self.edges:
+            per = {}
+            for smp in self.samples:
+                if smp["edge"] == e.name:
+                    per.setdefault(smp["pid"], []).append(smp)
+            busy = sum(v[-1]["cpu_s"] - v[0]["cpu_s"] for v in per.values())
+            span = sum(v[-1]["t"] - v[0]["t"] for v in per.values())
+            out[f"edge_{e.name}_cores"] = round(busy / span, 2) if span > 0 else None
+        t = os.times()
+        out["bench_process_cpu_s"] = round(t.user + t.system, 1)
+        out["loadavg"] = os.getloadavg()
+        return out
+
     def probe_pins(self):
         """Diagnostic: what each edge's /api/sessions/{key} says about every
         session, against the relay that served its last request."""
@@ -1054,10 +1079,13 @@ class Bench:
         eject = re.compile(r"upstream (\S+) ejected for ([\d.]+)(ns|µs|us|ms|s|m)\b")
         unhealthy = re.compile(r"upstream (\S+) failed \d+ health checks in a row")
         healthy = re.compile(r"upstream (\S+) is healthy again")
+        redis_down = re.compile(r"redis \S+ failed \(|redis unreachable|redis connect timed out")
+        redis_up = re.compile(r"redis is reachable")
         scale = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
         out = {}
         for e in self.edges:
-            ev = {"ejections": [], "unhealthy": [], "healthy": [], "digest": collections.Counter()}
+            ev = {"ejections": [], "unhealthy": [], "healthy": [], "redis_degraded": [],
+                  "digest": collections.Counter()}
             try:
                 lines = open(e.logpath, encoding="utf-8", errors="replace").read().splitlines()
             except OSError:
@@ -1074,6 +1102,11 @@ class Bench:
                     ev["unhealthy"].append({"relay": g.group(1), "t": ts})
                 elif (g := healthy.search(msg)):
                     ev["healthy"].append({"relay": g.group(1), "t": ts})
+                elif redis_down.search(msg):
+                    if not ev["redis_degraded"] or ev["redis_degraded"][-1][1] is not None:
+                        ev["redis_degraded"].append([ts, None])
+                elif redis_up.search(msg) and ev["redis_degraded"] and ev["redis_degraded"][-1][1] is None:
+                    ev["redis_degraded"][-1][1] = ts + 1   # log times are whole seconds
                 if level in ("WARN", "ERROR"):
                     norm = re.sub(r"\b[0-9a-f]{16,}\b", "<hex>", msg)
                     norm = re.sub(r"\d+(\.\d+)?", "#", norm)
@@ -1089,6 +1122,20 @@ class Bench:
             if a["t_start"] - 0.5 <= t1 and (a["t_end"] or t1) + 5 >= t0:
                 best = a
         return f"{best['type']}" if best else "no_action"
+
+    def pin_lost(self, m):
+        """No one held the pin any more: the edge process that served the
+        session's previous request (a draining one included) had exited
+        before Redis restarted, and this Redis runs without persistence, so
+        its data went with it. Redis with AOF would have kept it."""
+        def old_exit(a):
+            d = a.get("detail") or {}
+            return a["t_start"] + d.get("exit_s", d.get("old_exit_s", a["t_end"] - a["t_start"]))
+        exits = [old_exit(a) for a in self.actions
+                 if a["type"] in ("restart_edge_b", "upgrade_edge_a") and a["target"] == m["prev_edge"]
+                 and a["t_start"] - 1 <= m["t1"] and m["since"] < old_exit(a)]
+        return any(r["type"] == "redis_restart" and any(e <= r["t_start"] for e in exits)
+                   and m["since"] < r["t_start"] <= m["t1"] for r in self.actions)
 
     def killed_between(self, relay, t0, t1):
         return any(k["relay"] == relay and t0 <= k["t_kill"] <= t1 for k in self.kills)
@@ -1157,6 +1204,8 @@ class Bench:
                             for k in self.kills):
                         reason = "relay_ejected_after_kill"
                         break
+            if not reason and self.pin_lost(m):
+                reason = "pin_lost"
             if reason:
                 moves[f"{m['kind']}.moved.{reason}"] += 1
                 continue
@@ -1167,6 +1216,13 @@ class Bench:
             m["edge_marked_from_unhealthy"] = any(
                 u["relay"] == m["from"] and m["since"] - 2 <= u["t"] <= m["t1"] + 1
                 for u in events.get(m["edge"], {}).get("unhealthy", []))
+            m["edge_redis_degraded"] = any(a - 1 <= m["t1"] and m["since"] <= (b or 1e18) + 1
+                                           for a, b in events.get(m["edge"], {}).get("redis_degraded", []))
+            m["redis_restarted_since"] = any(a["type"] == "redis_restart" and m["since"] <= a["t_end"] and a["t_start"] <= m["t1"]
+                                             for a in self.actions)
+            m["prev_edge_process_gone"] = any(
+                a["type"] in ("restart_edge_b", "upgrade_edge_a") and a["target"] == m["prev_edge"]
+                and m["since"] <= a["t_end"] and a["t_start"] <= m["t1"] for a in self.actions)
             unexplained.append(m)
 
         # Streams.
@@ -1218,6 +1274,14 @@ class Bench:
             for smp in self.samples:
                 if smp["edge"] == e.name:
                     per_pid.setdefault(smp["pid"], []).append(smp)
+            longest = max(per_pid.values(), key=lambda v: v[-1]["t"] - v[0]["t"], default=None)
+            if longest and longest[-1]["t"] - longest[0]["t"] >= 30:
+                span = longest[-1]["t"] - longest[0]["t"]
+                row["longest_process"] = {
+                    "pid": longest[0]["pid"], "seconds": round(span, 1),
+                    "rss_mib": [round(longest[0]["rss_kib"] / 1024, 1), round(longest[-1]["rss_kib"] / 1024, 1)],
+                    "rss_mib_per_min": round((longest[-1]["rss_kib"] - longest[0]["rss_kib"]) / 1024 / span * 60, 2),
+                    "fds": [longest[0]["fds"], longest[-1]["fds"]]}
             row["per_process"] = [{"pid": pid, "samples": len(v), "seconds": round(v[-1]["t"] - v[0]["t"], 1),
                                    "rss_first_mib": round(v[0]["rss_kib"] / 1024, 1),
                                    "rss_last_mib": round(v[-1]["rss_kib"] / 1024, 1),
@@ -1239,11 +1303,13 @@ class Bench:
         c = self.counts
         req = {"total": c["requests.total"], "pinned": c["requests.pinned"],
                "moved": {"relay_killed": moves["requests.moved.relay_killed"],
-                         "relay_ejected_after_kill": moves["requests.moved.relay_ejected_after_kill"]},
+                         "relay_ejected_after_kill": moves["requests.moved.relay_ejected_after_kill"],
+                         "pin_lost": moves["requests.moved.pin_lost"]},
                "moved_unexplained": moves["requests.moved_unexplained"], "failed": c["requests.failed"]}
         strm = {"total": c["streams.total"], "pinned": c["streams.pinned"],
                 "moved": {"relay_killed": moves["streams.moved.relay_killed"],
-                          "relay_ejected_after_kill": moves["streams.moved.relay_ejected_after_kill"]},
+                          "relay_ejected_after_kill": moves["streams.moved.relay_ejected_after_kill"],
+                          "pin_lost": moves["streams.moved.pin_lost"]},
                 "moved_unexplained": moves["streams.moved_unexplained"], "failed": c["streams.failed"],
                 "complete": st["complete"], "cut_relay_killed": st["cut_relay_killed"], "cut": st["cut"],
                 "unfinished_at_end": unfinished}
@@ -1260,6 +1326,7 @@ class Bench:
         }
         result = {
             "binary": self.binary, "seed": self.seed, "short": self.short, "tag": self.tag,
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
             "started": datetime.datetime.fromtimestamp(t_chaos, datetime.timezone.utc).isoformat(),
             "duration_s": round(t_chaos_end - t_chaos, 1), "total_s": round(t_done - t_chaos, 1),
             "setup": {"relays": len(self.relays), "clients": self.args.clients, "keys_per_client": self.args.keys,
@@ -1268,12 +1335,18 @@ class Bench:
             "requests": req, "streams": strm,
             "failures_by_cause": {k: dict(v) for k, v in sorted(by_cause.items())},
             "failures_by_cause_and_action": dict(by_context.most_common()),
+            "failures_by_kind": {k: dict(collections.Counter(
+                f"{'reached_relay' if f['reached_relay'] else 'never_reached_relay'} / {f['cause']}"
+                for f in self.failures if f["kind"] == k)) for k in ("requests", "streams")},
             "failed_reached_relay_while_it_was_killed": sum(1 for f in self.failures if f["relay_killed_during"]),
             "failed_reached_relay_no_kill": sum(1 for f in self.failures if f["reached_relay"] and not f["relay_killed_during"]),
             "moved_unexplained_confirmed_by_relay_logs": sum(1 for m in unexplained if m["relay_logs_agree"]),
             "moved_unexplained_by_action": dict(collections.Counter(
                 f"{m['kind']} / {m['context']} / edge {m['prev_edge']}->{m['edge']}"
                 + (" / edge marked it unhealthy" if m["edge_marked_from_unhealthy"] else "")
+                + (" / edge had lost redis (call failed or timed out)" if m["edge_redis_degraded"] else "")
+                + (" / redis restarted and the previous edge process is gone" if m["redis_restarted_since"] and m["prev_edge_process_gone"]
+                   else " / redis restarted since" if m["redis_restarted_since"] else "")
                 for m in unexplained).most_common()),
             "cut_streams_by_cause": dict(collections.Counter(f"{s['cause']} / {s['context']} / edge {s['edge']}" for s in cut).most_common()),
             "requests_reaching_relays_twice": dup, "relay_log_lines": logged,
@@ -1284,10 +1357,13 @@ class Bench:
             "counters_at_warm": warm_counts,
             "spurious_unhealthy": [dict(x, t=round(x["t"] - t_chaos, 1)) for x in spurious],
             "edge_log_digest": {n: dict(ev["digest"].most_common(25)) for n, ev in events.items()},
+            "edge_redis_degraded_episodes": {n: [[round(a - t_chaos, 1), round(b - t_chaos, 1) if b else None]
+                                                 for a, b in ev["redis_degraded"]] for n, ev in events.items()},
+            "cpu": self.cpu_summary(),
             "examples": {
-                "failed_never_reached_relay": [rel(f, t_chaos) for f in never[:60]],
+                "failed_never_reached_relay": [rel(f, t_chaos) for f in never[:300]],
                 "failed_reached_relay": [rel(f, t_chaos) for f in self.failures if f["reached_relay"]][:30],
-                "moved_unexplained": [rel(m, t_chaos) for m in unexplained[:100]],
+                "moved_unexplained": [rel(m, t_chaos) for m in unexplained[:300]],
                 "cut_streams": [rel(s, t_chaos) for s in cut[:60]],
             },
             "bench_errors": self.bench_errors, "stuck_threads": stuck,
@@ -1329,6 +1405,7 @@ def summary(r):
         ["pinned", q["pinned"], s["pinned"]],
         ["moved (relay_killed)", q["moved"]["relay_killed"], s["moved"]["relay_killed"]],
         ["moved (relay_ejected_after_kill)", q["moved"]["relay_ejected_after_kill"], s["moved"]["relay_ejected_after_kill"]],
+        ["moved (pin_lost: redis data lost)", q["moved"]["pin_lost"], s["moved"]["pin_lost"]],
         ["moved_unexplained  [VIOLATION]", q["moved_unexplained"], s["moved_unexplained"]],
         ["failed", q["failed"], s["failed"]],
         ["stream complete", "", s["complete"]],
@@ -1340,6 +1417,9 @@ def summary(r):
     if fr:
         lines += table(["cause", "reached_relay", "never_reached_relay"],
                        [[k, v.get("reached_relay", 0), v.get("never_reached_relay", 0)] for k, v in fr.items()])
+    for kind, v in r.get("failures_by_kind", {}).items():
+        if v:
+            lines.append(f"  {kind}: " + ", ".join(f"{k} {n}" for k, n in sorted(v.items())))
     if r["failures_by_cause_and_action"]:
         lines += ["", "failures by chaos action nearby:"]
         lines += [f"  {n:6d}  {k}" for k, n in r["failures_by_cause_and_action"].items()]
@@ -1361,6 +1441,11 @@ def summary(r):
                          "yes" if e["rss_flat"] and e["fds_flat"] else "NO"])
     lines += ["", *table(["edge", "pid start", "pid end", "RSS MiB start", "RSS MiB end",
                           "fds start (less bench conns)", "fds end", "flat"], rows)]
+    for name, e in r["edges"].items():
+        lp = e.get("longest_process")
+        if lp:
+            lines.append(f"edge {name}, longest-lived process {lp['pid']} ({lp['seconds']} s): RSS {lp['rss_mib'][0]} -> "
+                         f"{lp['rss_mib'][1]} MiB ({lp['rss_mib_per_min']:+} MiB/min), fds {lp['fds'][0]} -> {lp['fds'][1]} (diagnostic)")
     lines += [f"requests that reached relays twice: {r['requests_reaching_relays_twice']}",
               f"failed after reaching a relay that was being killed: {r['failed_reached_relay_while_it_was_killed']}, "
               f"with no kill: {r['failed_reached_relay_no_kill']}",
@@ -1369,7 +1454,11 @@ def summary(r):
               f"pins at the end (GET /api/sessions/KEY on both edges vs the relay of the last answer): "
               f"{r['pin_probe_at_end'].get('agree', 0)} of {r['pin_probe_at_end'].get('sessions', 0)} agree; "
               f"{r['pin_probe_at_end'].get('mismatch', {})}",
-              f"both edges refused a connect: {r['counters'].get('both_edges_refused', 0)} times"]
+              f"both edges refused a connect: {r['counters'].get('both_edges_refused', 0)} times",
+              "edge lost redis (a call failed or timed out; degraded until 'redis is reachable'): "
+              + ", ".join(f"{n}: {len(v)} times" for n, v in r["edge_redis_degraded_episodes"].items()),
+              f"CPU: edge A {r['cpu'].get('edge_A_cores')} cores, edge B {r['cpu'].get('edge_B_cores')} cores, "
+              f"this script {r['cpu']['bench_process_cpu_s']} s, load average {r['cpu']['loadavg'][0]:.2f}"]
     if r["bench_errors"] or r["stuck_threads"]:
         lines += [f"BENCH ERRORS: {r['bench_errors'][:5]} stuck: {r['stuck_threads']}"]
     lines += ["", "goals:"] + [f"  {'ok  ' if v else 'MISS'}  {k}" for k, v in r["goals"].items()]

@@ -497,6 +497,25 @@ pub async fn open_stream(
     task
 }
 
+/// The old process completes `stream` (an SSE response), then exits 0.
+pub async fn finishes_its_stream_and_exits(
+    old: &mut Edge,
+    stream: tokio::task::JoinHandle<std::io::Result<Response>>,
+) {
+    let r = stream
+        .await
+        .expect("task")
+        .expect("the old process finishes its stream");
+    assert!(r.text().contains("message_stop"), "{}", r.text());
+    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
+    assert_eq!(
+        code,
+        Some(0),
+        "the old process exits once drained:\n{}",
+        old.log()
+    );
+}
+
 /// One request on a fresh connection.
 pub async fn request(
     addr: SocketAddr,

@@ -41,6 +41,7 @@ async fn a_drain_after_a_reload_that_rebuilt_upstreams_cuts_no_stream() {
     // New timeouts rebuild every upstream: the streams run on the old ones.
     reload_with(&edge, "timeouts: {connect: 4s}\n", 2).await;
     edge.signal("TERM");
+    let last = streams.pop().expect("four streams");
     for stream in streams {
         let r = stream
             .await
@@ -48,8 +49,7 @@ async fn a_drain_after_a_reload_that_rebuilt_upstreams_cuts_no_stream() {
             .expect("the drain must not cut the stream");
         assert!(r.text().contains("message_stop"), "{}", r.text());
     }
-    let code = tokio::task::block_in_place(|| edge.wait_exit(Duration::from_secs(20)));
-    assert_eq!(code, Some(0), "exits once drained:\n{}", edge.log());
+    finishes_its_stream_and_exits(&mut edge, last).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,10 +76,7 @@ async fn a_keep_alive_client_idle_when_the_drain_starts_is_served_and_told_to_le
         Some("close"),
         "and tells the client to leave"
     );
-    let r = stream.await.expect("task").expect("the stream finishes");
-    assert!(r.text().contains("message_stop"));
-    let code = tokio::task::block_in_place(|| edge.wait_exit(Duration::from_secs(20)));
-    assert_eq!(code, Some(0));
+    finishes_its_stream_and_exits(&mut edge, stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,4 +102,50 @@ async fn an_idle_keep_alive_connection_is_closed_after_client_idle() {
         matches!(closed, Ok(true)),
         "the edge closes the idle connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_after_a_long_stream_on_its_connection_is_served() {
+    let ups = upstreams(&["relay-a"]).await;
+    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 1, None, "30s").await;
+    let mut conn = Conn::open(edge.addr).await.expect("connect");
+    conn.send_raw(&raw_request(
+        "GET",
+        "/v1/messages?sse=8&gap_ms=250",
+        &[],
+        b"",
+    ))
+    .await
+    .expect("send");
+    // The stream is under way (its head said keep-alive) when the drain begins.
+    let (started, on_start) = tokio::sync::oneshot::channel();
+    let mut started = Some(started);
+    let reading = async {
+        conn.read_response(|data| {
+            if !data.is_empty() {
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .await
+    };
+    let signal = async {
+        on_start.await.expect("the stream started");
+        edge.signal("TERM");
+    };
+    let (stream, ()) = tokio::join!(reading, signal);
+    let stream = stream.expect("the stream finishes");
+    assert!(stream.text().contains("message_stop"));
+    assert_eq!(stream.header("connection"), Some("keep-alive"));
+    // It started two seconds ago, and it just ended: the process is not
+    // quiet yet, and the client's next request on this connection is served.
+    let next = conn
+        .request("GET", "/v1/x", &[], b"")
+        .await
+        .expect("served after the stream, on the same connection");
+    assert_eq!(next.status, 200);
+    assert_eq!(next.header("connection"), Some("close"));
+    let code = tokio::task::block_in_place(|| edge.wait_exit(Duration::from_secs(20)));
+    assert_eq!(code, Some(0));
 }

@@ -6,6 +6,25 @@ use std::time::{Duration, Instant};
 
 const KEYED: &str = "affinity: {keys: [{header: x-session-id}]}\n";
 
+/// Pin `key` with a first request; its upstream's name, that relay, and the other one.
+async fn pin_on_one_of_two<'u>(
+    edge: &Edge,
+    ups: &'u [relay_edge::demo::DemoUpstream],
+    key: &str,
+) -> (
+    String,
+    &'u relay_edge::demo::DemoUpstream,
+    &'u relay_edge::demo::DemoUpstream,
+) {
+    let home = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+    let (home_up, other_up) = if home == ups[0].name {
+        (&ups[0], &ups[1])
+    } else {
+        (&ups[1], &ups[0])
+    };
+    (home, home_up, other_up)
+}
+
 /// Pin `n` sessions and return session -> upstream.
 async fn pin_sessions(edge: &Edge, n: usize) -> HashMap<String, String> {
     let mut pins = HashMap::new();
@@ -333,15 +352,7 @@ async fn health_checks_of_500_upstreams_run_in_parallel() {
 async fn a_failure_on_a_pooled_connection_does_not_move_the_session() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
-    let home = edge
-        .get("/v1/x", &[("x-session-id", "steady")])
-        .await
-        .upstream();
-    let (home_up, other_up) = if home == "relay-a" {
-        (&ups[0], &ups[1])
-    } else {
-        (&ups[1], &ups[0])
-    };
+    let (home, home_up, other_up) = pin_on_one_of_two(&edge, &ups, "steady").await;
     let connections = home_up.connections();
     // The relay closes the pooled connection as it is reused: the request
     // is sent again on a fresh connection to the same relay, and the
@@ -390,15 +401,7 @@ async fn a_failure_on_a_pooled_connection_does_not_move_the_session() {
 async fn a_post_its_relay_took_and_lost_gets_a_502_and_is_not_run_twice() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
-    let home = edge
-        .get("/v1/x", &[("x-session-id", "billed")])
-        .await
-        .upstream();
-    let (home_up, other_up) = if home == "relay-a" {
-        (&ups[0], &ups[1])
-    } else {
-        (&ups[1], &ups[0])
-    };
+    let (_, home_up, other_up) = pin_on_one_of_two(&edge, &ups, "billed").await;
     // The relay reads the POST on its pooled connection, then on a fresh
     // one, and drops both: it may have run it, so it is not sent elsewhere.
     home_up.drop_next(2);
@@ -434,15 +437,7 @@ async fn a_post_its_relay_took_and_lost_gets_a_502_and_is_not_run_twice() {
 async fn a_post_its_relay_reset_unanswered_is_sent_again_byte_for_byte() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
-    let home = edge
-        .get("/v1/x", &[("x-session-id", "resent")])
-        .await
-        .upstream();
-    let (home_up, other_up) = if home == "relay-a" {
-        (&ups[0], &ups[1])
-    } else {
-        (&ups[1], &ups[0])
-    };
+    let (home, home_up, other_up) = pin_on_one_of_two(&edge, &ups, "resent").await;
     let body = messages_body(20_000, "resent");
     // A reset without a byte of answer: the relay never had the whole
     // request (it would have closed with a FIN). Pooled, then fresh: the

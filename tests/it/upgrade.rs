@@ -3,25 +3,6 @@
 use crate::common::*;
 use std::time::Duration;
 
-/// The old process completes `stream` (an SSE response), then exits 0.
-async fn finishes_its_stream_and_exits(
-    old: &mut Edge,
-    stream: tokio::task::JoinHandle<std::io::Result<Response>>,
-) {
-    let r = stream
-        .await
-        .expect("task")
-        .expect("the old process finishes its stream");
-    assert!(r.text().contains("message_stop"), "{}", r.text());
-    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
-    assert_eq!(
-        code,
-        Some(0),
-        "the old process exits once drained:\n{}",
-        old.log()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams() {
     let ups = upstreams(&["relay-a"]).await;
