@@ -861,3 +861,35 @@ async fn an_outage_longer_than_local_ttl_moves_no_known_session() {
     }
     assert!(rounds >= 2, "the outage outlasted local_ttl");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_answer_is_waited_for_and_moves_no_session() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let keys: Vec<String> = (0..10).map(|i| format!("slow-{i}")).collect();
+    let mut pins = HashMap::new();
+    {
+        let seed = shared_edge(&config(&ups, &redis)).await;
+        for key in &keys {
+            pins.insert(
+                key.clone(),
+                seed.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+            );
+        }
+    }
+    // A fresh edge knows none of them: each lookup asks Redis, which stalls
+    // for three times the 50 ms timeout (less than the patient retry's 200).
+    let edge = shared_edge(&config(&ups, &redis)).await;
+    for key in &keys {
+        redis.cli(&["CLIENT", "PAUSE", "150", "ALL"]);
+        let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
+        assert_eq!(
+            &r.upstream(),
+            &pins[key],
+            "{key} moved while Redis was slow"
+        );
+    }
+    let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["redis"]["errors"], 0, "slow is not down: {stats}");
+    assert_eq!(stats["redis"]["connected"], true);
+}

@@ -232,11 +232,16 @@ impl RedisStore {
         created_ms: u64,
     ) -> Option<Arc<SessionRecord>> {
         for _ in 0..2 {
-            let mut conn = self.conn()?;
-            let mut inv = self.scripts.claim.key(self.bucket(id));
-            inv.arg(&id.to_bytes()[..])
-                .arg(Stored::fresh(upstream, created_ms));
-            let existing: Option<String> = self.call("claim", inv.invoke_async(&mut conn)).await?;
+            let conn = self.conn()?;
+            let (bucket, value) = (self.bucket(id), Stored::fresh(upstream, created_ms));
+            let existing: Option<String> = self
+                .call_patiently("claim", || {
+                    let mut inv = self.scripts.claim.key(&bucket);
+                    inv.arg(&id.to_bytes()[..]).arg(&value);
+                    let mut conn = conn.clone();
+                    async move { inv.invoke_async(&mut conn).await }
+                })
+                .await?;
             let Some(value) = existing else {
                 self.reindex(id, None, Some(upstream)).await;
                 return Some(self.local.put(id, Arc::from(upstream), created_ms));
@@ -274,6 +279,25 @@ impl RedisStore {
         self.call_within(what, self.spec.load().timeout, fut).await
     }
 
+    /// A call whose failure would move a session (a lookup, a claim, a
+    /// re-pin): a slow answer is waited for once more, four times as long,
+    /// before Redis counts as down. A moved session costs a prompt cache; a
+    /// first request that waits 200 ms more costs far less. Each of these
+    /// calls gives the same answer when run twice (a claim or a re-pin that
+    /// did land finds its own pin in force).
+    async fn call_patiently<T, Fut>(&self, what: &str, mut make: impl FnMut() -> Fut) -> Option<T>
+    where
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let timeout = self.spec.load().timeout;
+        let start = Instant::now();
+        if let Ok(result) = tokio::time::timeout(timeout, make()).await {
+            return self.finish(what, timeout, start, Ok(result));
+        }
+        self.call_within(what, timeout.saturating_mul(4), make())
+            .await
+    }
+
     /// The longer deadline of a background batch.
     fn batch_timeout(&self) -> Duration {
         self.spec.load().timeout.saturating_mul(20)
@@ -287,6 +311,17 @@ impl RedisStore {
     ) -> Option<T> {
         let start = Instant::now();
         let result = tokio::time::timeout(timeout, fut).await;
+        self.finish(what, timeout, start, result)
+    }
+
+    /// Count and classify the result of a call that began at `start`.
+    fn finish<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        start: Instant,
+        result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Option<T> {
         self.metrics
             .redis_duration
             .observe(start.elapsed().as_secs_f64());
@@ -390,11 +425,15 @@ impl SessionStore for RedisStore {
         // Kept past `local_ttl`: what this edge knew, for when Redis cannot
         // answer (an outage must not move a known session).
         let stale = self.local.stale(id).map(|r| (r, LookupSource::Local));
-        let Some(mut conn) = self.conn() else {
+        let Some(conn) = self.conn() else {
             return stale;
         };
+        let bucket = self.bucket(id);
         let value: Option<String> = match self
-            .call("lookup", conn.hget(self.bucket(id), &id.to_bytes()[..]))
+            .call_patiently("lookup", || {
+                let (mut conn, bucket) = (conn.clone(), bucket.clone());
+                async move { conn.hget(bucket, &id.to_bytes()[..]).await }
+            })
             .await
         {
             Some(v) => v,
@@ -433,19 +472,28 @@ impl SessionStore for RedisStore {
     }
 
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
-        if let Some(mut conn) = self.conn() {
-            let mut inv = self.scripts.repin.key(self.bucket(id));
-            inv.arg(&id.to_bytes()[..])
-                .arg(from)
-                .arg(Stored::fresh(&to, now_ms()))
-                .arg(self.channel())
-                .arg(id.to_hex());
+        if let Some(conn) = self.conn() {
+            let (bucket, value, channel) = (
+                self.bucket(id),
+                Stored::fresh(&to, now_ms()),
+                self.channel(),
+            );
             if let Some((moved, value)) = self
-                .call("repin", inv.invoke_async::<(i64, String)>(&mut conn))
+                .call_patiently("repin", || {
+                    let mut inv = self.scripts.repin.key(&bucket);
+                    inv.arg(&id.to_bytes()[..])
+                        .arg(from)
+                        .arg(&value)
+                        .arg(&channel)
+                        .arg(id.to_hex());
+                    let mut conn = conn.clone();
+                    async move { inv.invoke_async::<(i64, String)>(&mut conn).await }
+                })
                 .await
             {
                 if let Ok(s) = Stored::parse(&value) {
-                    if moved == 1 {
+                    // A second run finds the first one's pin (ours) in force.
+                    if moved == 1 || s.upstream == *to {
                         self.reindex(id, Some(from), Some(&s.upstream)).await;
                     }
                     return self
