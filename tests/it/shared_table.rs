@@ -736,6 +736,9 @@ async fn a_malformed_record_is_one_sessions_problem_and_is_repaired() {
     );
     let again = a.get("/v1/x", &[("x-session-id", "broken")]).await;
     assert_eq!(again.upstream(), home, "the session never moved");
+    // Whichever edge met a bad record first (a's sweep, or b's lookup)
+    // repaired and counted it; neither counted an outage.
+    let mut record_errors = 0;
     for edge in [&a, &b] {
         let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
         assert_eq!(
@@ -746,11 +749,12 @@ async fn a_malformed_record_is_one_sessions_problem_and_is_repaired() {
             stats["redis"]["errors"], 0,
             "no outage was counted: {stats}"
         );
-        assert!(
-            stats["redis"]["record_errors"].as_u64() >= Some(1),
-            "{stats}"
-        );
+        record_errors += stats["redis"]["record_errors"].as_u64().unwrap_or(0);
     }
+    assert!(
+        record_errors >= 2,
+        "both bad records counted: {record_errors}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,27 +66,32 @@ redis.call('HSET', KEYS[1], ARGV[1], up .. '\t' .. c .. '\t' .. ARGV[3] .. '\t' 
 return 1
 ";
 
-/// Sweep one bucket: remove sessions last seen before ARGV[1] (and
-/// malformed ones). Returns {removed, live}: each a flat list
-/// {id, upstream, id, upstream, ...}, the live ones for the index repair.
+/// Sweep one bucket: remove sessions last seen before ARGV[1], and
+/// malformed ones. Returns {expired, live, malformed}: the first two flat
+/// lists {id, upstream, id, upstream, ...} (the live ones for the index
+/// repair), the last the ids of the malformed records removed.
 pub const SWEEP: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
-local removed, live = {}, {}
+local removed, live, malformed = {}, {}, {}
 for i = 1, #all, 2 do
   local v = all[i + 1]
   if string.sub(v, 1, 1) ~= '/' then
     local up, l = string.match(v, '^([^\t]+)\t[^\t]*\t([^\t]*)')
-    if (not l) or (not tonumber(l)) or tonumber(l) < tonumber(ARGV[1]) then
+    local seen = l and tonumber(l)
+    if not seen then
+      redis.call('HDEL', KEYS[1], all[i])
+      malformed[#malformed + 1] = all[i]
+    elseif seen < tonumber(ARGV[1]) then
       redis.call('HDEL', KEYS[1], all[i])
       removed[#removed + 1] = all[i]
-      removed[#removed + 1] = up or ''
+      removed[#removed + 1] = up
     else
       live[#live + 1] = all[i]
       live[#live + 1] = up
     end
   end
 end
-return {removed, live}
+return {removed, live, malformed}
 ";
 
 /// Repair: delete ARGV[1] if its value is still ARGV[2] (a malformed record
@@ -119,6 +124,32 @@ impl Scripts {
             touch: Script::new(TOUCH),
             sweep: Script::new(SWEEP),
             discard: Script::new(DISCARD),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    #[test]
+    fn the_sweep_reply_decodes() {
+        let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
+        for reply in [
+            Value::Array(vec![
+                Value::Array(vec![]),
+                Value::Array(vec![]),
+                Value::Array(vec![]),
+            ]),
+            Value::Array(vec![
+                Value::Array(vec![]),
+                Value::Array(vec![bulk(b"f1"), bulk(b"relay-a")]),
+                Value::Array(vec![bulk(&[0u8; 16])]),
+            ]),
+        ] {
+            let decoded =
+                redis::from_redis_value::<(Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>)>(&reply);
+            assert!(decoded.is_ok(), "{reply:?}: {decoded:?}");
         }
     }
 }

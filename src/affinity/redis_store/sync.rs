@@ -279,15 +279,26 @@ impl RedisStore {
             let Some(mut conn) = self.conn() else { return };
             let mut inv = self.scripts.sweep.key(self.bucket_key(n));
             inv.arg(cutoff);
-            let Some((removed, live)) = self
+            let Some((removed, live, malformed)) = self
                 .call(
                     "sweep",
-                    inv.invoke_async::<(Vec<Vec<u8>>, Vec<Vec<u8>>)>(&mut conn),
+                    inv.invoke_async::<(Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>)>(&mut conn),
                 )
                 .await
             else {
                 return;
             };
+            for id in malformed.iter().filter_map(|id| SessionId::from_bytes(id)) {
+                // Written back from this edge's cache, if it knows the pin.
+                self.metrics.redis_record_errors.inc();
+                log::warn!(
+                    "redis: session {} held a malformed record; removed",
+                    id.to_hex()
+                );
+                if let Some(r) = self.local.stale(id) {
+                    self.remember_pending(id, &r.upstream);
+                }
+            }
             for pair in removed.chunks(2) {
                 if let [id, upstream] = pair {
                     let upstream = String::from_utf8_lossy(upstream);
