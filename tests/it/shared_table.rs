@@ -882,10 +882,16 @@ async fn a_slow_redis_answer_is_waited_for_and_moves_no_session() {
         }
     }
     // A fresh edge knows none of them: each lookup asks Redis, which stalls
-    // for three times the 50 ms timeout (less than the patient retry's 200).
-    let edge = shared_edge(&config(&ups, &redis)).await;
+    // for twice the 100 ms timeout: the first try times out, the patient
+    // one (400 ms more) is answered, with room for a busy machine.
+    let edge = shared_edge(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', timeout: 100ms}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    ))
+    .await;
     for key in &keys {
-        redis.cli(&["CLIENT", "PAUSE", "150", "ALL"]);
+        redis.cli(&["CLIENT", "PAUSE", "200", "ALL"]);
         let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
         assert_eq!(
             &r.upstream(),
