@@ -274,7 +274,9 @@ impl RedisStore {
         self.conn.load_full().map(|c| (*c).clone())
     }
 
-    /// Run one Redis call with the timeout, counting errors and latency.
+    /// Run one Redis call with the timeout, counting errors and latency. A
+    /// lost connection marks Redis down; a slow answer does not (see
+    /// `call_patiently`, whose timeouts do).
     async fn call<T>(&self, what: &str, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
         self.call_within(what, self.spec.load().timeout, fut).await
     }
@@ -292,10 +294,11 @@ impl RedisStore {
         let timeout = self.spec.load().timeout;
         let start = Instant::now();
         if let Ok(result) = tokio::time::timeout(timeout, make()).await {
-            return self.finish(what, timeout, start, Ok(result));
+            return self.finish(what, timeout, start, Ok(result), true);
         }
-        self.call_within(what, timeout.saturating_mul(4), make())
-            .await
+        let (start, timeout) = (Instant::now(), timeout.saturating_mul(4));
+        let result = tokio::time::timeout(timeout, make()).await;
+        self.finish(what, timeout, start, result, true)
     }
 
     /// The longer deadline of a background batch.
@@ -311,16 +314,20 @@ impl RedisStore {
     ) -> Option<T> {
         let start = Instant::now();
         let result = tokio::time::timeout(timeout, fut).await;
-        self.finish(what, timeout, start, result)
+        self.finish(what, timeout, start, result, false)
     }
 
-    /// Count and classify the result of a call that began at `start`.
+    /// Count and classify the result of a call that began at `start`. Only
+    /// a request-path call (`timeouts_mean_down`) takes a timeout for an
+    /// outage: a slow sweep or renewal in the background must not send every
+    /// request to degraded placement.
     fn finish<T>(
         &self,
         what: &str,
         timeout: Duration,
         start: Instant,
         result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+        timeouts_mean_down: bool,
     ) -> Option<T> {
         self.metrics
             .redis_duration
@@ -334,6 +341,11 @@ impl RedisStore {
                 return None;
             }
             Ok(Err(e)) => format!("{} error", e.category()),
+            Err(_) if !timeouts_mean_down => {
+                // Slow, not down: the next request-path call will tell.
+                log::debug!("redis {what}: no answer within {timeout:?}");
+                return None;
+            }
             Err(_) => format!("timeout after {timeout:?}"),
         };
         self.outage(what, &failure);
