@@ -56,6 +56,17 @@ async fn pin_through(
     target
 }
 
+/// Send one request of each key, one after another, through `edge`; the
+/// upstream each landed on.
+async fn pin_each(edge: &Edge, keys: &[String]) -> HashMap<String, String> {
+    let mut pins = HashMap::new();
+    for key in keys {
+        let up = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+        pins.insert(key.clone(), up);
+    }
+    pins
+}
+
 /// Send the first request of every key to both edges at the same moment.
 async fn first_requests_at_once(a: &Edge, b: &Edge, keys: &[String]) -> HashMap<String, String> {
     let mut pins = HashMap::new();
@@ -553,14 +564,7 @@ async fn restarted_edges_serve_every_known_session_from_their_first_request() {
     let redis = RedisServer::start(None).await;
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     let keys: Vec<String> = (0..60).map(|i| format!("known-{i}")).collect();
-    let mut pins = HashMap::new();
-    {
-        let edge = shared_edge(&config(&ups, &redis)).await;
-        for key in &keys {
-            let up = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
-            pins.insert(key.clone(), up);
-        }
-    }
+    let pins = pin_each(&shared_edge(&config(&ups, &redis)).await, &keys).await;
     // Both edges start anew. Ready is the first moment they serve; from
     // there on every known session goes to its pin, none is placed anew.
     let (a, b) = (
@@ -775,14 +779,12 @@ async fn a_record_of_a_newer_format_is_left_alone() {
         "neither adopted nor overwritten"
     );
     // Sweeps and renewals leave it too.
-    let before = b.metrics().await;
     eventually(Duration::from_secs(10), "a few syncs", || async {
         b.get("/v1/x", &[("x-session-id", "future")]).await;
         let (_, s) = b.admin_json("GET", "/api/stats", b"").await;
         s["redis"]["record_errors"].as_u64() >= Some(2)
     })
     .await;
-    assert!(!before.is_empty());
     assert_eq!(stored(&redis, &id, 4), newer);
 }
 
@@ -843,13 +845,7 @@ async fn an_outage_longer_than_local_ttl_moves_no_known_session() {
     ))
     .await;
     let keys: Vec<String> = (0..30).map(|i| format!("long-outage-{i}")).collect();
-    let mut pins = HashMap::new();
-    for key in &keys {
-        pins.insert(
-            key.clone(),
-            edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
-        );
-    }
+    let pins = pin_each(&edge, &keys).await;
     redis.kill();
     // For ten times local_ttl, every cached pin goes stale and is asked of
     // Redis again, which cannot answer: the session stays where it was.
@@ -871,16 +867,7 @@ async fn a_slow_redis_answer_is_waited_for_and_moves_no_session() {
     let redis = RedisServer::start(None).await;
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     let keys: Vec<String> = (0..10).map(|i| format!("slow-{i}")).collect();
-    let mut pins = HashMap::new();
-    {
-        let seed = shared_edge(&config(&ups, &redis)).await;
-        for key in &keys {
-            pins.insert(
-                key.clone(),
-                seed.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
-            );
-        }
-    }
+    let pins = pin_each(&shared_edge(&config(&ups, &redis)).await, &keys).await;
     // A fresh edge knows none of them: each lookup asks Redis, which stalls
     // for twice the 100 ms timeout: the first try times out, the patient
     // one (400 ms more) is answered, with room for a busy machine.
