@@ -39,11 +39,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let warning = config.admin.token_file_warning.clone();
     if check {
+        if let Some(w) = &warning {
+            eprintln!("relay-edge: warning: {w}");
+        }
         println!("relay-edge: {} is valid", path.display());
         return ExitCode::SUCCESS;
     }
     relay_edge::logging::init(&config.server.log_level);
+    if let Some(w) = &warning {
+        log::warn!("{w}");
+    }
     let (server, _edge) = match relay_edge::server::build(config, Some(path), upgrade) {
         Ok(built) => built,
         Err(e) => {

@@ -58,7 +58,11 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         reload: _,
     } = new;
     keep!("listen", listeners, old.listeners);
-    let AdminSpec { listen, token: _ } = admin;
+    let AdminSpec {
+        listen,
+        token: _,
+        token_file_warning: _,
+    } = admin;
     keep!("admin.listen", listen, old.admin.listen);
     let ServerSpec {
         threads,
@@ -124,11 +128,17 @@ impl Edge {
             return Err(vec!["no config file to reload".to_string()]);
         };
         let result = match config::load(path) {
-            Ok(config) => Ok(self.apply(config, started).await),
+            Ok(config) => match self.admin_stays_closed(&config) {
+                Ok(()) => Ok(self.apply(config, started).await),
+                Err(e) => Err(vec![e]),
+            },
             Err(e) => Err(e.lines()),
         };
         match &result {
             Ok(report) => {
+                if let Some(w) = &self.state().config.admin.token_file_warning {
+                    log::warn!("{w}");
+                }
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.config_generation.set(report.generation as i64);
                 self.last_reload_error.store(None);
@@ -159,6 +169,19 @@ impl Edge {
             }
         }
         result
+    }
+
+    /// The admin listener cannot move in a reload: the token rule is
+    /// checked against the one that keeps serving, not the file's address.
+    fn admin_stays_closed(&self, config: &Config) -> Result<(), String> {
+        let serving = self.state().config.admin.listen;
+        match AdminSpec::exposure_error(serving, config.admin.token.as_deref()) {
+            None => Ok(()),
+            Some(e) => Err(format!(
+                "admin.token_file: the admin listener keeps serving on {serving} until an \
+                 upgrade, and {e}"
+            )),
+        }
     }
 
     async fn apply(&self, config: Config, started: std::time::Instant) -> ReloadReport {

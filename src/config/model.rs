@@ -204,6 +204,25 @@ impl std::fmt::Debug for RedisSpec {
 pub struct AdminSpec {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// Set when the token file can be read by every user (ssh refuses such
+    /// a key; relay-edge warns).
+    pub token_file_warning: Option<String>,
+}
+
+impl AdminSpec {
+    /// The one rule that keeps admin closed: a listener on `listen` without
+    /// a token is an error unless it serves loopback only. It is checked
+    /// against the listener that really serves: the file's at start, the
+    /// running one on a reload (a listener moves only with an upgrade).
+    /// Port 0 changes nothing: it binds the same address.
+    pub fn exposure_error(listen: SocketAddr, token: Option<&str>) -> Option<String> {
+        if token.is_some() || listen.ip().is_loopback() {
+            return None;
+        }
+        Some(format!(
+            "{listen} is not a loopback address: set admin.token_file first"
+        ))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -636,9 +636,13 @@ fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
 fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
     let AdminFile { listen, token_file } = a;
     let listen_text = listen.unwrap_or_else(|| Defaults::ADMIN_LISTEN.to_string());
-    let listen = socket_addr(&listen_text, "admin.listen", errs).unwrap_or_else(placeholder_addr);
+    let parsed = socket_addr(&listen_text, "admin.listen", errs);
+    let mut token_file_warning = None;
     let token = token_file.and_then(|file| match std::fs::read_to_string(&file) {
-        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(t) if !t.trim().is_empty() => {
+            token_file_warning = world_readable_warning(&file);
+            Some(t.trim().to_string())
+        }
         Ok(_) => {
             errs.push("admin.token_file", format!("{file:?} is empty"));
             None
@@ -648,13 +652,26 @@ fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
             None
         }
     });
-    if token.is_none() && !listen.ip().is_loopback() && listen.port() != 0 {
-        errs.push(
-            "admin.listen",
-            format!("{listen} is not a loopback address: set admin.token_file first"),
-        );
+    if let Some(error) = parsed.and_then(|l| AdminSpec::exposure_error(l, token.as_deref())) {
+        errs.push("admin.listen", error);
     }
-    AdminSpec { listen, token }
+    AdminSpec {
+        listen: parsed.unwrap_or_else(placeholder_addr),
+        token,
+        token_file_warning,
+    }
+}
+
+/// A warning when every user may read the token file.
+fn world_readable_warning(file: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "admin.token_file: {file:?} is readable by every user (mode {:o}): chmod 600 it",
+            mode & 0o777
+        )
+    })
 }
 
 fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
@@ -748,6 +765,10 @@ mod tests {
             (&format!("{BASE}affinity: {{keys: [{{json: metadata}}]}}\n"), "affinity.keys[0].json: invalid JSON pointer"),
             (&format!("{BASE}affinity: {{keys: [{{header: x, regex: '('}}]}}\n"), "affinity.keys[0].regex: invalid regex"),
             (&format!("{BASE}admin: {{listen: 0.0.0.0:9900}}\n"), "admin.listen: 0.0.0.0:9900 is not a loopback address"),
+            // Port 0 binds the same address: it needs a token as much.
+            (&format!("{BASE}admin: {{listen: 0.0.0.0:0}}\n"), "admin.listen: 0.0.0.0:0 is not a loopback address"),
+            (&format!("{BASE}admin: {{listen: '[::]:0'}}\n"), "admin.listen: [::]:0 is not a loopback address"),
+            (&format!("{BASE}admin: {{listen: '[::]:9900'}}\n"), "admin.listen: [::]:9900 is not a loopback address"),
             (&format!("{BASE}passive_health: {{max_ejected_percent: 101}}\n"), "passive_health.max_ejected_percent"),
             ("listen: []\nupstreams: []\n", "listen: at least one listener is required"),
         ];
@@ -758,6 +779,29 @@ mod tests {
                 "want {want:?} in {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_world_readable_token_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "secret\n").expect("write");
+        let text = format!(
+            "{BASE}admin: {{listen: '[::1]:0', token_file: {}}}\n",
+            file.display()
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let quiet = crate::config::parse(&text).expect("valid");
+        assert_eq!(quiet.admin.token_file_warning, None);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let warned = crate::config::parse(&text).expect("still valid");
+        let warning = warned.admin.token_file_warning.expect("a warning");
+        assert!(
+            warning.contains("readable by every user (mode 644)"),
+            "{warning}"
+        );
+        assert!(!warning.contains("secret"), "{warning}");
     }
 
     #[test]

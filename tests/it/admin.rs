@@ -255,3 +255,149 @@ async fn a_configured_token_guards_every_admin_route() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A reload cannot move the admin listener (only an upgrade can), so the
+/// token rule is checked against the listener that keeps serving: a file
+/// that moves admin to loopback and drops its token is rejected whole, and
+/// the running listener on all interfaces stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_leave_a_public_admin_listener_without_its_token() {
+    let ups = upstreams(&["relay-a"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write token");
+    let (port, admin_port) = (free_port(), free_port());
+    let conf = dir.path().join("c.yaml");
+    let head = format!(
+        "listen: [{{addr: 127.0.0.1:{port}}}]\n{}server: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
+        upstreams_yaml(&ups),
+        d = dir.path().display()
+    );
+    let public = format!(
+        "{head}admin: {{listen: 0.0.0.0:{admin_port}, token_file: {}}}\n",
+        token_file.display()
+    );
+    std::fs::write(&conf, &public).expect("write config");
+    let mut child = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let auth = [("authorization", "Bearer s3cret-token")];
+    eventually(std::time::Duration::from_secs(20), "admin up", || async {
+        request(admin, "GET", "/readyz", &auth, b"")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+
+    std::fs::write(
+        &conf,
+        format!("{head}admin: {{listen: 127.0.0.1:{admin_port}}}\n"),
+    )
+    .expect("rewrite config");
+    let rejected = request(admin, "POST", "/api/reload", &auth, b"")
+        .await
+        .expect("answer");
+    assert_eq!(rejected.status, 400, "{}", rejected.text());
+    assert!(
+        rejected
+            .text()
+            .contains(&format!("keeps serving on 0.0.0.0:{admin_port}")),
+        "{}",
+        rejected.text()
+    );
+    let pin = br#"{"upstream":"relay-a"}"#;
+    let open = request(admin, "PUT", "/api/sessions/k", &[], pin)
+        .await
+        .expect("answer");
+    assert_eq!(open.status, 401, "the old token still guards admin");
+    let stats = request(admin, "GET", "/api/stats", &auth, b"")
+        .await
+        .expect("answer");
+    assert!(
+        stats.text().contains("keeps serving on"),
+        "{}",
+        stats.text()
+    );
+
+    // The same file with the token kept is accepted (admin.listen is
+    // reported as needing an upgrade), and the token still applies.
+    std::fs::write(
+        &conf,
+        format!(
+            "{head}admin: {{listen: 127.0.0.1:{admin_port}, token_file: {}}}\n",
+            token_file.display()
+        ),
+    )
+    .expect("rewrite config");
+    let ok = request(admin, "POST", "/api/reload", &auth, b"")
+        .await
+        .expect("answer");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.text().contains("admin.listen"), "{}", ok.text());
+    let pinned = request(admin, "PUT", "/api/sessions/k", &auth, pin)
+        .await
+        .expect("answer");
+    assert_eq!(pinned.status, 200, "{}", pinned.text());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Port 0 binds the same address: an admin listener on port 0 of every
+/// interface without a token is refused at start, for IPv4 and IPv6.
+#[test]
+fn admin_on_port_zero_of_every_interface_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for listen in ["0.0.0.0:0", "'[::]:0'", "'[::]:9900'"] {
+        let conf = dir.path().join("c.yaml");
+        std::fs::write(
+            &conf,
+            format!("listen: [{{addr: 127.0.0.1:0}}]\nupstreams: [{{id: a, addr: 127.0.0.1:1}}]\nadmin: {{listen: {listen}}}\n"),
+        )
+        .expect("write config");
+        for check in [true, false] {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.arg("-c").arg(&conf);
+            if check {
+                cmd.arg("--check");
+            }
+            let out = cmd.output().expect("runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{listen} (check: {check}): {err}"
+            );
+            assert!(err.contains("is not a loopback address"), "{err}");
+        }
+    }
+}
+
+/// A token file every user can read still works, with a warning (ssh
+/// refuses such a key outright); `--check` prints it and names no secret.
+#[test]
+fn a_world_readable_token_file_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("write token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let conf = dir.path().join("c.yaml");
+    std::fs::write(
+        &conf,
+        format!("listen: [{{addr: 127.0.0.1:0}}]\nupstreams: [{{id: a, addr: 127.0.0.1:1}}]\nadmin: {{listen: 0.0.0.0:0, token_file: {}}}\n", token.display()),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(BIN)
+        .args(["--check", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("readable by every user (mode 644)"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
