@@ -2,7 +2,10 @@
 //! session on the relay that holds its state.
 //!
 //! ```text
-//! client ──► listener ──► proxy::request_filter ── affinity::keys ──► SessionId
+//! client ──► listener ──► downstream (connection limit; head size and deadline)
+//!                           │
+//!                           ▼
+//!                         proxy::request_filter ── affinity::keys ──► SessionId
 //!                           │ (JSON key: proxy::body reads the body, keeps it for replay)
 //!                           ▼
 //!                         proxy::upstream_peer ── proxy::route ──► affinity::store (pin?)
@@ -28,6 +31,7 @@ pub mod affinity;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod downstream;
 pub mod drain;
 pub mod logging;
 pub mod metrics;

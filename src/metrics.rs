@@ -92,6 +92,59 @@ impl FailureCause {
     }
 }
 
+/// What a client did wrong, or how it left: the `reason` label of
+/// `relay_edge_client_errors_total`. Each is the client's doing, never a
+/// failure of the edge or an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// The request head did not arrive within `timeouts.client_header` (408).
+    HeaderTimeout,
+    /// The request head exceeded `limits.max_header_bytes` (431).
+    HeaderTooLarge,
+    /// The request target exceeded `limits.max_uri_bytes` (414).
+    UriTooLong,
+    /// The head was refused by the HTTP parser (400 or 405).
+    Malformed,
+    /// The client closed its connection in the middle of a request head.
+    ClosedInHeader,
+    /// A gap between two body reads exceeded `timeouts.client_body` (408).
+    BodyTimeout,
+    /// The body fell below `limits.min_body_rate` (408).
+    BodyTooSlow,
+    /// The client left before its response was complete (logged as 499).
+    ClosedEarly,
+    /// The connection came past `limits.max_connections` and was closed.
+    ConnectionLimit,
+}
+
+impl ClientError {
+    pub const ALL: [ClientError; 9] = [
+        ClientError::HeaderTimeout,
+        ClientError::HeaderTooLarge,
+        ClientError::UriTooLong,
+        ClientError::Malformed,
+        ClientError::ClosedInHeader,
+        ClientError::BodyTimeout,
+        ClientError::BodyTooSlow,
+        ClientError::ClosedEarly,
+        ClientError::ConnectionLimit,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientError::HeaderTimeout => "header_timeout",
+            ClientError::HeaderTooLarge => "header_too_large",
+            ClientError::UriTooLong => "uri_too_long",
+            ClientError::Malformed => "malformed",
+            ClientError::ClosedInHeader => "closed_in_header",
+            ClientError::BodyTimeout => "body_timeout",
+            ClientError::BodyTooSlow => "body_too_slow",
+            ClientError::ClosedEarly => "closed_early",
+            ClientError::ConnectionLimit => "connection_limit",
+        }
+    }
+}
+
 /// Status codes whose request counters are resolved ahead of time.
 const COMMON_CODES: [u16; 14] = [
     200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529,
@@ -129,6 +182,10 @@ pub struct Metrics {
     pub retries: IntCounter,
     /// Errors the edge gave clients, by cause.
     pub client_failures: IntCounterVec,
+    /// Client mistakes and early leaves, by reason.
+    client_errors: [IntCounter; ClientError::ALL.len()],
+    /// Open client connections (HTTP/1.x).
+    pub client_connections: IntGauge,
     pub lookup_local_hit: IntCounter,
     pub lookup_shared_hit: IntCounter,
     pub lookup_miss: IntCounter,
@@ -267,6 +324,20 @@ impl Metrics {
         for cause in FailureCause::ALL {
             client_failures.with_label_values(&[cause.label()]);
         }
+        let client_errors_vec = counter_vec(
+            "relay_edge_client_errors_total",
+            "Client mistakes and early leaves (never the edge's failures), by reason.",
+            &["reason"],
+        );
+        let client_errors = ClientError::ALL.map(|e| client_errors_vec.with_label_values(&[e.label()]));
+        let client_connections = register(
+            &r,
+            IntGauge::new(
+                "relay_edge_client_connections",
+                "Open client connections.",
+            )
+            .expect("static metric definition"),
+        );
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -291,6 +362,8 @@ impl Metrics {
             ejections,
             retries,
             client_failures,
+            client_errors,
+            client_connections,
             lookup_local_hit,
             lookup_shared_hit,
             lookup_miss,
@@ -308,6 +381,17 @@ impl Metrics {
         self.client_failures
             .with_label_values(&[cause.label()])
             .inc();
+    }
+
+    /// Count one client mistake or early leave.
+    pub fn client_error(&self, reason: ClientError) {
+        self.client_errors[reason as usize].inc();
+        crate::logging::client_error(reason);
+    }
+
+    /// Client mistakes and early leaves of one reason so far.
+    pub fn client_errors(&self, reason: ClientError) -> u64 {
+        self.client_errors[reason as usize].get()
     }
 
     /// Re-pins of every reason.

@@ -56,6 +56,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         admin,
         server,
         reload: _,
+        limits: _,
     } = new;
     keep!("listen", listeners, old.listeners);
     let AdminSpec {

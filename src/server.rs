@@ -12,12 +12,11 @@
 use crate::admin::AdminService;
 use crate::affinity::redis_store::RedisStore;
 use crate::config::Config;
+use crate::downstream::ClientConnections;
 use crate::proxy::EdgeProxy;
 use crate::state::Edge;
 use crate::upstream::health::HealthService;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -80,10 +79,7 @@ pub fn build(
     inner.handle_init_modules();
     let mut proxy = Service::new(
         "relay-edge proxy".to_string(),
-        DrainingProxy {
-            inner: Arc::new(inner),
-            edge: edge.clone(),
-        },
+        ClientConnections::new(Arc::new(inner), edge.clone()),
     );
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
@@ -130,43 +126,6 @@ pub fn build(
         ));
     }
     Ok((server, edge))
-}
-
-/// The proxy as Pingora's HTTP app, with one change to its drain: Pingora
-/// closes idle keep-alive connections the moment its listeners close, which
-/// cuts clients that are about to send their next request. Here they stay
-/// open until the drain is quiet ([`crate::drain`]); meanwhile their requests
-/// are served, each answered with `Connection: close`.
-struct DrainingProxy {
-    inner: Arc<HttpProxy<EdgeProxy>>,
-    edge: Arc<Edge>,
-}
-
-#[async_trait]
-impl HttpServerApp for DrainingProxy {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        self.inner.process_new_http(session, shutdown).await
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
-    }
-
-    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
-    }
-
-    /// Called once the listeners are closed.
-    async fn http_cleanup(&self) {
-        self.edge.drain.begin();
-        let quiet = self.edge.state().config.server.drain_quiet;
-        self.edge.drain.until_quiet(quiet).await;
-        self.inner.http_cleanup().await;
-    }
 }
 
 /// Latches readiness once upstream health and the shared table are known.

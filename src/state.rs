@@ -86,6 +86,8 @@ pub struct Edge {
     pub redis: Option<Arc<RedisStore>>,
     /// Every request in flight in this process, across generations.
     pub drain: Arc<Drain>,
+    /// Bodies read early for their keys, edge-wide.
+    pub body_budget: Arc<crate::proxy::body::BodyBudget>,
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     /// The first health-check round has finished.
@@ -124,6 +126,7 @@ impl Edge {
             checks,
             redis,
             drain: Drain::new(),
+            body_budget: Arc::default(),
             store,
             metrics,
             health_known: tokio::sync::watch::Sender::new(false),

@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub server: ServerFile,
     pub reload: ReloadFile,
+    pub limits: LimitsFile,
 }
 
 /// The path of an error about the document as a whole.
@@ -63,6 +64,7 @@ pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
         admin: section(take("admin"), "admin", errs).unwrap_or_default(),
         server: section(take("server"), "server", errs).unwrap_or_default(),
         reload: section(take("reload"), "reload", errs).unwrap_or_default(),
+        limits: section(take("limits"), "limits", errs).unwrap_or_default(),
     };
     for key in map.keys() {
         match key.as_str() {
@@ -286,6 +288,19 @@ pub struct TimeoutsFile {
     pub pool_idle: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub client_idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub client_header: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub client_body: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LimitsFile {
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_uri_bytes: Option<usize>,
+    pub body_read_memory: Option<usize>,
+    pub min_body_rate: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,7 @@ pub struct Config {
     pub admin: AdminSpec,
     pub server: ServerSpec,
     pub reload: ReloadSpec,
+    pub limits: LimitsSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +130,14 @@ pub struct Timeouts {
     pub pool_idle: Duration,
     /// How long an idle keep-alive client connection is kept (whole seconds).
     pub client_idle: Duration,
+    /// The whole request head must arrive within this (nginx's
+    /// `client_header_timeout`, HAProxy's `timeout http-request`): from the
+    /// connection's start for its first request, from the first byte for
+    /// the next ones.
+    pub client_header: Duration,
+    /// The longest gap between two reads of a request body
+    /// (nginx's `client_body_timeout`).
+    pub client_body: Duration,
 }
 
 impl Timeouts {
@@ -140,6 +149,8 @@ impl Timeouts {
             write,
             pool_idle,
             client_idle: _,
+            client_header: _,
+            client_body: _,
         } = self;
         (*connect, *read, *write, *pool_idle)
             == (other.connect, other.read, other.write, other.pool_idle)
@@ -200,6 +211,22 @@ impl std::fmt::Debug for RedisSpec {
     }
 }
 
+/// What one client, and all of them together, may hold of the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsSpec {
+    /// Open client connections per edge; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// The request line and header fields together (answered 431).
+    pub max_header_bytes: usize,
+    /// The request target (answered 414).
+    pub max_uri_bytes: usize,
+    /// Bytes of request bodies held at once for their JSON keys, edge-wide.
+    pub body_read_memory: usize,
+    /// A request body must keep up this average, in bytes per second, once
+    /// `timeouts.client_body` has passed; 0 turns it off.
+    pub min_body_rate: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminSpec {
     pub listen: SocketAddr,
@@ -249,6 +276,9 @@ impl Limits {
     pub const MAX_WEIGHT: u32 = 1000;
     pub const MAX_SESSIONS: u64 = 1_000_000_000;
     pub const MAX_BODY_BYTES: usize = 1 << 30;
+    pub const MAX_CONNECTIONS: usize = 10_000_000;
+    /// Pingora's own header limit is about 1 MiB; ours stays below it.
+    pub const MAX_HEADER_BYTES: usize = 512 * 1024;
 }
 
 /// Every default in one place; `conf/relay-edge.yaml` documents the same values.
@@ -277,6 +307,17 @@ impl Defaults {
     pub const POOL_IDLE: Duration = Duration::from_secs(90);
     /// nginx's `keepalive_timeout`.
     pub const CLIENT_IDLE: Duration = Duration::from_secs(75);
+    /// HAProxy's usual `timeout http-request`; nginx's default is 60 s.
+    pub const CLIENT_HEADER: Duration = Duration::from_secs(10);
+    /// nginx's `client_body_timeout`.
+    pub const CLIENT_BODY: Duration = Duration::from_secs(60);
+    pub const MAX_CONNECTIONS: usize = 100_000;
+    /// nginx's `large_client_header_buffers` allow 4 x 8 KiB.
+    pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+    /// nginx's request-line limit is one 8 KiB buffer.
+    pub const MAX_URI_BYTES: usize = 8 * 1024;
+    pub const BODY_READ_MEMORY: usize = 256 * 1024 * 1024;
+    pub const MIN_BODY_RATE: usize = 1024;
     pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
     pub const REDIS_CONNECT_WAIT: Duration = Duration::from_secs(5);
     pub const MAX_RETRIES: usize = 2;

@@ -82,6 +82,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         admin,
         server,
         reload,
+        limits,
     } = raw;
     let mut errs = Errors::default();
 
@@ -102,6 +103,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let redis = redis.map(|r| redis_spec(r, &mut errs));
     let admin = admin_spec(admin, &mut errs);
     let server = server_spec(server, &mut errs);
+    let limits = limits_spec(limits, &mut errs);
     let ReloadFile { watch, debounce } = reload;
     let reload = ReloadSpec {
         watch,
@@ -127,6 +129,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             admin,
             server,
             reload,
+            limits,
         })
     } else {
         Err(errs.0)
@@ -589,6 +592,8 @@ fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
         write,
         pool_idle,
         client_idle,
+        client_header,
+        client_body,
     } = t;
     let client_idle = duration(
         client_idle,
@@ -630,6 +635,68 @@ fn timeouts_spec(t: TimeoutsFile, errs: &mut Errors) -> Timeouts {
             errs,
         ),
         client_idle,
+        client_header: duration(
+            client_header,
+            Defaults::CLIENT_HEADER,
+            (MS, HOUR),
+            "timeouts.client_header",
+            errs,
+        ),
+        client_body: duration(
+            client_body,
+            Defaults::CLIENT_BODY,
+            (MS, HOUR),
+            "timeouts.client_body",
+            errs,
+        ),
+    }
+}
+
+fn limits_spec(l: LimitsFile, errs: &mut Errors) -> LimitsSpec {
+    let LimitsFile {
+        max_connections,
+        max_header_bytes,
+        max_uri_bytes,
+        body_read_memory,
+        min_body_rate,
+    } = l;
+    let max_header_bytes = number(
+        max_header_bytes,
+        Defaults::MAX_HEADER_BYTES,
+        (1024, Limits::MAX_HEADER_BYTES),
+        "limits.max_header_bytes",
+        errs,
+    );
+    LimitsSpec {
+        max_connections: number(
+            max_connections,
+            Defaults::MAX_CONNECTIONS,
+            (1, Limits::MAX_CONNECTIONS),
+            "limits.max_connections",
+            errs,
+        ),
+        max_header_bytes,
+        max_uri_bytes: number(
+            max_uri_bytes,
+            Defaults::MAX_URI_BYTES.min(max_header_bytes),
+            (64, max_header_bytes),
+            "limits.max_uri_bytes",
+            errs,
+        ),
+        body_read_memory: number(
+            body_read_memory,
+            Defaults::BODY_READ_MEMORY,
+            (0, Limits::MAX_BODY_BYTES * 64),
+            "limits.body_read_memory",
+            errs,
+        ),
+        min_body_rate: number(
+            min_body_rate,
+            Defaults::MIN_BODY_RATE,
+            (0, Limits::MAX_BODY_BYTES),
+            "limits.min_body_rate",
+            errs,
+        ),
     }
 }
 

@@ -12,15 +12,119 @@
 //! Bodies without a Content-Length (chunked), over the limit, or behind a
 //! header block so large that the whole body could arrive with it, are not
 //! read early: the key walk falls through to the next source.
+//!
+//! Memory is bounded: bodies read early hold, at once, at most
+//! `limits.body_read_memory` bytes edge-wide ([`BodyBudget`], counted at
+//! the declared length). A body that finds no room within a second is not
+//! read early either: it falls through the same way and is forwarded
+//! intact, never truncated. The buffer grows as bytes arrive (doubling, up
+//! to the declared length), so a client that declares 32 MiB and stalls
+//! holds what it sent, until [`super::pace`] cuts it.
 
-use bytes::{Bytes, BytesMut};
+use super::pace::BodyPace;
+use bytes::Bytes;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT`).
 const RETRY_BUFFER: usize = 64 * 1024;
 /// Above this header size, Pingora's header read may already hold the whole body.
 const MAX_HEADER_FOR_EARLY_READ: usize = 16 * 1024;
+/// The first allocation for a body read early; it doubles from there.
+const FIRST_CAPACITY: usize = 64 * 1024;
+/// How long a body waits for room in the budget before it falls through.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// The bytes of bodies read early that the edge holds at once.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    held: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// A share of the budget, given back when dropped.
+#[derive(Debug)]
+pub struct BudgetHold {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.freed.notify_waiters();
+    }
+}
+
+impl BodyBudget {
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn try_take(self: &Arc<Self>, bytes: usize, limit: usize) -> Option<BudgetHold> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .ok()?;
+        Some(BudgetHold {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    /// `bytes` of the budget (of `limit` in all), waiting up to `wait` for
+    /// room; `None` if there is none.
+    pub async fn take(
+        self: &Arc<Self>,
+        bytes: usize,
+        limit: usize,
+        wait: Duration,
+    ) -> Option<BudgetHold> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(hold) = self.try_take(bytes, limit) {
+                return Some(hold);
+            }
+            if bytes > limit || tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// What an early read may use.
+pub struct EarlyRead<'a> {
+    /// `affinity.max_body_bytes`.
+    pub max_body: usize,
+    pub budget: &'a Arc<BodyBudget>,
+    /// `limits.body_read_memory`.
+    pub budget_limit: usize,
+    /// `timeouts.client_body` and `limits.min_body_rate`.
+    pub pace: BodyPace,
+}
+
+/// A body read early, with its share of the budget.
+pub struct EarlyBody {
+    pub bytes: Bytes,
+    pub hold: BudgetHold,
+}
+
+/// The error for a body that arrives too slowly: 408, the client's fault.
+pub fn too_slow() -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(408),
+        "request body below limits.min_body_rate",
+    )
+    .into_down()
+}
 
 /// Keep a copy of a body that fits Pingora's retry buffer, so that a retry
 /// after a lost upstream connection can send it again. True if the request
@@ -47,7 +151,7 @@ pub fn keep_for_retry(session: &mut Session) -> bool {
 }
 
 /// Read the whole body if it can be replayed; `None` if it is not read.
-pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+pub async fn read_whole(session: &mut Session, mut with: EarlyRead<'_>) -> Result<Option<EarlyBody>> {
     let req = session.req_header();
     let Some(length) = req
         .headers
@@ -57,7 +161,10 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
     else {
         return Ok(None);
     };
-    if length == 0 || length > limit || req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+    if length == 0
+        || length > with.max_body
+        || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
         return Ok(None);
     }
     let header_size: usize = req.uri.to_string().len()
@@ -73,6 +180,14 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let Some(hold) = with
+        .budget
+        .take(length, with.budget_limit, BUDGET_WAIT)
+        .await
+    else {
+        log::debug!("no room to read a {length}-byte body for its key: it streams through");
+        return Ok(None);
+    };
     if expects_continue {
         // Pingora would mark the connection close-after-response because the
         // body is still unread when the 100 goes out; it is about to be read.
@@ -80,22 +195,35 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
         downstream.set_close_on_response_before_downstream_finish(false);
         let sent = downstream.write_continue_response().await;
         downstream.set_close_on_response_before_downstream_finish(true);
-        sent?;
+        sent.map_err(|e| e.into_down())?;
     }
 
-    let mut body = BytesMut::with_capacity(length);
+    let mut body: Vec<u8> = Vec::with_capacity(length.min(FIRST_CAPACITY));
     while body.len() < length {
         if length - body.len() <= RETRY_BUFFER {
             session.as_downstream_mut().enable_retry_buffering();
         }
-        match session.as_downstream_mut().read_request_body().await? {
-            Some(chunk) => body.extend_from_slice(&chunk),
-            None => break,
+        let read = session.as_downstream_mut().read_request_body();
+        let chunk = match with.pace.deadline() {
+            Some(by) => tokio::time::timeout_at(by.into(), read)
+                .await
+                .map_err(|_| too_slow())?,
+            None => read.await,
+        }
+        .map_err(|e| e.into_down())?;
+        let Some(chunk) = chunk else { break };
+        if body.capacity() - body.len() < chunk.len() {
+            let wanted = (body.capacity() * 2).max(body.len() + chunk.len()).min(length);
+            body.reserve_exact(wanted.saturating_sub(body.len()));
+        }
+        body.extend_from_slice(&chunk);
+        if !with.pace.note(chunk.len(), Instant::now()) {
+            return Err(too_slow());
         }
     }
     if body.len() != length {
         return Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
+            ErrorType::ConnectionClosed,
             format!("request body ended after {} of {length} bytes", body.len()),
         )
         .map_err(|e| e.into_down());
@@ -107,5 +235,8 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Option<By
             "request body could not be buffered for replay",
         );
     }
-    Ok(Some(body.freeze()))
+    Ok(Some(EarlyBody {
+        bytes: Bytes::from(body),
+        hold,
+    }))
 }

@@ -1,11 +1,28 @@
 //! The answer a client gets when no upstream could: a status and a short
 //! JSON body in the Anthropic error shape, so SDKs parse and retry it.
 
-use crate::metrics::FailureCause;
+use crate::metrics::{ClientError, FailureCause};
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
+
+/// nginx's code for a client that closed its connection before the answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The client's part in `e`, if it was the client's doing.
+pub fn client_error(e: &Error) -> Option<ClientError> {
+    use ErrorType::*;
+    if e.esource() != &ErrorSource::Downstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ConnectionClosed | ReadError | WriteError => ClientError::ClosedEarly,
+        ReadTimedout => ClientError::BodyTimeout,
+        HTTPStatus(408) => ClientError::BodyTooSlow,
+        _ => ClientError::Malformed,
+    })
+}
 
 /// The status for an error: its own HTTP status, 502 for an upstream
 /// failure, 0 (nothing to send) for a client that is gone.
@@ -17,6 +34,7 @@ pub fn status_for(e: &Error) -> u16 {
         {
             504
         }
+        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => 408,
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
@@ -55,6 +73,9 @@ pub fn cause(e: &Error, mid_response: bool) -> Option<FailureCause> {
 pub fn body_for(code: u16) -> String {
     let (kind, message) = match code {
         400 => ("invalid_request_error", "relay-edge: malformed request"),
+        408 => ("invalid_request_error", "relay-edge: the request did not arrive in time"),
+        414 => ("invalid_request_error", "relay-edge: request target too long"),
+        431 => ("invalid_request_error", "relay-edge: request header fields too large"),
         502 => ("api_error", "relay-edge: upstream failed"),
         503 => ("overloaded_error", "relay-edge: no healthy upstream"),
         504 => ("api_error", "relay-edge: upstream timed out"),

@@ -1,6 +1,8 @@
 //! The `ProxyHttp` implementation: a thin layer that hands each phase to
 //! its module.
 //!
+//! - `early_request_filter`: the head is parsed: stop the head's deadline
+//!   ([`crate::downstream::gate`]) and bound the body's reads ([`pace`]).
 //! - `request_filter`: find the session key ([`crate::affinity::keys`]),
 //!   reading the body early only when a JSON source needs it ([`body`]).
 //! - `upstream_peer`: choose the upstream ([`route`]) and clone its peer.
@@ -10,7 +12,9 @@
 //! - `request_body_filter`: put back a body that was read early.
 //! - `upstream_response_filter`: failure-coded answers count as failures;
 //!   a draining process closes the connection after the response.
-//! - `logging`: counters and metrics, once per request.
+//! - `logging`: counters and metrics, once per request: a client that left
+//!   is a 499 and a client error, a response the upstream cut after its
+//!   head a 502 and an upstream failure.
 //! - `fail_to_proxy`: a short JSON error when nothing could answer, and the
 //!   failure counted by cause.
 //!
@@ -20,6 +24,7 @@
 pub mod body;
 pub mod errors;
 pub mod forwarded;
+pub mod pace;
 pub mod retry;
 pub mod route;
 
@@ -28,13 +33,13 @@ use crate::affinity::store::SessionRecord;
 use crate::affinity::SessionId;
 use crate::clock;
 use crate::drain::InFlight;
-use crate::metrics::RepinReason;
+use crate::metrics::{ClientError, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select::Tried;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::atomic::Ordering;
@@ -78,8 +83,16 @@ pub struct RequestCtx {
     state: Option<Arc<State>>,
     pub session: Option<SessionId>,
     pub record: Option<Arc<SessionRecord>>,
-    /// The whole body, when it was read early for its key.
+    /// The whole body, when it was read early for its key, with its share
+    /// of the edge's budget; dropped once the upstream has it all and answered.
     body: Option<Bytes>,
+    body_hold: Option<body::BudgetHold>,
+    /// The whole body went to the upstream on this attempt.
+    body_sent: bool,
+    /// The pace of a body that streams through (not read early).
+    pace: Option<pace::BodyPace>,
+    /// The upstream's response head was taken (nothing is retried after it).
+    upstream_answered: bool,
     /// The upstream of the current attempt (its in-flight count is held).
     upstream: Option<usize>,
     pub tried: Tried,
@@ -117,6 +130,10 @@ impl ProxyHttp for EdgeProxy {
             session: None,
             record: None,
             body: None,
+            body_hold: None,
+            body_sent: false,
+            pace: None,
+            upstream_answered: false,
             upstream: None,
             tried: Tried::default(),
             started: now,
@@ -127,6 +144,25 @@ impl ProxyHttp for EdgeProxy {
             replayable: false,
             _in_flight: self.edge.drain.enter(),
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::downstream::gate::stop_watching(session.as_downstream().stream());
+        let state = ctx.state(&self.edge);
+        let timeouts = &state.config.timeouts;
+        session
+            .as_downstream_mut()
+            .set_read_timeout(Some(timeouts.client_body));
+        ctx.pace = Some(pace::BodyPace::new(
+            Instant::now(),
+            timeouts.client_body,
+            state.config.limits.min_body_rate,
+        ));
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -141,7 +177,19 @@ impl ProxyHttp for EdgeProxy {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
-                ctx.body = body::read_whole(session, state.config.affinity.max_body_bytes).await?;
+                let config = &state.config;
+                let early = body::EarlyRead {
+                    max_body: config.affinity.max_body_bytes,
+                    budget: &self.edge.body_budget,
+                    budget_limit: config.limits.body_read_memory,
+                    pace: ctx.pace.take().unwrap_or_else(|| {
+                        pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
+                    }),
+                };
+                if let Some(read) = body::read_whole(session, early).await? {
+                    ctx.body = Some(read.bytes);
+                    ctx.body_hold = Some(read.hold);
+                }
                 state
                     .keys
                     .resume_with_body(session.req_header(), ctx.body.as_deref(), from)
@@ -260,6 +308,14 @@ impl ProxyHttp for EdgeProxy {
         if let Some(whole) = &ctx.body {
             if end_of_stream && body.is_some() {
                 *body = Some(whole.clone());
+                ctx.body_sent = true;
+            }
+            return Ok(());
+        }
+        // A body that streams through: held to its pace.
+        if let (Some(pace), Some(chunk)) = (&mut ctx.pace, body.as_ref()) {
+            if !pace.note(chunk.len(), Instant::now()) {
+                return Err(body::too_slow());
             }
         }
         Ok(())
@@ -296,6 +352,13 @@ impl ProxyHttp for EdgeProxy {
             // Heads written after the drain began close their connection too.
             session.set_keepalive(None);
         }
+        ctx.upstream_answered = true;
+        if ctx.body_sent {
+            // Nothing is retried once the upstream answered: an SSE stream
+            // need not hold its request body (or the budget) for minutes.
+            ctx.body = None;
+            ctx.body_hold = None;
+        }
         let code = upstream_response.status.as_u16();
         if state.upstreams.passive().failure_codes.contains(&code) {
             ctx.failed_upstream = true;
@@ -305,12 +368,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        // A client that went away is not an error of ours.
+        // A client that went away or misbehaved is not an error of ours: it
+        // is counted by reason in `logging` instead.
         error.esource() == &ErrorSource::Downstream
-            && matches!(
-                error.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            )
     }
 
     async fn fail_to_proxy(
@@ -327,9 +387,22 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        // A client that went away is not an upstream error.
+        let written = session.response_written().map(|r| r.status.as_u16());
+        // A client that went away or misbehaved is not an upstream error.
         let upstream_error = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let client_error = e.and_then(errors::client_error);
+        if let Some(reason) = client_error {
+            self.edge.metrics.client_error(reason);
+        }
+        let cut = upstream_error && ctx.upstream_answered;
+        let code = match (client_error, cut) {
+            (Some(ClientError::ClosedEarly), _) => errors::CLIENT_CLOSED,
+            (_, true) => 502,
+            _ => written.unwrap_or(0),
+        };
+        if let (true, Some(state), Some(i)) = (cut, &ctx.state, ctx.upstream) {
+            state.upstreams.record_failure(i);
+        }
         let failed = upstream_error || code >= 500 || ctx.failed_upstream;
         let upstream = ctx
             .upstream

@@ -1,0 +1,334 @@
+//! The client connection as Pingora reads it, with the head's limits in
+//! front: a wrapper around the accepted stream that watches the bytes of
+//! each request head as Pingora reads them ([`HeadScan`]) and, when the
+//! head is too slow or too large, answers 408, 414 or 431 itself and ends
+//! the read. Everything else passes straight through.
+//!
+//! It watches from the connection's start (its first head must arrive
+//! within `timeouts.client_header` of the accept) and again after each
+//! response (the next head's deadline starts at its first byte; the idle
+//! wait before it is `timeouts.client_idle`, which Pingora enforces). It
+//! stops watching when Pingora has the head: when the proxy's first hook
+//! runs ([`stop_watching`]), or as soon as the head's end went by.
+
+use super::head::{HeadScan, Verdict};
+use crate::metrics::{ClientError, Metrics};
+use async_trait::async_trait;
+use pingora_core::protocols::{
+    tls::TlsRef, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest,
+    Ssl, Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The limits one head is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_head: usize,
+    pub max_uri: usize,
+    pub deadline: Duration,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Watching a head: its deadline runs from `deadline`'s start (`None`:
+    /// from its first byte).
+    Watching {
+        scan: HeadScan,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// Passing bytes through.
+    Through,
+    /// Writing our answer; then every read ends.
+    Answering { answer: Vec<u8>, written: usize },
+    /// Answered (or failed to): reads end.
+    Ended,
+}
+
+pub struct GatedStream {
+    inner: Stream,
+    phase: Phase,
+    limits: HeadLimits,
+    /// Set by the proxy once Pingora has parsed the head.
+    head_parsed: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for GatedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatedStream").field("inner", &self.inner).finish()
+    }
+}
+
+impl GatedStream {
+    /// A new connection: its first head is due `limits.deadline` from now.
+    pub fn new(inner: Stream, limits: HeadLimits, metrics: Arc<Metrics>) -> GatedStream {
+        GatedStream {
+            inner,
+            phase: Phase::Watching {
+                scan: HeadScan::new(limits.max_head, limits.max_uri),
+                deadline: Some(Box::pin(tokio::time::sleep(limits.deadline))),
+            },
+            limits,
+            head_parsed: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Watch the next head on this connection (after a response), under
+    /// `limits` (a reload may have changed them).
+    pub fn watch_next_head(&mut self, limits: HeadLimits) {
+        self.limits = limits;
+        self.head_parsed.store(false, Ordering::Relaxed);
+        if matches!(self.phase, Phase::Watching { .. } | Phase::Through) {
+            self.phase = Phase::Watching {
+                scan: HeadScan::new(limits.max_head, limits.max_uri),
+                deadline: None,
+            };
+        }
+    }
+
+    /// Whether a head was being read (some of it had arrived) when the
+    /// connection ended or was refused.
+    pub fn ended_in_a_head(&self) -> bool {
+        match &self.phase {
+            Phase::Watching { scan, .. } => scan.seen() > 0,
+            _ => false,
+        }
+    }
+
+    /// Whether the last head arrived whole but the proxy never saw it:
+    /// Pingora refused it (malformed, or CONNECT).
+    pub fn head_refused(&self) -> bool {
+        matches!(self.phase, Phase::Through) && !self.head_parsed.load(Ordering::Relaxed)
+    }
+
+    fn refuse(&mut self, why: ClientError) {
+        self.metrics.client_error(why);
+        self.phase = Phase::Answering {
+            answer: answer(why),
+            written: 0,
+        };
+    }
+
+    /// Write our answer; `Ready` once it is written (or cannot be).
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Phase::Answering { answer, written } = &mut self.phase else {
+                return Poll::Ready(());
+            };
+            if *written == answer.len() {
+                let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+                self.phase = Phase::Ended;
+                return Poll::Ready(());
+            }
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*written..])) {
+                Ok(n) if n > 0 => *written += n,
+                _ => {
+                    self.phase = Phase::Ended;
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+/// Called by the proxy's first hook: Pingora has the whole head.
+pub fn stop_watching(stream: Option<&Stream>) {
+    if let Some(gated) = stream.and_then(|s| (**s).as_any().downcast_ref::<GatedStream>()) {
+        gated.head_parsed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Our answer to a head refused for `why`, in the Anthropic error shape.
+fn answer(why: ClientError) -> Vec<u8> {
+    let code = match why {
+        ClientError::HeaderTooLarge => 431,
+        ClientError::UriTooLong => 414,
+        _ => 408,
+    };
+    let body = crate::proxy::errors::body_for(code);
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl AsyncRead for GatedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.head_parsed.load(Ordering::Relaxed) && matches!(this.phase, Phase::Watching { .. })
+        {
+            this.phase = Phase::Through;
+        }
+        match &mut this.phase {
+            Phase::Through => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            Phase::Answering { .. } => {
+                ready!(this.poll_answer(cx));
+                return Poll::Ready(Ok(()));
+            }
+            Phase::Ended => return Poll::Ready(Ok(())),
+            Phase::Watching { deadline, .. } => {
+                if let Some(deadline) = deadline {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        this.refuse(ClientError::HeaderTimeout);
+                        ready!(this.poll_answer(cx));
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let Phase::Watching { scan, deadline } = &mut this.phase else {
+            return Poll::Ready(Ok(()));
+        };
+        let new = &buf.filled()[before..];
+        if new.is_empty() {
+            if scan.seen() > 0 {
+                this.metrics.client_error(ClientError::ClosedInHeader);
+                this.phase = Phase::Ended;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if deadline.is_none() {
+            *deadline = Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + this.limits.deadline,
+            )));
+        }
+        match scan.feed(new) {
+            Verdict::Incomplete => Poll::Ready(Ok(())),
+            Verdict::Complete(_) => {
+                this.phase = Phase::Through;
+                Poll::Ready(Ok(()))
+            }
+            refused => {
+                buf.set_filled(before);
+                this.refuse(if refused == Verdict::UriTooLong {
+                    ClientError::UriTooLong
+                } else {
+                    ClientError::HeaderTooLarge
+                });
+                ready!(this.poll_answer(cx));
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GatedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+// Everything Pingora asks of a connection besides its bytes is the
+// accepted stream's.
+
+#[async_trait]
+impl Shutdown for GatedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GatedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GatedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GatedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GatedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora_core::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GatedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GatedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
