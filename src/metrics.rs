@@ -329,14 +329,12 @@ impl Metrics {
             "Client mistakes and early leaves (never the edge's failures), by reason.",
             &["reason"],
         );
-        let client_errors = ClientError::ALL.map(|e| client_errors_vec.with_label_values(&[e.label()]));
+        let client_errors =
+            ClientError::ALL.map(|e| client_errors_vec.with_label_values(&[e.label()]));
         let client_connections = register(
             &r,
-            IntGauge::new(
-                "relay_edge_client_connections",
-                "Open client connections.",
-            )
-            .expect("static metric definition"),
+            IntGauge::new("relay_edge_client_connections", "Open client connections.")
+                .expect("static metric definition"),
         );
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);

@@ -63,7 +63,9 @@ pub struct GatedStream {
 
 impl std::fmt::Debug for GatedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatedStream").field("inner", &self.inner).finish()
+        f.debug_struct("GatedStream")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 

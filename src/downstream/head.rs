@@ -190,9 +190,15 @@ mod tests {
     #[test]
     fn a_head_or_a_target_over_its_limit_is_refused_as_it_arrives() {
         let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "u".repeat(40));
-        assert_eq!(scan_in_pieces(long_uri.as_bytes(), 7).0, Verdict::UriTooLong);
+        assert_eq!(
+            scan_in_pieces(long_uri.as_bytes(), 7).0,
+            Verdict::UriTooLong
+        );
         let fits = format!("GET /{} HTTP/1.1\r\n\r\n", "u".repeat(39));
-        assert!(matches!(scan_in_pieces(fits.as_bytes(), 7).0, Verdict::Complete(_)));
+        assert!(matches!(
+            scan_in_pieces(fits.as_bytes(), 7).0,
+            Verdict::Complete(_)
+        ));
         let big = format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(200));
         assert_eq!(scan_in_pieces(big.as_bytes(), 13).0, Verdict::TooLarge);
         // Endless empty lines are no way around the limit.
@@ -203,6 +209,9 @@ mod tests {
         let pad = 200 - "GET / HTTP/1.1\r\nX: \r\n\r\n".len();
         let exact = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(pad));
         assert_eq!(exact.len(), 200);
-        assert!(matches!(scan_in_pieces(exact.as_bytes(), 200).0, Verdict::Complete(200)));
+        assert!(matches!(
+            scan_in_pieces(exact.as_bytes(), 200).0,
+            Verdict::Complete(200)
+        ));
     }
 }

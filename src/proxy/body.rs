@@ -151,7 +151,10 @@ pub fn keep_for_retry(session: &mut Session) -> bool {
 }
 
 /// Read the whole body if it can be replayed; `None` if it is not read.
-pub async fn read_whole(session: &mut Session, mut with: EarlyRead<'_>) -> Result<Option<EarlyBody>> {
+pub async fn read_whole(
+    session: &mut Session,
+    mut with: EarlyRead<'_>,
+) -> Result<Option<EarlyBody>> {
     let req = session.req_header();
     let Some(length) = req
         .headers
@@ -213,7 +216,9 @@ pub async fn read_whole(session: &mut Session, mut with: EarlyRead<'_>) -> Resul
         .map_err(|e| e.into_down())?;
         let Some(chunk) = chunk else { break };
         if body.capacity() - body.len() < chunk.len() {
-            let wanted = (body.capacity() * 2).max(body.len() + chunk.len()).min(length);
+            let wanted = (body.capacity() * 2)
+                .max(body.len() + chunk.len())
+                .min(length);
             body.reserve_exact(wanted.saturating_sub(body.len()));
         }
         body.extend_from_slice(&chunk);

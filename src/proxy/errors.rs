@@ -73,9 +73,18 @@ pub fn cause(e: &Error, mid_response: bool) -> Option<FailureCause> {
 pub fn body_for(code: u16) -> String {
     let (kind, message) = match code {
         400 => ("invalid_request_error", "relay-edge: malformed request"),
-        408 => ("invalid_request_error", "relay-edge: the request did not arrive in time"),
-        414 => ("invalid_request_error", "relay-edge: request target too long"),
-        431 => ("invalid_request_error", "relay-edge: request header fields too large"),
+        408 => (
+            "invalid_request_error",
+            "relay-edge: the request did not arrive in time",
+        ),
+        414 => (
+            "invalid_request_error",
+            "relay-edge: request target too long",
+        ),
+        431 => (
+            "invalid_request_error",
+            "relay-edge: request header fields too large",
+        ),
         502 => ("api_error", "relay-edge: upstream failed"),
         503 => ("overloaded_error", "relay-edge: no healthy upstream"),
         504 => ("api_error", "relay-edge: upstream timed out"),

@@ -62,10 +62,17 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(cut_at, Some(62), "one byte every 2 s is cut just after the grace");
+        assert_eq!(
+            cut_at,
+            Some(62),
+            "one byte every 2 s is cut just after the grace"
+        );
         let mut steady = BodyPace::new(t0, grace, 1024);
         for second in 1..=3600 {
-            assert!(steady.note(2048, t0 + Duration::from_secs(second)), "{second}");
+            assert!(
+                steady.note(2048, t0 + Duration::from_secs(second)),
+                "{second}"
+            );
         }
         let mut off = BodyPace::new(t0, grace, 0);
         assert!(off.note(1, t0 + Duration::from_secs(100_000)));

@@ -8,6 +8,7 @@ mod common;
 mod config_files;
 mod drain;
 mod failover;
+mod hostile;
 mod package;
 pub mod reload;
 mod routing;
