@@ -97,21 +97,6 @@ impl GatedStream {
         }
     }
 
-    /// Whether a head was being read (some of it had arrived) when the
-    /// connection ended or was refused.
-    pub fn ended_in_a_head(&self) -> bool {
-        match &self.phase {
-            Phase::Watching { scan, .. } => scan.seen() > 0,
-            _ => false,
-        }
-    }
-
-    /// Whether the last head arrived whole but the proxy never saw it:
-    /// Pingora refused it (malformed, or CONNECT).
-    pub fn head_refused(&self) -> bool {
-        matches!(self.phase, Phase::Through) && !self.head_parsed.load(Ordering::Relaxed)
-    }
-
     fn refuse(&mut self, why: ClientError) {
         self.metrics.client_error(why);
         self.phase = Phase::Answering {
@@ -138,6 +123,16 @@ impl GatedStream {
                     return Poll::Ready(());
                 }
             }
+        }
+    }
+}
+
+impl Drop for GatedStream {
+    /// A head that arrived whole but never reached the proxy was refused by
+    /// Pingora's parser (a 400, or a 405 for CONNECT).
+    fn drop(&mut self) {
+        if matches!(self.phase, Phase::Through) && !self.head_parsed.load(Ordering::Relaxed) {
+            self.metrics.client_error(ClientError::Malformed);
         }
     }
 }

@@ -70,9 +70,6 @@ impl ClientConnections {
             };
             let stream = match stream.into_any().downcast::<GatedStream>() {
                 Ok(mut gated) => {
-                    if gated.head_refused() {
-                        self.edge.metrics.client_error(ClientError::Malformed);
-                    }
                     gated.watch_next_head(self.head_limits());
                     gated as Stream
                 }

@@ -303,3 +303,162 @@ async fn pipelined_requests_are_answered_in_order() {
         "{sessions}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_tell_client_leaves_and_cut_responses_apart_and_logs_stay_quiet() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\npassive_health: {{max_failures: 100}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+
+    // The relay cuts its stream after the head: a 502 and a failure, not a 200.
+    let mut conn = Conn::open(edge.addr).await.expect("connect");
+    conn.send_raw(&raw_request(
+        "GET",
+        "/reset",
+        &[("x-session-id", "cut")],
+        b"",
+    ))
+    .await
+    .expect("send");
+    let _ = conn.read_response(|_| {}).await;
+    // A client that leaves in the middle of a body read early for its key.
+    let body = messages_body(300_000, "leaver");
+    let mut conn = TcpStream::connect(edge.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    conn.write_all(&body[..100_000])
+        .await
+        .expect("part of the body");
+    drop(conn);
+    // 100 malformed heads, and 50 clients that leave in the middle of one.
+    for _ in 0..100 {
+        let mut conn = TcpStream::connect(edge.addr).await.expect("connect");
+        let _ = conn
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nBad Header\r\n\r\n")
+            .await;
+        let answer = until_closed(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    for _ in 0..50 {
+        let mut conn = TcpStream::connect(edge.addr).await.expect("connect");
+        let _ = conn
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-half: ")
+            .await;
+        drop(conn);
+    }
+
+    eventually(
+        Duration::from_secs(10),
+        "every client error counted",
+        || async {
+            let m = edge.metrics().await;
+            client_errors(&m, "malformed") == 100
+                && client_errors(&m, "closed_in_header") == 50
+                && client_errors(&m, "closed_early") == 1
+        },
+    )
+    .await;
+    let metrics = edge.metrics().await;
+    let requests = |upstream: &str, code: u16| {
+        sample(
+            &metrics,
+            &format!("relay_edge_requests_total{{code=\"{code}\",upstream=\"{upstream}\"}}"),
+        )
+    };
+    assert_eq!(requests("relay-a", 502), 1, "the cut stream: {metrics}");
+    assert_eq!(requests("relay-a", 200), 0, "{metrics}");
+    assert_eq!(requests("none", 499), 1, "the client that left: {metrics}");
+    assert_eq!(requests("none", 500), 0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "relay_edge_client_failures_total{cause=\"cut\"}"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(edge.upstream("relay-a").await["errors"], 1);
+    // Only the cut stream is an ERROR (of the relay's); what the clients
+    // did is summed up by one warning.
+    let log = edge.log();
+    let errors = error_lines(&log);
+    assert!(
+        errors.len() == 1 && errors[0].contains("Fail to proxy: Upstream"),
+        "{log}"
+    );
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("client errors since"))
+        .count();
+    assert!(warnings <= 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_read_budget_stream_through_intact() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\nlimits: {{body_read_memory: 500000}}\ntimeouts: {{client_body: 30s}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    // One client takes 400 kB of the budget and stalls.
+    let mut staller = TcpStream::connect(edge.addr).await.expect("connect");
+    staller
+        .write_all(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 400000\r\n\r\n{\"metadata\":")
+        .await
+        .expect("head");
+    // A 200 kB body finds no room: it is not read early, so its header key
+    // routes it, and it reaches the relay whole.
+    eventually(
+        Duration::from_secs(10),
+        "the staller holds its budget",
+        || async {
+            let body = messages_body(200_000, "json-key");
+            let r = edge
+                .post("/v1/messages", &[("x-session-id", "header-key")], &body)
+                .await;
+            assert_eq!(r.status, 200);
+            let (_, s) = edge
+                .admin_json("GET", "/api/sessions/header-key", b"")
+                .await;
+            s["upstream"].is_string()
+        },
+    )
+    .await;
+    let body = messages_body(200_000, "json-key");
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "header-key")], &body)
+        .await;
+    assert_eq!(r.status, 200);
+    let got = ups
+        .iter()
+        .flat_map(|u| u.recorded())
+        .filter(|r| r.header("x-session-id") == Some("header-key"))
+        .last()
+        .expect("recorded");
+    assert!(got.body == body, "the body reached the relay byte for byte");
+    // Once the staller leaves, bodies are read early again.
+    drop(staller);
+    eventually(
+        Duration::from_secs(10),
+        "the budget is free again",
+        || async {
+            let r = edge
+                .post(
+                    "/v1/messages",
+                    &[("x-session-id", "other")],
+                    &messages_body(200_000, "json-again"),
+                )
+                .await;
+            assert_eq!(r.status, 200);
+            let (status, _) = edge
+                .admin_json("GET", "/api/sessions/json-again", b"")
+                .await;
+            status == 200
+        },
+    )
+    .await;
+}
