@@ -705,7 +705,14 @@ fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
     let listen_text = listen.unwrap_or_else(|| Defaults::ADMIN_LISTEN.to_string());
     let parsed = socket_addr(&listen_text, "admin.listen", errs);
     let mut token_file_warning = None;
-    let token = token_file.and_then(|file| match std::fs::read_to_string(&file) {
+    let token = token_file.and_then(|file| match read_token(&file) {
+        Ok(t) if t.len() > MAX_TOKEN_BYTES => {
+            errs.push(
+                "admin.token_file",
+                format!("{file:?} is longer than {MAX_TOKEN_BYTES} bytes"),
+            );
+            None
+        }
         Ok(t) if !t.trim().is_empty() => {
             token_file_warning = world_readable_warning(&file);
             Some(t.trim().to_string())
@@ -727,6 +734,19 @@ fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
         token,
         token_file_warning,
     }
+}
+
+/// A token longer than this is a mistake (or `/dev/zero`): it is refused,
+/// and never read further.
+const MAX_TOKEN_BYTES: usize = 4096;
+
+fn read_token(file: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)?
+        .take(MAX_TOKEN_BYTES as u64 + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// A warning when every user may read the token file.

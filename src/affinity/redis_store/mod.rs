@@ -36,7 +36,7 @@
 
 mod link;
 mod pubsub;
-mod record;
+pub mod record;
 mod scripts;
 mod sync;
 
