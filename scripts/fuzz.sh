@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each from its corpus for SECONDS
+# (default 20), without a network (the config target resolves host names).
+# Needs cargo-fuzz (installed here, pinned) and, for its address sanitizer on
+# a stable toolchain, RUSTC_BOOTSTRAP=1. Exits non-zero on the first crash.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds="${1:-20}"
+if ! cargo fuzz --version 2>/dev/null | grep -q '0\.13\.2'; then
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+export RUSTC_BOOTSTRAP=1
+cargo fuzz build
+bin="target/x86_64-unknown-linux-gnu/release"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+for target in config head keys json_scan admin record; do
+  mkdir -p "$work/$target"
+  # New inputs go to the scratch copy; the committed corpus stays as it is.
+  unshare -n "$bin/$target" "$work/$target" "corpus/$target" \
+    -max_total_time="$seconds" -artifact_prefix="$work/$target-" 2>"$work/$target.log" || {
+    tail -40 "$work/$target.log"
+    echo "fuzz: $target failed; the input is in the log above" >&2
+    exit 1
+  }
+  echo "fuzz: $target: $(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$work/$target.log")"
+done
