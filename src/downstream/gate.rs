@@ -181,9 +181,18 @@ impl AsyncRead for GatedStream {
                 return Poll::Ready(Ok(()));
             }
             Phase::Ended => return Poll::Ready(Ok(())),
-            Phase::Watching { deadline, .. } => {
+            Phase::Watching { deadline, scan } => {
                 if let Some(deadline) = deadline {
                     if deadline.as_mut().poll(cx).is_ready() {
+                        if scan.seen() == 0 {
+                            // A connection that never sent a byte (a
+                            // pre-connect, a probe) is closed without an
+                            // answer it never asked for, as HAProxy's
+                            // `http-ignore-probes` does.
+                            this.metrics.client_error(ClientError::HeaderTimeout);
+                            this.phase = Phase::Ended;
+                            return Poll::Ready(Ok(()));
+                        }
                         this.refuse(ClientError::HeaderTimeout);
                         ready!(this.poll_answer(cx));
                         return Poll::Ready(Ok(()));

@@ -182,7 +182,8 @@ impl ProxyHttp for EdgeProxy {
                     max_body: config.affinity.max_body_bytes,
                     budget: &self.edge.body_budget,
                     budget_limit: config.limits.body_read_memory,
-                    pace: ctx.pace.take().unwrap_or_else(|| {
+                    // A body that is not read early streams through on the same pace.
+                    pace: ctx.pace.clone().unwrap_or_else(|| {
                         pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
                     }),
                 };

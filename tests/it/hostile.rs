@@ -125,16 +125,17 @@ async fn slow_heads_and_slow_bodies_are_cut_with_408() {
         until_closed(&mut conn).await
     };
     // A body trickled a byte every 100 ms: under 100 B/s once the 1 s grace
-    // is over. Once read early for its JSON key, once streamed through.
-    let trickle = |path: &'static str| async move {
+    // is over. Once read early for its JSON key (a Content-Length), once
+    // streamed through (chunked: never read early).
+    let trickle = |framing: &'static str, byte: &'static [u8]| async move {
         let mut conn = TcpStream::connect(edge.addr).await.expect("connect");
         conn.write_all(
-            format!("POST {path} HTTP/1.1\r\nhost: x\r\nx-session-id: s\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n").as_bytes(),
+            format!("POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-session-id: s\r\ncontent-type: application/json\r\n{framing}\r\n\r\n").as_bytes(),
         )
         .await
         .expect("write");
         for _ in 0..200 {
-            if conn.write_all(b" ").await.is_err() {
+            if conn.write_all(byte).await.is_err() {
                 break;
             }
             let mut peek = [0u8; 1];
@@ -156,8 +157,8 @@ async fn slow_heads_and_slow_bodies_are_cut_with_408() {
     };
     let (head, early, streamed, gap) = tokio::join!(
         slowloris,
-        trickle("/v1/early"),
-        trickle("/v1/streamed"),
+        trickle("content-length: 1000", b" "),
+        trickle("transfer-encoding: chunked", b"1\r\n \r\n"),
         stalled
     );
     assert!(head.starts_with("HTTP/1.1 408"), "slowloris got {head:?}");
@@ -174,10 +175,23 @@ async fn slow_heads_and_slow_bodies_are_cut_with_408() {
         assert!(answer.contains(r#""type":"error""#), "{answer}");
     }
 
-    let metrics = edge.metrics().await;
-    assert_eq!(client_errors(&metrics, "header_timeout"), 1, "{metrics}");
-    assert_eq!(client_errors(&metrics, "body_too_slow"), 2, "{metrics}");
-    assert_eq!(client_errors(&metrics, "body_timeout"), 1, "{metrics}");
+    // Body errors are counted once the request has ended, which may be
+    // just after the client read its answer.
+    eventually(
+        Duration::from_secs(10),
+        "each cut counted by reason",
+        || async {
+            let metrics = edge.metrics().await;
+            [
+                ("header_timeout", 1),
+                ("body_too_slow", 2),
+                ("body_timeout", 1),
+            ]
+            .iter()
+            .all(|(reason, n)| client_errors(&metrics, reason) == *n)
+        },
+    )
+    .await;
     assert!(error_lines(&edge.log()).is_empty(), "{}", edge.log());
     // A prompt client on the same edge is served.
     let r = edge
@@ -460,4 +474,40 @@ async fn bodies_past_the_read_budget_stream_through_intact() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_is_closed_at_the_head_deadline() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = Edge::start(&format!(
+        "{}timeouts: {{client_header: 500ms}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    let mut silent = TcpStream::connect(edge.addr).await.expect("connect");
+    assert_eq!(
+        until_closed(&mut silent).await,
+        "",
+        "closed, with no answer it never asked for"
+    );
+    // A keep-alive connection's deadline starts at its next head's first
+    // byte: idling between requests (up to client_idle) is not a slow head.
+    let mut conn = Conn::open(edge.addr).await.expect("connect");
+    assert_eq!(
+        conn.request("GET", "/v1/x", &[], b"")
+            .await
+            .expect("first")
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        conn.request("GET", "/v1/x", &[], b"")
+            .await
+            .expect("second")
+            .status,
+        200
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(client_errors(&metrics, "header_timeout"), 1, "{metrics}");
 }
