@@ -375,6 +375,8 @@ async fn metrics_tell_client_leaves_and_cut_responses_apart_and_logs_stay_quiet(
             client_errors(&m, "malformed") == 100
                 && client_errors(&m, "closed_in_header") == 50
                 && client_errors(&m, "closed_early") == 1
+                && m.contains("relay_edge_requests_total{code=\"502\",upstream=\"relay-a\"} 1")
+                && m.contains("relay_edge_requests_total{code=\"499\",upstream=\"none\"} 1")
         },
     )
     .await;
