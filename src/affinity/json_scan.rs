@@ -234,7 +234,7 @@ impl<'b> Scanner<'b> {
         }
         self.i += 1;
         let (wanted, rest) = match path {
-            Some([head, rest @ ..]) => (head.parse::<usize>().ok(), rest),
+            Some([head, rest @ ..]) => (array_index(head), rest),
             _ => (None, &[][..]),
         };
         let mut found = None;
@@ -365,6 +365,16 @@ impl<'b> Scanner<'b> {
 /// The first quote, backslash or control character in `bytes`, eight bytes
 /// at a time (the classic "has zero byte" test; a false hit can only follow
 /// a true one, so the lowest hit is exact).
+/// A pointer token as an array index, as RFC 6901 (and serde_json) read
+/// it: `0`, or digits without a leading zero; `01` or `+1` name no element.
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (token.len() > 1 && token.starts_with('0')) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -478,6 +488,12 @@ mod tests {
             (r#"{"a":1} trailing"#, "/a", None),
             ("not json", "/a", None),
             ("", "/a", None),
+            // Array indexes as RFC 6901 has them (found by the fuzz target).
+            ("[11]", "/000000", None),
+            ("[11]", "/00", None),
+            ("[11,12]", "/+1", None),
+            ("[11,12]", "/1", Some("12")),
+            ("[11,12]", "/0", Some("11")),
         ];
         for (body, ptr, want) in cases {
             assert_eq!(
