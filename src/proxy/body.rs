@@ -21,7 +21,7 @@
 //! to the declared length), so a client that declares 32 MiB and stalls
 //! holds what it sent, until [`super::pace`] cuts it.
 
-use super::pace::BodyPace;
+use super::pace::{BodyPace, Cut};
 use bytes::Bytes;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
@@ -117,6 +117,16 @@ pub struct EarlyBody {
     pub hold: BudgetHold,
 }
 
+/// The error for a body with no byte for `timeouts.client_body` (as
+/// Pingora's own read timeout gives it): 408, the client's fault.
+fn gap_timeout() -> Box<Error> {
+    Error::explain(
+        ErrorType::ReadTimedout,
+        "no request body byte for timeouts.client_body",
+    )
+    .into_down()
+}
+
 /// The error for a body that arrives too slowly: 408, the client's fault.
 pub fn too_slow() -> Box<Error> {
     Error::explain(
@@ -202,18 +212,21 @@ pub async fn read_whole(
     }
 
     let mut body: Vec<u8> = Vec::with_capacity(length.min(FIRST_CAPACITY));
+    let mut last_read = Instant::now();
     while body.len() < length {
         if length - body.len() <= RETRY_BUFFER {
             session.as_downstream_mut().enable_retry_buffering();
         }
+        let (by, cut) = with.pace.cut_at(last_read);
         let read = session.as_downstream_mut().read_request_body();
-        let chunk = match with.pace.deadline() {
-            Some(by) => tokio::time::timeout_at(by.into(), read)
-                .await
-                .map_err(|_| too_slow())?,
-            None => read.await,
-        }
-        .map_err(|e| e.into_down())?;
+        let chunk = tokio::time::timeout_at(by.into(), read)
+            .await
+            .map_err(|_| match cut {
+                Cut::Gap => gap_timeout(),
+                Cut::TooSlow => too_slow(),
+            })?
+            .map_err(|e| e.into_down())?;
+        last_read = Instant::now();
         let Some(chunk) = chunk else { break };
         if body.capacity() - body.len() < chunk.len() {
             let wanted = (body.capacity() * 2)

@@ -11,6 +11,15 @@
 
 use std::time::{Duration, Instant};
 
+/// Why a body is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// No byte for `timeouts.client_body`.
+    Gap,
+    /// Below `limits.min_body_rate`.
+    TooSlow,
+}
+
 #[derive(Debug, Clone)]
 pub struct BodyPace {
     started: Instant,
@@ -37,6 +46,17 @@ impl BodyPace {
         }
         let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
         Some(self.started + self.grace + earned)
+    }
+
+    /// Waiting for more bytes since `last_read`: when the body is cut, and
+    /// why. A gap of `timeouts.client_body` is a timeout even when the
+    /// minimum rate would cut it at the same moment.
+    pub fn cut_at(&self, last_read: Instant) -> (Instant, Cut) {
+        let gap = last_read + self.grace;
+        match self.deadline() {
+            Some(slow) if slow < gap => (slow, Cut::TooSlow),
+            _ => (gap, Cut::Gap),
+        }
     }
 
     /// Note `n` more bytes at `now`; false once the body is too slow.
@@ -74,6 +94,12 @@ mod tests {
                 "{second}"
             );
         }
+        let paced = BodyPace::new(t0, grace, 1024);
+        assert_eq!(paced.cut_at(t0), (t0 + grace, Cut::Gap));
+        let mut fed = BodyPace::new(t0, grace, 1024);
+        fed.note(1024 * 30, t0 + Duration::from_secs(1));
+        let late = t0 + Duration::from_secs(80);
+        assert_eq!(fed.cut_at(late), (t0 + Duration::from_secs(90), Cut::TooSlow));
         let mut off = BodyPace::new(t0, grace, 0);
         assert!(off.note(1, t0 + Duration::from_secs(100_000)));
         assert_eq!(off.deadline(), None);
