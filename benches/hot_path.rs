@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the request path's own pieces: key extraction from a
 //! header, a cookie and a 1 MiB JSON body; the affinity-table lookup (local
-//! hit); placement across 500 upstreams; cloning the peer; and the
-//! in-flight guard every request holds.
+//! hit); placement across 500 upstreams; cloning the peer; the in-flight
+//! guard every request holds; and the scan of a request head as it arrives.
 //!
 //! Run with `cargo bench`.
 
@@ -139,5 +139,41 @@ fn in_flight(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, key_extraction, table_lookup, placement, in_flight);
+/// The head scan every request's bytes pass (downstream::head): a Claude
+/// Code head (about 1.3 KiB, 20 header fields) in one read and in 64-byte
+/// pieces.
+fn head_scan(c: &mut Criterion) {
+    use relay_edge::downstream::head::{HeadScan, Verdict};
+    let mut head = String::from("POST /v1/messages?beta=true HTTP/1.1\r\nhost: relay.example\r\n");
+    for i in 0..18 {
+        head.push_str(&format!("x-header-{i}: {}\r\n", "v".repeat(60)));
+    }
+    head.push_str("\r\n");
+    let bytes = head.as_bytes();
+    c.bench_function("head/scan_1.3KiB_one_read", |b| {
+        b.iter(|| {
+            let mut scan = HeadScan::new(32 * 1024, 8 * 1024);
+            assert!(matches!(scan.feed(black_box(bytes)), Verdict::Complete(_)));
+        })
+    });
+    c.bench_function("head/scan_1.3KiB_in_64B_reads", |b| {
+        b.iter(|| {
+            let mut scan = HeadScan::new(32 * 1024, 8 * 1024);
+            let mut last = Verdict::Incomplete;
+            for piece in black_box(bytes).chunks(64) {
+                last = scan.feed(piece);
+            }
+            assert!(matches!(last, Verdict::Complete(_)));
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    key_extraction,
+    table_lookup,
+    placement,
+    in_flight,
+    head_scan
+);
 criterion_main!(benches);

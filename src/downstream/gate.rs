@@ -38,12 +38,9 @@ pub struct HeadLimits {
 
 #[derive(Debug)]
 enum Phase {
-    /// Watching a head: its deadline runs from `deadline`'s start (`None`:
-    /// from its first byte).
-    Watching {
-        scan: HeadScan,
-        deadline: Option<Pin<Box<Sleep>>>,
-    },
+    /// Watching a head; `timed`: its deadline is running (from the accept,
+    /// or from its first byte).
+    Watching { scan: HeadScan, timed: bool },
     /// Passing bytes through.
     Through,
     /// Writing our answer; then every read ends.
@@ -55,6 +52,8 @@ enum Phase {
 pub struct GatedStream {
     inner: Stream,
     phase: Phase,
+    /// The head's deadline, one timer per connection, reset for each head.
+    deadline: Pin<Box<Sleep>>,
     limits: HeadLimits,
     /// Set by the proxy once Pingora has parsed the head.
     head_parsed: AtomicBool,
@@ -76,8 +75,9 @@ impl GatedStream {
             inner,
             phase: Phase::Watching {
                 scan: HeadScan::new(limits.max_head, limits.max_uri),
-                deadline: Some(Box::pin(tokio::time::sleep(limits.deadline))),
+                timed: true,
             },
+            deadline: Box::pin(tokio::time::sleep(limits.deadline)),
             limits,
             head_parsed: AtomicBool::new(false),
             metrics,
@@ -92,7 +92,7 @@ impl GatedStream {
         if matches!(self.phase, Phase::Watching { .. } | Phase::Through) {
             self.phase = Phase::Watching {
                 scan: HeadScan::new(limits.max_head, limits.max_uri),
-                deadline: None,
+                timed: false,
             };
         }
     }
@@ -181,28 +181,25 @@ impl AsyncRead for GatedStream {
                 return Poll::Ready(Ok(()));
             }
             Phase::Ended => return Poll::Ready(Ok(())),
-            Phase::Watching { deadline, scan } => {
-                if let Some(deadline) = deadline {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        if scan.seen() == 0 {
-                            // A connection that never sent a byte (a
-                            // pre-connect, a probe) is closed without an
-                            // answer it never asked for, as HAProxy's
-                            // `http-ignore-probes` does.
-                            this.metrics.client_error(ClientError::HeaderTimeout);
-                            this.phase = Phase::Ended;
-                            return Poll::Ready(Ok(()));
-                        }
-                        this.refuse(ClientError::HeaderTimeout);
-                        ready!(this.poll_answer(cx));
+            Phase::Watching { timed, scan } => {
+                if *timed && this.deadline.as_mut().poll(cx).is_ready() {
+                    if scan.seen() == 0 {
+                        // A connection that never sent a byte (a pre-connect,
+                        // a probe) is closed without an answer it never asked
+                        // for, as HAProxy's `http-ignore-probes` does.
+                        this.metrics.client_error(ClientError::HeaderTimeout);
+                        this.phase = Phase::Ended;
                         return Poll::Ready(Ok(()));
                     }
+                    this.refuse(ClientError::HeaderTimeout);
+                    ready!(this.poll_answer(cx));
+                    return Poll::Ready(Ok(()));
                 }
             }
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let Phase::Watching { scan, deadline } = &mut this.phase else {
+        let Phase::Watching { scan, timed } = &mut this.phase else {
             return Poll::Ready(Ok(()));
         };
         let new = &buf.filled()[before..];
@@ -213,10 +210,11 @@ impl AsyncRead for GatedStream {
             }
             return Poll::Ready(Ok(()));
         }
-        if deadline.is_none() {
-            *deadline = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + this.limits.deadline,
-            )));
+        if !*timed {
+            *timed = true;
+            this.deadline
+                .as_mut()
+                .reset(Instant::now() + this.limits.deadline);
         }
         match scan.feed(new) {
             Verdict::Incomplete => Poll::Ready(Ok(())),

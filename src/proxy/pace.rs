@@ -99,7 +99,10 @@ mod tests {
         let mut fed = BodyPace::new(t0, grace, 1024);
         fed.note(1024 * 30, t0 + Duration::from_secs(1));
         let late = t0 + Duration::from_secs(80);
-        assert_eq!(fed.cut_at(late), (t0 + Duration::from_secs(90), Cut::TooSlow));
+        assert_eq!(
+            fed.cut_at(late),
+            (t0 + Duration::from_secs(90), Cut::TooSlow)
+        );
         let mut off = BodyPace::new(t0, grace, 0);
         assert!(off.note(1, t0 + Duration::from_secs(100_000)));
         assert_eq!(off.deadline(), None);
