@@ -217,12 +217,7 @@ async fn a_configured_token_guards_every_admin_route() {
         ),
     )
     .expect("write config");
-    let mut child = std::process::Command::new(BIN)
-        .arg("-c")
-        .arg(&conf)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let mut child = spawn_on(&conf);
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     eventually(std::time::Duration::from_secs(20), "admin up", || async {
         request(admin, "GET", "/healthz", &[], b"").await.is_ok()
@@ -278,12 +273,7 @@ async fn a_reload_cannot_leave_a_public_admin_listener_without_its_token() {
         token_file.display()
     );
     std::fs::write(&conf, &public).expect("write config");
-    let mut child = std::process::Command::new(BIN)
-        .arg("-c")
-        .arg(&conf)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let mut child = spawn_on(&conf);
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let auth = [("authorization", "Bearer s3cret-token")];
     eventually(std::time::Duration::from_secs(20), "admin up", || async {
@@ -400,4 +390,15 @@ fn a_world_readable_token_file_is_warned_about() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("readable by every user (mode 644)"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// relay-edge on a config file of the test's own (its admin section is the
+/// test's subject), its log discarded.
+fn spawn_on(conf: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start")
 }
