@@ -39,7 +39,10 @@ fuzz_target!(|data: (u8, &[u8])| {
         Verdict::Incomplete => {
             assert!(fed <= MAX_HEAD);
             // httparse finds no whole head in what the scanner called incomplete.
-            assert!(!matches!(parsed, Ok(httparse::Status::Complete(_))), "missed end");
+            assert!(
+                !matches!(parsed, Ok(httparse::Status::Complete(_))),
+                "missed end"
+            );
         }
         Verdict::TooLarge | Verdict::UriTooLong => {}
     }

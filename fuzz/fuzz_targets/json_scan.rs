@@ -21,7 +21,10 @@ fuzz_target!(|data: (&str, &[u8])| {
     };
     let found = find(body, &tokens);
     if serde_json::from_slice::<IgnoredAny>(body).is_err() {
-        assert_eq!(found, None, "found a value in a document serde_json refuses");
+        assert_eq!(
+            found, None,
+            "found a value in a document serde_json refuses"
+        );
         return;
     }
     if serde_json::from_slice::<NoRepeatedKeys>(body).is_err() {

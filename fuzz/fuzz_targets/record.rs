@@ -10,7 +10,11 @@ fuzz_target!(|data: (&str, u64)| {
     let _ = Stored::parse(value);
     let upstream = value.split(['\t', '/']).next().unwrap_or("");
     if !upstream.is_empty() {
-        let stored = Stored::parse(&Stored::fresh(upstream, now)).expect("a fresh record reads back");
-        assert_eq!((stored.upstream.as_str(), stored.created_ms, stored.requests), (upstream, now, 0));
+        let stored =
+            Stored::parse(&Stored::fresh(upstream, now)).expect("a fresh record reads back");
+        assert_eq!(
+            (stored.upstream.as_str(), stored.created_ms, stored.requests),
+            (upstream, now, 0)
+        );
     }
 });

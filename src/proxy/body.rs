@@ -111,10 +111,10 @@ pub struct EarlyRead<'a> {
     pub pace: BodyPace,
 }
 
-/// A body read early, with its share of the budget.
+/// A body read early, with its share of the budget (given back with it).
 pub struct EarlyBody {
     pub bytes: Bytes,
-    pub hold: BudgetHold,
+    _hold: BudgetHold,
 }
 
 /// The error for a body with no byte for `timeouts.client_body` (as
@@ -255,6 +255,6 @@ pub async fn read_whole(
     }
     Ok(Some(EarlyBody {
         bytes: Bytes::from(body),
-        hold,
+        _hold: hold,
     }))
 }

@@ -85,8 +85,7 @@ pub struct RequestCtx {
     pub record: Option<Arc<SessionRecord>>,
     /// The whole body, when it was read early for its key, with its share
     /// of the edge's budget; dropped once the upstream has it all and answered.
-    body: Option<Bytes>,
-    body_hold: Option<body::BudgetHold>,
+    body: Option<body::EarlyBody>,
     /// The whole body went to the upstream on this attempt.
     body_sent: bool,
     /// The pace of a body that streams through (not read early).
@@ -130,7 +129,6 @@ impl ProxyHttp for EdgeProxy {
             session: None,
             record: None,
             body: None,
-            body_hold: None,
             body_sent: false,
             pace: None,
             upstream_answered: false,
@@ -187,13 +185,11 @@ impl ProxyHttp for EdgeProxy {
                         pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
                     }),
                 };
-                if let Some(read) = body::read_whole(session, early).await? {
-                    ctx.body = Some(read.bytes);
-                    ctx.body_hold = Some(read.hold);
-                }
+                ctx.body = body::read_whole(session, early).await?;
+                let bytes = ctx.body.as_ref().map(|b| &b.bytes[..]);
                 state
                     .keys
-                    .resume_with_body(session.req_header(), ctx.body.as_deref(), from)
+                    .resume_with_body(session.req_header(), bytes, from)
             }
         };
         ctx.replayable = ctx.body.is_some() || body::keep_for_retry(session);
@@ -308,7 +304,7 @@ impl ProxyHttp for EdgeProxy {
         // The replayed retry-buffer tail of an early-read body: send it whole.
         if let Some(whole) = &ctx.body {
             if end_of_stream && body.is_some() {
-                *body = Some(whole.clone());
+                *body = Some(whole.bytes.clone());
                 ctx.body_sent = true;
             }
             return Ok(());
@@ -358,7 +354,6 @@ impl ProxyHttp for EdgeProxy {
             // Nothing is retried once the upstream answered: an SSE stream
             // need not hold its request body (or the budget) for minutes.
             ctx.body = None;
-            ctx.body_hold = None;
         }
         let code = upstream_response.status.as_u16();
         if state.upstreams.passive().failure_codes.contains(&code) {
