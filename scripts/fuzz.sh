@@ -6,6 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-20}"
+# libFuzzer is C++; unshare comes with util-linux.
+if ! command -v c++ >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq g++
+fi
 if ! cargo fuzz --version 2>/dev/null | grep -q '0\.13\.2'; then
   cargo install cargo-fuzz --locked --version 0.13.2
 fi

@@ -387,11 +387,6 @@ impl Metrics {
         crate::logging::client_error(reason);
     }
 
-    /// Client mistakes and early leaves of one reason so far.
-    pub fn client_errors(&self, reason: ClientError) -> u64 {
-        self.client_errors[reason as usize].get()
-    }
-
     /// Re-pins of every reason.
     pub fn repins_total(&self) -> u64 {
         self.repins.iter().map(IntCounter::get).sum()

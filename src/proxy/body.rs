@@ -60,11 +60,6 @@ impl Drop for BudgetHold {
 }
 
 impl BodyBudget {
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-
     fn try_take(self: &Arc<Self>, bytes: usize, limit: usize) -> Option<BudgetHold> {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {

@@ -501,6 +501,7 @@ async fn a_connection_that_never_sends_is_closed_at_the_head_deadline() {
             .status,
         200
     );
+    // The idle time is the thing under test: longer than client_header.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         conn.request("GET", "/v1/x", &[], b"")
