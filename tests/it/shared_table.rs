@@ -890,3 +890,43 @@ async fn a_slow_redis_answer_is_waited_for_and_moves_no_session() {
     assert_eq!(stats["redis"]["errors"], 0, "slow is not down: {stats}");
     assert_eq!(stats["redis"]["connected"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_edge_follows_pins_made_after_redis_restarted() {
+    let mut redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    // Edge A makes no Redis call of its own for the whole test (no sync
+    // tick, no cached pin to write back): its first call after the restart
+    // is a request's lookup.
+    let idle = shared_edge(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', sync_interval: 1h}}\n",
+        upstreams_yaml(&ups),
+        redis.url()
+    ))
+    .await;
+    redis.kill();
+    // The outage under test: longer than the connection manager's own
+    // reconnect attempts (about 0.6 s), so that the connection A holds is a
+    // failed one when Redis is back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.spawn().await;
+    // Another edge, started on the restarted (empty) Redis, places them.
+    let keys: Vec<String> = (0..12).map(|i| format!("after-restart-{i}")).collect();
+    let pins = pin_each(&shared_edge(&config(&ups, &redis)).await, &keys).await;
+    assert!(
+        pins.values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1,
+        "spread over upstreams: {pins:?}"
+    );
+    // A asks Redis: the lost connection is remade, not taken for an outage
+    // (which would place them by consistent hashing instead).
+    for key in &keys {
+        let r = idle.get("/v1/x", &[("x-session-id", key)]).await;
+        assert_eq!(&r.upstream(), &pins[key], "{key} moved on the idle edge");
+    }
+    let (_, stats) = idle.admin_json("GET", "/api/stats", b"").await;
+    assert_eq!(stats["redis"]["connected"], true, "{stats}");
+    assert_eq!(stats["redis"]["pending_pins"], 0, "{stats}");
+}

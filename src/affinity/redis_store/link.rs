@@ -7,7 +7,10 @@
 //! server's (a timeout, a lost connection, a cluster in trouble), until a
 //! probe answers again. A failure that is one record's (a script error on a
 //! malformed value, a key of the wrong type) is [`Failure::Record`]: it
-//! leaves the link up for every other session.
+//! leaves the link up for every other session. A lost connection is
+//! [`Failure::Connection`]: not yet an outage, since the connection manager
+//! reconnects at once (after a Redis restart, the first call on the old
+//! connection always fails, however long ago the restart was).
 
 use crate::config::{RedisSpec, RedisTarget};
 use redis::aio::ConnectionManager;
@@ -23,6 +26,10 @@ pub enum Failure {
     Outage,
     /// The call's own key or value is at fault: one session is affected.
     Record,
+    /// The connection was lost or could not be remade. The connection
+    /// manager reconnects on this error: a call on the new connection tells
+    /// whether Redis is down.
+    Connection,
 }
 
 impl Failure {
@@ -33,6 +40,7 @@ impl Failure {
             ErrorKind::ResponseError | ErrorKind::TypeError | ErrorKind::ExtensionError => {
                 Failure::Record
             }
+            _ if e.is_io_error() || e.is_connection_dropped() => Failure::Connection,
             _ => Failure::Outage,
         }
     }
@@ -197,8 +205,12 @@ mod tests {
         let wrongtype = RedisError::from((ErrorKind::TypeError, "unexpected reply"));
         assert_eq!(Failure::of(&wrongtype), Failure::Record);
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert_eq!(Failure::of(&io), Failure::Outage);
+        assert_eq!(Failure::of(&io), Failure::Connection);
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(Failure::of(&refused), Failure::Connection);
         let loading = RedisError::from((ErrorKind::BusyLoadingError, "LOADING"));
         assert_eq!(Failure::of(&loading), Failure::Outage);
+        let cluster = RedisError::from((ErrorKind::ClusterDown, "CLUSTERDOWN"));
+        assert_eq!(Failure::of(&cluster), Failure::Outage);
     }
 }

@@ -283,22 +283,33 @@ impl RedisStore {
 
     /// A call whose failure would move a session (a lookup, a claim, a
     /// re-pin): a slow answer is waited for once more, four times as long,
-    /// before Redis counts as down. A moved session costs a prompt cache; a
-    /// first request that waits 200 ms more costs far less. Each of these
-    /// calls gives the same answer when run twice (a claim or a re-pin that
-    /// did land finds its own pin in force).
+    /// before Redis counts as down, and a lost connection is tried once more
+    /// on the new one. A moved session costs a prompt cache; a first request
+    /// that waits 200 ms more costs far less. Each of these calls gives the
+    /// same answer when run twice (a claim or a re-pin that did land finds
+    /// its own pin in force).
     async fn call_patiently<T, Fut>(&self, what: &str, mut make: impl FnMut() -> Fut) -> Option<T>
     where
         Fut: Future<Output = RedisResult<T>>,
     {
         let timeout = self.spec.load().timeout;
         let start = Instant::now();
-        if let Ok(result) = tokio::time::timeout(timeout, make()).await {
-            return self.finish(what, timeout, start, Ok(result), true);
+        match tokio::time::timeout(timeout, make()).await {
+            // Slow: once more, patiently.
+            Err(_) => {}
+            // The connection was lost (Redis restarted?): once more, on the
+            // connection the manager is making now.
+            Ok(Err(e)) if Failure::of(&e) == Failure::Connection => {
+                log::debug!(
+                    "redis {what}: {} error; trying the new connection",
+                    e.category()
+                );
+            }
+            first => return self.finish(what, timeout, start, first, true).await,
         }
         let (start, timeout) = (Instant::now(), timeout.saturating_mul(4));
         let result = tokio::time::timeout(timeout, make()).await;
-        self.finish(what, timeout, start, result, true)
+        self.finish(what, timeout, start, result, true).await
     }
 
     /// The longer deadline of a background batch.
@@ -314,14 +325,14 @@ impl RedisStore {
     ) -> Option<T> {
         let start = Instant::now();
         let result = tokio::time::timeout(timeout, fut).await;
-        self.finish(what, timeout, start, result, false)
+        self.finish(what, timeout, start, result, false).await
     }
 
     /// Count and classify the result of a call that began at `start`. Only
     /// a request-path call (`timeouts_mean_down`) takes a timeout for an
     /// outage: a slow sweep or renewal in the background must not send every
     /// request to degraded placement.
-    fn finish<T>(
+    async fn finish<T>(
         &self,
         what: &str,
         timeout: Duration,
@@ -332,28 +343,57 @@ impl RedisStore {
         self.metrics
             .redis_duration
             .observe(start.elapsed().as_secs_f64());
-        let failure = match result {
+        match result {
             Ok(Ok(v)) => return Some(v),
-            Ok(Err(e)) if Failure::of(&e) == Failure::Record => {
-                // One key's problem: Redis stays in use for every other session.
-                self.metrics.redis_record_errors.inc();
-                log::warn!("redis {what}: {} on one record", e.category());
-                return None;
-            }
-            Ok(Err(e)) => format!("{} error", e.category()),
+            Ok(Err(e)) => self.failed(what, &e).await,
             Err(_) if !timeouts_mean_down => {
                 // Slow, not down: the next request-path call will tell.
                 log::debug!("redis {what}: no answer within {timeout:?}");
-                return None;
             }
-            Err(_) => format!("timeout after {timeout:?}"),
-        };
-        self.outage(what, &failure);
+            Err(_) => self.outage(what, &format!("timeout after {timeout:?}")),
+        }
         None
     }
 
-    /// A call failed for a reason that is the server's: stop using Redis
-    /// until a probe answers.
+    /// A call answered with an error: say what it means for the link.
+    async fn failed(&self, what: &str, e: &redis::RedisError) {
+        match Failure::of(e) {
+            Failure::Record => {
+                // One key's problem: Redis stays in use for every other session.
+                self.metrics.redis_record_errors.inc();
+                log::warn!("redis {what}: {} on one record", e.category());
+            }
+            Failure::Connection if self.answers_ping().await => {
+                // A connection that died with a restart of Redis (or idle, in
+                // a middlebox): the manager has made a new one, which works.
+                self.metrics.redis_errors.inc();
+                log::info!(
+                    "redis {what}: the connection was lost ({} error) and is remade",
+                    e.category()
+                );
+            }
+            Failure::Connection | Failure::Outage => {
+                self.outage(what, &format!("{} error", e.category()))
+            }
+        }
+    }
+
+    /// Does Redis answer a PING within the probe's deadline? (After a lost
+    /// connection, on the one the manager makes now.)
+    async fn answers_ping(&self) -> bool {
+        let Some(conn) = self.conn.load_full() else {
+            return false;
+        };
+        let mut conn = (*conn).clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        matches!(
+            tokio::time::timeout(self.spec.load().timeout.saturating_mul(10), ping).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Redis is down, slow or unwell: stop using it until a probe answers.
     fn outage(&self, what: &str, failure: &str) {
         self.metrics.redis_errors.inc();
         if self.link.went_down() {

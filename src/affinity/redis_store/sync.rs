@@ -149,17 +149,7 @@ impl RedisStore {
     /// Is Redis back? (The connection manager reconnects by itself.) Only
     /// while the connection is to the table of `generation`.
     async fn probe(&self, generation: u64) {
-        let Some(cm) = self.conn.load_full() else {
-            return;
-        };
-        let mut conn = (*cm).clone();
-        let pong: RedisResult<String> = tokio::time::timeout(
-            self.spec.load().timeout.saturating_mul(10),
-            redis::cmd("PING").query_async(&mut conn),
-        )
-        .await
-        .unwrap_or_else(|_| Err((redis::ErrorKind::IoError, "timeout").into()));
-        if pong.is_ok() && *self.table.borrow() == generation && self.link.came_up() {
+        if self.answers_ping().await && *self.table.borrow() == generation && self.link.came_up() {
             log::info!("redis is reachable; writing the pins made meanwhile");
             self.refresh_drains().await;
         }
@@ -233,8 +223,8 @@ impl RedisStore {
                     Ok(1) | Ok(2) => {}
                     // Gone from Redis (lost, or swept meanwhile): write it back.
                     Ok(0) => self.remember_pending(*id, &r.upstream),
-                    Err(e) if Failure::of(&e) == Failure::Outage => {
-                        self.outage("renew", &format!("{} error", e.category()));
+                    Err(e) if Failure::of(&e) != Failure::Record => {
+                        self.failed("renew", &e).await;
                         return;
                     }
                     // Malformed (3), or a script error on this record.
