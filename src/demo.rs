@@ -13,6 +13,9 @@
 //! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
 //!   style SSE stream of N deltas, M ms apart.
 //! - anything else: 200 JSON naming this upstream.
+//! - `fail_next(n, fault)`: the next `n` requests (health checks excluded)
+//!   misbehave as a [`Fault`] says: an overload status, an SSE stream whose
+//!   first event is an error, silence, a cut.
 //!
 //! Every answer carries `x-upstream: <name>`.
 
@@ -71,8 +74,29 @@ struct Inner {
     drop_next: AtomicUsize,
     /// This many more requests are read and then answered with a TCP reset.
     reset_next: AtomicUsize,
+    /// This many more requests misbehave so.
+    faults: Mutex<Option<(usize, Fault)>>,
     recorded: Mutex<Vec<Recorded>>,
     tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// How a relay misbehaves (see [`DemoUpstream::fail_next`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// This status, with an Anthropic error body (529: `overloaded_error`).
+    Status(u16),
+    /// `200 text/event-stream` whose first event is `event: error` of this type.
+    FirstEventError(String),
+    /// The stream's head, then nothing (until the connection is closed).
+    SilentBeforeFirstEvent,
+    /// The stream's head, then the connection closes.
+    CloseBeforeFirstEvent,
+    /// This many events, then the connection closes (no `message_stop`).
+    CutAfter(u64),
+    /// This many events, then silence.
+    SilentAfter(u64),
+    /// This many events, then `event: error` (`overloaded_error`) and the end.
+    ErrorAfter(u64),
 }
 
 pub struct DemoUpstream {
@@ -140,6 +164,13 @@ impl DemoUpstream {
     /// request still unread looks like this to the proxy.
     pub fn reset_next(&self, n: usize) {
         self.inner.reset_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` requests (health checks excluded) misbehave as `fault` says.
+    pub fn fail_next(&self, n: usize, fault: Fault) {
+        if let Ok(mut f) = self.inner.faults.lock() {
+            *f = Some((n, fault));
+        }
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -322,6 +353,13 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             return;
         }
         let stream = reader.get_mut();
+        let fault = if health { None } else { take_fault(&inner) };
+        if let Some(fault) = fault {
+            if !misbehave(stream, &name, fault).await {
+                return;
+            }
+            continue;
+        }
         let wants_stream =
             req.body.windows(14).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
         let ok = if health {
@@ -376,6 +414,102 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
     }
 }
 
+fn take_fault(inner: &Inner) -> Option<Fault> {
+    let mut faults = inner.faults.lock().ok()?;
+    let (n, fault) = faults.as_mut()?;
+    let fault = fault.clone();
+    *n -= 1;
+    if *n == 0 {
+        *faults = None;
+    }
+    Some(fault)
+}
+
+/// Answer as `fault` says; false once the connection is done with.
+async fn misbehave(stream: &mut TcpStream, name: &str, fault: Fault) -> bool {
+    let events = |n: u64| (0..n).map(|i| event(name, i, n + 10)).collect::<String>();
+    match fault {
+        Fault::Status(code) => {
+            let kind = if code == 529 {
+                "overloaded_error"
+            } else {
+                "api_error"
+            };
+            let body = format!(
+                r#"{{"type":"error","error":{{"type":"{kind}","message":"{name} says {code}"}}}}"#
+            );
+            respond(stream, code, name, body.as_bytes()).await
+        }
+        Fault::FirstEventError(kind) => {
+            let error = format!("event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"message\":\"{name} is overloaded\"}}}}\n\n");
+            sse_head(stream, name).await && chunk(stream, &error).await && chunk(stream, "").await
+        }
+        Fault::SilentBeforeFirstEvent => {
+            if sse_head(stream, name).await {
+                std::future::pending::<()>().await;
+            }
+            false
+        }
+        Fault::CloseBeforeFirstEvent => {
+            let _ = sse_head(stream, name).await;
+            false
+        }
+        Fault::CutAfter(n) => {
+            let _ = sse_head(stream, name).await && chunk(stream, &events(n)).await;
+            false
+        }
+        Fault::SilentAfter(n) => {
+            if sse_head(stream, name).await && chunk(stream, &events(n)).await {
+                std::future::pending::<()>().await;
+            }
+            false
+        }
+        Fault::ErrorAfter(n) => {
+            let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+            sse_head(stream, name).await
+                && chunk(stream, &events(n)).await
+                && chunk(stream, error).await
+                && chunk(stream, "").await
+        }
+    }
+}
+
+async fn sse_head(stream: &mut TcpStream, name: &str) -> bool {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-upstream: {name}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.is_ok()
+}
+
+/// One chunk of a chunked body; the empty one ends it.
+async fn chunk(stream: &mut TcpStream, data: &str) -> bool {
+    let chunk = if data.is_empty() {
+        "0\r\n\r\n".to_string()
+    } else {
+        format!("{:x}\r\n{data}\r\n", data.len())
+    };
+    stream.write_all(chunk.as_bytes()).await.is_ok()
+}
+
+/// Event `i` of a stream whose last event is `last`: `message_start` (with
+/// the prompt's usage: 1000 input tokens, 900 of them read from the cache),
+/// deltas that say when they were sent (µs since the epoch, so that a client
+/// can measure what a proxy adds per event), and `message_delta` (10 output
+/// tokens) with `message_stop`.
+fn event(name: &str, i: u64, last: u64) -> String {
+    match i {
+        0 => format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\",\"message\":{{\"usage\":{{\"input_tokens\":100,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":900,\"output_tokens\":1}}}}}}\n\n"),
+        i if i == last => "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":10}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
+        i => format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"sent_us\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":\"{} \"}}}}\n\n",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros()),
+            i - 1
+        ),
+    }
+}
+
 async fn respond(stream: &mut TcpStream, code: u16, name: &str, body: &[u8]) -> bool {
     let head = format!(
         "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n",
@@ -386,10 +520,7 @@ async fn respond(stream: &mut TcpStream, code: u16, name: &str, body: &[u8]) -> 
 
 /// An Anthropic-style SSE stream, chunked; `finish: false` drops it midway.
 async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finish: bool) -> bool {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-upstream: {name}\r\n\r\n"
-    );
-    if stream.write_all(head.as_bytes()).await.is_err() {
+    if !sse_head(stream, name).await {
         return false;
     }
     let last = deltas + 1;
@@ -400,23 +531,9 @@ async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finis
         if !finish && i == 2 {
             return false;
         }
-        // Each delta says when it was sent (µs since the epoch), so that a
-        // client can measure what a proxy adds per event.
-        let event = match i {
-            0 => format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\"}}\n\n"),
-            i if i == last => "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
-            i => format!(
-                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"sent_us\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":\"{} \"}}}}\n\n",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros()),
-                i - 1
-            ),
-        };
-        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-        if stream.write_all(chunk.as_bytes()).await.is_err() {
+        if !chunk(stream, &event(name, i, last)).await {
             return false;
         }
     }
-    stream.write_all(b"0\r\n\r\n").await.is_ok()
+    chunk(stream, "").await
 }

@@ -20,16 +20,20 @@ pub enum RepinReason {
     ConnectFailure,
     /// The connection to the upstream failed after the request was sent.
     ConnectionLost,
+    /// The upstream answered with a retried status or error event, often
+    /// enough for `failover.move_pin`.
+    ErrorAnswer,
 }
 
 impl RepinReason {
-    pub const ALL: [RepinReason; 6] = [
+    pub const ALL: [RepinReason; 7] = [
         RepinReason::Unhealthy,
         RepinReason::Ejected,
         RepinReason::Draining,
         RepinReason::Removed,
         RepinReason::ConnectFailure,
         RepinReason::ConnectionLost,
+        RepinReason::ErrorAnswer,
     ];
 
     pub fn label(self) -> &'static str {
@@ -40,6 +44,7 @@ impl RepinReason {
             RepinReason::Removed => "removed",
             RepinReason::ConnectFailure => "connect_failure",
             RepinReason::ConnectionLost => "connection_lost",
+            RepinReason::ErrorAnswer => "error_answer",
         }
     }
 }
@@ -180,6 +185,10 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     /// Attempts retried: on another upstream, or once on a fresh connection.
     pub retries: IntCounter,
+    /// Answered attempts left for another upstream, by upstream and reason.
+    pub abandoned: IntCounterVec,
+    /// Retries the retry budget refused.
+    pub retry_budget_exhausted: IntCounter,
     /// Errors the edge gave clients, by cause.
     pub client_failures: IntCounterVec,
     /// Client mistakes and early leaves, by reason.
@@ -316,6 +325,19 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let abandoned = counter_vec(
+            "relay_edge_attempts_abandoned_total",
+            "Answered attempts left for another upstream before the client saw them, by upstream and reason (status, error_event, first_event_timeout, closed_before_first_event).",
+            &["upstream", "reason"],
+        );
+        let retry_budget_exhausted = register(
+            &r,
+            IntCounter::new(
+                "relay_edge_retry_budget_exhausted_total",
+                "Retries of answered attempts refused by failover.retry_budget: the answer went to the client as it was.",
+            )
+            .expect("static metric definition"),
+        );
         let client_failures = counter_vec(
             "relay_edge_client_failures_total",
             "Errors the edge gave clients, by cause.",
@@ -359,6 +381,8 @@ impl Metrics {
             config_generation,
             ejections,
             retries,
+            abandoned,
+            retry_budget_exhausted,
             client_failures,
             client_errors,
             client_connections,

@@ -52,6 +52,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         affinity,
         timeouts: _,
         max_retries: _,
+        failover: _,
+        streams: _,
         redis,
         admin,
         server,

@@ -88,6 +88,8 @@ pub struct Edge {
     pub drain: Arc<Drain>,
     /// Bodies read early for their keys, edge-wide.
     pub body_budget: Arc<crate::proxy::body::BodyBudget>,
+    /// Retries of answered attempts, edge-wide (`failover.retry_budget`).
+    pub retry_budget: crate::proxy::retry_budget::RetryBudget,
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     /// The first health-check round has finished.
@@ -127,6 +129,7 @@ impl Edge {
             redis,
             drain: Drain::new(),
             body_budget: Arc::default(),
+            retry_budget: Default::default(),
             store,
             metrics,
             health_known: tokio::sync::watch::Sender::new(false),

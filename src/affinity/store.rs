@@ -53,6 +53,9 @@ pub struct SessionRecord {
     /// Counts already written to the shared table (Redis store only).
     flushed_requests: AtomicU64,
     flushed_errors: AtomicU64,
+    /// Answers of its upstream retried elsewhere in a row (this edge only):
+    /// what `failover.move_pin: after_failures` counts.
+    failed_answers: std::sync::atomic::AtomicU32,
 }
 
 impl SessionRecord {
@@ -69,7 +72,13 @@ impl SessionRecord {
             metadata: arc_swap::ArcSwapOption::empty(),
             flushed_requests: AtomicU64::new(requests),
             flushed_errors: AtomicU64::new(errors),
+            failed_answers: Default::default(),
         }
+    }
+
+    /// One more answer of its upstream retried elsewhere; how many in a row.
+    pub fn failed_answer(&self) -> u32 {
+        self.failed_answers.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Count one finished request of this session.
@@ -77,6 +86,13 @@ impl SessionRecord {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Its upstream answered well: failed answers in a row start over.
+    pub fn answered_well(&self) {
+        if self.failed_answers.load(Ordering::Relaxed) != 0 {
+            self.failed_answers.store(0, Ordering::Relaxed);
         }
     }
 

@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub affinity: Option<AffinityFile>,
     pub timeouts: TimeoutsFile,
     pub failover: FailoverFile,
+    pub streams: StreamsFile,
     pub redis: Option<RedisFile>,
     pub admin: AdminFile,
     pub server: ServerFile,
@@ -60,6 +61,7 @@ pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
         affinity: section(take("affinity"), "affinity", errs),
         timeouts: section(take("timeouts"), "timeouts", errs).unwrap_or_default(),
         failover: section(take("failover"), "failover", errs).unwrap_or_default(),
+        streams: section(take("streams"), "streams", errs).unwrap_or_default(),
         redis: section(take("redis"), "redis", errs),
         admin: section(take("admin"), "admin", errs).unwrap_or_default(),
         server: section(take("server"), "server", errs).unwrap_or_default(),
@@ -306,6 +308,21 @@ pub struct LimitsFile {
 #[derive(Debug, Default, Deserialize)]
 pub struct FailoverFile {
     pub max_retries: Option<usize>,
+    pub retry_on_status: Option<Vec<u16>>,
+    pub retry_on_error_events: Option<Vec<String>>,
+    pub retry_budget: Option<f64>,
+    pub retry_budget_min: Option<u32>,
+    pub move_pin: Option<String>,
+    pub move_pin_after: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamsFile {
+    pub hold_first_event: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub first_event_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,11 +17,65 @@ pub struct Config {
     pub affinity: AffinitySpec,
     pub timeouts: Timeouts,
     pub max_retries: usize,
+    pub failover: FailoverSpec,
+    pub streams: StreamsSpec,
     pub redis: Option<RedisSpec>,
     pub admin: AdminSpec,
     pub server: ServerSpec,
     pub reload: ReloadSpec,
     pub limits: LimitsSpec,
+}
+
+/// When an answered attempt is abandoned for another upstream, and what
+/// that does to the session's pin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverSpec {
+    /// Statuses of a relay's answer that are tried elsewhere (before any
+    /// byte of it reached the client).
+    pub retry_on_status: Vec<u16>,
+    /// Types of an SSE stream's first `event: error` that are tried elsewhere.
+    pub retry_on_error_events: Vec<String>,
+    /// Retries of answered attempts, as a share of the requests of the last
+    /// ten seconds (Envoy's retry budget): a fleet-wide overload must not
+    /// become a retry storm.
+    pub retry_budget: f64,
+    /// Retries allowed in any ten seconds whatever the share says.
+    pub retry_budget_min: u32,
+    pub move_pin: MovePin,
+}
+
+impl FailoverSpec {
+    /// Can an answer ever be tried on another upstream?
+    pub fn may_retry_answers(&self, max_retries: usize) -> bool {
+        max_retries > 0
+            && (!self.retry_on_status.is_empty() || !self.retry_on_error_events.is_empty())
+    }
+}
+
+/// What a retried answer (an overload, an error status) does to the pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovePin {
+    /// Retry elsewhere; the next request goes back to the pinned relay.
+    Never,
+    /// Move after this many such failures of the session in a row (on this
+    /// edge); each failure before that is retried elsewhere.
+    AfterFailures(u32),
+    /// Move with the first one.
+    AtOnce,
+}
+
+/// Streaming (SSE) answers: held until their first event, and their
+/// deadlines. The time to the response head is `timeouts.read`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamsSpec {
+    /// Hold a streaming request's response head until its first event, so
+    /// that an overloaded or silent relay can still be left.
+    pub hold_first_event: bool,
+    /// From the response head to the first complete event.
+    pub first_event_timeout: Duration,
+    /// The longest silence between two reads of a stream after its first
+    /// event. There is no total deadline: generations run for minutes.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +375,19 @@ impl Defaults {
     pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
     pub const REDIS_CONNECT_WAIT: Duration = Duration::from_secs(5);
     pub const MAX_RETRIES: usize = 2;
+    /// The statuses relays answer when overloaded or broken; 529 is
+    /// Anthropic's `overloaded_error`.
+    pub const RETRY_ON_STATUS: [u16; 6] = [429, 500, 502, 503, 504, 529];
+    pub const RETRY_ON_ERROR_EVENTS: [&'static str; 2] = ["overloaded_error", "api_error"];
+    /// Envoy's default retry budget is 20% of active requests.
+    pub const RETRY_BUDGET: f64 = 0.2;
+    pub const RETRY_BUDGET_MIN: u32 = 10;
+    /// A relay overloaded for a moment keeps its sessions (and their prompt
+    /// caches); one that fails a session three times in a row loses it.
+    pub const MOVE_PIN_AFTER: u32 = 3;
+    pub const FIRST_EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Above the relays' own 600 s.
+    pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
     pub const ADMIN_LISTEN: &'static str = "127.0.0.1:9900";
     pub const POOL_SIZE: usize = 1024;
     pub const GRACE_PERIOD: Duration = Duration::from_secs(600);

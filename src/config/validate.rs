@@ -78,6 +78,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         affinity,
         timeouts,
         failover,
+        streams,
         redis,
         admin,
         server,
@@ -92,14 +93,15 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let passive = passive(passive_health, &mut errs);
     let affinity = affinity_spec(affinity.unwrap_or_default(), &mut errs);
     let timeouts = timeouts_spec(timeouts, &mut errs);
-    let FailoverFile { max_retries } = failover;
     let max_retries = number(
-        max_retries,
+        failover.max_retries,
         Defaults::MAX_RETRIES,
         (0, Limits::MAX_RETRIES),
         "failover.max_retries",
         &mut errs,
     );
+    let failover = failover_spec(failover, &mut errs);
+    let streams = streams_spec(streams, &mut errs);
     let redis = redis.map(|r| redis_spec(r, &mut errs));
     let admin = admin_spec(admin, &mut errs);
     let server = server_spec(server, &mut errs);
@@ -125,6 +127,8 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             affinity,
             timeouts,
             max_retries,
+            failover,
+            streams,
             redis,
             admin,
             server,
@@ -580,6 +584,99 @@ fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
             Defaults::REDIS_CONNECT_WAIT,
             (Duration::ZERO, 10 * MINUTE),
             "redis.connect_wait",
+            errs,
+        ),
+    }
+}
+
+fn statuses(codes: &[u16], path: &str, errs: &mut Errors) {
+    for (i, code) in codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            errs.push(
+                format!("{path}[{i}]"),
+                format!("{code} is not an HTTP status"),
+            );
+        }
+    }
+}
+
+fn failover_spec(f: FailoverFile, errs: &mut Errors) -> FailoverSpec {
+    let FailoverFile {
+        max_retries: _,
+        retry_on_status,
+        retry_on_error_events,
+        retry_budget,
+        retry_budget_min,
+        move_pin,
+        move_pin_after,
+    } = f;
+    let retry_on_status = retry_on_status.unwrap_or_else(|| Defaults::RETRY_ON_STATUS.to_vec());
+    statuses(&retry_on_status, "failover.retry_on_status", errs);
+    let move_pin_after = number(
+        move_pin_after,
+        Defaults::MOVE_PIN_AFTER,
+        (1, 1000),
+        "failover.move_pin_after",
+        errs,
+    );
+    let move_pin = match move_pin.as_deref().unwrap_or("after_failures") {
+        "never" => MovePin::Never,
+        "after_failures" => MovePin::AfterFailures(move_pin_after),
+        "at_once" => MovePin::AtOnce,
+        other => {
+            errs.push(
+                "failover.move_pin",
+                format!("{other:?}: must be never, after_failures or at_once"),
+            );
+            MovePin::AfterFailures(move_pin_after)
+        }
+    };
+    FailoverSpec {
+        retry_on_status,
+        retry_on_error_events: retry_on_error_events.unwrap_or_else(|| {
+            Defaults::RETRY_ON_ERROR_EVENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }),
+        retry_budget: number(
+            retry_budget,
+            Defaults::RETRY_BUDGET,
+            (0.0, 1.0),
+            "failover.retry_budget",
+            errs,
+        ),
+        retry_budget_min: number(
+            retry_budget_min,
+            Defaults::RETRY_BUDGET_MIN,
+            (0, 1_000_000),
+            "failover.retry_budget_min",
+            errs,
+        ),
+        move_pin,
+    }
+}
+
+fn streams_spec(s: StreamsFile, errs: &mut Errors) -> StreamsSpec {
+    let StreamsFile {
+        hold_first_event,
+        first_event_timeout,
+        idle_timeout,
+    } = s;
+    StreamsSpec {
+        hold_first_event: hold_first_event.unwrap_or(true),
+        first_event_timeout: duration(
+            first_event_timeout,
+            Defaults::FIRST_EVENT_TIMEOUT,
+            (MS, HOUR),
+            "streams.first_event_timeout",
+            errs,
+        ),
+        idle_timeout: duration(
+            idle_timeout,
+            Defaults::STREAM_IDLE_TIMEOUT,
+            (MS, DAY),
+            "streams.idle_timeout",
             errs,
         ),
     }

@@ -26,12 +26,14 @@ pub mod errors;
 pub mod forwarded;
 pub mod pace;
 pub mod retry;
+pub mod retry_budget;
 pub mod route;
 
 use crate::affinity::keys::HeadLookup;
 use crate::affinity::store::SessionRecord;
 use crate::affinity::SessionId;
 use crate::clock;
+use crate::config::MovePin;
 use crate::drain::InFlight;
 use crate::metrics::{ClientError, RepinReason};
 use crate::state::{Edge, State};
@@ -39,7 +41,7 @@ use crate::upstream::select::Tried;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorSource, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::atomic::Ordering;
@@ -76,6 +78,56 @@ impl EdgeProxy {
         }
         may_retry
     }
+
+    /// May the current attempt's answer (not yet sent) be left for another
+    /// upstream? The request must be replayable, within
+    /// `failover.max_retries`, with another usable upstream, and within the
+    /// retry budget (taken here).
+    fn may_abandon(&self, session: &Session, ctx: &RequestCtx, state: &State) -> bool {
+        let now = clock::now_ms();
+        if !ctx.replayable
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.tried.len() > state.config.max_retries
+            || crate::upstream::select::least_loaded(&state.upstreams, &ctx.tried, now).is_none()
+        {
+            return false;
+        }
+        let f = &state.config.failover;
+        if self
+            .edge
+            .retry_budget
+            .try_retry(now, f.retry_budget, f.retry_budget_min)
+        {
+            true
+        } else {
+            self.edge.metrics.retry_budget_exhausted.inc();
+            false
+        }
+    }
+
+    /// Leave the current attempt's answer for another upstream: count it
+    /// (`reason`), decide whether the session's pin moves with it
+    /// (`failover.move_pin`), and feed passive health.
+    fn abandon(&self, ctx: &mut RequestCtx, state: &State, reason: &str) {
+        if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
+            self.edge
+                .metrics
+                .abandoned
+                .with_label_values(&[&u.id, reason])
+                .inc();
+            // Only a failure of the pinned upstream counts towards moving it.
+            let pinned = ctx.record.as_ref().filter(|r| r.upstream == u.id);
+            ctx.keep_pin = match (state.config.failover.move_pin, pinned) {
+                (_, None) => ctx.keep_pin,
+                (MovePin::Never, _) => true,
+                (MovePin::AtOnce, _) => false,
+                (MovePin::AfterFailures(n), Some(r)) => r.failed_answer() < n,
+            };
+        }
+        ctx.abandoning = true;
+        ctx.answer_retried = true;
+        self.leave_upstream(ctx, RepinReason::ErrorAnswer);
+    }
 }
 
 /// Per-request state that crosses phases.
@@ -104,6 +156,14 @@ pub struct RequestCtx {
     fresh_retried: bool,
     /// The request can be sent again whole (no body, or its body is kept).
     replayable: bool,
+    /// The current attempt's answer is being left for another upstream
+    /// (its status, before the client saw any of it).
+    abandoning: bool,
+    /// An answer of this request was left for another upstream.
+    answer_retried: bool,
+    /// The next attempt goes elsewhere without moving the session's pin
+    /// (`failover.move_pin`).
+    pub keep_pin: bool,
     _in_flight: InFlight,
 }
 
@@ -140,6 +200,9 @@ impl ProxyHttp for EdgeProxy {
             left_because: None,
             fresh_retried: false,
             replayable: false,
+            abandoning: false,
+            answer_retried: false,
+            keep_pin: false,
             _in_flight: self.edge.drain.enter(),
         }
     }
@@ -171,21 +234,22 @@ impl ProxyHttp for EdgeProxy {
         let keepalive = (!self.edge.drain.is_draining())
             .then(|| state.config.timeouts.client_idle.as_secs().max(1));
         session.set_keepalive(keepalive);
+        self.edge.retry_budget.note_request(clock::now_ms());
+        let config = &state.config;
+        let early = |pace: Option<pace::BodyPace>| body::EarlyRead {
+            max_body: config.affinity.max_body_bytes,
+            budget: &self.edge.body_budget,
+            budget_limit: config.limits.body_read_memory,
+            // A body that is not read early streams through on the same pace.
+            pace: pace.unwrap_or_else(|| {
+                pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
+            }),
+        };
         ctx.session = match state.keys.from_head(session.req_header()) {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
-                let config = &state.config;
-                let early = body::EarlyRead {
-                    max_body: config.affinity.max_body_bytes,
-                    budget: &self.edge.body_budget,
-                    budget_limit: config.limits.body_read_memory,
-                    // A body that is not read early streams through on the same pace.
-                    pace: ctx.pace.clone().unwrap_or_else(|| {
-                        pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
-                    }),
-                };
-                ctx.body = body::read_whole(session, early).await?;
+                ctx.body = body::read_whole(session, early(ctx.pace.clone())).await?;
                 let bytes = ctx.body.as_ref().map(|b| &b.bytes[..]);
                 state
                     .keys
@@ -193,6 +257,14 @@ impl ProxyHttp for EdgeProxy {
             }
         };
         ctx.replayable = ctx.body.is_some() || body::keep_for_retry(session);
+        if !ctx.replayable && config.failover.may_retry_answers(config.max_retries) {
+            // Too big for Pingora's retry buffer (a Claude Code request is
+            // over 64 KiB): read it whole, within the budget, so that an
+            // overloaded relay's answer can be tried elsewhere (as nginx
+            // buffers request bodies by default).
+            ctx.body = body::read_whole(session, early(ctx.pace.clone())).await?;
+            ctx.replayable = ctx.body.is_some();
+        }
         Ok(false)
     }
 
@@ -272,6 +344,11 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.abandoning) {
+            // Its answer was left in `upstream_response_filter`.
+            e.set_retry(true);
+            return e;
+        }
         let req = session.req_header();
         let attempt = retry::Attempt {
             responded: session.response_written().is_some(),
@@ -349,18 +426,41 @@ impl ProxyHttp for EdgeProxy {
             // Heads written after the drain began close their connection too.
             session.set_keepalive(None);
         }
+        let code = upstream_response.status.as_u16();
+        if state.config.failover.retry_on_status.contains(&code) {
+            let state = state.clone();
+            if self.may_abandon(session, ctx, &state) {
+                self.abandon(ctx, &state, "status");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(code),
+                    "the upstream's answer is tried on another upstream",
+                )
+                .map_err(|e| e.into_up());
+            }
+        }
         ctx.upstream_answered = true;
         if ctx.body_sent {
             // Nothing is retried once the upstream answered: an SSE stream
             // need not hold its request body (or the budget) for minutes.
             ctx.body = None;
         }
-        let code = upstream_response.status.as_u16();
         if state.upstreams.passive().failure_codes.contains(&code) {
             ctx.failed_upstream = true;
             state.upstreams.record_failure(i);
         }
         Ok(())
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // An answer left for another upstream is counted, not a warning.
+        matches!(error.etype(), ErrorType::HTTPStatus(_))
+            && error.esource() == &ErrorSource::Upstream
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -420,6 +520,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if let Some(record) = &ctx.record {
             record.record(failed);
+            if !ctx.answer_retried && !failed {
+                record.answered_well();
+            }
         }
     }
 }

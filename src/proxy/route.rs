@@ -59,6 +59,10 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         edge.store.until_settled().await;
     }
 
+    if ctx.keep_pin && !ctx.tried.is_empty() {
+        // An answer retried elsewhere whose pin stays (`failover.move_pin`).
+        return place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream);
+    }
     let (from, reason) = if let Some(last) = ctx.tried.last() {
         (
             ups.get(last).map(|u| u.id.clone()),

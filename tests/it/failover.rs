@@ -140,7 +140,9 @@ async fn failed_health_checks_take_an_upstream_out_and_back() {
 async fn passive_ejection_backs_off_and_respects_the_cap() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = Edge::start(&format!(
-        "{}{KEYED}passive_health: {{max_failures: 3, failure_window: 10s, recovery_time: 3s, max_recovery_time: 30s, max_ejected_percent: 50}}\n",
+        // Failure statuses pass through here (no retry on them), to see
+        // passive health alone.
+        "{}{KEYED}passive_health: {{max_failures: 3, failure_window: 10s, recovery_time: 3s, max_recovery_time: 30s, max_ejected_percent: 50}}\nfailover: {{retry_on_status: []}}\n",
         upstreams_yaml(&ups)
     ))
     .await;

@@ -2,6 +2,7 @@
 //! servers on ephemeral ports. One test binary, so Pingora links once.
 
 mod admin;
+mod answers;
 mod bad_input;
 mod bodies;
 mod common;

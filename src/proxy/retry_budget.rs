@@ -1,0 +1,103 @@
+//! The edge-wide retry budget (Envoy's `retry_budget`): retries of attempts
+//! that a relay answered (an overload status, an error event, silence) may
+//! be at most a share of the requests of the last ten seconds, or a floor.
+//! When a whole fleet is overloaded, each request then costs at most about
+//! `1 + share` relay attempts instead of `1 + max_retries`.
+//!
+//! Ten one-second slots of two counters each; a slot is cleared when a new
+//! second reuses it. Lock-free: a request costs one atomic add.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+const SLOTS: usize = 10;
+
+#[derive(Default)]
+struct Slot {
+    /// The second (since some epoch) the counts belong to.
+    second: AtomicU64,
+    requests: AtomicU32,
+    retries: AtomicU32,
+}
+
+#[derive(Default)]
+pub struct RetryBudget {
+    slots: [Slot; SLOTS],
+}
+
+impl RetryBudget {
+    /// The slot of `second`, cleared first if it held an older second.
+    fn slot(&self, second: u64) -> &Slot {
+        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        let held = slot.second.load(Ordering::Relaxed);
+        if held != second
+            && slot
+                .second
+                .compare_exchange(held, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.retries.store(0, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// Count one request (its first attempt).
+    pub fn note_request(&self, now_ms: u64) {
+        self.slot(now_ms / 1000)
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take one retry if the budget allows it: the retries of the last ten
+    /// seconds stay below `share` of the requests, or below `floor`.
+    pub fn try_retry(&self, now_ms: u64, share: f64, floor: u32) -> bool {
+        let second = now_ms / 1000;
+        let (mut requests, mut retries) = (0u64, 0u64);
+        for slot in &self.slots {
+            let s = slot.second.load(Ordering::Relaxed);
+            if s + (SLOTS as u64) > second && s <= second {
+                requests += u64::from(slot.requests.load(Ordering::Relaxed));
+                retries += u64::from(slot.retries.load(Ordering::Relaxed));
+            }
+        }
+        let allowed = (requests as f64 * share).max(f64::from(floor));
+        if (retries as f64) < allowed {
+            self.slot(second).retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetryBudget;
+
+    #[test]
+    fn retries_stay_within_the_share_or_the_floor() {
+        let b = RetryBudget::default();
+        let t = 1_000_000;
+        // No traffic: the floor alone.
+        assert!((0..3).all(|_| b.try_retry(t, 0.2, 3)));
+        assert!(!b.try_retry(t, 0.2, 3));
+        // 100 requests: 20% of them.
+        for _ in 0..100 {
+            b.note_request(t + 1000);
+        }
+        let granted = (0..50).filter(|_| b.try_retry(t + 1000, 0.2, 3)).count();
+        assert_eq!(granted, 20 - 3, "20 in all, 3 taken before");
+        // Ten seconds on, the window is empty again.
+        assert!(b.try_retry(t + 12_000, 0.2, 1));
+        assert!(!b.try_retry(t + 12_000, 0.2, 1));
+    }
+
+    #[test]
+    fn a_zero_budget_refuses_every_retry() {
+        let b = RetryBudget::default();
+        for _ in 0..100 {
+            b.note_request(5_000);
+        }
+        assert!(!b.try_retry(5_000, 0.0, 0));
+    }
+}

@@ -1,0 +1,234 @@
+//! Answers that are failures: an overloaded or broken relay's status is
+//! tried on another relay before the client sees it, within the retry
+//! budget, and the session's pin moves only as `failover.move_pin` says.
+
+use crate::common::*;
+use relay_edge::demo::{DemoUpstream, Fault};
+use std::time::Duration;
+
+fn config(ups: &[DemoUpstream], failover: &str) -> String {
+    format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nhealth_check: {{interval: 60s}}\nfailover: {{{failover}}}\n{}",
+        upstreams_yaml(ups),
+        // Each left answer is a passive-health failure too; these tests keep
+        // the relays from being ejected for them, to see the pin policy alone.
+        "passive_health: {max_failures: 1000}\n"
+    )
+}
+
+/// The upstream `key` is pinned to, and the other one.
+async fn home_of<'a>(
+    edge: &Edge,
+    ups: &'a [DemoUpstream],
+    key: &str,
+) -> (&'a DemoUpstream, &'a DemoUpstream) {
+    let home = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
+    let (a, b) = (&ups[0], &ups[1]);
+    if a.name == home {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+fn counter(metrics: &str, line_start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_answer_is_served_elsewhere_and_the_pin_moves_after_three_in_a_row() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&config(&ups, "max_retries: 2")).await;
+    let (home, other) = home_of(&edge, &ups, "busy").await;
+    // Two 529s in a row: each answer comes from the other relay, and the
+    // session stays pinned home (its prompt cache is there).
+    for round in 1..=2 {
+        home.fail_next(1, Fault::Status(529));
+        let r = edge
+            .post("/v1/messages", &[("x-session-id", "busy")], b"{}")
+            .await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, other.name.clone()),
+            "round {round}: {}",
+            r.text()
+        );
+        let back = edge.get("/v1/x", &[("x-session-id", "busy")]).await;
+        assert_eq!(back.upstream(), home.name, "round {round}: the pin stays");
+    }
+    // Each good answer from home started the count over; three failures in
+    // a row move the pin with the third, by the same compare-and-set as
+    // failover.
+    home.fail_next(3, Fault::Status(529));
+    for round in 1..=3 {
+        let r = edge
+            .post("/v1/messages", &[("x-session-id", "busy")], b"{}")
+            .await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, other.name.clone()),
+            "round {round}"
+        );
+    }
+    let moved = edge.get("/v1/x", &[("x-session-id", "busy")]).await;
+    assert_eq!(
+        moved.upstream(),
+        other.name,
+        "the third failure in a row moved the pin"
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            &format!(
+                "relay_edge_attempts_abandoned_total{{reason=\"status\",upstream=\"{}\"}}",
+                home.name
+            )
+        ),
+        5,
+        "{metrics}"
+    );
+    assert_eq!(
+        edge.upstream(&home.name).await["errors"],
+        5,
+        "passive health saw each"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "relay_edge_affinity_repins_total{reason=\"error_answer\"}"
+        ),
+        1,
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("repins"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The client never saw a 529: every answer counted was a 200.
+    assert_eq!(
+        counter(
+            &metrics,
+            &format!(
+                "relay_edge_requests_total{{code=\"529\",upstream=\"{}\"}}",
+                home.name
+            )
+        ),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_pin_at_once_and_never() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let at_once = Edge::start(&config(&ups, "move_pin: at_once")).await;
+    let (home, other) = home_of(&at_once, &ups, "k").await;
+    home.fail_next(1, Fault::Status(503));
+    let r = at_once
+        .post("/v1/messages", &[("x-session-id", "k")], b"{}")
+        .await;
+    assert_eq!(r.upstream(), other.name);
+    assert_eq!(
+        at_once
+            .get("/v1/x", &[("x-session-id", "k")])
+            .await
+            .upstream(),
+        other.name
+    );
+
+    let never = Edge::start(&config(&ups, "move_pin: never")).await;
+    let (home, other) = home_of(&never, &ups, "k2").await;
+    for _ in 0..4 {
+        home.fail_next(1, Fault::Status(429));
+        let r = never
+            .post("/v1/messages", &[("x-session-id", "k2")], b"{}")
+            .await;
+        assert_eq!(r.upstream(), other.name);
+    }
+    assert_eq!(
+        never
+            .get("/v1/x", &[("x-session-id", "k2")])
+            .await
+            .upstream(),
+        home.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_relay_is_overloaded_the_client_gets_the_last_529_as_it_was() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&config(&ups, "max_retries: 2")).await;
+    for u in &ups {
+        u.fail_next(1, Fault::Status(529));
+    }
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "all")], b"{}")
+        .await;
+    assert_eq!(r.status, 529, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "overloaded_error");
+    assert_eq!(
+        ups.iter().map(DemoUpstream::requests).sum::<usize>(),
+        2,
+        "each relay tried once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_retries_in_a_fleet_wide_overload() {
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    // 10% of recent requests, at least 2 in any ten seconds.
+    let edge = Edge::start(&config(
+        &ups,
+        "max_retries: 2, retry_budget: 0.1, retry_budget_min: 2",
+    ))
+    .await;
+    for u in &ups {
+        u.fail_next(1000, Fault::Status(529));
+    }
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let r = edge
+            .post("/v1/messages", &[("x-session-id", &format!("s{i}"))], b"{}")
+            .await;
+        statuses.push(r.status);
+    }
+    assert!(statuses.iter().all(|&s| s == 529), "{statuses:?}");
+    // 20 requests: at most max(2, 10% of 20) = 2 retries, not 40. The
+    // first request took both; every other one's retry was refused.
+    let attempts: usize = ups.iter().map(DemoUpstream::requests).sum();
+    assert_eq!(attempts, 22, "20 first attempts and 2 retries");
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        counter(&metrics, "relay_edge_retry_budget_exhausted_total"),
+        19,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_code_sized_body_is_replayed_whole_to_the_next_relay() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&config(&ups, "max_retries: 1")).await;
+    let (home, other) = home_of(&edge, &ups, "big").await;
+    let body = messages_body(300 * 1024, "u");
+    home.fail_next(1, Fault::Status(500));
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "big")], &body)
+        .await;
+    assert_eq!(
+        (r.status, r.upstream()),
+        (200, other.name.clone()),
+        "{}",
+        r.text()
+    );
+    let got = other.recorded().pop().expect("recorded");
+    assert!(got.body == body, "the retried body arrived byte for byte");
+    assert!(home.recorded().pop().expect("recorded").body == body);
+}
