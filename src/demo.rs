@@ -361,7 +361,7 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             continue;
         }
         let wants_stream =
-            req.body.windows(14).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
+            req.body.windows(13).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
         let ok = if health {
             let code = if inner.unhealthy.load(Ordering::SeqCst) {
                 503

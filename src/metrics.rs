@@ -49,6 +49,35 @@ impl RepinReason {
     }
 }
 
+/// How a streaming (SSE) answer ended: the `outcome` label of
+/// `relay_edge_streams_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// `message_stop` was seen.
+    Completed,
+    /// The relay ended or broke it before `message_stop` (or before its
+    /// first event).
+    RelayCut,
+    /// The client left.
+    ClientCut,
+    /// No first event within `streams.first_event_timeout`.
+    FirstEventTimeout,
+    /// Silent for `streams.idle_timeout` after its first event.
+    IdleTimeout,
+}
+
+impl StreamOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamOutcome::Completed => "completed",
+            StreamOutcome::RelayCut => "relay_cut",
+            StreamOutcome::ClientCut => "client_cut",
+            StreamOutcome::FirstEventTimeout => "first_event_timeout",
+            StreamOutcome::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
 /// Why a client got an error from the edge: the `cause` label of
 /// `relay_edge_client_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +218,10 @@ pub struct Metrics {
     pub abandoned: IntCounterVec,
     /// Retries the retry budget refused.
     pub retry_budget_exhausted: IntCounter,
+    /// Streaming answers by upstream and outcome.
+    pub streams: IntCounterVec,
+    first_event: HistogramVec,
+    tokens: IntCounterVec,
     /// Errors the edge gave clients, by cause.
     pub client_failures: IntCounterVec,
     /// Client mistakes and early leaves, by reason.
@@ -338,6 +371,30 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let streams = counter_vec(
+            "relay_edge_streams_total",
+            "Streaming (SSE) answers by upstream and how they ended (completed, relay_cut, client_cut, first_event_timeout, idle_timeout).",
+            &["upstream", "outcome"],
+        );
+        let first_event = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "relay_edge_stream_first_event_seconds",
+                    "Time from a stream's response head to its first whole event, in seconds.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+                &["upstream"],
+            )
+            .expect("static metric definition"),
+        );
+        let tokens = counter_vec(
+            "relay_edge_tokens_total",
+            "Tokens the relays reported in their answers' usage, by upstream and kind (input, cache_read_input, cache_creation_input, output).",
+            &["upstream", "kind"],
+        );
         let client_failures = counter_vec(
             "relay_edge_client_failures_total",
             "Errors the edge gave clients, by cause.",
@@ -383,6 +440,9 @@ impl Metrics {
             retries,
             abandoned,
             retry_budget_exhausted,
+            streams,
+            first_event,
+            tokens,
             client_failures,
             client_errors,
             client_connections,
@@ -396,6 +456,13 @@ impl Metrics {
     /// Count one re-pin.
     pub fn repin(&self, reason: RepinReason) {
         self.repins[reason as usize].inc();
+    }
+
+    /// Count one stream's end.
+    pub fn stream(&self, upstream: &str, outcome: StreamOutcome) {
+        self.streams
+            .with_label_values(&[upstream, outcome.label()])
+            .inc();
     }
 
     /// Count one error given to a client.
@@ -437,6 +504,8 @@ impl Metrics {
                 .map(|c| (c, self.requests.with_label_values(&[id, &c.to_string()]))),
             requests: self.requests.clone(),
             id: id.to_string(),
+            first_event: self.first_event.with_label_values(&[id]),
+            tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
         }
     }
 
@@ -447,6 +516,19 @@ impl Metrics {
         let _ = self.upstream_sessions.remove_label_values(&[id]);
         let _ = self.request_duration.remove_label_values(&[id]);
         let _ = self.ejections.remove_label_values(&[id]);
+        let _ = self.first_event.remove_label_values(&[id]);
+        for kind in TokenKind::ALL {
+            let _ = self.tokens.remove_label_values(&[id, kind]);
+        }
+    }
+
+    /// Tokens each upstream reported, by kind (for `/api/stats`).
+    pub fn tokens_of(&self, upstream: &str) -> [u64; 4] {
+        TokenKind::ALL.map(|k| {
+            self.tokens
+                .get_metric_with_label_values(&[upstream, k])
+                .map_or(0, |c| c.get())
+        })
     }
 
     /// Count a request that reached no upstream.
@@ -463,6 +545,18 @@ impl Default for Metrics {
     }
 }
 
+/// The `kind` labels of `relay_edge_tokens_total`, in [`Usage`] order.
+pub struct TokenKind;
+
+impl TokenKind {
+    pub const ALL: [&'static str; 4] = [
+        "input",
+        "cache_read_input",
+        "cache_creation_input",
+        "output",
+    ];
+}
+
 /// One upstream's pre-resolved metric handles.
 pub struct UpstreamMetrics {
     pub healthy: IntGauge,
@@ -473,9 +567,25 @@ pub struct UpstreamMetrics {
     codes: [(u16, IntCounter); COMMON_CODES.len()],
     requests: IntCounterVec,
     id: String,
+    /// Time from a stream's head to its first event.
+    pub first_event: Histogram,
+    tokens: [IntCounter; 4],
 }
 
 impl UpstreamMetrics {
+    /// Count the tokens an answer reported.
+    pub fn count_usage(&self, u: &crate::proxy::sse::Usage) {
+        for (counter, n) in
+            self.tokens
+                .iter()
+                .zip([u.input, u.cache_read, u.cache_creation, u.output])
+        {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+
     pub fn count_response(&self, code: u16) {
         match self.codes.iter().find(|(c, _)| *c == code) {
             Some((_, counter)) => counter.inc(),

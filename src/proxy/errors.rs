@@ -93,6 +93,13 @@ pub fn body_for(code: u16) -> String {
     format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#)
 }
 
+/// An Anthropic `event: error` that ends a stream the edge had to cut.
+pub fn sse_error_event(kind: &str, message: &str) -> String {
+    format!(
+        "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"message\":\"{message}\"}}}}\n\n"
+    )
+}
+
 pub async fn respond(session: &mut Session, e: &Error) -> FailToProxy {
     let code = status_for(e);
     if code > 0 {

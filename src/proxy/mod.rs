@@ -24,10 +24,12 @@
 pub mod body;
 pub mod errors;
 pub mod forwarded;
+pub mod held;
 pub mod pace;
 pub mod retry;
 pub mod retry_budget;
 pub mod route;
+pub mod sse;
 
 use crate::affinity::keys::HeadLookup;
 use crate::affinity::store::SessionRecord;
@@ -154,6 +156,8 @@ pub struct RequestCtx {
     left_because: Option<RepinReason>,
     /// The one retry on a fresh connection after a pooled one failed was used.
     fresh_retried: bool,
+    /// The held path's next attempt is that retry (same upstream, fresh).
+    fresh_next: bool,
     /// The request can be sent again whole (no body, or its body is kept).
     replayable: bool,
     /// The current attempt's answer is being left for another upstream
@@ -199,6 +203,7 @@ impl ProxyHttp for EdgeProxy {
             failed_upstream: false,
             left_because: None,
             fresh_retried: false,
+            fresh_next: false,
             replayable: false,
             abandoning: false,
             answer_retried: false,
@@ -257,13 +262,23 @@ impl ProxyHttp for EdgeProxy {
             }
         };
         ctx.replayable = ctx.body.is_some() || body::keep_for_retry(session);
-        if !ctx.replayable && config.failover.may_retry_answers(config.max_retries) {
-            // Too big for Pingora's retry buffer (a Claude Code request is
-            // over 64 KiB): read it whole, within the budget, so that an
-            // overloaded relay's answer can be tried elsewhere (as nginx
-            // buffers request bodies by default).
+        let hold = config.streams.hold_first_event;
+        if ctx.body.is_none()
+            && (hold || !ctx.replayable && config.failover.may_retry_answers(config.max_retries))
+        {
+            // Read it whole, within the budget (as nginx buffers request
+            // bodies by default): to see whether it asks for a stream, to be
+            // held, and so that one too big for Pingora's retry buffer (a
+            // Claude Code request is over 64 KiB) can be sent again when an
+            // overloaded relay's answer is tried elsewhere.
             ctx.body = body::read_whole(session, early(ctx.pace.clone())).await?;
-            ctx.replayable = ctx.body.is_some();
+            ctx.replayable |= ctx.body.is_some();
+        }
+        if let Some(whole) = ctx.body.as_ref().map(|b| b.bytes.clone()) {
+            if config.streams.hold_first_event && held::wants_stream(&whole) {
+                held::serve(self, session, ctx, whole).await?;
+                return Ok(true);
+            }
         }
         Ok(false)
     }

@@ -232,3 +232,209 @@ async fn a_claude_code_sized_body_is_replayed_whole_to_the_next_relay() {
     assert!(got.body == body, "the retried body arrived byte for byte");
     assert!(home.recorded().pop().expect("recorded").body == body);
 }
+
+const STREAM: &[u8] = br#"{"model":"claude-x","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn stream_config(ups: &[DemoUpstream]) -> String {
+    format!(
+        "{}streams: {{first_event_timeout: 500ms, idle_timeout: 500ms}}\n",
+        config(ups, "max_retries: 2, move_pin: never")
+    )
+}
+
+/// The events of an SSE body, as (event name, data) pairs.
+fn events(body: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let field = |name: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            (field("event:"), field("data:"))
+        })
+        .collect()
+}
+
+fn stream_count(metrics: &str, upstream: &str, outcome: &str) -> u64 {
+    counter(
+        metrics,
+        &format!("relay_edge_streams_total{{outcome=\"{outcome}\",upstream=\"{upstream}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_another() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&stream_config(&ups)).await;
+    let (home, other) = home_of(&edge, &ups, "s").await;
+    let faults = [
+        (
+            Fault::FirstEventError("overloaded_error".into()),
+            "error_event",
+        ),
+        (Fault::Status(529), "status"),
+        (Fault::SilentBeforeFirstEvent, "first_event_timeout"),
+        (Fault::CloseBeforeFirstEvent, "closed_before_first_event"),
+    ];
+    for (fault, reason) in faults {
+        home.fail_next(1, fault.clone());
+        let r = edge
+            .post("/v1/messages", &[("x-session-id", "s")], STREAM)
+            .await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, other.name.clone()),
+            "{fault:?}: {}",
+            r.text()
+        );
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/event-stream"),
+            "{fault:?}: {}",
+            r.text()
+        );
+        let ev = events(&r.body);
+        assert_eq!(
+            ev.first().map(|e| e.0.as_str()),
+            Some("message_start"),
+            "{fault:?}: {ev:?}"
+        );
+        assert!(ev[0]
+            .1
+            .contains(&format!("\"upstream\":\"{}\"", other.name)));
+        assert_eq!(
+            ev.last().map(|e| e.0.as_str()),
+            Some("message_stop"),
+            "{fault:?}"
+        );
+        assert!(
+            ev.iter().all(|e| e.0 != "error"),
+            "{fault:?}: no error reached the client"
+        );
+        let metrics = edge.metrics().await;
+        assert_eq!(
+            counter(
+                &metrics,
+                &format!(
+                    "relay_edge_attempts_abandoned_total{{reason=\"{reason}\",upstream=\"{}\"}}",
+                    home.name
+                )
+            ),
+            1,
+            "{fault:?}"
+        );
+    }
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        stream_count(&metrics, &other.name, "completed"),
+        4,
+        "{metrics}"
+    );
+    // Usage of the four completed streams: 100 input, 900 cache reads, 10 out each.
+    let tokens = |kind: &str| {
+        counter(
+            &metrics,
+            &format!(
+                "relay_edge_tokens_total{{kind=\"{kind}\",upstream=\"{}\"}}",
+                other.name
+            ),
+        )
+    };
+    assert_eq!(
+        (
+            tokens("input"),
+            tokens("cache_read_input"),
+            tokens("output")
+        ),
+        (400, 3600, 40)
+    );
+    // The session stayed home (move_pin: never) and streams from there.
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "s")], STREAM)
+        .await;
+    assert_eq!(r.upstream(), home.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_after_its_first_event_ends_with_an_error_event_and_is_not_retried() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&stream_config(&ups)).await;
+    let (home, _) = home_of(&edge, &ups, "c").await;
+    let cases = [
+        (
+            Fault::CutAfter(3),
+            "relay_cut",
+            "the relay's stream was cut",
+        ),
+        (Fault::SilentAfter(3), "idle_timeout", "fell silent"),
+    ];
+    for (fault, outcome, message) in cases {
+        home.fail_next(1, fault.clone());
+        let before = home.requests();
+        let r = edge
+            .post("/v1/messages", &[("x-session-id", "c")], STREAM)
+            .await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, home.name.clone()),
+            "{fault:?}"
+        );
+        let ev = events(&r.body);
+        let names: Vec<&str> = ev.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_delta",
+                "content_block_delta",
+                "error"
+            ],
+            "{fault:?}: {}",
+            r.text()
+        );
+        let error: serde_json::Value = serde_json::from_str(&ev[3].1).expect("JSON");
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["error"]["type"], "api_error");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(message),
+            "{error}"
+        );
+        assert_eq!(
+            home.requests(),
+            before + 1,
+            "{fault:?}: not retried once under way"
+        );
+        let metrics = edge.metrics().await;
+        assert_eq!(stream_count(&metrics, &home.name, outcome), 1, "{fault:?}");
+    }
+    // An error event after content is the relay's own end: passed through
+    // as it is, not retried, and counted as a cut.
+    home.fail_next(1, Fault::ErrorAfter(2));
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "c")], STREAM)
+        .await;
+    let ev = events(&r.body);
+    assert_eq!(
+        ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        ["message_start", "content_block_delta", "error"]
+    );
+    assert!(
+        ev[2].1.contains("overloaded_error"),
+        "the relay's own event"
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(stream_count(&metrics, &home.name, "relay_cut"), 2);
+    assert_eq!(
+        edge.upstream(&home.name).await["errors"],
+        3,
+        "each cut is a passive failure"
+    );
+}

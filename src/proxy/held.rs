@@ -1,0 +1,466 @@
+//! Streaming requests, held until committed.
+//!
+//! Pingora writes an upstream's response head to the client before the
+//! body reaches any filter, so a proxy on its path cannot leave a relay whose
+//! `200 text/event-stream` begins with `event: error`. For a request with
+//! `"stream": true` (its body read whole, so it can be sent again), the edge
+//! runs each attempt itself, through its own pooled connector, from
+//! `request_filter`:
+//!
+//! 1. connect and send the request (a connect failure, or a connection lost
+//!    before any answer, is decided as on Pingora's path: [`super::retry`]);
+//! 2. read the head within `timeouts.read`; a status of
+//!    `failover.retry_on_status` may be left;
+//! 3. for an SSE answer, read until its first event is whole, within
+//!    `streams.first_event_timeout`; an `event: error` of a type in
+//!    `failover.retry_on_error_events`, silence, or a close may be left;
+//! 4. **commit**: send the head and what was read, then every chunk as it
+//!    comes, unbuffered, with at most `streams.idle_timeout` of silence
+//!    between reads. No total deadline.
+//!
+//! An attempt is left only when [`EdgeProxy::may_abandon`] allows it (replay,
+//! retries left, the retry budget); otherwise the answer goes to the client
+//! as it is, or, when there is none, an Anthropic-shaped 502/504. A stream
+//! cut after commit (by the relay, or by silence) ends with an Anthropic
+//! `event: error`, so the SDKs raise a clean error instead of waiting on a
+//! reset. Each stream is counted once by outcome, with its first-event
+//! time and its token usage ([`super::sse`]).
+
+use super::errors;
+use super::retry;
+use super::sse::{self, FirstEvent, StreamScan};
+use super::{route, EdgeProxy, RequestCtx};
+use crate::clock;
+use crate::metrics::{RepinReason, StreamOutcome};
+use crate::state::State;
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::time::timeout_at;
+
+/// The first event of a stream is read into at most this much; a longer one
+/// commits the stream as it is.
+const MAX_FIRST_EVENT: usize = 1 << 20;
+
+/// Is this request's body an Anthropic streaming request (`"stream": true`)?
+pub fn wants_stream(body: &[u8]) -> bool {
+    crate::affinity::json_scan::find(body, &["stream".to_string()]).as_deref() == Some("true")
+}
+
+/// Why an answered attempt may be left (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    Status,
+    ErrorEvent,
+    FirstEventTimeout,
+    ClosedBeforeFirstEvent,
+}
+
+impl Leave {
+    fn label(self) -> &'static str {
+        match self {
+            Leave::Status => "status",
+            Leave::ErrorEvent => "error_event",
+            Leave::FirstEventTimeout => "first_event_timeout",
+            Leave::ClosedBeforeFirstEvent => "closed_before_first_event",
+        }
+    }
+}
+
+/// A relay's answer, read up to its commit point.
+struct Answer {
+    upstream: UpstreamSession,
+    peer: Box<HttpPeer>,
+    head: Box<ResponseHeader>,
+    /// The body read so far (the first event, and anything after it).
+    read: Bytes,
+    sse: bool,
+}
+
+enum Attempt {
+    /// An answer: good (`None`), or one that may be left.
+    Answer(Answer, Option<Leave>),
+    /// No answer that could go to the client; `leave`: it may be tried
+    /// elsewhere for this reason.
+    Failed(Box<Error>, Option<Leave>),
+}
+
+/// Serve the request (whose body is `body`, whole) on the held path.
+/// `Ok(())`: a response was written; `Err`: nothing was, and the error
+/// says what the client gets.
+pub async fn serve(
+    proxy: &EdgeProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: Bytes,
+) -> Result<()> {
+    let state = ctx.state(&proxy.edge).clone();
+    loop {
+        let peer = match ctx.upstream.filter(|_| std::mem::take(&mut ctx.fresh_next)) {
+            // Once more on a fresh connection, as Pingora's path does.
+            Some(i) => state
+                .upstreams
+                .get(i)
+                .ok_or_else(route::no_upstream)?
+                .fresh_peer(),
+            None => {
+                let index = route::choose(&proxy.edge, &state, ctx, clock::now_ms()).await?;
+                let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
+                ctx.tried.add(index);
+                ctx.upstream = Some(index);
+                upstream.start_request();
+                upstream.peer()
+            }
+        };
+        match attempt(proxy, session, ctx, &state, peer, &body).await {
+            Attempt::Answer(answer, None) => {
+                return commit(proxy, session, ctx, &state, answer).await
+            }
+            Attempt::Answer(answer, Some(why)) => {
+                if proxy.may_abandon(session, ctx, &state) {
+                    proxy.abandon(ctx, &state, why.label());
+                    continue;
+                }
+                return commit(proxy, session, ctx, &state, answer).await;
+            }
+            Attempt::Failed(e, Some(why)) if proxy.may_abandon(session, ctx, &state) => {
+                log::debug!("held attempt left ({}): {e}", why.label());
+                proxy.abandon(ctx, &state, why.label());
+            }
+            Attempt::Failed(e, Some(why)) => {
+                count_stream(proxy, &state, ctx, outcome_of(why));
+                if let Some(i) = ctx.upstream {
+                    state.upstreams.record_failure(i);
+                }
+                ctx.failed_upstream = true;
+                return Err(e);
+            }
+            Attempt::Failed(e, None) => {
+                if e.retry() {
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn outcome_of(why: Leave) -> StreamOutcome {
+    match why {
+        Leave::FirstEventTimeout => StreamOutcome::FirstEventTimeout,
+        _ => StreamOutcome::RelayCut,
+    }
+}
+
+/// One attempt, up to its commit point.
+async fn attempt(
+    proxy: &EdgeProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &Arc<State>,
+    peer: Box<HttpPeer>,
+    body: &Bytes,
+) -> Attempt {
+    let connect_started = Instant::now();
+    let (mut up, reused) = match proxy.edge.held_connector.get_http_session(&*peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            let mut e = e.into_up();
+            let again = proxy.leave_upstream(ctx, RepinReason::ConnectFailure);
+            e.set_retry(again);
+            return Attempt::Failed(e, None);
+        }
+    };
+    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
+        if reused {
+            u.stats.reused.fetch_add(1, Ordering::Relaxed);
+        } else {
+            u.stats.connects.fetch_add(1, Ordering::Relaxed);
+            let micros = connect_started.elapsed().as_micros() as u64;
+            u.stats.connect_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+    if let Err(e) = send(proxy, session, ctx, &mut up, body).await {
+        return lost(proxy, session, ctx, e, reused);
+    }
+    up.read_timeout = Some(state.config.timeouts.read);
+    if let Err(e) = up.read_response().await {
+        return lost(proxy, session, ctx, e, reused);
+    }
+    let Some(head) = up.resp_header().map(|h| Box::new(h.clone())) else {
+        return Attempt::Failed(
+            Error::explain(ErrorType::InvalidHTTPHeader, "no response head").into_up(),
+            None,
+        );
+    };
+    let code = head.status.as_u16();
+    let sse = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut answer = Answer {
+        upstream: up,
+        peer,
+        head,
+        read: Bytes::new(),
+        sse,
+    };
+    if state.config.failover.retry_on_status.contains(&code) {
+        return Attempt::Answer(answer, Some(Leave::Status));
+    }
+    if !sse || !state.config.streams.hold_first_event {
+        return Attempt::Answer(answer, None);
+    }
+    // Held until the first event is whole.
+    let head_at = Instant::now();
+    let deadline = tokio::time::Instant::now() + state.config.streams.first_event_timeout;
+    answer.upstream.read_timeout = None;
+    let mut read = BytesMut::new();
+    let verdict = loop {
+        match timeout_at(deadline, answer.upstream.read_body_bytes()).await {
+            Err(_) => break Err(Leave::FirstEventTimeout),
+            Ok(Err(_)) | Ok(Ok(None)) => break Err(Leave::ClosedBeforeFirstEvent),
+            Ok(Ok(Some(chunk))) => {
+                read.extend_from_slice(&chunk);
+                match sse::first_event(&read).0 {
+                    FirstEvent::Incomplete if read.len() < MAX_FIRST_EVENT => {}
+                    FirstEvent::Error(kind)
+                        if state.config.failover.retry_on_error_events.contains(&kind) =>
+                    {
+                        break Ok(Some(Leave::ErrorEvent))
+                    }
+                    _ => break Ok(None),
+                }
+            }
+        }
+    };
+    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
+        if verdict.is_ok() {
+            u.metrics
+                .first_event
+                .observe(head_at.elapsed().as_secs_f64());
+        }
+    }
+    answer.read = read.freeze();
+    match verdict {
+        Ok(leave) => Attempt::Answer(answer, leave),
+        Err(why) => {
+            let e = match why {
+                Leave::FirstEventTimeout => Error::explain(
+                    ErrorType::ReadTimedout,
+                    "no first event within streams.first_event_timeout",
+                ),
+                _ => Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the stream ended before its first event",
+                ),
+            };
+            Attempt::Failed(e.into_up(), Some(why))
+        }
+    }
+}
+
+/// Write the request (head and whole body) to the relay.
+async fn send(
+    proxy: &EdgeProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    up: &mut UpstreamSession,
+    body: &Bytes,
+) -> Result<()> {
+    use pingora_proxy::ProxyHttp;
+    let mut req = session.req_header().clone();
+    proxy
+        .upstream_request_filter(session, &mut req, ctx)
+        .await?;
+    up.write_request_header(Box::new(req))
+        .await
+        .map_err(|e| e.into_up())?;
+    up.write_body(body).await.map_err(|e| e.into_up())?;
+    up.finish_body().await.map_err(|e| e.into_up())?;
+    Ok(())
+}
+
+/// The connection failed before any answer: decided as on Pingora's path.
+fn lost(
+    proxy: &EdgeProxy,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+    reused: bool,
+) -> Attempt {
+    let facts = retry::Attempt {
+        responded: false,
+        replayable: true,
+        idempotent: session.req_header().method.is_idempotent(),
+        reused,
+        fresh_retried: ctx.fresh_retried,
+    };
+    let again = match retry::after_send(&e, facts) {
+        retry::AfterSend::Fail => false,
+        retry::AfterSend::SameUpstreamFresh => {
+            // Back to the same relay on a fresh connection: it is not left.
+            ctx.fresh_retried = true;
+            ctx.fresh_next = true;
+            ctx.left_because = Some(RepinReason::ConnectionLost);
+            proxy.edge.metrics.retries.inc();
+            true
+        }
+        retry::AfterSend::Elsewhere => proxy.leave_upstream(ctx, RepinReason::ConnectionLost),
+    };
+    e.set_retry(again);
+    Attempt::Failed(e, None)
+}
+
+/// Send the answer to the client, and then the rest of it as it comes.
+async fn commit(
+    proxy: &EdgeProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &Arc<State>,
+    answer: Answer,
+) -> Result<()> {
+    let Answer {
+        mut upstream,
+        peer,
+        head,
+        read,
+        sse,
+    } = answer;
+    ctx.upstream_answered = true;
+    // The body is no longer needed: give its share of the budget back.
+    ctx.body = None;
+    let code = head.status.as_u16();
+    if state.upstreams.passive().failure_codes.contains(&code) {
+        ctx.failed_upstream = true;
+        if let Some(i) = ctx.upstream {
+            state.upstreams.record_failure(i);
+        }
+    }
+    let mut scan = StreamScan::default();
+    let done_early = upstream.is_body_done();
+    let outcome = match relay_to_client(
+        session,
+        &mut upstream,
+        head,
+        read,
+        &mut scan,
+        state,
+        done_early,
+    )
+    .await
+    {
+        Ok(()) if !sse || scan.completed => StreamOutcome::Completed,
+        Ok(()) => StreamOutcome::RelayCut,
+        Err(Cut::Client) => StreamOutcome::ClientCut,
+        Err(Cut::Relay(timed_out)) => {
+            if sse {
+                let message = if timed_out {
+                    "relay-edge: the relay's stream fell silent for streams.idle_timeout"
+                } else {
+                    "relay-edge: the relay's stream was cut"
+                };
+                let event = Bytes::from(errors::sse_error_event("api_error", message));
+                let _ = session.write_response_body(Some(event), true).await;
+            } else {
+                session.set_keepalive(None);
+            }
+            if timed_out {
+                StreamOutcome::IdleTimeout
+            } else {
+                StreamOutcome::RelayCut
+            }
+        }
+    };
+    if outcome == StreamOutcome::RelayCut || outcome == StreamOutcome::IdleTimeout {
+        ctx.failed_upstream = true;
+        if let Some(i) = ctx.upstream {
+            state.upstreams.record_failure(i);
+        }
+    }
+    if sse {
+        count_stream(proxy, state, ctx, outcome);
+    }
+    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
+        u.metrics.count_usage(&scan.usage);
+    }
+    if outcome == StreamOutcome::Completed && upstream.is_body_done() {
+        let idle = state.config.timeouts.pool_idle;
+        proxy
+            .edge
+            .held_connector
+            .release_http_session(upstream, &*peer, Some(idle))
+            .await;
+    }
+    Ok(())
+}
+
+/// Why a committed answer did not reach its end.
+enum Cut {
+    Client,
+    /// The relay's connection failed; true if it was silence.
+    Relay(bool),
+}
+
+async fn relay_to_client(
+    session: &mut Session,
+    upstream: &mut UpstreamSession,
+    head: Box<ResponseHeader>,
+    read: Bytes,
+    scan: &mut StreamScan,
+    state: &State,
+    done_early: bool,
+) -> Result<(), Cut> {
+    let end_now = done_early && read.is_empty();
+    session
+        .write_response_header(head, end_now)
+        .await
+        .map_err(|_| Cut::Client)?;
+    if end_now {
+        return Ok(());
+    }
+    if !read.is_empty() {
+        scan.feed(&read);
+        let end = upstream.is_body_done();
+        session
+            .write_response_body(Some(read), end)
+            .await
+            .map_err(|_| Cut::Client)?;
+        if end {
+            return Ok(());
+        }
+    }
+    upstream.read_timeout = Some(state.config.streams.idle_timeout);
+    loop {
+        match upstream.read_body_bytes().await {
+            Ok(Some(chunk)) => {
+                scan.feed(&chunk);
+                session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(|_| Cut::Client)?;
+            }
+            Ok(None) => {
+                return session
+                    .write_response_body(None, true)
+                    .await
+                    .map_err(|_| Cut::Client);
+            }
+            Err(e) => return Err(Cut::Relay(e.etype() == &ErrorType::ReadTimedout)),
+        }
+    }
+}
+
+fn count_stream(proxy: &EdgeProxy, state: &State, ctx: &RequestCtx, outcome: StreamOutcome) {
+    let id = ctx
+        .upstream
+        .and_then(|i| state.upstreams.get(i))
+        .map_or("none", |u| &u.id);
+    proxy.edge.metrics.stream(id, outcome);
+}
