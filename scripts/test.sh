@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On Debian it first installs what the build and
 # the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
-# systemd's systemd-analyze for the integration tests), as root or with sudo,
-# and cargo-deb, with which a test builds and inspects the .deb.
+# systemd's systemd-analyze for the integration tests; python3 and its venv
+# for the Anthropic SDK test), as root or with sudo, and cargo-deb, with
+# which a test builds and inspects the .deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""
@@ -24,6 +27,13 @@ fi
 # The version is pinned: the package test relies on its layout and flags.
 if ! cargo deb --version 2>/dev/null | grep -q '3\.8\.0'; then
   cargo install cargo-deb --locked --version 3.8.0
+fi
+
+# The Anthropic Python SDK, which a test drives through the edge, in a
+# virtualenv of its own (pinned: the test checks the exceptions it raises).
+if ! target/sdk-venv/bin/python3 -c 'import anthropic' >/dev/null 2>&1; then
+  python3 -m venv target/sdk-venv
+  target/sdk-venv/bin/pip install -q 'anthropic==2.17.0'
 fi
 
 cargo test --locked "$@"

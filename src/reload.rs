@@ -99,6 +99,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         balance: _,
         load_factor: _,
         hash_secret: _,
+        outcome_header: _,
     } = affinity;
     keep!(
         "affinity.max_sessions",

@@ -135,7 +135,20 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
     }
 }
 
-fn upstream_json(u: &Upstream, sessions: u64, now: u64) -> Value {
+/// What an upstream's answers reported of tokens, and the share of prompt
+/// tokens read from its cache: the proof that affinity keeps caches warm.
+fn tokens_json([input, cache_read, cache_creation, output]: [u64; 4]) -> Value {
+    let prompt = input + cache_read + cache_creation;
+    json!({
+        "input": input,
+        "cache_read_input": cache_read,
+        "cache_creation_input": cache_creation,
+        "output": output,
+        "cache_read_ratio": if prompt == 0 { Value::Null } else { json!(cache_read as f64 / prompt as f64) },
+    })
+}
+
+fn upstream_json(u: &Upstream, sessions: u64, now: u64, tokens: [u64; 4]) -> Value {
     let s = &u.stats;
     let connects = s.connects.load(Ordering::Relaxed);
     let reused = s.reused.load(Ordering::Relaxed);
@@ -165,6 +178,7 @@ fn upstream_json(u: &Upstream, sessions: u64, now: u64) -> Value {
         "connections_opened": connects,
         "mean_connect_ms": mean_connect_ms,
         "pooled_reuse_ratio": reuse_ratio,
+        "tokens": tokens_json(tokens),
     })
 }
 
@@ -175,7 +189,10 @@ fn upstreams(edge: &Edge) -> Vec<Value> {
         .upstreams
         .all()
         .iter()
-        .map(|u| upstream_json(u, counts.get(&u.id).copied().unwrap_or(0), now))
+        .map(|u| {
+            let sessions = counts.get(&u.id).copied().unwrap_or(0);
+            upstream_json(u, sessions, now, edge.metrics.tokens_of(&u.id))
+        })
         .collect()
 }
 

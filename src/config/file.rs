@@ -259,6 +259,7 @@ pub struct AffinityFile {
     pub balance: Option<BalanceFile>,
     pub load_factor: Option<f64>,
     pub hash_secret: Option<String>,
+    pub outcome_header: Option<String>,
 }
 
 /// One key source. Exactly one of `header`, `cookie`, `query` and `json` is set.

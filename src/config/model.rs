@@ -142,6 +142,9 @@ pub struct AffinitySpec {
     pub balance: Balance,
     pub load_factor: f64,
     pub hash_secret: String,
+    /// The response header that says what affinity did (`hit`, `new`,
+    /// `moved`); `None`: not sent.
+    pub outcome_header: Option<http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +357,7 @@ impl Defaults {
     pub const MAX_SESSIONS: u64 = 1_000_000;
     pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
     pub const LOAD_FACTOR: f64 = 1.25;
+    pub const OUTCOME_HEADER: &'static str = "x-relay-edge-affinity";
     pub const HASH_SECRET: &'static str = "relay-edge default affinity secret";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(600);

@@ -371,6 +371,7 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
         balance,
         load_factor,
         hash_secret,
+        outcome_header,
     } = a;
     let mut specs = Vec::new();
     if claude_code {
@@ -398,7 +399,22 @@ fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec {
     if hash_secret.is_empty() {
         errs.push("affinity.hash_secret", "must not be empty");
     }
+    let outcome_header = match outcome_header.as_deref() {
+        None => http::HeaderName::from_static(Defaults::OUTCOME_HEADER).into(),
+        Some("") => None,
+        Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                errs.push(
+                    "affinity.outcome_header",
+                    format!("{name:?} is not a header name"),
+                );
+                None
+            }
+        },
+    };
     AffinitySpec {
+        outcome_header,
         keys: specs,
         ttl: duration(
             ttl,

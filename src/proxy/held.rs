@@ -329,10 +329,11 @@ async fn commit(
     let Answer {
         mut upstream,
         peer,
-        head,
+        mut head,
         read,
         sse,
     } = answer;
+    super::affinity_header(ctx, &mut head)?;
     ctx.upstream_answered = true;
     // The body is no longer needed: give its share of the budget back.
     ctx.body = None;
@@ -345,7 +346,7 @@ async fn commit(
     }
     let mut scan = StreamScan::default();
     let done_early = upstream.is_body_done();
-    let outcome = match relay_to_client(
+    let relayed = relay_to_client(
         session,
         &mut upstream,
         head,
@@ -354,30 +355,16 @@ async fn commit(
         state,
         done_early,
     )
-    .await
-    {
-        Ok(()) if !sse || scan.completed => StreamOutcome::Completed,
-        Ok(()) => StreamOutcome::RelayCut,
-        Err(Cut::Client) => StreamOutcome::ClientCut,
-        Err(Cut::Relay(timed_out)) => {
-            if sse {
-                let message = if timed_out {
-                    "relay-edge: the relay's stream fell silent for streams.idle_timeout"
-                } else {
-                    "relay-edge: the relay's stream was cut"
-                };
-                let event = Bytes::from(errors::sse_error_event("api_error", message));
-                let _ = session.write_response_body(Some(event), true).await;
-            } else {
-                session.set_keepalive(None);
-            }
-            if timed_out {
-                StreamOutcome::IdleTimeout
-            } else {
-                StreamOutcome::RelayCut
-            }
-        }
+    .await;
+    let outcome = match &relayed {
+        Relayed::Whole | Relayed::Ended if !sse || scan.completed => StreamOutcome::Completed,
+        Relayed::Whole | Relayed::Ended => StreamOutcome::RelayCut,
+        Relayed::ClientLeft => StreamOutcome::ClientCut,
+        Relayed::RelayFailed { silent: true } => StreamOutcome::IdleTimeout,
+        Relayed::RelayFailed { silent: false } => StreamOutcome::RelayCut,
     };
+    // Counted before the client has the end of it: what a client saw is
+    // already in the metrics.
     if outcome == StreamOutcome::RelayCut || outcome == StreamOutcome::IdleTimeout {
         ctx.failed_upstream = true;
         if let Some(i) = ctx.upstream {
@@ -390,6 +377,23 @@ async fn commit(
     if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
         u.metrics.count_usage(&scan.usage);
     }
+    match relayed {
+        Relayed::Ended => {
+            let _ = session.write_response_body(None, true).await;
+        }
+        Relayed::RelayFailed { silent } if sse => {
+            let message = if silent {
+                "relay-edge: the relay's stream fell silent for streams.idle_timeout"
+            } else {
+                "relay-edge: the relay's stream was cut"
+            };
+            let event = Bytes::from(errors::sse_error_event("api_error", message));
+            let _ = session.write_response_body(Some(event), true).await;
+        }
+        // A JSON answer cannot be ended cleanly: the client sees it short.
+        Relayed::RelayFailed { .. } => session.set_keepalive(None),
+        Relayed::Whole | Relayed::ClientLeft => {}
+    }
     if outcome == StreamOutcome::Completed && upstream.is_body_done() {
         let idle = state.config.timeouts.pool_idle;
         proxy
@@ -401,13 +405,20 @@ async fn commit(
     Ok(())
 }
 
-/// Why a committed answer did not reach its end.
-enum Cut {
-    Client,
-    /// The relay's connection failed; true if it was silence.
-    Relay(bool),
+/// How far a committed answer got.
+enum Relayed {
+    /// All of it reached the client, its end included (an empty body).
+    Whole,
+    /// The relay's answer ended; its end is still to be written.
+    Ended,
+    ClientLeft,
+    /// The relay's connection failed; `silent`: it was silence.
+    RelayFailed {
+        silent: bool,
+    },
 }
 
+/// Send the head, what was read, and the rest as it comes; not the end.
 async fn relay_to_client(
     session: &mut Session,
     upstream: &mut UpstreamSession,
@@ -416,24 +427,25 @@ async fn relay_to_client(
     scan: &mut StreamScan,
     state: &State,
     done_early: bool,
-) -> Result<(), Cut> {
-    let end_now = done_early && read.is_empty();
-    session
-        .write_response_header(head, end_now)
-        .await
-        .map_err(|_| Cut::Client)?;
-    if end_now {
-        return Ok(());
+) -> Relayed {
+    let empty = done_early && read.is_empty();
+    if session.write_response_header(head, empty).await.is_err() {
+        return Relayed::ClientLeft;
+    }
+    if empty {
+        return Relayed::Whole;
     }
     if !read.is_empty() {
         scan.feed(&read);
-        let end = upstream.is_body_done();
-        session
-            .write_response_body(Some(read), end)
+        if session
+            .write_response_body(Some(read), false)
             .await
-            .map_err(|_| Cut::Client)?;
-        if end {
-            return Ok(());
+            .is_err()
+        {
+            return Relayed::ClientLeft;
+        }
+        if upstream.is_body_done() {
+            return Relayed::Ended;
         }
     }
     upstream.read_timeout = Some(state.config.streams.idle_timeout);
@@ -441,18 +453,20 @@ async fn relay_to_client(
         match upstream.read_body_bytes().await {
             Ok(Some(chunk)) => {
                 scan.feed(&chunk);
-                session
+                if session
                     .write_response_body(Some(chunk), false)
                     .await
-                    .map_err(|_| Cut::Client)?;
+                    .is_err()
+                {
+                    return Relayed::ClientLeft;
+                }
             }
-            Ok(None) => {
-                return session
-                    .write_response_body(None, true)
-                    .await
-                    .map_err(|_| Cut::Client);
+            Ok(None) => return Relayed::Ended,
+            Err(e) => {
+                return Relayed::RelayFailed {
+                    silent: e.etype() == &ErrorType::ReadTimedout,
+                }
             }
-            Err(e) => return Err(Cut::Relay(e.etype() == &ErrorType::ReadTimedout)),
         }
     }
 }

@@ -132,6 +132,21 @@ impl EdgeProxy {
     }
 }
 
+/// Say what affinity did, in `affinity.outcome_header`.
+fn affinity_header(ctx: &RequestCtx, response: &mut ResponseHeader) -> Result<()> {
+    let Some(name) = ctx
+        .state
+        .as_ref()
+        .and_then(|s| s.config.affinity.outcome_header.clone())
+    else {
+        return Ok(());
+    };
+    if !ctx.affinity_outcome.is_empty() {
+        response.insert_header(name, ctx.affinity_outcome)?;
+    }
+    Ok(())
+}
+
 /// Per-request state that crosses phases.
 pub struct RequestCtx {
     state: Option<Arc<State>>,
@@ -168,6 +183,9 @@ pub struct RequestCtx {
     /// The next attempt goes elsewhere without moving the session's pin
     /// (`failover.move_pin`).
     pub keep_pin: bool,
+    /// What affinity did for the attempt that answered: `hit`, `new` or
+    /// `moved` (`affinity.outcome_header`); empty without a session.
+    pub affinity_outcome: &'static str,
     _in_flight: InFlight,
 }
 
@@ -208,6 +226,7 @@ impl ProxyHttp for EdgeProxy {
             abandoning: false,
             answer_retried: false,
             keep_pin: false,
+            affinity_outcome: "",
             _in_flight: self.edge.drain.enter(),
         }
     }
@@ -464,6 +483,15 @@ impl ProxyHttp for EdgeProxy {
             state.upstreams.record_failure(i);
         }
         Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        affinity_header(ctx, response)
     }
 
     fn suppress_proxy_warn_log(

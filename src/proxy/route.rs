@@ -61,6 +61,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
 
     if ctx.keep_pin && !ctx.tried.is_empty() {
         // An answer retried elsewhere whose pin stays (`failover.move_pin`).
+        ctx.affinity_outcome = "moved";
         return place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream);
     }
     let (from, reason) = if let Some(last) = ctx.tried.last() {
@@ -83,6 +84,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             }
             None => {
                 edge.metrics.lookup_miss.inc();
+                ctx.affinity_outcome = "new";
                 let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
                 let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
                 let winner = ups
@@ -96,6 +98,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             Some(i) => match ups.all()[i].unusable(now) {
                 None => {
                     ctx.record = Some(record);
+                    ctx.affinity_outcome = "hit";
                     return Ok(i);
                 }
                 Some(reason) => reason,
@@ -116,6 +119,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         .index_of(&record.upstream)
         .filter(|&i| !ctx.tried.contains(i) && ups.all()[i].is_usable(now))
         .unwrap_or(index);
+    ctx.affinity_outcome = if from.is_some() { "moved" } else { "new" };
     if from.as_deref() != Some(&*ups.all()[landed].id) {
         edge.metrics.repin(reason);
         log::debug!(

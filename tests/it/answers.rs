@@ -133,13 +133,14 @@ async fn move_pin_at_once_and_never() {
         .post("/v1/messages", &[("x-session-id", "k")], b"{}")
         .await;
     assert_eq!(r.upstream(), other.name);
-    assert_eq!(
-        at_once
-            .get("/v1/x", &[("x-session-id", "k")])
-            .await
-            .upstream(),
-        other.name
-    );
+    assert_eq!(r.header("x-relay-edge-affinity"), Some("moved"));
+    let next = at_once.get("/v1/x", &[("x-session-id", "k")]).await;
+    assert_eq!(next.upstream(), other.name);
+    assert_eq!(next.header("x-relay-edge-affinity"), Some("hit"));
+    let first = at_once.get("/v1/x", &[("x-session-id", "k-new")]).await;
+    assert_eq!(first.header("x-relay-edge-affinity"), Some("new"));
+    let keyless = at_once.get("/v1/x", &[]).await;
+    assert_eq!(keyless.header("x-relay-edge-affinity"), None, "no session");
 
     let never = Edge::start(&config(&ups, "move_pin: never")).await;
     let (home, other) = home_of(&never, &ups, "k2").await;
@@ -293,6 +294,11 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
             r.text()
         );
         assert_eq!(
+            r.header("x-relay-edge-affinity"),
+            Some("moved"),
+            "{fault:?}"
+        );
+        assert_eq!(
             r.header("content-type"),
             Some("text/event-stream"),
             "{fault:?}: {}",
@@ -432,9 +438,99 @@ async fn a_stream_cut_after_its_first_event_ends_with_an_error_event_and_is_not_
     );
     let metrics = edge.metrics().await;
     assert_eq!(stream_count(&metrics, &home.name, "relay_cut"), 2);
+    // Per-request counts are written once the request is logged, just after
+    // the client has its end.
+    eventually(
+        Duration::from_secs(5),
+        "each cut counted as an error",
+        || async { edge.upstream(&home.name).await["errors"] == 3 },
+    )
+    .await;
+}
+
+/// One call through `edge` with the real Anthropic Python SDK
+/// (`tests/sdk/anthropic_client.py`): what it returned or raised.
+async fn sdk_call(edge: &Edge, session: &str, mode: &str) -> serde_json::Value {
+    // The edge runs in its own process: a blocking wait here is fine.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = format!("{root}/tests/sdk/anthropic_client.py");
+    // scripts/test.sh installs the SDK in this virtualenv.
+    let venv = format!("{root}/target/sdk-venv/bin/python3");
+    let python = if std::path::Path::new(&venv).exists() {
+        venv
+    } else {
+        "python3".to_string()
+    };
+    let out = std::process::Command::new(&python)
+        .args([
+            script.as_str(),
+            &format!("http://{}", edge.addr),
+            session,
+            mode,
+        ])
+        .output()
+        .expect("python3 runs (apt-get install -y python3; pip install anthropic)");
+    assert!(
+        out.status.success(),
+        "the SDK script failed (pip install anthropic): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_gets_clean_streams_and_the_errors_it_expects() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = Edge::start(&stream_config(&ups)).await;
+    let (home, other) = home_of(&edge, &ups, "sdk").await;
+    // An overloaded first event never reaches the SDK: the stream comes whole
+    // from the other relay.
+    home.fail_next(1, Fault::FirstEventError("overloaded_error".into()));
+    let r = sdk_call(&edge, "sdk", "stream").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["text"], "0 1 2 3 4 ");
+    assert_eq!(other.requests(), 1);
+    // Cut, or silent, after content: the SDK raises on the edge's error event.
+    for fault in [Fault::CutAfter(3), Fault::SilentAfter(3)] {
+        home.fail_next(1, fault.clone());
+        let r = sdk_call(&edge, "sdk", "stream").await;
+        assert_eq!(
+            (&r["ok"], &r["error_class"], &r["error_type"]),
+            (
+                &serde_json::json!(false),
+                &serde_json::json!("APIStatusError"),
+                &serde_json::json!("api_error")
+            ),
+            "{fault:?}: {r}"
+        );
+    }
+    // Every relay overloaded: a real 529 with the relay's overloaded_error.
+    for u in &ups {
+        u.fail_next(1, Fault::Status(529));
+    }
+    let r = sdk_call(&edge, "sdk", "create").await;
     assert_eq!(
-        edge.upstream(&home.name).await["errors"],
-        3,
-        "each cut is a passive failure"
+        (&r["status"], &r["error_type"]),
+        (
+            &serde_json::json!(529),
+            &serde_json::json!("overloaded_error")
+        ),
+        "{r}"
+    );
+    assert_eq!(r["error_class"], "OverloadedError", "{r}");
+    // No relay at all: the edge's own 503, in the shape the SDK reads.
+    for u in &ups {
+        u.kill();
+    }
+    let r = sdk_call(&edge, "sdk-2", "stream").await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(matches!(r["status"].as_u64(), Some(502 | 503)), "{r}");
+    assert_eq!(r["error_class"], "InternalServerError", "{r}");
+    assert!(
+        matches!(
+            r["error_type"].as_str(),
+            Some("api_error" | "overloaded_error")
+        ),
+        "{r}"
     );
 }
