@@ -168,12 +168,57 @@ fn head_scan(c: &mut Criterion) {
     });
 }
 
+/// What a held stream's scan costs (proxy::sse): one text delta event as
+/// relays send it (about 150 bytes, one chunk each), the two usage events,
+/// and a whole 30-event stream; and the first-event check.
+fn stream_scan(c: &mut Criterion) {
+    use relay_edge::proxy::sse::{first_event, StreamScan};
+    let delta = br#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello, here is some text "}}
+
+"#;
+    let start = br#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant","model":"claude-x","content":[],"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":90000,"output_tokens":1}}}
+
+"#;
+    let end = br#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":120}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+"#;
+    c.bench_function("sse/scan_one_delta_event", |b| {
+        let mut scan = StreamScan::default();
+        b.iter(|| scan.feed(black_box(delta)))
+    });
+    c.bench_function("sse/scan_message_start_with_usage", |b| {
+        let mut scan = StreamScan::default();
+        b.iter(|| scan.feed(black_box(start)))
+    });
+    c.bench_function("sse/scan_30_event_stream", |b| {
+        b.iter(|| {
+            let mut scan = StreamScan::default();
+            scan.feed(black_box(start));
+            for _ in 0..28 {
+                scan.feed(black_box(delta));
+            }
+            scan.feed(black_box(end));
+            assert!(scan.completed);
+        })
+    });
+    c.bench_function("sse/first_event_check", |b| {
+        b.iter(|| first_event(black_box(start)))
+    });
+}
+
 criterion_group!(
     benches,
     key_extraction,
     table_lookup,
     placement,
     in_flight,
-    head_scan
+    head_scan,
+    stream_scan
 );
 criterion_main!(benches);

@@ -24,6 +24,9 @@ In another shell, try:
   curl -s localhost:8080/v1/messages -H 'x-session-id: bob' -d '{}'
   curl -s localhost:8080/v1/messages -d '{"metadata":{"user_id":"carol"}}'   # key from the body
   curl -sN 'localhost:8080/v1/messages?sse=5&gap_ms=300' -H 'x-session-id: alice'   # SSE, event by event
+  curl -sN 'localhost:8080/v1/messages?overloaded=relay-a' -H 'x-session-id: alice' -d '{"stream":true}' -D -
+      # relay-a's stream opens with an overloaded error: the edge holds the head, and the
+      # client gets relay-b's stream whole (x-upstream: relay-b, x-relay-edge-affinity: moved)
   curl -s localhost:9900/api/upstreams ; open http://127.0.0.1:9900/ for the dashboard
 
 MSG

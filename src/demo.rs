@@ -11,7 +11,9 @@
 //!   (any path, for the next requests, after `drop_next`).
 //! - `/reset`: starts an SSE stream, then drops the connection.
 //! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
-//!   style SSE stream of N deltas, M ms apart.
+//!   style SSE stream of N deltas, M ms apart, with token usage.
+//! - `?overloaded=NAME`: the relay called NAME answers as an overloaded one
+//!   does (a stream's first event is `overloaded_error`; else a 529).
 //! - anything else: 200 JSON naming this upstream.
 //! - `fail_next(n, fault)`: the next `n` requests (health checks excluded)
 //!   misbehave as a [`Fault`] says: an overload status, an SSE stream whose
@@ -353,15 +355,27 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             return;
         }
         let stream = reader.get_mut();
-        let fault = if health { None } else { take_fault(&inner) };
+        let wants_stream =
+            req.body.windows(13).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
+        // `?overloaded=relay-a`: that relay answers as an overloaded one does.
+        let named = req
+            .query
+            .split('&')
+            .any(|p| p.strip_prefix("overloaded=") == Some(&*name));
+        let fault = match (health, named) {
+            (true, _) => None,
+            (false, true) if wants_stream => {
+                Some(Fault::FirstEventError("overloaded_error".into()))
+            }
+            (false, true) => Some(Fault::Status(529)),
+            (false, false) => take_fault(&inner),
+        };
         if let Some(fault) = fault {
             if !misbehave(stream, &name, fault).await {
                 return;
             }
             continue;
         }
-        let wants_stream =
-            req.body.windows(13).any(|w| w == b"\"stream\":true") || req.query.contains("sse=");
         let ok = if health {
             let code = if inner.unhealthy.load(Ordering::SeqCst) {
                 503
@@ -401,7 +415,7 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             sse(stream, &name, events, gap, true).await
         } else {
             let body = format!(
-                r#"{{"upstream":"{name}","method":"{}","path":"{}","body_bytes":{}}}"#,
+                r#"{{"upstream":"{name}","method":"{}","path":"{}","body_bytes":{},"usage":{{"input_tokens":100,"cache_read_input_tokens":900,"output_tokens":10}}}}"#,
                 req.method,
                 req.path,
                 req.body.len()

@@ -183,6 +183,8 @@ pub struct RequestCtx {
     /// The next attempt goes elsewhere without moving the session's pin
     /// (`failover.move_pin`).
     pub keep_pin: bool,
+    /// The tail of a JSON answer, read for its token `usage`.
+    json_tail: Option<sse::JsonTail>,
     /// What affinity did for the attempt that answered: `hit`, `new` or
     /// `moved` (`affinity.outcome_header`); empty without a session.
     pub affinity_outcome: &'static str,
@@ -227,6 +229,7 @@ impl ProxyHttp for EdgeProxy {
             answer_retried: false,
             keep_pin: false,
             affinity_outcome: "",
+            json_tail: None,
             _in_flight: self.edge.drain.enter(),
         }
     }
@@ -473,6 +476,13 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.upstream_answered = true;
+        let json = upstream_response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if json && code == 200 {
+            ctx.json_tail = Some(sse::JsonTail::default());
+        }
         if ctx.body_sent {
             // Nothing is retried once the upstream answered: an SSE stream
             // need not hold its request body (or the budget) for minutes.
@@ -492,6 +502,30 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         affinity_header(ctx, response)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(tail) = &mut ctx.json_tail {
+            if let Some(chunk) = body {
+                tail.feed(chunk);
+            }
+            if end_of_stream {
+                let usage = ctx.json_tail.take().and_then(|t| t.usage());
+                let upstream = ctx
+                    .upstream
+                    .and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
+                if let (Some(usage), Some(u)) = (usage, upstream) {
+                    u.metrics.count_usage(&usage);
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn suppress_proxy_warn_log(

@@ -86,12 +86,43 @@ impl Usage {
         }
     }
 
-    /// The `usage` of a non-streaming JSON answer.
-    pub fn of_json(body: &[u8]) -> Option<Usage> {
-        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    /// The `usage` object in the tail of a non-streaming JSON answer (an
+    /// Anthropic message ends with it): the last `"usage":` and the object
+    /// after it.
+    pub fn of_json_tail(tail: &[u8]) -> Option<Usage> {
+        let at = memmem::rfind(tail, b"\"usage\"")? + b"\"usage\"".len();
+        let rest = &tail[at..];
+        let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        let rest = rest.get(colon..)?.strip_prefix(b":")?;
+        let object = serde_json::Deserializer::from_slice(rest)
+            .into_iter::<serde_json::Value>()
+            .next()?
+            .ok()?;
         let mut u = Usage::default();
-        u.read(v.get("usage")?);
+        u.read(&object);
         Some(u)
+    }
+}
+
+/// The last bytes of a JSON answer, where its `usage` is: a copy of at most
+/// [`JsonTail::KEEP`] bytes, whatever the answer's size.
+#[derive(Debug, Default)]
+pub struct JsonTail {
+    tail: Vec<u8>,
+}
+
+impl JsonTail {
+    const KEEP: usize = 4096;
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let chunk = &chunk[chunk.len().saturating_sub(Self::KEEP)..];
+        let over = (self.tail.len() + chunk.len()).saturating_sub(Self::KEEP);
+        self.tail.drain(..over.min(self.tail.len()));
+        self.tail.extend_from_slice(chunk);
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        Usage::of_json_tail(&self.tail)
     }
 }
 
@@ -232,16 +263,26 @@ mod tests {
     }
 
     #[test]
-    fn a_json_answer_has_usage() {
-        let u =
-            Usage::of_json(br#"{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}"#);
-        assert_eq!(
-            u,
-            Some(Usage {
-                input: 3,
-                output: 4,
-                ..Usage::default()
-            })
+    fn a_json_answer_has_usage_in_its_tail() {
+        let body = format!(
+            r#"{{"type":"message","content":[{{"type":"text","text":"{}"}}],"usage": {{"input_tokens":3,"cache_read_input_tokens":7,"output_tokens":4}}}}"#,
+            "x".repeat(100_000)
         );
+        let want = Usage {
+            input: 3,
+            cache_read: 7,
+            output: 4,
+            ..Usage::default()
+        };
+        for size in [1, 10, 4000, 5000, body.len()] {
+            let mut tail = JsonTail::default();
+            for chunk in body.as_bytes().chunks(size) {
+                tail.feed(chunk);
+            }
+            assert!(tail.tail.len() <= JsonTail::KEEP);
+            assert_eq!(tail.usage(), Some(want), "chunks of {size}");
+        }
+        assert_eq!(Usage::of_json_tail(br#"{"usage": nonsense"#), None);
+        assert_eq!(Usage::of_json_tail(b"{}"), None);
     }
 }

@@ -534,3 +534,37 @@ async fn the_anthropic_sdk_gets_clean_streams_and_the_errors_it_expects() {
         "{r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_usage_is_read_from_json_answers_and_streams_alike() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = Edge::start(&stream_config(&ups)).await;
+    // The demo relay reports 100 input tokens, 900 read from the cache and
+    // 10 output tokens, in a JSON answer's tail and in a stream's events.
+    let json = edge
+        .post(
+            "/v1/messages",
+            &[("x-session-id", "t")],
+            br#"{"stream":false}"#,
+        )
+        .await;
+    assert_eq!(json.status, 200);
+    let stream = edge
+        .post("/v1/messages", &[("x-session-id", "t")], STREAM)
+        .await;
+    assert_eq!(
+        events(&stream.body).last().map(|e| e.0.clone()).as_deref(),
+        Some("message_stop")
+    );
+    // Counted when Pingora hands the edge the end of the JSON answer.
+    eventually(
+        Duration::from_secs(5),
+        "both answers' usage counted",
+        || async { edge.upstream("relay-a").await["tokens"]["input"] == 200 },
+    )
+    .await;
+    let tokens = edge.upstream("relay-a").await["tokens"].clone();
+    assert_eq!(tokens["cache_read_input"], 1800, "{tokens}");
+    assert_eq!(tokens["output"], 20, "{tokens}");
+    assert_eq!(tokens["cache_read_ratio"], 0.9, "{tokens}");
+}

@@ -245,6 +245,17 @@ async fn sse_streams_event_by_event() {
 async fn forwards_bytes_and_headers_but_not_hop_by_hop_or_host_choice() {
     let ups = upstreams(&["relay-a"]).await;
     let edge = Edge::start(&upstreams_yaml(&ups)).await;
+    // Pingora's path, and the held path of a streaming request.
+    for body in [&b"{\"a\":1}"[..], b"{\"stream\":true}"] {
+        forwards_without_hop_by_hop(&edge, &ups[0], body).await;
+    }
+}
+
+async fn forwards_without_hop_by_hop(
+    edge: &Edge,
+    up: &relay_edge::demo::DemoUpstream,
+    body: &[u8],
+) {
     let r = edge
         .post(
             "/v1/messages?beta=true",
@@ -258,7 +269,7 @@ async fn forwards_bytes_and_headers_but_not_hop_by_hop_or_host_choice() {
                 ("proxy-authorization", "Basic eA=="),
                 ("x-api-key", "sk-test"),
             ],
-            b"{\"a\":1}",
+            body,
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -267,9 +278,9 @@ async fn forwards_bytes_and_headers_but_not_hop_by_hop_or_host_choice() {
         "relay-a",
         "the Host header must never choose a destination"
     );
-    let got = ups[0].recorded().pop().expect("recorded");
+    let got = up.recorded().pop().expect("recorded");
     assert_eq!(got.path, "/v1/messages");
-    assert_eq!(got.body, b"{\"a\":1}");
+    assert_eq!(got.body, body);
     assert_eq!(got.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
     assert_eq!(got.header("x-api-key"), Some("sk-test"));
     for hop in ["x-private", "keep-alive", "te", "proxy-authorization"] {
