@@ -126,6 +126,9 @@ impl DemoUpstream {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 inner.connections.fetch_add(1, Ordering::SeqCst);
+                // As relays do: an event is sent when written, not after
+                // the previous one's ACK (Nagle).
+                let _ = stream.set_nodelay(true);
                 let conn = tokio::spawn(connection(stream, inner.clone(), name.clone()));
                 if let Ok(mut tasks) = inner.tasks.lock() {
                     tasks.retain(|t| !t.is_finished());

@@ -220,6 +220,8 @@ pub struct Metrics {
     pub retry_budget_exhausted: IntCounter,
     /// Streaming answers by upstream and outcome.
     pub streams: IntCounterVec,
+    /// Requests served by a relay other than the session's own.
+    pub cold_moves: IntCounter,
     first_event: HistogramVec,
     tokens: IntCounterVec,
     /// Errors the edge gave clients, by cause.
@@ -371,6 +373,14 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let cold_moves = register(
+            &r,
+            IntCounter::new(
+                "relay_edge_cold_moves_total",
+                "Requests of a known session served by another relay than its own (a re-pin, or an answer tried elsewhere): each starts that relay's prompt cache cold.",
+            )
+            .expect("static metric definition"),
+        );
         let streams = counter_vec(
             "relay_edge_streams_total",
             "Streaming (SSE) answers by upstream and how they ended (completed, relay_cut, client_cut, first_event_timeout, idle_timeout).",
@@ -441,6 +451,7 @@ impl Metrics {
             abandoned,
             retry_budget_exhausted,
             streams,
+            cold_moves,
             first_event,
             tokens,
             client_failures,

@@ -12,11 +12,10 @@ edges (and the relay directly), measures:
 - CPU per SSE event: the edge process's user+system time over a run of
   streams, divided by the events relayed.
 
-usage: hold.py --bin target/release/relay-edge [--streams 3000] [--rounds 3] [--out F.md]
+usage: hold.py --bin target/release/relay-edge [--streams 3000] [--rounds 3] [--gap-ms 0] [--out F.md]
 `relay-edge-demo-upstream` must sit beside the binary.
 """
 import argparse
-import http.client
 import os
 import socket
 import statistics
@@ -27,7 +26,6 @@ import time
 
 BODY = b'{"model":"claude-x","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
 EVENTS = 30  # message_start, 28 deltas, message_delta + message_stop
-PATH = f"/v1/messages?sse={EVENTS - 2}&gap_ms=0"
 
 
 def free_port():
@@ -48,32 +46,70 @@ def wait_port(port, deadline=20.0):
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of every thread of `pid`, in ns precision (schedstat)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total / 1e9
 
 
-def one_stream(conn):
-    """Time to the first body byte, and the whole answer's length."""
+def request_bytes(gap_ms):
+    path = f"/v1/messages?sse={EVENTS - 2}&gap_ms={gap_ms}"
+    return (
+    f"POST {path} HTTP/1.1\r\nhost: bench\r\nx-session-id: bench\r\n"
+    f"content-type: application/json\r\ncontent-length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+
+
+REQUEST = request_bytes(0)
+
+
+def read_chunked_to_end(sock, buf):
+    """Read until the chunked body's last chunk (the stream's end)."""
+    while b"\r\n0\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            sys.exit("connection closed mid-stream")
+        buf += data
+    return buf
+
+
+def one_stream(sock):
+    """Time to the first body byte of one streaming answer (one write, one
+    keep-alive connection: no Nagle or delayed-ACK stalls)."""
     t0 = time.perf_counter()
-    conn.request("POST", PATH, body=BODY, headers={"x-session-id": "bench", "content-type": "application/json"})
-    resp = conn.getresponse()
-    first = resp.read1(1)
+    sock.sendall(REQUEST)
+    buf = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            sys.exit("connection closed")
+        buf += data
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0 and len(buf) > head_end + 4:
+            break
     ttfb = time.perf_counter() - t0
-    rest = resp.read()
-    if resp.status != 200 or not first or b"message_stop" not in rest:
-        sys.exit(f"bad stream: {resp.status} {rest[-200:]!r}")
+    if not buf.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"bad answer: {buf[:200]!r}")
+    buf = read_chunked_to_end(sock, buf)
+    if b"message_stop" not in buf:
+        sys.exit(f"stream without message_stop: {buf[-300:]!r}")
     return ttfb
 
 
 def run(port, n, pid=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for _ in range(50):  # warm: pool, caches
-        one_stream(conn)
+        one_stream(sock)
     c0 = cpu_seconds(pid) if pid else 0.0
-    ttfbs = [one_stream(conn) for _ in range(n)]
+    ttfbs = [one_stream(sock) for _ in range(n)]
     c1 = cpu_seconds(pid) if pid else 0.0
-    conn.close()
+    sock.close()
     return ttfbs, (c1 - c0)
 
 
@@ -87,8 +123,11 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--streams", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gap-ms", type=int, default=0, help="between a stream's events")
     ap.add_argument("--out")
     a = ap.parse_args()
+    global REQUEST
+    REQUEST = request_bytes(a.gap_ms)
     demo = os.path.join(os.path.dirname(a.bin), "relay-edge-demo-upstream")
     tmp = tempfile.mkdtemp(prefix="relay-edge-hold.")
     relay = free_port()
@@ -125,8 +164,9 @@ def main():
         lines = [
             "# Held streams: added time to first byte and CPU per event",
             "",
-            f"{a.rounds} rounds x {a.streams} sequential streams of {EVENTS} events per path, "
-            "alternating; one relay-edge thread each; loopback.",
+            f"{a.rounds} rounds x {a.streams} sequential streams of {EVENTS} events, "
+            f"{a.gap_ms} ms apart, per path, alternating; one relay-edge thread each; loopback; "
+            "CPU from /proc/PID/task/*/schedstat.",
             "",
             "| path | TTFB p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs per event |",
             "|---|---:|---:|---:|---:|---:|",

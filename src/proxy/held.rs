@@ -190,7 +190,7 @@ async fn attempt(
         return lost(proxy, session, ctx, e, reused);
     }
     up.read_timeout = Some(state.config.timeouts.read);
-    if let Err(e) = up.read_response().await {
+    if let Err(e) = up.read_response().await.map_err(|e| e.into_up()) {
         return lost(proxy, session, ctx, e, reused);
     }
     let Some(head) = up.resp_header().map(|h| Box::new(h.clone())) else {

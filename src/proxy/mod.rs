@@ -595,6 +595,9 @@ impl ProxyHttp for EdgeProxy {
             }
             None => self.edge.metrics.count_unrouted(code),
         }
+        if ctx.affinity_outcome == "moved" {
+            self.edge.metrics.cold_moves.inc();
+        }
         if let Some(record) = &ctx.record {
             record.record(failed);
             if !ctx.answer_retried && !failed {

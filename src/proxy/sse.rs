@@ -175,12 +175,27 @@ impl StreamScan {
         let Some(data) = field(line, b"data") else {
             return;
         };
-        // Only two events per stream carry usage: parse just those.
-        let starts = memmem::find(data, b"\"message_start\"").is_some();
-        if !starts && memmem::find(data, b"\"message_delta\"").is_none() {
-            if memmem::find(data, b"\"message_stop\"").is_some() {
-                self.completed = true;
-            }
+        // Only two events per stream carry usage: parse just those. The
+        // API writes `type` first; anything else is searched.
+        let kind = data
+            .strip_prefix(b"{\"type\":\"")
+            .and_then(|rest| rest.get(..memchr::memchr(b'"', rest)?));
+        let (starts, delta, stop) = match kind {
+            Some(kind) => (
+                kind == b"message_start",
+                kind == b"message_delta",
+                kind == b"message_stop",
+            ),
+            None => (
+                memmem::find(data, b"\"message_start\"").is_some(),
+                memmem::find(data, b"\"message_delta\"").is_some(),
+                memmem::find(data, b"\"message_stop\"").is_some(),
+            ),
+        };
+        if stop {
+            self.completed = true;
+        }
+        if !starts && !delta {
             return;
         }
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
@@ -250,6 +265,17 @@ mod tests {
         let mut cut = StreamScan::default();
         cut.feed(&stream[..stream.len() - 60]);
         assert!(!cut.completed);
+    }
+
+    #[test]
+    fn events_whose_type_is_not_first_are_read_too() {
+        let mut scan = StreamScan::default();
+        scan.feed(
+            b"data: {\"message\":{\"usage\":{\"input_tokens\":7}},\"type\":\"message_start\"}\n\n",
+        );
+        scan.feed(b"data: {\"x\":1,\"type\":\"message_stop\"}\n\n");
+        assert_eq!(scan.usage.input, 7);
+        assert!(scan.completed);
     }
 
     #[test]

@@ -97,6 +97,13 @@ async fn an_overloaded_answer_is_served_elsewhere_and_the_pin_moves_after_three_
         5,
         "passive health saw each"
     );
+    // Counted as each request is logged, just after its answer.
+    eventually(
+        Duration::from_secs(5),
+        "each answer from elsewhere is a cold move",
+        || async { counter(&edge.metrics().await, "relay_edge_cold_moves_total") == 5 },
+    )
+    .await;
     assert_eq!(
         counter(
             &metrics,
@@ -567,4 +574,59 @@ async fn token_usage_is_read_from_json_answers_and_streams_alike() {
     assert_eq!(tokens["cache_read_input"], 1800, "{tokens}");
     assert_eq!(tokens["output"], 20, "{tokens}");
     assert_eq!(tokens["cache_read_ratio"], 0.9, "{tokens}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_stream_and_a_relay_with_no_head_are_told_apart() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = Edge::start(&format!(
+        "{}timeouts: {{read: 300ms}}\n",
+        stream_config(&ups)
+    ))
+    .await;
+    // The client reads the first event of a slow stream, then leaves.
+    let mut conn = Conn::open(edge.addr).await.expect("connect");
+    conn.send_raw(&raw_request(
+        "POST",
+        "/v1/messages?sse=50&gap_ms=100",
+        &[("x-session-id", "leaver")],
+        STREAM,
+    ))
+    .await
+    .expect("send");
+    let (started, on_start) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut started = Some(started);
+        let _ = conn
+            .read_response(|data| {
+                if !data.is_empty() {
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            })
+            .await;
+    });
+    on_start.await.expect("the stream started");
+    reader.abort();
+    eventually(Duration::from_secs(10), "the leave counted", || async {
+        stream_count(&edge.metrics().await, "relay-a", "client_cut") == 1
+    })
+    .await;
+    // A relay that never sends a head: timeouts.read, then the edge's 504
+    // in the Anthropic shape (a timeout is not retried: the relay may be
+    // running it).
+    let r = edge.post("/hang", &[("x-session-id", "h")], STREAM).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(
+        (&body["type"], &body["error"]["type"]),
+        (&serde_json::json!("error"), &serde_json::json!("api_error"))
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        stream_count(&metrics, "relay-a", "relay_cut"),
+        0,
+        "{metrics}"
+    );
 }
