@@ -330,18 +330,7 @@ fn lost(
         reused,
         fresh_retried: ctx.fresh_retried,
     };
-    let again = match retry::after_send(&e, facts) {
-        retry::AfterSend::Fail => false,
-        retry::AfterSend::SameUpstreamFresh => {
-            // Back to the same relay on a fresh connection: it is not left.
-            ctx.fresh_retried = true;
-            ctx.fresh_next = true;
-            ctx.left_because = Some(RepinReason::ConnectionLost);
-            proxy.edge.metrics.retries.inc();
-            true
-        }
-        retry::AfterSend::Elsewhere => proxy.leave_upstream(ctx, RepinReason::ConnectionLost),
-    };
+    let again = proxy.retry_after_send(ctx, &e, facts);
     e.set_retry(again);
     Attempt::Failed(e, None)
 }

@@ -4,14 +4,21 @@
 //! - `early_request_filter`: the head is parsed: stop the head's deadline
 //!   ([`crate::downstream::gate`]) and bound the body's reads ([`pace`]).
 //! - `request_filter`: find the session key ([`crate::affinity::keys`]),
-//!   reading the body early only when a JSON source needs it ([`body`]).
+//!   and read the body whole ([`body`]) when a JSON source needs it, when
+//!   streams are held, or when a body too big for Pingora's retry buffer
+//!   may have to be sent again. A streaming request (`"stream": true`) is
+//!   then served here, by [`held`], and never reaches the phases below.
 //! - `upstream_peer`: choose the upstream ([`route`]) and clone its peer.
 //! - `fail_to_connect`, `error_while_proxy`: passive failure, then a retry
 //!   as [`retry`] decides.
 //! - `upstream_request_filter`: `X-Forwarded-For`.
 //! - `request_body_filter`: put back a body that was read early.
-//! - `upstream_response_filter`: failure-coded answers count as failures;
-//!   a draining process closes the connection after the response.
+//! - `upstream_response_filter`: an answer with a retried status is left
+//!   for another upstream (within [`retry_budget`]); failure-coded answers
+//!   count as failures; a draining process closes the connection after the
+//!   response.
+//! - `response_filter`: the affinity outcome header;
+//!   `response_body_filter`: a JSON answer's token usage ([`sse`]).
 //! - `logging`: counters and metrics, once per request: a client that left
 //!   is a 499 and a client error, a response the upstream cut after its
 //!   head a 502 and an upstream failure.
@@ -79,6 +86,23 @@ impl EdgeProxy {
             self.edge.metrics.retries.inc();
         }
         may_retry
+    }
+
+    /// After `e` on an established connection (no answer yet): retry, as
+    /// [`retry::after_send`] decides? Once on a fresh connection to the same
+    /// upstream (`fresh_next`), or elsewhere (the upstream is left).
+    fn retry_after_send(&self, ctx: &mut RequestCtx, e: &Error, facts: retry::Attempt) -> bool {
+        match retry::after_send(e, facts) {
+            retry::AfterSend::Fail => false,
+            retry::AfterSend::SameUpstreamFresh => {
+                ctx.fresh_retried = true;
+                ctx.fresh_next = true;
+                ctx.left_because = Some(RepinReason::ConnectionLost);
+                self.edge.metrics.retries.inc();
+                true
+            }
+            retry::AfterSend::Elsewhere => self.leave_upstream(ctx, RepinReason::ConnectionLost),
+        }
     }
 
     /// May the current attempt's answer (not yet sent) be left for another
@@ -171,7 +195,8 @@ pub struct RequestCtx {
     left_because: Option<RepinReason>,
     /// The one retry on a fresh connection after a pooled one failed was used.
     fresh_retried: bool,
-    /// The held path's next attempt is that retry (same upstream, fresh).
+    /// The next attempt is that retry (same upstream, fresh); read by the
+    /// held path (Pingora's path knows it by the upstream still held).
     fresh_next: bool,
     /// The request can be sent again whole (no body, or its body is kept).
     replayable: bool,
@@ -394,16 +419,7 @@ impl ProxyHttp for EdgeProxy {
             reused: client_reused,
             fresh_retried: ctx.fresh_retried,
         };
-        let again = match retry::after_send(&e, attempt) {
-            retry::AfterSend::Fail => false,
-            retry::AfterSend::SameUpstreamFresh => {
-                ctx.fresh_retried = true;
-                ctx.left_because = Some(RepinReason::ConnectionLost);
-                self.edge.metrics.retries.inc();
-                true
-            }
-            retry::AfterSend::Elsewhere => self.leave_upstream(ctx, RepinReason::ConnectionLost),
-        };
+        let again = self.retry_after_send(ctx, &e, attempt);
         e.set_retry(again);
         e
     }

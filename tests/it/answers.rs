@@ -585,29 +585,14 @@ async fn a_client_that_leaves_a_stream_and_a_relay_with_no_head_are_told_apart()
     ))
     .await;
     // The client reads the first event of a slow stream, then leaves.
-    let mut conn = Conn::open(edge.addr).await.expect("connect");
-    conn.send_raw(&raw_request(
+    let reader = open_stream_with(
+        edge.addr,
         "POST",
         "/v1/messages?sse=50&gap_ms=100",
         &[("x-session-id", "leaver")],
         STREAM,
-    ))
-    .await
-    .expect("send");
-    let (started, on_start) = tokio::sync::oneshot::channel();
-    let reader = tokio::spawn(async move {
-        let mut started = Some(started);
-        let _ = conn
-            .read_response(|data| {
-                if !data.is_empty() {
-                    if let Some(tx) = started.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            })
-            .await;
-    });
-    on_start.await.expect("the stream started");
+    )
+    .await;
     reader.abort();
     eventually(Duration::from_secs(10), "the leave counted", || async {
         stream_count(&edge.metrics().await, "relay-a", "client_cut") == 1
@@ -623,7 +608,19 @@ async fn a_client_that_leaves_a_stream_and_a_relay_with_no_head_are_told_apart()
         (&body["type"], &body["error"]["type"]),
         (&serde_json::json!("error"), &serde_json::json!("api_error"))
     );
+    // A silent relay with no other to try: the edge's 504, and the stream
+    // counted as timed out before its first event.
+    ups[0].fail_next(1, Fault::SilentBeforeFirstEvent);
+    let r = edge
+        .post("/v1/messages", &[("x-session-id", "h")], STREAM)
+        .await;
+    assert_eq!(r.status, 504, "{}", r.text());
     let metrics = edge.metrics().await;
+    assert_eq!(
+        stream_count(&metrics, "relay-a", "first_event_timeout"),
+        1,
+        "{metrics}"
+    );
     assert_eq!(
         stream_count(&metrics, "relay-a", "relay_cut"),
         0,

@@ -477,8 +477,19 @@ pub async fn open_stream(
     path: &str,
     headers: &[(&str, &str)],
 ) -> tokio::task::JoinHandle<std::io::Result<Response>> {
+    open_stream_with(addr, "GET", path, headers, b"").await
+}
+
+/// [`open_stream`] with any method and body.
+pub async fn open_stream_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> tokio::task::JoinHandle<std::io::Result<Response>> {
     let mut conn = Conn::open(addr).await.expect("connect");
-    conn.send_raw(&raw_request("GET", path, headers, b""))
+    conn.send_raw(&raw_request(method, path, headers, body))
         .await
         .expect("send");
     let (started, on_start) = tokio::sync::oneshot::channel();

@@ -930,3 +930,44 @@ async fn an_idle_edge_follows_pins_made_after_redis_restarted() {
     assert_eq!(stats["redis"]["connected"], true, "{stats}");
     assert_eq!(stats["redis"]["pending_pins"], 0, "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_moved_for_failed_answers_is_moved_for_every_edge() {
+    use relay_edge::demo::Fault;
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = format!(
+        "{}passive_health: {{max_failures: 1000}}\n",
+        config(&ups, &redis)
+    );
+    let (a, b) = (shared_edge(&conf).await, shared_edge(&conf).await);
+    let home = a.get("/v1/x", &[("x-session-id", "o")]).await.upstream();
+    assert_eq!(
+        b.get("/v1/x", &[("x-session-id", "o")]).await.upstream(),
+        home
+    );
+    let (home_up, other) = if ups[0].name == home {
+        (&ups[0], &ups[1].name)
+    } else {
+        (&ups[1], &ups[0].name)
+    };
+    // Three overloaded answers in a row through edge A (move_pin's default):
+    // the third moves the pin, by the same compare-and-set as a failover.
+    home_up.fail_next(3, Fault::Status(529));
+    for _ in 0..3 {
+        let r = a
+            .post("/v1/messages", &[("x-session-id", "o")], b"{}")
+            .await;
+        assert_eq!((r.status, &r.upstream()), (200, other));
+    }
+    eventually(
+        Duration::from_secs(2),
+        "edge B follows the moved pin",
+        || async { b.get("/v1/x", &[("x-session-id", "o")]).await.upstream() == *other },
+    )
+    .await;
+    assert_eq!(
+        &a.get("/v1/x", &[("x-session-id", "o")]).await.upstream(),
+        other
+    );
+}
