@@ -210,6 +210,24 @@ data: {"type":"message_stop"}
     c.bench_function("sse/first_event_check", |b| {
         b.iter(|| first_event(black_box(start)))
     });
+    // Is a body a streaming request? A 1 MiB body that is not (the load
+    // bench's scenario e), and a Claude Code sized one that is.
+    let mut big = br#"{"model":"m","stream":false,"messages":[{"role":"user","content":""#.to_vec();
+    big.resize(1024 * 1024, b'x');
+    big.extend_from_slice(br#""}],"metadata":{"user_id":"u"}}"#);
+    let pointer = ["stream".to_string()];
+    c.bench_function("held/json_scan_of_stream_1MiB (the check before)", |b| {
+        b.iter(|| relay_edge::affinity::json_scan::find(black_box(&big), &pointer))
+    });
+    c.bench_function("held/wants_stream_1MiB_no", |b| {
+        b.iter(|| relay_edge::proxy::held::wants_stream(black_box(&big)))
+    });
+    let mut cc = br#"{"model":"m","system":""#.to_vec();
+    cc.resize(90 * 1024, b'x');
+    cc.extend_from_slice(br#"","messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"u"},"stream":true}"#);
+    c.bench_function("held/wants_stream_90KiB_yes", |b| {
+        b.iter(|| assert!(relay_edge::proxy::held::wants_stream(black_box(&cc))))
+    });
 }
 
 criterion_group!(

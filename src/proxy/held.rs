@@ -48,9 +48,41 @@ use tokio::time::timeout_at;
 /// commits the stream as it is.
 const MAX_FIRST_EVENT: usize = 1 << 20;
 
-/// Is this request's body an Anthropic streaming request (`"stream": true`)?
+/// Is this request's body an Anthropic streaming request (`"stream": true`
+/// at its top level)? Most bodies are ruled out by one SIMD search for a
+/// `"stream"` followed by `: true` anywhere (inside a JSON string a quote is
+/// escaped, so a raw one there is a key or a whole value); only a body that
+/// has one is parsed to see that it is the top-level member.
 pub fn wants_stream(body: &[u8]) -> bool {
-    crate::affinity::json_scan::find(body, &["stream".to_string()]).as_deref() == Some("true")
+    const KEY: &[u8] = b"\"stream\"";
+    let maybe = memchr::memmem::find_iter(body, KEY).any(|at| {
+        let rest = body[at + KEY.len()..].trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|v| v.trim_ascii_start().starts_with(b"true"))
+    });
+    maybe
+        && crate::affinity::json_scan::find(body, &["stream".to_string()]).as_deref()
+            == Some("true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_stream;
+
+    #[test]
+    fn only_a_top_level_stream_true_is_a_streaming_request() {
+        assert!(wants_stream(br#"{"model":"m","stream":true}"#));
+        assert!(wants_stream(b"{\"messages\":[],\n  \"stream\" :\ttrue }"));
+        assert!(!wants_stream(br#"{"model":"m","stream":false}"#));
+        assert!(!wants_stream(
+            br#"{"tools":[{"input":{"stream":true}}],"stream":false}"#
+        ));
+        assert!(!wants_stream(
+            br#"{"content":"say \"stream\": true","stream":false}"#
+        ));
+        assert!(!wants_stream(br#"{"stream":true"#), "not JSON");
+        assert!(!wants_stream(b""));
+    }
 }
 
 /// Why an answered attempt may be left (the `reason` label).

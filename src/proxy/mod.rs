@@ -496,7 +496,8 @@ impl ProxyHttp for EdgeProxy {
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if json && code == 200 {
+        // Token usage comes in answers to Messages calls, which are POSTs.
+        if json && code == 200 && session.req_header().method == http::Method::POST {
             ctx.json_tail = Some(sse::JsonTail::default());
         }
         if ctx.body_sent {
