@@ -63,6 +63,24 @@ async fn tls_listener_and_tls_upstream_with_sni() {
         1,
         "TLS connections are pooled too"
     );
+    // Streams, held until their first event, go over the held path's own
+    // pool: over TLS too, and pooled (one more connection for both).
+    for _ in 0..2 {
+        let r = front
+            .post(
+                "/v1/messages",
+                &[("x-session-id", "t0")],
+                br#"{"stream":true}"#,
+            )
+            .await;
+        assert_eq!((r.status, r.upstream()), (200, "relay-a".to_string()));
+        assert!(r.text().contains("event: message_stop"), "{}", r.text());
+    }
+    assert_eq!(
+        front.upstream("relay-tls").await["connections_opened"],
+        2,
+        "the held path pools its TLS connection"
+    );
 
     // And a client speaking TLS to the TLS listener.
     let out = Command::new("curl")
