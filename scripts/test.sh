@@ -15,7 +15,6 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""
@@ -31,8 +30,17 @@ fi
 
 # The Anthropic Python SDK, which a test drives through the edge, in a
 # virtualenv of its own (pinned: the test checks the exceptions it raises).
+# Debian's python3 makes a venv only with python3-venv: tried, then installed.
 if ! target/sdk-venv/bin/python3 -c 'import anthropic' >/dev/null 2>&1; then
-  python3 -m venv target/sdk-venv
+  rm -rf target/sdk-venv
+  if ! python3 -m venv target/sdk-venv >/dev/null 2>&1; then
+    rm -rf target/sdk-venv
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
+    python3 -m venv target/sdk-venv
+  fi
   target/sdk-venv/bin/pip install -q 'anthropic==2.17.0'
 fi
 

@@ -67,6 +67,14 @@ pub enum StreamOutcome {
 }
 
 impl StreamOutcome {
+    pub const ALL: [StreamOutcome; 5] = [
+        StreamOutcome::Completed,
+        StreamOutcome::RelayCut,
+        StreamOutcome::ClientCut,
+        StreamOutcome::FirstEventTimeout,
+        StreamOutcome::IdleTimeout,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             StreamOutcome::Completed => "completed",
@@ -219,7 +227,7 @@ pub struct Metrics {
     /// Retries the retry budget refused.
     pub retry_budget_exhausted: IntCounter,
     /// Streaming answers by upstream and outcome.
-    pub streams: IntCounterVec,
+    streams: IntCounterVec,
     /// Requests served by a relay other than the session's own.
     pub cold_moves: IntCounter,
     first_event: HistogramVec,
@@ -469,13 +477,6 @@ impl Metrics {
         self.repins[reason as usize].inc();
     }
 
-    /// Count one stream's end.
-    pub fn stream(&self, upstream: &str, outcome: StreamOutcome) {
-        self.streams
-            .with_label_values(&[upstream, outcome.label()])
-            .inc();
-    }
-
     /// Count one error given to a client.
     pub fn client_failure(&self, cause: FailureCause) {
         self.client_failures
@@ -516,6 +517,7 @@ impl Metrics {
             requests: self.requests.clone(),
             id: id.to_string(),
             first_event: self.first_event.with_label_values(&[id]),
+            streams: StreamOutcome::ALL.map(|o| self.streams.with_label_values(&[id, o.label()])),
             tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
         }
     }
@@ -528,6 +530,9 @@ impl Metrics {
         let _ = self.request_duration.remove_label_values(&[id]);
         let _ = self.ejections.remove_label_values(&[id]);
         let _ = self.first_event.remove_label_values(&[id]);
+        for outcome in StreamOutcome::ALL {
+            let _ = self.streams.remove_label_values(&[id, outcome.label()]);
+        }
         for kind in TokenKind::ALL {
             let _ = self.tokens.remove_label_values(&[id, kind]);
         }
@@ -580,10 +585,16 @@ pub struct UpstreamMetrics {
     id: String,
     /// Time from a stream's head to its first event.
     pub first_event: Histogram,
+    streams: [IntCounter; StreamOutcome::ALL.len()],
     tokens: [IntCounter; 4],
 }
 
 impl UpstreamMetrics {
+    /// Count one stream's end.
+    pub fn stream(&self, outcome: StreamOutcome) {
+        self.streams[outcome as usize].inc();
+    }
+
     /// Count the tokens an answer reported.
     pub fn count_usage(&self, u: &crate::proxy::sse::Usage) {
         for (counter, n) in

@@ -60,9 +60,9 @@ pub fn wants_stream(body: &[u8]) -> bool {
         rest.strip_prefix(b":")
             .is_some_and(|v| v.trim_ascii_start().starts_with(b"true"))
     });
-    maybe
-        && crate::affinity::json_scan::find(body, &["stream".to_string()]).as_deref()
-            == Some("true")
+    static POINTER: std::sync::LazyLock<[String; 1]> =
+        std::sync::LazyLock::new(|| ["stream".to_string()]);
+    maybe && crate::affinity::json_scan::find(body, &*POINTER).as_deref() == Some("true")
 }
 
 #[cfg(test)]
@@ -166,7 +166,7 @@ pub async fn serve(
                 proxy.abandon(ctx, &state, why.label());
             }
             Attempt::Failed(e, Some(why)) => {
-                count_stream(proxy, &state, ctx, outcome_of(why));
+                count_stream(&state, ctx, outcome_of(why));
                 if let Some(i) = ctx.upstream {
                     state.upstreams.record_failure(i);
                 }
@@ -425,7 +425,7 @@ async fn commit(
         }
     }
     if sse {
-        count_stream(proxy, state, ctx, outcome);
+        count_stream(state, ctx, outcome);
     }
     if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
         u.metrics.count_usage(&scan.usage);
@@ -524,10 +524,8 @@ async fn relay_to_client(
     }
 }
 
-fn count_stream(proxy: &EdgeProxy, state: &State, ctx: &RequestCtx, outcome: StreamOutcome) {
-    let id = ctx
-        .upstream
-        .and_then(|i| state.upstreams.get(i))
-        .map_or("none", |u| &u.id);
-    proxy.edge.metrics.stream(id, outcome);
+fn count_stream(state: &State, ctx: &RequestCtx, outcome: StreamOutcome) {
+    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
+        u.metrics.stream(outcome);
+    }
 }
