@@ -157,10 +157,12 @@ pub enum ClientError {
     ClosedEarly,
     /// The connection came past `limits.max_connections` and was closed.
     ConnectionLimit,
+    /// The TLS handshake failed, or took longer than `timeouts.client_header`.
+    TlsHandshake,
 }
 
 impl ClientError {
-    pub const ALL: [ClientError; 9] = [
+    pub const ALL: [ClientError; 10] = [
         ClientError::HeaderTimeout,
         ClientError::HeaderTooLarge,
         ClientError::UriTooLong,
@@ -170,6 +172,7 @@ impl ClientError {
         ClientError::BodyTooSlow,
         ClientError::ClosedEarly,
         ClientError::ConnectionLimit,
+        ClientError::TlsHandshake,
     ];
 
     pub fn label(self) -> &'static str {
@@ -183,6 +186,7 @@ impl ClientError {
             ClientError::BodyTooSlow => "body_too_slow",
             ClientError::ClosedEarly => "closed_early",
             ClientError::ConnectionLimit => "connection_limit",
+            ClientError::TlsHandshake => "tls_handshake",
         }
     }
 }

@@ -69,6 +69,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     keep!("admin.listen", listen, old.admin.listen);
     let ServerSpec {
         threads,
+        thread_model,
         work_stealing,
         pool_size,
         grace_period,
@@ -80,6 +81,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     } = server;
     let o = &old.server;
     keep!("server.threads", threads, o.threads);
+    keep!("server.thread_model", thread_model, o.thread_model);
     keep!("server.work_stealing", work_stealing, o.work_stealing);
     keep!("server.pool_size", pool_size, o.pool_size);
     keep!("server.grace_period", grace_period, o.grace_period);

@@ -12,6 +12,8 @@
 use crate::admin::AdminService;
 use crate::affinity::redis_store::RedisStore;
 use crate::config::Config;
+use crate::config::model::ThreadModel;
+use crate::downstream::workers::ProxyWorkers;
 use crate::downstream::ClientConnections;
 use crate::proxy::EdgeProxy;
 use crate::state::Edge;
@@ -75,26 +77,14 @@ pub fn build(
     server.bootstrap();
 
     let edge = Edge::with_path(config.clone(), config_path);
-    let mut inner = HttpProxy::new(EdgeProxy::new(edge.clone()), server.configuration.clone());
-    inner.handle_init_modules();
-    let mut proxy = Service::new(
-        "relay-edge proxy".to_string(),
-        ClientConnections::new(Arc::new(inner), edge.clone()),
-    );
-    for listener in &config.listeners {
-        let addr = listener.addr.to_string();
-        match &listener.tls {
-            None => proxy.add_tcp(&addr),
-            Some(tls) => proxy
-                .add_tls(
-                    &addr,
-                    &tls.cert.to_string_lossy(),
-                    &tls.key.to_string_lossy(),
-                )
-                .map_err(|source| BuildError::Tls {
-                    addr: addr.clone(),
-                    source,
-                })?,
+    match config.server.thread_model {
+        ThreadModel::Workers => {
+            let conf = server.configuration.clone();
+            server.add_service(ProxyWorkers::new(edge.clone(), conf, &config)?);
+        }
+        ThreadModel::Pingora => {
+            let proxy = pingora_proxy_service(&server, &edge, &config)?;
+            server.add_service(proxy);
         }
     }
 
@@ -112,7 +102,6 @@ pub fn build(
     let signals = background_service("relay-edge signals", SignalService { edge: edge.clone() });
     let readiness = background_service("relay-edge readiness", Readiness { edge: edge.clone() });
 
-    server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
     server.add_service(signals);
@@ -126,6 +115,38 @@ pub fn build(
         ));
     }
     Ok((server, edge))
+}
+
+/// The proxy as Pingora's own listening service (`thread_model: pingora`):
+/// one `ClientConnections` for all of Pingora's threads.
+fn pingora_proxy_service(
+    server: &Server,
+    edge: &Arc<Edge>,
+    config: &Config,
+) -> Result<Service<ClientConnections>, BuildError> {
+    let mut inner = HttpProxy::new(EdgeProxy::new(edge.clone()), server.configuration.clone());
+    inner.handle_init_modules();
+    let mut proxy = Service::new(
+        "relay-edge proxy".to_string(),
+        ClientConnections::new(Arc::new(inner), edge.clone(), Arc::default(), 0),
+    );
+    for listener in &config.listeners {
+        let addr = listener.addr.to_string();
+        match &listener.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => proxy
+                .add_tls(
+                    &addr,
+                    &tls.cert.to_string_lossy(),
+                    &tls.key.to_string_lossy(),
+                )
+                .map_err(|source| BuildError::Tls {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        }
+    }
+    Ok(proxy)
 }
 
 /// Latches readiness once upstream health and the shared table are known.

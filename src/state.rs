@@ -90,9 +90,6 @@ pub struct Edge {
     pub body_budget: Arc<crate::proxy::body::BodyBudget>,
     /// Retries of answered attempts, edge-wide (`failover.retry_budget`).
     pub retry_budget: crate::proxy::retry_budget::RetryBudget,
-    /// The connection pool of streaming requests held until their first
-    /// event (`proxy::held`); Pingora's own pool serves the rest.
-    pub held_connector: pingora_core::connectors::http::v1::Connector,
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     /// The first health-check round has finished.
@@ -121,7 +118,6 @@ impl Edge {
             )),
         };
         let checks = CheckConnectors::new();
-        let pool_size = config.server.pool_size;
         let state = State::build_with(config, &metrics, &checks, 1);
         metrics.config_generation.set(1);
         let edge = Arc::new(Edge {
@@ -134,9 +130,6 @@ impl Edge {
             drain: Drain::new(),
             body_budget: Arc::default(),
             retry_budget: Default::default(),
-            held_connector: pingora_core::connectors::http::v1::Connector::new(Some(
-                pingora_core::connectors::ConnectorOptions::new(pool_size),
-            )),
             store,
             metrics,
             health_known: tokio::sync::watch::Sender::new(false),

@@ -353,6 +353,7 @@ pub struct AdminFile {
 #[derive(Debug, Default, Deserialize)]
 pub struct ServerFile {
     pub threads: Option<usize>,
+    pub thread_model: Option<String>,
     pub work_stealing: Option<bool>,
     pub pool_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]

@@ -309,9 +309,22 @@ impl AdminSpec {
     }
 }
 
+/// How the proxy's threads share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadModel {
+    /// Each thread runs its own event loop, accepts its own client
+    /// connections, and keeps its own upstream pool, as nginx's workers do
+    /// (`downstream::workers`).
+    Workers,
+    /// Pingora's own runtime: connections and pooled-connection watchers
+    /// spread over its threads (`work_stealing` applies).
+    Pingora,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
     pub threads: usize,
+    pub thread_model: ThreadModel,
     pub work_stealing: bool,
     pub pool_size: usize,
     pub grace_period: Duration,

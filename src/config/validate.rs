@@ -877,6 +877,7 @@ fn world_readable_warning(file: &str) -> Option<String> {
 fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
     let ServerFile {
         threads,
+        thread_model,
         work_stealing,
         pool_size,
         grace_period,
@@ -894,8 +895,26 @@ fn server_spec(s: ServerFile, errs: &mut Errors) -> ServerSpec {
             format!("{log_level:?} is not one of off, error, warn, info, debug, trace"),
         );
     }
+    let thread_model = match thread_model.as_deref().unwrap_or("workers") {
+        "workers" => ThreadModel::Workers,
+        "pingora" => ThreadModel::Pingora,
+        other => {
+            errs.push(
+                "server.thread_model",
+                format!("{other:?}: must be workers or pingora"),
+            );
+            ThreadModel::Workers
+        }
+    };
+    if thread_model == ThreadModel::Workers && work_stealing == Some(true) {
+        errs.push(
+            "server.work_stealing",
+            "applies to server.thread_model: pingora only (workers never share connections)",
+        );
+    }
     ServerSpec {
         threads: number(threads, cores, (1, 1024), "server.threads", errs),
+        thread_model,
         work_stealing: work_stealing.unwrap_or(false),
         pool_size: number(
             pool_size,

@@ -10,6 +10,12 @@
 //! wait before it is `timeouts.client_idle`, which Pingora enforces). It
 //! stops watching when Pingora has the head: when the proxy's first hook
 //! runs ([`stop_watching`]), or as soon as the head's end went by.
+//!
+//! Connections the workers accept themselves come without Pingora's L4
+//! buffers (only its listeners can set them). For those the gate keeps a
+//! small write buffer in their place, of Pingora's size and with its
+//! semantics: writes gather until a flush or until it is full, so that a
+//! response head and a short body leave in one segment.
 
 use super::head::{HeadScan, Verdict};
 use crate::metrics::{ClientError, Metrics};
@@ -58,6 +64,9 @@ pub struct GatedStream {
     /// Set by the proxy once Pingora has parsed the head.
     head_parsed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Written bytes not yet passed on; at most `out_cap` (0: none kept).
+    out: Vec<u8>,
+    out_cap: usize,
 }
 
 impl std::fmt::Debug for GatedStream {
@@ -70,7 +79,13 @@ impl std::fmt::Debug for GatedStream {
 
 impl GatedStream {
     /// A new connection: its first head is due `limits.deadline` from now.
-    pub fn new(inner: Stream, limits: HeadLimits, metrics: Arc<Metrics>) -> GatedStream {
+    /// `write_buffer`: the bytes of small writes to gather (0: none).
+    pub fn new(
+        inner: Stream,
+        limits: HeadLimits,
+        metrics: Arc<Metrics>,
+        write_buffer: usize,
+    ) -> GatedStream {
         GatedStream {
             inner,
             phase: Phase::Watching {
@@ -81,7 +96,41 @@ impl GatedStream {
             limits,
             head_parsed: AtomicBool::new(false),
             metrics,
+            out: Vec::new(),
+            out_cap: write_buffer,
         }
+    }
+
+    /// Pass the gathered bytes on; `Ready(Ok)` once none are left.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Make room to gather a write of `len` bytes, passing on what is
+    /// gathered when it would not fit. `Ready(true)`: gather it;
+    /// `Ready(false)`: write it straight through (it is as large as the
+    /// buffer, or none is kept).
+    fn poll_room_for(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
+        if self.out_cap == 0 {
+            return Poll::Ready(Ok(false));
+        }
+        if self.out.len() + len > self.out_cap {
+            ready!(self.poll_write_out(cx))?;
+        }
+        if len >= self.out_cap {
+            return Poll::Ready(Ok(false));
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve_exact(self.out_cap);
+        }
+        Poll::Ready(Ok(true))
     }
 
     /// Watch the next head on this connection (after a response), under
@@ -242,15 +291,24 @@ impl AsyncWrite for GatedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if ready!(this.poll_room_for(cx, buf.len()))? {
+            this.out.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -258,7 +316,15 @@ impl AsyncWrite for GatedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if ready!(this.poll_room_for(cx, len))? {
+            for b in bufs {
+                this.out.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(len));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -272,6 +338,7 @@ impl AsyncWrite for GatedStream {
 #[async_trait]
 impl Shutdown for GatedStream {
     async fn shutdown(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.poll_write_out(cx)).await;
         self.inner.shutdown().await
     }
 }

@@ -13,9 +13,14 @@
 //!   about to send ([`crate::drain`]).
 //!
 //! HTTP/2 (negotiated by TLS ALPN) goes to Pingora's own loop as it is.
+//!
+//! With `server.thread_model: workers` (the default), [`workers`] accepts
+//! the connections and runs one [`ClientConnections`] per worker thread;
+//! with `pingora`, Pingora's listening service runs one for all threads.
 
 pub mod gate;
 pub mod head;
+pub mod workers;
 
 use crate::metrics::ClientError;
 use crate::proxy::EdgeProxy;
@@ -33,15 +38,27 @@ use std::sync::Arc;
 pub struct ClientConnections {
     pub proxy: Arc<HttpProxy<EdgeProxy>>,
     pub edge: Arc<Edge>,
-    open: AtomicUsize,
+    /// Open client connections, across every worker.
+    open: Arc<AtomicUsize>,
+    /// Bytes of small writes each connection gathers (see [`gate`]): the
+    /// workers' connections have no L4 write buffer of Pingora's.
+    write_buffer: usize,
 }
 
 impl ClientConnections {
-    pub fn new(proxy: Arc<HttpProxy<EdgeProxy>>, edge: Arc<Edge>) -> ClientConnections {
+    /// `open` counts the connections of every `ClientConnections` that
+    /// shares it, for `limits.max_connections`.
+    pub fn new(
+        proxy: Arc<HttpProxy<EdgeProxy>>,
+        edge: Arc<Edge>,
+        open: Arc<AtomicUsize>,
+        write_buffer: usize,
+    ) -> ClientConnections {
         ClientConnections {
             proxy,
             edge,
-            open: AtomicUsize::new(0),
+            open,
+            write_buffer,
         }
     }
 
@@ -57,7 +74,12 @@ impl ClientConnections {
     /// Serve HTTP/1.x requests on `stream` until it closes.
     async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let metrics = self.edge.metrics.clone();
-        let stream: Stream = Box::new(GatedStream::new(stream, self.head_limits(), metrics));
+        let stream: Stream = Box::new(GatedStream::new(
+            stream,
+            self.head_limits(),
+            metrics,
+            self.write_buffer,
+        ));
         let mut session = ServerSession::new_http1(stream);
         // As Pingora's own loop: the first request gets no keep-alive once
         // shutting down; the proxy sets its own after that.

@@ -200,7 +200,7 @@ async fn attempt(
     body: &Bytes,
 ) -> Attempt {
     let connect_started = Instant::now();
-    let (mut up, reused) = match proxy.edge.held_connector.get_http_session(&*peer).await {
+    let (mut up, reused) = match proxy.held_connector.get_http_session(&*peer).await {
         Ok(s) => s,
         Err(e) => {
             let mut e = e.into_up();
@@ -450,7 +450,6 @@ async fn commit(
     if outcome == StreamOutcome::Completed && upstream.is_body_done() {
         let idle = state.config.timeouts.pool_idle;
         proxy
-            .edge
             .held_connector
             .release_http_session(upstream, &*peer, Some(idle))
             .await;

@@ -57,13 +57,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The proxy of one set of threads: with `thread_model: workers`, one per
+/// worker, so that each worker's upstream pools are its own.
 pub struct EdgeProxy {
     edge: Arc<Edge>,
+    /// The connection pool of streaming requests held until their first
+    /// event (`held`); Pingora's own pool (in `HttpProxy`) serves the rest.
+    held_connector: pingora_core::connectors::http::v1::Connector,
 }
 
 impl EdgeProxy {
     pub fn new(edge: Arc<Edge>) -> Self {
-        EdgeProxy { edge }
+        let pool_size = edge.state().config.server.pool_size;
+        EdgeProxy {
+            edge,
+            held_connector: pingora_core::connectors::http::v1::Connector::new(Some(
+                pingora_core::connectors::ConnectorOptions::new(pool_size),
+            )),
+        }
     }
 
     /// The attempt's upstream failed and the request leaves it: count the
