@@ -25,6 +25,8 @@ apt-get when they are missing. Every run is bounded in time.
 
 import argparse
 import asyncio
+import collections
+import gc
 import json
 import os
 import random
@@ -37,15 +39,42 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+CPUS = sorted(os.sched_getaffinity(0))
+PINNED = len(CPUS) >= 2 and shutil.which("taskset") is not None
+LOAD_CPU = str(CPUS[-1])    # wrk, the load clients, the backends and Redis
 MIB = 1 << 20
 
 
-def pin(cpu, cmd):
-    return (["taskset", "-c", str(cpu)] + cmd) if PINNED else cmd
+def pin(cpus, cmd):
+    return (["taskset", "-c", str(cpus)] + cmd) if PINNED else cmd
+
+
+def proxy_cpus(threads):
+    """The CPUs a proxy with `threads` workers may use: one per worker, away
+    from the load's CPU when the machine has enough; else every CPU."""
+    return ",".join(str(c) for c in (CPUS[:threads] if threads < len(CPUS) else CPUS))
+
+
+def layout(threads, cpus):
+    """How the processes sit, for the report; `cpus` are the proxies' CPUs."""
+    if not PINNED:
+        return "nothing pinned (one CPU, or no taskset)."
+    each = f"{threads} worker{'s' if threads > 1 else ''} each"
+    load = f"wrk (one thread), the load clients, the backends and Redis on CPU {LOAD_CPU}"
+    if LOAD_CPU not in cpus.split(","):
+        return f"proxies ({each}) on CPU {cpus}; {load}."
+    if cpus == LOAD_CPU:
+        return f"proxies ({each}) on CPU {cpus}, with the load: {load}."
+    return (f"proxies ({each}) may run on CPUs {cpus}, every CPU of this {len(CPUS)}-core machine: it has "
+            f"too few to give {threads} workers cores of their own and keep the load off them. wrk "
+            f"(one thread), the load clients, the backends and Redis stay pinned to CPU {LOAD_CPU}, "
+            f"which the proxy's workers share with them. Every proxy gets the same CPUs and the same "
+            f"load, so proxies compare evenly; a ratio to the 1-worker run understates what "
+            f"{threads} dedicated cores would give.")
 
 
 def die(msg):
@@ -139,27 +168,66 @@ def rss_mib(pid):
     return 0.0
 
 
-def worker_pid(p):
-    """nginx serves from its one worker, not the master."""
-    if p.bench_name.startswith("nginx"):
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            try:
-                kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
-                if kids:
-                    return int(kids[0])
-            except OSError:
-                pass
-            time.sleep(0.05)
-    return p.pid
+def proc_tree(pid):
+    """A process and all its descendants (nginx: the master and every worker)."""
+    pids = [pid]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for t in tasks:
+        try:
+            kids = open(f"/proc/{pid}/task/{t}/children").read().split()
+        except OSError:
+            continue
+        for k in kids:
+            pids += proc_tree(int(k))
+    return pids
+
+
+def cpu_total(pids):
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def rss_total(pids):
+    """Sum of the processes' RSS (pages they share are counted in each)."""
+    return sum(rss_mib(p) for p in pids)
+
+
+def wait_children(p, n, within=10):
+    """Wait until a master process has its `n` workers."""
+    deadline = time.time() + within
+    while len(proc_tree(p.pid)) < n + 1:
+        if time.time() > deadline:
+            die(f"{p.bench_name} did not start {n} workers")
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- configs
 
-def backend_conf(tmp, ports):
+def backend_conf(tmp, ports, sse_ports=()):
+    """The backends: one nginx, one server per port. `ports` answer every
+    request with a small JSON body; `sse_ports` (scenario f) answer POST
+    /v1/messages with a static SSE stream (sse/events.sse) once the whole
+    request body is read: the mirror reads it first, as a real API would
+    (`return` alone answers on the head). The static handler refuses POST
+    with 405, which error_page turns into a GET of the file."""
     servers = "\n".join(
         f"    server {{ listen 127.0.0.1:{port}; location = /health {{ return 200 'ok'; }} "
         f"location / {{ return 200 '{{\"upstream\":\"{name}\"}}'; }} }}" for name, port in ports)
+    sse_root = os.path.join(tmp, "sse")
+    for port in sse_ports:
+        servers += f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location = /health {{ return 200 'ok'; }}
+        location = /discard {{ internal; return 204; }}
+        location / {{
+            mirror /discard; mirror_request_body on;
+            root {sse_root}; try_files /events.sse =404; error_page 405 =200 /events.sse;
+        }}
+        location = /events.sse {{ internal; root {sse_root}; }}
+    }}"""
     path = os.path.join(tmp, "backend.conf")
     open(path, "w").write(f"""worker_processes 1;
 pid backend.pid;
@@ -169,6 +237,8 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     default_type application/json;
+    types {{ text/event-stream sse; }}
+    etag off;
     keepalive_requests 1000000;
     keepalive_timeout 600s;
     client_max_body_size 8m;
@@ -181,10 +251,11 @@ http {{
     return path
 
 
-def nginx_conf(tmp, name, port, relays):
+def nginx_conf(tmp, name, port, relays, threads=1, header="x-session-id", keepalive=64):
     servers = "\n".join(f"        server 127.0.0.1:{p};" for _, p in relays)
+    var = "$http_" + header.replace("-", "_")
     path = os.path.join(tmp, f"{name}.conf")
-    open(path, "w").write(f"""worker_processes 1;
+    open(path, "w").write(f"""worker_processes {threads};
 pid {name}.pid;
 error_log {name}.error.log warn;
 worker_rlimit_nofile 16384;
@@ -198,9 +269,9 @@ http {{
     client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
     uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
     upstream relays {{
-        hash $http_x_session_id consistent;
+        hash {var} consistent;
 {servers}
-        keepalive 64;
+        keepalive {keepalive};          # idle upstream connections kept, per worker
         keepalive_requests 1000000;
     }}
     server {{
@@ -218,11 +289,11 @@ http {{
     return path
 
 
-def haproxy_conf(tmp, port, relays):
+def haproxy_conf(tmp, port, relays, threads=1, header="x-session-id"):
     servers = "\n".join(f"    server {n} 127.0.0.1:{p}" for n, p in relays)
     path = os.path.join(tmp, "haproxy.cfg")
     open(path, "w").write(f"""global
-    nbthread 1
+    nbthread {threads}
     maxconn 8000
 defaults
     mode http
@@ -236,13 +307,15 @@ backend relays
     balance leastconn
     http-reuse always
     stick-table type string len 64 size 100k expire 1h
-    stick on req.hdr(x-session-id)
+    stick on req.hdr({header})
 {servers}
 """)
     return path
 
 
-def edge_conf(tmp, name, port, admin, relays, keys, redis_port=None, extra=""):
+def edge_conf(tmp, name, port, admin, relays, keys, redis_port=None, extra="", threads=1, server_extra=""):
+    """`server_extra` goes inside the server mapping (e.g. `work_stealing: true`),
+    `extra` is appended as top-level YAML."""
     ups = "\n".join(f"  - {{id: {n}, addr: 127.0.0.1:{p}}}" for n, p in relays)
     redis = f"redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}\n" if redis_port else ""
     path = os.path.join(tmp, f"{name}.yaml")
@@ -252,7 +325,7 @@ upstreams:
 health_check: {{path: /health, interval: 2s}}
 affinity: {{keys: [{keys}]}}
 admin: {{listen: 127.0.0.1:{admin}}}
-server: {{threads: 1, pid_file: {tmp}/{name}.pid, upgrade_sock: {tmp}/{name}.sock, log_level: warn}}
+server: {{threads: {threads}, pid_file: {tmp}/{name}.pid, upgrade_sock: {tmp}/{name}.sock, log_level: warn{server_extra}}}
 {redis}{extra}""")
     return path
 
@@ -288,7 +361,7 @@ end
 
 
 def run_wrk(port, seconds, script, conns):
-    cmd = pin(1, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", script,
+    cmd = pin(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", script,
                   f"http://127.0.0.1:{port}/v1/messages"])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
@@ -299,19 +372,20 @@ def run_wrk(port, seconds, script, conns):
 
 
 def measure(target, seconds, warmup, script, conns):
-    """One wrk run against a target; with the proxy's CPU per request and RSS."""
+    """One wrk run against a target; with the CPU per request and the RSS of
+    every process of the proxy (none for a backend reached directly)."""
     name, port, proc = target
     if warmup:
         run_wrk(port, warmup, script, conns)
-    pid = worker_pid(proc)
-    cpu0 = cpu_seconds(pid)
+    pids = proc_tree(proc.pid) if proc else []
+    cpu0 = cpu_total(pids)
     r = run_wrk(port, seconds, script, conns)
-    cpu = cpu_seconds(pid) - cpu0
+    cpu = cpu_total(pids) - cpu0
     requests = r.get("requests") or r["rps"] * seconds
     r["cpu_us"] = cpu / max(requests, 1) * 1e6
     r["cpu_s"] = cpu
     r["requests"] = requests
-    r["rss"] = rss_mib(pid)
+    r["rss"] = rss_total(pids)
     return r
 
 
@@ -399,22 +473,23 @@ async def sse_client(port, streams, events, gap_ms, hold):
     return delays, failures[0]
 
 
-def sse_run(port, pid, streams, events, gap_ms):
-    """Run the SSE client in a child pinned to CPU 1; sample RSS while every stream is open."""
+def sse_run(port, pids, streams, events, gap_ms):
+    """Run the SSE client in a child pinned to the load's CPU; sample the
+    proxy's RSS (all its processes) while every stream is open."""
     script = os.path.abspath(__file__)
-    before = rss_mib(pid) if pid else 0
-    child = subprocess.Popen(pin(1, [sys.executable, script, "--sse-client", str(port), str(streams),
+    before = rss_total(pids)
+    child = subprocess.Popen(pin(LOAD_CPU, [sys.executable, script, "--sse-client", str(port), str(streams),
                                      str(events), str(gap_ms)]),
                              stdout=subprocess.PIPE, text=True)
     peak = before
     while child.poll() is None:
-        if pid:
-            peak = max(peak, rss_mib(pid))
+        if pids:
+            peak = max(peak, rss_total(pids))
         time.sleep(0.1)
     out = child.stdout.read().split()
     p50, p99, n, failures = float(out[0]), float(out[1]), int(out[2]), int(out[3])
     return {"p50_us": p50, "p99_us": p99, "events": n, "failures": failures,
-            "rss_per_stream_kib": (peak - before) * 1024 / streams if pid else 0.0}
+            "rss_per_stream_kib": (peak - before) * 1024 / streams if pids else 0.0}
 
 
 def sse_client_main(argv):
@@ -424,6 +499,231 @@ def sse_client_main(argv):
     delays.sort()
     pct = (lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]) if delays else (lambda q: 0)
     print(pct(0.5), pct(0.99), len(delays), failures)
+
+
+# ---------------------------------------------------------------- Claude Code shape (f)
+
+F_HEADER = "x-claude-code-session-id"
+F_SESSIONS = 10_000
+F_BODY_BYTES = 90_000
+WORDS = ("the a to of and in is for that file this you with tool use when should must not code "
+         "edit read write search bash command output user task test function return error path "
+         "line change commit repository directory before after only never always call result "
+         "parameter string number boolean array object make sure run check").split()
+
+
+def sse_answer():
+    """A streamed Messages answer in the Anthropic event shapes: message_start,
+    content_block_start, 26 content_block_delta, content_block_stop,
+    message_delta, message_stop (31 events)."""
+    def ev(kind, data):
+        return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    text = ("I'll look at the failing test first. The assertion compares the parsed config with a "
+            "default that changed in the last commit, so the fix belongs in the test fixture rather "
+            "than in the parser. Let me read the fixture, update the expected value, and run the "
+            "suite again to make sure nothing else depends on the old default.").split(" ")
+    step = -(-len(text) // 26)
+    deltas = [" ".join(text[i:i + step]) + " " for i in range(0, len(text), step)]
+    out = [ev("message_start", {"type": "message_start", "message": {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 3, "cache_creation_input_tokens": 412, "cache_read_input_tokens": 23816,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 412, "ephemeral_1h_input_tokens": 0},
+                  "output_tokens": 1, "service_tier": "standard"}}}),
+           ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                      "content_block": {"type": "text", "text": ""}})]
+    out += [ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": d}}) for d in deltas]
+    out += [ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                 "usage": {"output_tokens": 74}}),
+            ev("message_stop", {"type": "message_stop"})]
+    return "".join(out)
+
+
+def claude_body():
+    """A Claude Code Messages request of about 90 KB, as (head, tail): the body
+    is head + session id + tail. Model and "stream":true first; a long system
+    prompt, tool definitions and a short conversation; metadata (which holds
+    the session id) last."""
+    rng = random.Random(3)
+
+    def words(n):
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+    tools = [{"name": name, "description": words(150),
+              "input_schema": {"type": "object", "properties": {
+                  "file_path": {"type": "string", "description": words(12)},
+                  "pattern": {"type": "string", "description": words(12)},
+                  "limit": {"type": "number", "description": words(8)}},
+                  "required": ["file_path"], "additionalProperties": False,
+                  "$schema": "http://json-schema.org/draft-07/schema#"}}
+             for name in ("Task", "Bash", "Glob", "Grep", "ExitPlanMode", "Read", "Edit", "Write",
+                          "NotebookEdit", "WebFetch", "TodoWrite", "WebSearch", "BashOutput", "KillShell",
+                          "SlashCommand")]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>" + words(300) + "</system-reminder>"},
+                                     {"type": "text", "text": "the config test fails after the last commit, fix it"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": words(40)},
+                                          {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9",
+                                           "name": "Read", "input": {"file_path": "/repo/tests/config.rs"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9",
+                                      "content": words(900)}]}]
+    marker = "@@SESSION@@"
+
+    def build(system_words):
+        body = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 32000, "stream": True,
+                "system": [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+                            "cache_control": {"type": "ephemeral"}},
+                           {"type": "text", "text": system_words, "cache_control": {"type": "ephemeral"}}],
+                "tools": tools, "messages": messages, "temperature": 1,
+                "metadata": {"user_id": "user_" + "5e1c" * 16 + "_account__session_" + marker}}
+        return json.dumps(body, separators=(",", ":"))
+    system = words(1000)
+    while len(build(system)) < F_BODY_BYTES - 36:     # a session id is 36 characters
+        system += " " + words(50)
+    head, tail = build(system).split(marker)
+    return head.encode(), tail.encode()
+
+
+async def ttfb_client(port, rate, seconds, warmup, pool=8):
+    """Open loop: request i is started at t0 + i/rate whatever the earlier ones
+    are doing, on an idle keep-alive connection, or a new one when none is
+    idle. Time to first byte: from the moment the whole request is handed to
+    the kernel (a zero write buffer, so drain() waits for it) to the first
+    byte of the response body. Every response is read to its end."""
+    seeded = random.Random(5)
+    sessions = [str(uuid.UUID(int=seeded.getrandbits(128), version=4)) for _ in range(F_SESSIONS)]
+    head, tail = claude_body()
+    rng = random.Random()
+    idle, stats = collections.deque(), {"ttfb": [], "total": [], "lag": [], "failures": 0, "opened": 0}
+
+    async def connect():
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        w.transport.set_write_buffer_limits(0)
+        stats["opened"] += 1
+        return r, w
+
+    async def exchange(r, w, req):
+        w.write(req)
+        await w.drain()
+        t0 = time.perf_counter()
+        lines = (await r.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip().lower() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+        if hdrs.get("transfer-encoding") == "chunked":
+            size = int((await r.readline()).split(b";")[0], 16)
+            first = await r.read(size) if size else b""
+            t1 = time.perf_counter()
+            body = [first, await r.readexactly(size - len(first))]
+            await r.readexactly(2)
+            while size:
+                size = int((await r.readline()).split(b";")[0], 16)
+                body.append(await r.readexactly(size))
+                await r.readexactly(2)  # the chunk's CRLF, or the end of no trailers
+        else:
+            n = int(hdrs.get("content-length", "0"))
+            first = await r.read(n) if n else b""
+            t1 = time.perf_counter()
+            body = [first, await r.readexactly(n - len(first))]
+        body = b"".join(body)
+        ok = status == 200 and body.rstrip().endswith(b'{"type":"message_stop"}')
+        return ok, hdrs.get("connection") != "close", t1 - t0
+
+    async def one(sched, record):
+        start = time.perf_counter()
+        sid = rng.choice(sessions)
+        body = head + sid.encode() + tail
+        req = (f"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+               f"accept: application/json\r\nanthropic-version: 2023-06-01\r\nx-app: cli\r\n"
+               f"user-agent: claude-cli/2.0.0 (external, cli)\r\n{F_HEADER}: {sid}\r\n"
+               f"content-length: {len(body)}\r\n\r\n").encode() + body
+        ok, keep, w = False, False, None
+        try:
+            r, w = idle.popleft() if idle else await connect()
+            ok, keep, ttfb = await asyncio.wait_for(exchange(r, w, req), 30)
+        except (OSError, ValueError, IndexError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError):
+            pass
+        if keep and ok:
+            idle.append((r, w))
+        elif w is not None:
+            w.close()
+        if record:
+            if ok:
+                stats["ttfb"].append(ttfb)
+                stats["total"].append(time.perf_counter() - start)
+                stats["lag"].append(start - sched)
+            else:
+                stats["failures"] += 1
+
+    async def phase(secs, record):
+        tasks, t0 = [], time.perf_counter()
+        for i in range(int(rate * secs)):
+            sched = t0 + i / rate
+            delay = sched - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(sched, record)))
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - t0
+
+    for _ in range(pool):
+        idle.append(await connect())
+    await phase(warmup, False)
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    stats["opened"] = 0
+    gc.collect()
+    gc.disable()  # no collector pauses in the measured part
+    elapsed = await phase(seconds, True)
+    gc.enable()
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e6 if xs else 0.0
+    print(json.dumps({"requests": len(stats["ttfb"]), "failures": stats["failures"],
+                      "rate": len(stats["ttfb"]) / elapsed, "opened": stats["opened"],
+                      "body_bytes": len(head) + 36 + len(tail),
+                      "ttfb_p50_us": pct(stats["ttfb"], 0.5), "ttfb_p99_us": pct(stats["ttfb"], 0.99),
+                      "total_p99_us": pct(stats["total"], 0.99), "lag_p99_us": pct(stats["lag"], 0.99)}),
+          flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # the parent has read the proxy's CPU
+    for _, w in idle:
+        w.close()
+
+
+def ttfb_client_main(argv):
+    port, rate, seconds, warmup = int(argv[0]), float(argv[1]), float(argv[2]), float(argv[3])
+    asyncio.run(ttfb_client(port, rate, seconds, warmup))
+
+
+def ttfb_run(port, pids, rate, seconds, warmup):
+    """Run the open-loop client in a child pinned to the load's CPU; the
+    proxy's CPU (all its processes) is read around the measured part only."""
+    failed = {"requests": 0, "failures": 1, "rate": 0, "ttfb_p50_us": 0, "ttfb_p99_us": 0, "total_p99_us": 0,
+              "lag_p99_us": 0, "cpu_us": 0, "rss": 0}
+    child = subprocess.Popen(pin(LOAD_CPU, [sys.executable, os.path.abspath(__file__), "--ttfb-client", str(port),
+                                            str(rate), str(seconds), str(warmup)]),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            return failed
+        cpu0 = cpu_total(pids)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        cpu = cpu_total(pids) - cpu0
+        rss = rss_total(pids)
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    if not line.strip():
+        return failed
+    r = json.loads(line)
+    r["cpu_us"] = cpu / max(r["requests"], 1) * 1e6
+    r["rss"] = rss
+    return r
 
 
 # ---------------------------------------------------------------- main
@@ -441,15 +741,30 @@ def median_of(runs, key):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--sse-client":
         return sse_client_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--ttfb-client":
+        return ttfb_client_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--bin")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--duration", type=int)
-    ap.add_argument("--scenarios", default="abcde")
+    ap.add_argument("--scenarios", default=None, help="letters of abcdefg (default: all; --smoke: abcdef)")
+    ap.add_argument("--threads", default="1",
+                    help="workers per proxy, or a list such as 1,2 to run everything at each (default 1)")
+    ap.add_argument("--edge-server", action="append", default=[], metavar="'KEY: VALUE'",
+                    help="a key for relay-edge's server: mapping, e.g. 'work_stealing: true' (repeatable)")
+    ap.add_argument("--edge-extra", action="append", default=[], metavar="YAML",
+                    help="top-level YAML lines appended to every relay-edge config (repeatable)")
+    ap.add_argument("--rate", type=float, default=200, help="f: requests per second (default 200)")
+    ap.add_argument("--sweep-duration", type=int, help="g: seconds per concurrency step (default 3; smoke 1)")
+    ap.add_argument("--proxy-cpus", metavar="LIST",
+                    help="taskset CPU list for the proxies (default: CPU 0 for 1 worker, else one per worker "
+                         "or every CPU; the load stays on the last CPU)")
     ap.add_argument("--out")
     args = ap.parse_args()
     smoke = args.smoke
+    scenarios = args.scenarios or ("abcdef" if smoke else "abcdefg")
+    thread_counts = [int(n) for n in args.threads.split(",")]
     rounds = args.rounds or (1 if smoke else 3)
     duration = args.duration or (2 if smoke else 10)
     warmup = 1 if smoke else 2
@@ -458,6 +773,11 @@ def main():
     # reads without a backlog of its own (at 20,000/s it lagged seconds).
     sse_streams, sse_events, sse_gap = (100, 10, 20) if smoke else (2000, 50, 500)
     body_runs = 1 if smoke else duration
+    f_seconds, f_warmup = (1, 0.5) if smoke else (duration, warmup)
+    sweep = (1, 16) if smoke else (1, 2, 4, 8, 16, 32, 64, 128)
+    sweep_seconds = args.sweep_duration or (1 if smoke else 3)
+    edge_server = "".join(", " + kv for kv in args.edge_server)
+    edge_extra = "".join(line.rstrip("\n") + "\n" for line in args.edge_extra)
 
     install_missing()
     # 2,000 streams through a proxy need 4,000 descriptors, and more.
@@ -477,34 +797,47 @@ def main():
     tmp = tempfile.mkdtemp(prefix="relay-edge-bench.")
     os.chmod(tmp, 0o755)
     os.makedirs(os.path.join(tmp, "tmp"))
+    os.makedirs(os.path.join(tmp, "sse"))
+    open(os.path.join(tmp, "sse", "events.sse"), "w").write(sse_answer())
     procs = Procs(tmp)
     report = [f"Load bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-              f"{rounds} round(s) of {duration} s per target, medians; "
-              + ("proxies on CPU 0, load, backends and Redis on CPU 1." if PINNED else "not pinned.")]
+              f"{rounds} round(s) of {duration} s per target, medians."
+              + (f"\n\nrelay-edge server keys added: `{edge_server[2:]}`." if edge_server else "")
+              + (f"\n\nrelay-edge config lines added:\n\n```yaml\n{edge_extra}```" if edge_extra else "")]
     failed = []
 
     def check(name, r):
-        if r.get("errors", 0) != 0 or r.get("rps", 1) <= 0 or r.get("failures", 0) != 0:
+        if r.get("errors", 0) != 0 or r.get("rps", 1) <= 0 or r.get("failures", 0) != 0 \
+                or r.get("requests", 1) <= 0:
             failed.append(f"{name}: {r}")
 
     try:
         keys_lua = os.path.join(HERE, "keys.lua")
         relays = [("relay-a", free_port()), ("relay-b", free_port())]
-        many = [(f"relay-{i:03d}", free_port()) for i in range(500)] if "c" in args.scenarios else []
-        backends = procs.start("backends", pin(1, ["nginx", "-p", tmp + "/", "-c", backend_conf(tmp, relays + many),
-                                                   "-g", "daemon off;"]))
-        for _, p in relays:
+        many = [(f"relay-{i:03d}", free_port()) for i in range(500)] if "c" in scenarios else []
+        f_relays = [("relay-a", free_port()), ("relay-b", free_port())] if "f" in scenarios else []
+        backends = procs.start("backends", pin(LOAD_CPU, ["nginx", "-p", tmp + "/", "-c",
+                                                          backend_conf(tmp, relays + many, [p for _, p in f_relays]),
+                                                          "-g", "daemon off;"]))
+        for _, p in relays + f_relays:
             wait_http(procs, backends, p)
         redis_port = free_port()
-        redis = procs.start("redis", pin(1, ["redis-server", "--port", str(redis_port), "--save", "",
-                                             "--appendonly", "no"]))
+        redis = procs.start("redis", pin(LOAD_CPU, ["redis-server", "--port", str(redis_port), "--save", "",
+                                                    "--appendonly", "no"]))
         time.sleep(0.3)
         header_key = "{header: x-session-id}"
+        threads = thread_counts[0]
+        scaling = {}
+        place = {"cpus": None}  # set while g measures one request in flight on one CPU
+
+        def where():
+            return place["cpus"] or args.proxy_cpus or proxy_cpus(threads)
 
         def edge(name, relays, keys=header_key, redis=None, extra=""):
             port, admin = free_port(), free_port()
-            conf = edge_conf(tmp, name, port, admin, relays, keys, redis, extra)
-            p = procs.start(name, pin(0, [binary, "-c", conf]), stop=signal.SIGINT)
+            conf = edge_conf(tmp, name, port, admin, relays, keys, redis, extra + edge_extra, threads, edge_server)
+            p = procs.start(name, pin(where(), [binary, "-c", conf]), stop=signal.SIGINT)
+            p.bench_admin = admin
             wait_http(procs, p, admin, "/readyz", within=60)
             if redis:  # wait for the Redis connection
                 deadline = time.time() + 20
@@ -514,18 +847,26 @@ def main():
                     time.sleep(0.1)
             return (name, port, p)
 
-        def nginx(name="nginx", relays=relays):
+        def nginx(name="nginx", relays=relays, header="x-session-id", keepalive=64):
             port = free_port()
-            p = procs.start(name, pin(0, ["nginx", "-p", tmp + "/", "-c", nginx_conf(tmp, name, port, relays),
-                                          "-g", "daemon off;"]))
-            wait_http(procs, p, port, "/v1/messages", [("x-session-id", "k")])
+            conf = nginx_conf(tmp, name, port, relays, threads, header, keepalive)
+            p = procs.start(name, pin(where(), ["nginx", "-p", tmp + "/", "-c", conf, "-g", "daemon off;"]))
+            wait_http(procs, p, port, "/v1/messages", [(header, "k")])
+            wait_children(p, threads)
             return (name, port, p)
 
-        def haproxy(relays=relays):
+        def haproxy(relays=relays, header="x-session-id"):
             port = free_port()
-            p = procs.start("haproxy", pin(0, ["haproxy", "-db", "-f", haproxy_conf(tmp, port, relays)]))
-            wait_http(procs, p, port, "/v1/messages", [("x-session-id", "k")])
+            p = procs.start("haproxy", pin(where(), ["haproxy", "-db", "-f",
+                                                                 haproxy_conf(tmp, port, relays, threads, header)]))
+            wait_http(procs, p, port, "/v1/messages", [(header, "k")])
             return ("haproxy", port, p)
+
+        def named(target, name):
+            return (name,) + target[1:]
+
+        def flush_redis():
+            subprocess.run(["redis-cli", "-p", str(redis_port), "flushall"], capture_output=True)
 
         def wrk_rounds(targets, script, conns, label, runs=None):
             results = {t[0]: [] for t in targets}
@@ -556,94 +897,244 @@ def main():
                            f"CPU per request x{median_of(a, 'cpu_us') / max(median_of(b, 'cpu_us'), 1e-9):.2f}")
             return "\n".join(out)
 
-        # a and b share the baselines' processes; relay-edge runs twice.
-        results_b = None
-        if "a" in args.scenarios or "b" in args.scenarios:
-            ng, ha = nginx(), haproxy()
-            for sc in "ab":
-                if sc not in args.scenarios:
-                    continue
-                ours = edge("relay-edge", relays, redis=redis_port if sc == "b" else None)
-                run_wrk(ours[1], warmup + 1, keys_lua, 50)  # every key pinned: steady state
-                c0 = redis_commands(redis_port)
-                res = wrk_rounds([ours, ng, ha], keys_lua, 50, sc)
-                cmds = (redis_commands(redis_port) - c0) / sum(r["requests"] for r in res["relay-edge"])
-                procs.stop(ours[2])
-                title = {"a": "a: small responses, header affinity, no Redis",
-                         "b": "b: the same, relay-edge with Redis"}[sc]
-                extra = (f"\n- Redis commands per relay-edge request, steady state (every key already pinned; "
-                         f"background sync during the other proxies' runs included): {cmds:.4f}") if sc == "b" else ""
-                report.append(f"## {title}\n\n{wrk_table(res)}\n\n{ratios(res)}{extra}")
-                if sc == "b":
-                    results_b = res
-            procs.stop(ng[2])
-            procs.stop(ha[2])
+        for threads in thread_counts:
+            wtag = f" — {threads} worker{'s' if threads > 1 else ''} per proxy"
+            report.append(f"# {threads} worker{'s' if threads > 1 else ''} per proxy\n\nLayout: {layout(threads, where())} "
+                          "CPU per request and RSS sum every process of a proxy (nginx: master and workers).")
 
-        if "c" in args.scenarios:
-            print(f"bench: c: seeding {sessions_c:,} sessions over 500 upstreams", file=sys.stderr)
-            subprocess.run(["redis-cli", "-p", str(redis_port), "flushall"], capture_output=True)
-            seed_redis(redis_port, sessions_c, [n for n, _ in many])
-            ours = edge("relay-edge-500", many, redis=redis_port)
-            run_wrk(ours[1], warmup + 1, keys_lua, 50)
-            c0 = redis_commands(redis_port)
-            res = wrk_rounds([ours], keys_lua, 50, "c")
-            cmds = (redis_commands(redis_port) - c0) / sum(r["requests"] for r in res["relay-edge-500"])
-            procs.stop(ours[2])
-            line = f"- Redis commands per request, steady state: {cmds:.4f}"
-            if results_b:
-                line += (f"\n- c / b (relay-edge RPS): x{median_of(res['relay-edge-500'], 'rps') / median_of(results_b['relay-edge'], 'rps'):.2f}")
-            report.append(f"## c: 500 upstreams, {sessions_c:,} sessions already in Redis\n\n{wrk_table(res)}\n\n{line}")
-
-        if "d" in args.scenarios:
-            sse_relays = [("relay-a", free_port()), ("relay-b", free_port())]
-            demo_p = procs.start("sse-backends", pin(1, [demo] + [f"127.0.0.1:{p}" for _, p in sse_relays]))
-            for _, p in sse_relays:
-                wait_http(procs, demo_p, p)
-            # Fresh proxies every round: memory a process kept from the
-            # previous round's streams would hide what a stream costs.
-            runs = {name: [] for name in ("direct", "relay-edge", "nginx")}
-            for r in range(rounds):
-                ours = edge("relay-edge-sse", sse_relays)
-                ng = nginx("nginx-sse", sse_relays)
-                targets = [("direct", sse_relays[0][1], None), ("relay-edge", ours[1], ours[2]),
-                           ("nginx", ng[1], ng[2])]
-                for name, port, p in targets:
-                    print(f"bench: d round {r + 1}/{rounds}: {name}", file=sys.stderr)
-                    res = sse_run(port, worker_pid(p) if p else None, sse_streams, sse_events, sse_gap)
-                    check(f"d {name}", res)
-                    runs[name].append(res)
-                procs.stop(ours[2])
+            # a and b share the baselines' processes; relay-edge runs twice.
+            results_b = None
+            if "a" in scenarios or "b" in scenarios:
+                ng, ha = nginx(), haproxy()
+                for sc in "ab":
+                    if sc not in scenarios:
+                        continue
+                    flush_redis()
+                    ours = edge("relay-edge", relays, redis=redis_port if sc == "b" else None)
+                    run_wrk(ours[1], warmup + 1, keys_lua, 50)  # every key pinned: steady state
+                    c0 = redis_commands(redis_port)
+                    res = wrk_rounds([ours, ng, ha], keys_lua, 50, sc)
+                    cmds = (redis_commands(redis_port) - c0) / sum(r["requests"] for r in res["relay-edge"])
+                    procs.stop(ours[2])
+                    title = {"a": "a: small responses, header affinity, no Redis",
+                             "b": "b: the same, relay-edge with Redis"}[sc]
+                    extra = (f"\n- Redis commands per relay-edge request, steady state (every key already pinned; "
+                             f"background sync during the other proxies' runs included): {cmds:.4f}") if sc == "b" else ""
+                    report.append(f"## {title}{wtag}\n\n{wrk_table(res)}\n\n{ratios(res)}{extra}")
+                    if sc == "b":
+                        results_b = scaling[threads] = res
                 procs.stop(ng[2])
-            direct99 = median_of(runs["direct"], "p99_us")
-            rows = [[n, f"{median_of(v, 'p50_us') / 1000:.2f}", f"{median_of(v, 'p99_us') / 1000:.2f}",
-                     "—" if n == "direct" else f"{(median_of(v, 'p99_us') - direct99) / 1000:.2f}",
-                     "—" if n == "direct" else f"{median_of(v, 'rss_per_stream_kib'):.1f}",
-                     f"{sum(x['failures'] for x in v)}"] for n, v in runs.items()]
-            report.append(f"## d: {sse_streams:,} concurrent SSE streams of {sse_events} events, {sse_gap} ms apart\n\n"
-                          + fmt_table(["path", "event delay p50 ms", "p99 ms", "p99 added ms",
-                                       "RSS KiB per open stream", "failed streams"], rows))
-            procs.stop(demo_p)
+                procs.stop(ha[2])
 
-        if "e" in args.scenarios:
-            lua = body_lua(tmp, 32)
-            ours = edge("relay-edge-body", relays, keys="{json: /metadata/user_id}")
-            ng, ha = nginx("nginx-body"), haproxy()
-            res = wrk_rounds([ours, ng, ha], lua, 8, "e", runs=body_runs if smoke else None)
-            for runs in res.values():
-                for r in runs:
-                    r["cpu_us_per_mib"] = r["cpu_us"]  # one body = 1 MiB
-            rows = [[n, f"{median_of(v, 'rps'):,.0f}", f"{median_of(v, 'rps'):,.0f}",
-                     f"{median_of(v, 'p99_ms'):.2f}", f"{median_of(v, 'cpu_us_per_mib'):.0f}",
-                     f"{median_of(v, 'rss'):.1f}", f"{sum(r['errors'] for r in v):.0f}"]
-                    for n, v in (("relay-edge (JSON body key)", res["relay-edge-body"]),
-                                 ("nginx (header)", res["nginx-body"]), ("haproxy (header)", res["haproxy"]))]
-            a = median_of(res["relay-edge-body"], "cpu_us")
-            report.append("## e: 1 MiB request bodies\n\n"
-                          + fmt_table(["proxy", "RPS", "MiB/s", "p99 ms", "CPU µs per MiB", "RSS MiB", "errors"], rows)
-                          + f"\n\n- relay-edge / nginx, CPU per MiB: x{a / median_of(res['nginx-body'], 'cpu_us'):.2f}"
-                          + f"\n- relay-edge / haproxy, CPU per MiB: x{a / median_of(res['haproxy'], 'cpu_us'):.2f}")
-            for t in (ours, ng, ha):
-                procs.stop(t[2])
+            if "c" in scenarios:
+                print(f"bench: c: seeding {sessions_c:,} sessions over 500 upstreams", file=sys.stderr)
+                flush_redis()
+                seed_redis(redis_port, sessions_c, [n for n, _ in many])
+                ours = named(edge("relay-edge-500", many, redis=redis_port), "relay-edge")
+                ng = named(nginx("nginx-500", many, keepalive=1024), "nginx")
+                ha = haproxy(many)
+                run_wrk(ours[1], warmup + 1, keys_lua, 50)
+                c0 = redis_commands(redis_port)
+                res = wrk_rounds([ours, ng, ha], keys_lua, 50, "c")
+                cmds = (redis_commands(redis_port) - c0) / sum(r["requests"] for r in res["relay-edge"])
+                for t in (ours, ng, ha):
+                    procs.stop(t[2])
+                lines = [f"- Redis commands per relay-edge request, steady state: {cmds:.4f}",
+                         "- nginx: `hash $http_x_session_id consistent` over the 500, keepalive 1024 per worker "
+                         "(relay-edge's default pool_size); HAProxy: a stick table over the same 500 servers"]
+                if results_b:
+                    lines += [f"- c / b, {n} RPS: x{median_of(res[n], 'rps') / median_of(results_b[n], 'rps'):.2f}"
+                              for n in res]
+                else:
+                    lines.append("- c / b: run b in the same invocation (--scenarios bc) for this ratio")
+                report.append(f"## c: 500 upstreams, {sessions_c:,} sessions already in Redis (relay-edge){wtag}\n\n"
+                              f"{wrk_table(res)}\n\n{ratios(res)}\n" + "\n".join(lines))
+                flush_redis()
+
+            if "d" in scenarios:
+                sse_relays = [("relay-a", free_port()), ("relay-b", free_port())]
+                demo_p = procs.start("sse-backends", pin(LOAD_CPU, [demo] + [f"127.0.0.1:{p}" for _, p in sse_relays]))
+                for _, p in sse_relays:
+                    wait_http(procs, demo_p, p)
+                # Fresh proxies every round: memory a process kept from the
+                # previous round's streams would hide what a stream costs.
+                runs = {name: [] for name in ("direct", "relay-edge", "nginx")}
+                for r in range(rounds):
+                    ours = edge("relay-edge-sse", sse_relays)
+                    ng = nginx("nginx-sse", sse_relays)
+                    targets = [("direct", sse_relays[0][1], None), ("relay-edge", ours[1], ours[2]),
+                               ("nginx", ng[1], ng[2])]
+                    for name, port, p in targets:
+                        print(f"bench: d round {r + 1}/{rounds}: {name}", file=sys.stderr)
+                        res = sse_run(port, proc_tree(p.pid) if p else [], sse_streams, sse_events, sse_gap)
+                        check(f"d {name}", res)
+                        runs[name].append(res)
+                    procs.stop(ours[2])
+                    procs.stop(ng[2])
+                direct99 = median_of(runs["direct"], "p99_us")
+                rows = [[n, f"{median_of(v, 'p50_us') / 1000:.2f}", f"{median_of(v, 'p99_us') / 1000:.2f}",
+                         "—" if n == "direct" else f"{(median_of(v, 'p99_us') - direct99) / 1000:.2f}",
+                         "—" if n == "direct" else f"{median_of(v, 'rss_per_stream_kib'):.1f}",
+                         f"{sum(x['failures'] for x in v)}"] for n, v in runs.items()]
+                report.append(f"## d: {sse_streams:,} concurrent SSE streams of {sse_events} events, {sse_gap} ms apart{wtag}\n\n"
+                              + fmt_table(["path", "event delay p50 ms", "p99 ms", "p99 added ms",
+                                           "RSS KiB per open stream", "failed streams"], rows))
+                procs.stop(demo_p)
+
+            if "e" in scenarios:
+                lua = body_lua(tmp, 32)
+                ours = edge("relay-edge-body", relays, keys="{json: /metadata/user_id}")
+                ng, ha = nginx("nginx-body"), haproxy()
+                res = wrk_rounds([ours, ng, ha], lua, 8, "e", runs=body_runs if smoke else None)
+                for runs in res.values():
+                    for r in runs:
+                        r["cpu_us_per_mib"] = r["cpu_us"]  # one body = 1 MiB
+                rows = [[n, f"{median_of(v, 'rps'):,.0f}", f"{median_of(v, 'rps'):,.0f}",
+                         f"{median_of(v, 'p99_ms'):.2f}", f"{median_of(v, 'cpu_us_per_mib'):.0f}",
+                         f"{median_of(v, 'rss'):.1f}", f"{sum(r['errors'] for r in v):.0f}"]
+                        for n, v in (("relay-edge (JSON body key)", res["relay-edge-body"]),
+                                     ("nginx (header)", res["nginx-body"]), ("haproxy (header)", res["haproxy"]))]
+                a = median_of(res["relay-edge-body"], "cpu_us")
+                report.append(f"## e: 1 MiB request bodies{wtag}\n\n"
+                              + fmt_table(["proxy", "RPS", "MiB/s", "p99 ms", "CPU µs per MiB", "RSS MiB", "errors"], rows)
+                              + f"\n\n- relay-edge / nginx, CPU per MiB: x{a / median_of(res['nginx-body'], 'cpu_us'):.2f}"
+                              + f"\n- relay-edge / haproxy, CPU per MiB: x{a / median_of(res['haproxy'], 'cpu_us'):.2f}")
+                for t in (ours, ng, ha):
+                    procs.stop(t[2])
+
+            if "f" in scenarios:
+                fk = F_HEADER
+                ours = edge("relay-edge-f", f_relays, keys=f"{{header: {fk}}}")
+                ng = named(nginx("nginx-f", f_relays, header=fk), "nginx")
+                ha = haproxy(f_relays, header=fk)
+                targets = [("direct", f_relays[0][1], None), named(ours, "relay-edge"), ng, ha]
+                runs = {t[0]: [] for t in targets}
+                for r in range(rounds):
+                    for name, port, p in targets:
+                        print(f"bench: f round {r + 1}/{rounds}: {name}", file=sys.stderr)
+                        res = ttfb_run(port, proc_tree(p.pid) if p else [], args.rate, f_seconds, f_warmup)
+                        check(f"f {name}", res)
+                        runs[name].append(res)
+                streams = metric_sum(ours[2].bench_admin, 'relay_edge_streams_total{', 'outcome="completed"')
+                for t in (ours, ng, ha):
+                    procs.stop(t[2])
+                d50, d99 = median_of(runs["direct"], "ttfb_p50_us"), median_of(runs["direct"], "ttfb_p99_us")
+                rows = []
+                for n, v in runs.items():
+                    direct = n == "direct"
+                    rows.append([n, f"{median_of(v, 'ttfb_p50_us') / 1000:.3f}", f"{median_of(v, 'ttfb_p99_us') / 1000:.3f}",
+                                 "—" if direct else f"{(median_of(v, 'ttfb_p50_us') - d50) / 1000:.3f}",
+                                 "—" if direct else f"{(median_of(v, 'ttfb_p99_us') - d99) / 1000:.3f}",
+                                 "—" if direct else f"{median_of(v, 'cpu_us'):.0f}",
+                                 "—" if direct else f"{median_of(v, 'rss'):.1f}",
+                                 f"{median_of(v, 'rate'):.0f}", f"{median_of(v, 'lag_p99_us') / 1000:.2f}",
+                                 f"{sum(x['failures'] for x in v)}"])
+                body_kb = runs["direct"][0].get("body_bytes", 0) / 1000
+                report.append(
+                    f"## f: Claude-Code-shaped streams at {args.rate:g} requests/s{wtag}\n\n"
+                    f"POST /v1/messages, {body_kb:.0f} KB JSON bodies (`\"stream\":true` near the start, metadata last), "
+                    f"session in `{fk}` ({F_SESSIONS:,} sessions, one at random per request); the backends "
+                    f"(nginx) read each body whole, then answer a static `text/event-stream` of 31 Anthropic events. "
+                    f"Load: this script's open-loop asyncio client (`--ttfb-client`), {args.rate:g} requests/s on a fixed "
+                    f"schedule, {f_seconds:g} s per run after {f_warmup:g} s of warm-up, keep-alive pool; TTFB is from the "
+                    f"whole request written to the first body byte (the first event). relay-edge: "
+                    f"`affinity: {{keys: [{{header: {fk}}}]}}`, no Redis; nginx: `hash $http_{fk.replace('-', '_')} "
+                    f"consistent`; HAProxy: `stick on req.hdr({fk})`.\n\n"
+                    + fmt_table(["path", "TTFB p50 ms", "TTFB p99 ms", "added p50 ms", "added p99 ms",
+                                 "CPU µs/req", "RSS MiB", "req/s done", "client lag p99 ms", "failures"], rows)
+                    + f"\n\n- relay-edge's `relay_edge_streams_total{{outcome=\"completed\"}}` after the runs "
+                      f"(warm-ups included): {streams:,.0f}\n- client lag: how late a request started against its "
+                      f"schedule (a lagging client would no longer be open-loop)")
+
+            if "g" in scenarios:
+                def g_targets():
+                    flush_redis()
+                    ours = named(edge("relay-edge-g", relays, redis=redis_port), "relay-edge")
+                    targets = [("direct", relays[0][1], None), ours, named(nginx("nginx-g"), "nginx"), haproxy()]
+                    run_wrk(ours[1], warmup + 1, keys_lua, 50)  # every key pinned
+                    for t in targets[2:]:
+                        run_wrk(t[1], 1, keys_lua, 50)
+                    return targets
+
+                def g_run(t, c, label):
+                    print(f"bench: g -c{c}{label}: {t[0]}", file=sys.stderr)
+                    res = measure(t, sweep_seconds, 0, keys_lua, c)
+                    check(f"g -c{c}{label} {t[0]}", res)
+                    return res
+
+                targets = g_targets()
+                points = {t[0]: {} for t in targets}
+                for c in sweep:
+                    for t in targets:
+                        points[t[0]][c] = g_run(t, c, "")
+                for t in targets[1:]:
+                    procs.stop(t[2])
+                c1 = sweep[0]
+                # At one request in flight nothing runs at once, so the proxy
+                # may share the load's CPU: that drops the cross-CPU wake-ups
+                # (wrk -> proxy -> backend and back), which are all of the
+                # difference between "direct" (wrk and backend on one CPU)
+                # and the proxies that is not the proxy's own work.
+                one_cpu = PINNED and where() != LOAD_CPU
+                if one_cpu:
+                    place["cpus"] = LOAD_CPU
+                    targets = g_targets()
+                    for t in targets:
+                        points[t[0]]["one"] = g_run(t, c1, f" (proxy on CPU {LOAD_CPU})")
+                    for t in targets[1:]:
+                        procs.stop(t[2])
+                    place["cpus"] = None
+                rows = [[f"{c}"] + [f"{points[n][c]['rps']:,.0f} / {points[n][c]['p99_ms']:.3f}" for n in points]
+                        for c in sweep]
+
+                def best(n, limit):
+                    ok = [(points[n][c]["rps"], c) for c in sweep if points[n][c]["p99_ms"] <= limit]
+                    return f"{max(ok)[0]:,.0f} (c{max(ok)[1]})" if ok else "none"
+
+                def at_c1(n, key):
+                    r = points[n][key]
+                    added = "—" if n == "direct" else f"{(r['p99_ms'] - points['direct'][key]['p99_ms']) * 1000:.0f}"
+                    cpu = "—" if n == "direct" else f"{r['cpu_us']:.1f}"
+                    return [f"{r['p50_ms'] * 1000:.0f}", f"{r['p99_ms'] * 1000:.0f}", added, cpu]
+                heads = ["proxy", "best RPS, p99 ≤ 1 ms", "best RPS, p99 ≤ 5 ms", f"c{c1}: p50 µs", "p99 µs",
+                         "added p99 µs", "CPU µs/req"]
+                if one_cpu:
+                    heads += [f"c{c1}, proxy on CPU {LOAD_CPU}: p50 µs", "p99 µs", "added p99 µs", "CPU µs/req"]
+                summary = [[n, best(n, 1.0), best(n, 5.0)] + at_c1(n, c1) + (at_c1(n, "one") if one_cpu else [])
+                           for n in points]
+                notes = [f"- added p99 at c{c1}: wrk -c{c1} p99 through the proxy minus wrk -c{c1} p99 straight to "
+                         f"a backend (direct: wrk and the backend share CPU {LOAD_CPU})"]
+                if one_cpu:
+                    notes.append(f"- \"proxy on CPU {LOAD_CPU}\": the proxies restarted on the load's CPU and measured "
+                                 f"again at c{c1}. With one request in flight nothing runs at once, so this layout "
+                                 f"costs nothing and removes the four cross-CPU wake-ups per request (wrk, proxy, "
+                                 f"backend, proxy, wrk) that the usual layout adds; on a VM those can cost "
+                                 f"milliseconds at p99")
+                notes.append("- for comparison, GetBusbar's LLM-gateway benchmark: the best gateway there adds 107 µs "
+                             "at p99 at one request in flight and uses 168 µs of CPU per request")
+                report.append(
+                    f"## g: latency frontier, scenario b's shape (relay-edge with Redis){wtag}\n\n"
+                    f"One sweep of wrk (one thread) at -c {', '.join(map(str, sweep))}, {sweep_seconds} s per step, "
+                    f"the targets alternating at each step; one run per point, no medians.\n\n"
+                    + fmt_table(heads, summary)
+                    + "\n\nRPS / p99 ms at each concurrency:\n\n"
+                    + fmt_table(["connections"] + list(points), rows)
+                    + "\n\n" + "\n".join(notes))
+
+        if len(scaling) > 1:
+            base = thread_counts[0]
+            rows = []
+            for name in scaling[base]:
+                rps = {n: median_of(scaling[n][name], "rps") for n in scaling}
+                rows.append([name] + [f"{rps[n]:,.0f}" for n in scaling]
+                            + [f"x{rps[n] / rps[base]:.2f}" for n in scaling if n != base]
+                            + [f"{median_of(scaling[n][name], 'cpu_us'):.1f}" for n in scaling])
+            report.append("## b: scaling with workers\n\n"
+                          + fmt_table(["proxy"] + [f"RPS, {n} w" for n in scaling]
+                                      + [f"RPS({n})/RPS({base})" for n in scaling if n != base]
+                                      + [f"CPU µs/req, {n} w" for n in scaling], rows)
+                          + "\n\nEach worker count's layout is in its section above; with more workers than "
+                          "the machine has cores to spare, the proxies share the load's CPU.")
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -666,6 +1157,19 @@ def redis_connected(admin):
         return json.loads(body)["redis"]["connected"] is True
     except (ValueError, KeyError, TypeError):
         return False
+
+
+def metric_sum(admin, prefix, containing):
+    """Sum of the Prometheus samples whose line starts with `prefix` and contains `containing`."""
+    text = http_get(admin, "/metrics").split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix) and containing in line:
+            try:
+                total += float(line.rsplit(None, 1)[1])
+            except (ValueError, IndexError):
+                pass
+    return total
 
 
 def http_get(port, path):

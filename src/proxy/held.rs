@@ -308,7 +308,6 @@ async fn send(
 ) -> Result<()> {
     use pingora_proxy::ProxyHttp;
     let mut req = session.req_header().clone();
-    strip_hop_by_hop(&mut req);
     proxy
         .upstream_request_filter(session, &mut req, ctx)
         .await?;
@@ -318,33 +317,6 @@ async fn send(
     up.write_body(body).await.map_err(|e| e.into_up())?;
     up.finish_body().await.map_err(|e| e.into_up())?;
     Ok(())
-}
-
-/// Drop what belongs to the client's connection, not the request (RFC 9110
-/// 7.6.1), as Pingora's own path does: the fields `Connection` names, and
-/// the hop-by-hop fields.
-fn strip_hop_by_hop(req: &mut pingora_http::RequestHeader) {
-    let named: Vec<String> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    for name in named.iter().map(String::as_str).chain([
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "upgrade",
-    ]) {
-        req.remove_header(name);
-    }
 }
 
 /// The connection failed before any answer: decided as on Pingora's path.

@@ -32,6 +32,7 @@ pub mod body;
 pub mod errors;
 pub mod forwarded;
 pub mod held;
+pub mod hop;
 pub mod pace;
 pub mod retry;
 pub mod retry_budget;
@@ -465,6 +466,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        hop::strip(upstream_request);
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let value =
                 forwarded::append(upstream_request.headers.get(forwarded::HEADER), addr.ip());

@@ -5,7 +5,7 @@
 //! clones this template instead of building its own.
 
 use crate::config::{Timeouts, UpstreamSpec};
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 
 pub fn build_peer(spec: &UpstreamSpec, timeouts: &Timeouts) -> HttpPeer {
     let (tls, sni) = match &spec.tls {
@@ -19,6 +19,8 @@ pub fn build_peer(spec: &UpstreamSpec, timeouts: &Timeouts) -> HttpPeer {
     o.read_timeout = Some(timeouts.read);
     o.write_timeout = Some(timeouts.write);
     o.idle_timeout = Some(timeouts.pool_idle);
+    // Hop-by-hop fields are removed by `proxy::hop`, at less cost.
+    o.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
     if let Some(t) = &spec.tls {
         o.verify_cert = t.verify;
         o.verify_hostname = t.verify;
