@@ -1,26 +1,50 @@
 #!/usr/bin/env python3
-"""relay-edge against nginx and HAProxy on loopback, five scenarios.
+"""relay-edge against nginx and HAProxy on loopback, seven scenarios.
 
-    python3 benches/load/bench.py                 # full run (about 15 minutes)
-    python3 benches/load/bench.py --smoke         # one short round of each; exit 1 unless
+    python3 benches/load/bench.py                 # full run (about 17 minutes)
+    python3 benches/load/bench.py --smoke         # one short round of a-f; exit 1 unless
                                                   # every request and stream succeeded
     options: --bin PATH (a built relay-edge; default: cargo build --release),
-             --rounds N, --duration S, --scenarios abcde, --out FILE (markdown)
+             --rounds N, --duration S, --scenarios abcdefg, --out FILE (markdown),
+             --threads N or N,M,... (workers per proxy; a list runs everything at
+               each and adds a table of b's RPS scaling), --proxy-cpus LIST,
+             --edge-server 'KEY: VALUE' (into relay-edge's server: mapping, e.g.
+               'work_stealing: true'), --edge-extra 'YAML' (top-level lines
+               appended to every relay-edge config), --rate R (f, default 200/s),
+             --sweep-duration S (g, default 3)
 
-Scenarios (one worker each, the same two nginx backends, the same wrk Lua
-script with 10,000 keys; rounds alternate the proxies and the table holds
-medians):
+Scenarios (the same nginx backends, the same wrk Lua script with 10,000 keys;
+rounds alternate the proxies and the tables hold medians):
   a  small responses, header affinity, no Redis
   b  the same with Redis configured
-  c  relay-edge with 500 upstreams and 1,000,000 sessions already in Redis
+  c  500 upstreams; relay-edge with 1,000,000 sessions already in Redis, nginx
+     (hash ... consistent, keepalive) and HAProxy (stick table) over the same
+     500 ports; c/b RPS per proxy when b ran too
   d  2,000 concurrent SSE streams of 50 events, 500 ms apart: RSS per open
      stream, and the p99 latency each event gains against a direct connection
   e  1 MiB request bodies; relay-edge routes by a JSON body key, nginx and
      HAProxy by the header (they cannot read the body)
+  f  Claude-Code-shaped: POST /v1/messages, 90 KB bodies with "stream":true,
+     x-claude-code-session-id over 10,000 sessions, a 31-event SSE answer
+     (backends read the body whole first), at a fixed 200 requests/s: CPU per
+     request, RSS, time to first byte p50/p99 direct and through each proxy.
+     The load is this script's open-loop asyncio client (--ttfb-client):
+     Debian's tools do not fit: h2load paces connections or per-connection
+     requests (closed loop on HTTP/1.1), reports time to first byte per
+     connection only and sends one fixed header set; hey's -q is closed loop
+     per worker and gives total-latency percentiles; httperf gives averages;
+     vegeta and wrk2 are not packaged
+  g  latency frontier in b's shape: wrk at -c 1..128 through each proxy, the
+     best RPS with p99 <= 1 ms and <= 5 ms, and the p99 added at -c1 (also with
+     the proxy moved onto the load's CPU, which drops cross-CPU wake-ups)
 
-Layout on 2+ cores: proxies on CPU 0; wrk, the backends, Redis and the SSE
-client on CPU 1. It installs nginx, haproxy, wrk and redis-server with
-apt-get when they are missing. Every run is bounded in time.
+Layout with one worker per proxy on 2+ cores: proxies on CPU 0; wrk (one
+thread), the load clients, the backends and Redis on the last CPU. With N
+workers the proxies get CPUs 0..N-1, or every CPU when there are not N+1 (on
+2 cores, N=2 shares the load's CPU, the same for every proxy). CPU per
+request and RSS sum every process of a proxy (nginx: master and workers). It
+installs nginx, haproxy, wrk and redis-server with apt-get when they are
+missing. Every run is bounded in time.
 """
 
 import argparse
@@ -857,8 +881,8 @@ def main():
 
         def haproxy(relays=relays, header="x-session-id"):
             port = free_port()
-            p = procs.start("haproxy", pin(where(), ["haproxy", "-db", "-f",
-                                                                 haproxy_conf(tmp, port, relays, threads, header)]))
+            conf = haproxy_conf(tmp, port, relays, threads, header)
+            p = procs.start("haproxy", pin(where(), ["haproxy", "-db", "-f", conf]))
             wait_http(procs, p, port, "/v1/messages", [(header, "k")])
             return ("haproxy", port, p)
 
@@ -1044,7 +1068,9 @@ def main():
                                  "CPU µs/req", "RSS MiB", "req/s done", "client lag p99 ms", "failures"], rows)
                     + f"\n\n- relay-edge's `relay_edge_streams_total{{outcome=\"completed\"}}` after the runs "
                       f"(warm-ups included): {streams:,.0f}\n- client lag: how late a request started against its "
-                      f"schedule (a lagging client would no longer be open-loop)")
+                      f"schedule (a lagging client would no longer be open-loop)\n- direct: the client and the "
+                      f"backend share a CPU; through a proxy each request crosses CPUs four times, whose wake-ups "
+                      f"are in the added TTFB (scenario g shows their size; --proxy-cpus {LOAD_CPU} removes them)")
 
             if "g" in scenarios:
                 def g_targets():

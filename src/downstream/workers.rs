@@ -330,7 +330,10 @@ async fn serve(
         None => Box::new(l4),
         Some(acceptor) => {
             let within = connections.edge.state().config.timeouts.client_header;
-            match tokio::time::timeout(within, acceptor.tls_handshake(l4)).await {
+            // Boxed: the connection's task would be as large as the
+            // handshake for as long as the connection lives.
+            let handshake = Box::pin(acceptor.tls_handshake(l4));
+            match tokio::time::timeout(within, handshake).await {
                 Ok(Ok(tls)) => Box::new(tls),
                 Ok(Err(e)) => {
                     log::debug!("TLS handshake with {peer} failed: {e}");

@@ -142,7 +142,10 @@ pub async fn serve(
                 .ok_or_else(route::no_upstream)?
                 .fresh_peer(),
             None => {
-                let index = route::choose(&proxy.edge, &state, ctx, clock::now_ms()).await?;
+                // Boxed, as the attempt below: only while it runs, so that
+                // a stream open for minutes holds neither (memory per stream).
+                let index =
+                    Box::pin(route::choose(&proxy.edge, &state, ctx, clock::now_ms())).await?;
                 let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
                 ctx.tried.add(index);
                 ctx.upstream = Some(index);
@@ -150,7 +153,7 @@ pub async fn serve(
                 upstream.peer()
             }
         };
-        match attempt(proxy, session, ctx, &state, peer, &body).await {
+        match Box::pin(attempt(proxy, session, ctx, &state, peer, &body)).await {
             Attempt::Answer(answer, None) => {
                 return commit(proxy, session, ctx, &state, answer).await
             }

@@ -335,7 +335,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if let Some(whole) = ctx.body.as_ref().map(|b| b.bytes.clone()) {
             if config.streams.hold_first_event && held::wants_stream(&whole) {
-                held::serve(self, session, ctx, whole).await?;
+                // Boxed: the futures of every request's `request_filter`
+                // are as large as the largest path through it.
+                Box::pin(held::serve(self, session, ctx, whole)).await?;
                 return Ok(true);
             }
         }
