@@ -303,14 +303,25 @@ async fn accept(
                     shutdown.clone(),
                 ));
             }
-            Err(e) => {
+            Err(e) if out_of_resources(&e) => {
                 // Out of descriptors or memory: accept fails at once until
                 // something closes, so wait a little rather than spin.
                 log::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            // A connection reset before it was taken, and the like: only
+            // that connection is lost.
+            Err(e) => log::debug!("accept failed: {e}"),
         }
     }
+}
+
+/// Errors that repeat at once until something is released.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// One accepted connection, served by this worker to its end.
