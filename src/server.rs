@@ -11,8 +11,8 @@
 
 use crate::admin::AdminService;
 use crate::affinity::redis_store::RedisStore;
-use crate::config::Config;
 use crate::config::model::ThreadModel;
+use crate::config::Config;
 use crate::downstream::workers::ProxyWorkers;
 use crate::downstream::ClientConnections;
 use crate::proxy::EdgeProxy;

@@ -341,6 +341,7 @@ async fn serve(
         None => Box::new(l4),
         Some(acceptor) => {
             let within = connections.edge.state().config.timeouts.client_header;
+            let metrics = &connections.edge.metrics;
             // Boxed: the connection's task would be as large as the
             // handshake for as long as the connection lives.
             let handshake = Box::pin(acceptor.tls_handshake(l4));
@@ -348,12 +349,12 @@ async fn serve(
                 Ok(Ok(tls)) => Box::new(tls),
                 Ok(Err(e)) => {
                     log::debug!("TLS handshake with {peer} failed: {e}");
-                    connections.edge.metrics.client_error(ClientError::TlsHandshake);
+                    metrics.client_error(ClientError::TlsHandshake);
                     return;
                 }
                 Err(_) => {
                     log::debug!("TLS handshake with {peer} took longer than {within:?}");
-                    connections.edge.metrics.client_error(ClientError::TlsHandshake);
+                    metrics.client_error(ClientError::TlsHandshake);
                     return;
                 }
             }

@@ -73,7 +73,11 @@ mod tests {
 
     #[test]
     fn a_request_without_hop_by_hop_fields_is_left_as_it_is() {
-        let mut req = request(&[("host", "a"), ("x-session-id", "s"), ("content-length", "2")]);
+        let mut req = request(&[
+            ("host", "a"),
+            ("x-session-id", "s"),
+            ("content-length", "2"),
+        ]);
         strip(&mut req);
         assert_eq!(names(&req), ["content-length", "host", "x-session-id"]);
     }
