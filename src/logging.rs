@@ -12,6 +12,12 @@
 //! once a minute a warning sums them up. Pingora logs a client that fails
 //! during its request head at ERROR ("Fail to proxy: Downstream ..."): such
 //! lines are logged at debug here too.
+//!
+//! Under systemd, with the journal on our stderr (`JOURNAL_STREAM` names
+//! that descriptor's device and inode), each line starts with its syslog
+//! priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug) and has no
+//! timestamp of its own: journald stamps it, and `journalctl -p warning -u
+//! relay-edge` selects by it. Anywhere else, lines stay as they are.
 
 use crate::metrics::ClientError;
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -25,14 +31,60 @@ fn overridden() -> bool {
     std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty())
 }
 
+/// Our stderr is the journal's stream: the device and inode of descriptor 2
+/// are those `JOURNAL_STREAM` names (a child whose stderr was redirected
+/// may inherit the variable, so it alone is not enough).
+fn journal_on_stderr() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // Safety: fstat only writes into `st`, which is plain data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// The syslog priority of a level, as journald reads it from a line's start.
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+fn builder() -> env_logger::Builder {
+    let mut builder = env_logger::Builder::new();
+    if journal_on_stderr() {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}: {}",
+                syslog_priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    builder
+}
+
 /// Install the logger at `level` (a validated `server.log_level`).
 pub fn init(level: &str) {
     let inner = if overridden() {
-        env_logger::Builder::new().parse_env("RUST_LOG").build()
+        builder().parse_env("RUST_LOG").build()
     } else {
-        env_logger::Builder::new()
-            .filter_level(LevelFilter::Trace)
-            .build()
+        builder().filter_level(LevelFilter::Trace).build()
     };
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(QuietAboutClients { inner })).is_ok() {

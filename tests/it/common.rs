@@ -133,12 +133,31 @@ impl Edge {
         }
     }
 
+    /// Start relay-edge (one thread) as systemd starts it with its output
+    /// to the journal: `JOURNAL_STREAM` names the log file it writes to.
+    pub async fn start_as_journal_writer(body: &str) -> Edge {
+        let edge = Edge::spawn_with(body, 1, None, "0s", &[], true);
+        edge.wait_ready(Duration::from_secs(20)).await;
+        edge
+    }
+
     fn spawn(
         body: &str,
         threads: usize,
         tls: Option<(&std::path::Path, &std::path::Path)>,
         grace_period: &str,
         env: &[(&str, &std::ffi::OsStr)],
+    ) -> Edge {
+        Edge::spawn_with(body, threads, tls, grace_period, env, false)
+    }
+
+    fn spawn_with(
+        body: &str,
+        threads: usize,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+        grace_period: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        journal: bool,
     ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -156,7 +175,13 @@ impl Edge {
         let conf = dir.path().join("relay-edge.yaml");
         std::fs::write(&conf, &yaml).expect("write config");
         let log = std::fs::File::create(dir.path().join("relay-edge.log")).expect("log file");
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = log.metadata().expect("log file metadata");
+            command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let child = command
             .arg("-c")
             .arg(&conf)
             .envs(env.iter().copied())

@@ -62,3 +62,50 @@ fn the_unit_verifies_and_is_hardened() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+/// Under systemd with the journal on stderr, every log line starts with its
+/// syslog priority and has no timestamp (journald stamps it), so that
+/// `journalctl -p warning` selects by level. Outside it, lines keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_syslog_priorities_for_the_journal() {
+    use crate::common::{upstreams, upstreams_yaml, Edge};
+    let ups = upstreams(&["relay-a"]).await;
+    // An upstream that refuses connections: its health check logs a warning.
+    let dead = format!(
+        "{}  - {{id: relay-dead, addr: 127.0.0.1:{}}}\n",
+        upstreams_yaml(&ups),
+        crate::common::free_port()
+    );
+    let journal = Edge::start_as_journal_writer(&dead).await;
+    let plain = Edge::start(&dead).await;
+    crate::common::eventually(
+        std::time::Duration::from_secs(10),
+        "a warning and an info line in the journal's log",
+        || {
+            let log = journal.log();
+            async move { log.contains("<4>") && log.contains("<6>") }
+        },
+    )
+    .await;
+    let log = journal.log();
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(priority, Some("3" | "4" | "6" | "7")),
+            "a line without its priority: {line:?}\n{log}"
+        );
+        assert!(
+            !line.contains("Z "),
+            "a line with its own timestamp: {line:?}"
+        );
+    }
+    let plain_log = plain.log();
+    assert!(
+        plain_log.lines().any(|l| l.starts_with("[20")),
+        "outside the journal, lines keep their timestamps:\n{plain_log}"
+    );
+    assert!(!plain_log.contains("<6>"), "{plain_log}");
+}
