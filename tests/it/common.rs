@@ -105,14 +105,14 @@ impl Edge {
         grace_period: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Edge {
-        let edge = Edge::spawn(body, threads, tls, grace_period, env);
+        let edge = Edge::spawn(body, threads, tls, grace_period, env, false);
         edge.wait_ready(Duration::from_secs(20)).await;
         edge
     }
 
     /// Start relay-edge (one thread) without waiting for it to be ready.
     pub fn spawn_unready(body: &str) -> Edge {
-        Edge::spawn(body, 1, None, "0s", &[])
+        Edge::spawn(body, 1, None, "0s", &[], false)
     }
 
     /// Wait until `/readyz` answers 200 and the proxy port accepts.
@@ -136,22 +136,14 @@ impl Edge {
     /// Start relay-edge (one thread) as systemd starts it with its output
     /// to the journal: `JOURNAL_STREAM` names the log file it writes to.
     pub async fn start_as_journal_writer(body: &str) -> Edge {
-        let edge = Edge::spawn_with(body, 1, None, "0s", &[], true);
+        let edge = Edge::spawn(body, 1, None, "0s", &[], true);
         edge.wait_ready(Duration::from_secs(20)).await;
         edge
     }
 
+    /// Start relay-edge; `journal`: with `JOURNAL_STREAM` naming its log
+    /// file, as systemd starts it with its output to the journal.
     fn spawn(
-        body: &str,
-        threads: usize,
-        tls: Option<(&std::path::Path, &std::path::Path)>,
-        grace_period: &str,
-        env: &[(&str, &std::ffi::OsStr)],
-    ) -> Edge {
-        Edge::spawn_with(body, threads, tls, grace_period, env, false)
-    }
-
-    fn spawn_with(
         body: &str,
         threads: usize,
         tls: Option<(&std::path::Path, &std::path::Path)>,
