@@ -26,6 +26,7 @@
 //!
 //! [`server::build`] wires the Pingora server from a validated [`config::Config`].
 
+pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod clock;
@@ -33,6 +34,8 @@ pub mod config;
 pub mod demo;
 pub mod downstream;
 pub mod drain;
+pub mod history;
+pub mod indicators;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -5,9 +5,10 @@
 //! common status codes of `relay_edge_requests_total` are resolved with them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::cell::RefCell;
 
 /// Why a session moved to another upstream: the `reason` label of
 /// `relay_edge_affinity_repins_total`.
@@ -196,8 +197,38 @@ const COMMON_CODES: [u16; 14] = [
     200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529,
 ];
 
+/// What affinity did for one keyed request: the `outcome` label of
+/// `relay_edge_affinity_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// The session's own upstream served it.
+    Hit,
+    /// The session was new and was placed.
+    New,
+    /// Another upstream served it (a re-pin, or an answer tried elsewhere).
+    Moved,
+}
+
+impl AffinityOutcome {
+    pub const ALL: [AffinityOutcome; 3] = [
+        AffinityOutcome::Hit,
+        AffinityOutcome::New,
+        AffinityOutcome::Moved,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AffinityOutcome::Hit => "hit",
+            AffinityOutcome::New => "new",
+            AffinityOutcome::Moved => "moved",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family's name, empty or not.
+    names: Vec<String>,
     /// Requests answered, by upstream (`none` when no upstream was reached) and status code.
     pub requests: IntCounterVec,
     /// Time from request start to the end of the response, by upstream.
@@ -246,19 +277,65 @@ pub struct Metrics {
     pub lookup_shared_hit: IntCounter,
     pub lookup_miss: IntCounter,
     repins: [IntCounter; RepinReason::ALL.len()],
+    /// Keyed requests by affinity outcome, in [`AffinityOutcome`] order.
+    affinity_requests: [IntCounter; AffinityOutcome::ALL.len()],
+    /// `limits.max_connections`: the cap on open client connections.
+    pub client_connections_max: IntGauge,
+    /// Open client connections against their cap (set at each scrape).
+    pub pool_utilisation: Gauge,
+    /// Share of upstreams that are usable (set at each scrape).
+    pub upstream_healthy_ratio: Gauge,
+    /// Sessions this edge placed anew.
+    pub sessions_created: IntCounter,
+    /// Sessions in the table, as this edge sees it (set at each scrape).
+    pub sessions_live: IntGauge,
+    /// Live sessions against those created within the last TTL.
+    pub session_survival: Gauge,
+    /// Pins made while Redis was unreachable, written back after it came back.
+    pub recovery_written: IntCounter,
+    /// ... and those whose write-back failed.
+    pub recovery_failed: IntCounter,
+    /// A session's life, first request to last, observed when it expires.
+    pub session_duration: Histogram,
+    connect: HistogramVec,
+    pub access_log_lines: IntCounter,
+    pub access_log_dropped: IntCounter,
 }
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+/// The registry, and the names of what was registered in it.
+struct Reg {
+    registry: Registry,
+    names: RefCell<Vec<String>>,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Reg, c: C) -> C {
+    for desc in c.desc() {
+        r.names.borrow_mut().push(desc.fq_name.clone());
+    }
     // Registration fails only for a duplicate name, which the names below rule out.
-    if let Err(e) = r.register(Box::new(c.clone())) {
+    if let Err(e) = r.registry.register(Box::new(c.clone())) {
         log::error!("metric registration failed: {e}");
     }
     c
 }
 
+fn counter(r: &Reg, name: &str, help: &str) -> IntCounter {
+    register(
+        r,
+        IntCounter::new(name, help).expect("static metric definition"),
+    )
+}
+
+fn gauge(r: &Reg, name: &str, help: &str) -> Gauge {
+    register(r, Gauge::new(name, help).expect("static metric definition"))
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = Registry::new();
+        let r = Reg {
+            registry: Registry::new(),
+            names: RefCell::new(Vec::new()),
+        };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &r,
@@ -444,8 +521,111 @@ impl Metrics {
         let lookup_shared_hit = affinity_lookups.with_label_values(&["redis_hit"]);
         let lookup_miss = affinity_lookups.with_label_values(&["miss"]);
         let repins = RepinReason::ALL.map(|r| affinity_repins.with_label_values(&[r.label()]));
+        let affinity_requests_vec = counter_vec(
+            "relay_edge_affinity_requests_total",
+            "Keyed requests by affinity outcome: hit (the session's own upstream), new, moved (served elsewhere).",
+            &["outcome"],
+        );
+        let affinity_requests =
+            AffinityOutcome::ALL.map(|o| affinity_requests_vec.with_label_values(&[o.label()]));
+        let client_connections_max = register(
+            &r,
+            IntGauge::new(
+                "relay_edge_client_connections_max",
+                "limits.max_connections: the cap on open client connections.",
+            )
+            .expect("static metric definition"),
+        );
+        let pool_utilisation = gauge(
+            &r,
+            "relay_edge_pool_utilisation_ratio",
+            "Open client connections against limits.max_connections, from 0 to 1.",
+        );
+        let upstream_healthy_ratio = gauge(
+            &r,
+            "relay_edge_upstream_healthy_ratio",
+            "Share of the configured upstreams that are healthy and not ejected, from 0 to 1.",
+        );
+        let sessions_created = counter(
+            &r,
+            "relay_edge_sessions_created_total",
+            "Sessions this edge placed anew.",
+        );
+        let sessions_live = register(
+            &r,
+            IntGauge::new(
+                "relay_edge_sessions_live",
+                "Sessions in the affinity table, as this edge sees it.",
+            )
+            .expect("static metric definition"),
+        );
+        let session_survival = gauge(
+            &r,
+            "relay_edge_session_survival_ratio",
+            "Live sessions against the sessions created within the last affinity.ttl (1 when none were), from 0 to 1.",
+        );
+        let recovery = counter_vec(
+            "relay_edge_redis_recovery_pins_total",
+            "Pins made while Redis was unreachable and written back after it returned, by result (written, failed).",
+            &["result"],
+        );
+        let recovery_written = recovery.with_label_values(&["written"]);
+        let recovery_failed = recovery.with_label_values(&["failed"]);
+        let session_duration = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "relay_edge_session_duration_seconds",
+                    "A session's life, from its first request to its last, observed when it expires, in seconds.",
+                )
+                .buckets(vec![
+                    1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+                    86400.0,
+                ]),
+            )
+            .expect("static metric definition"),
+        );
+        let connect = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "relay_edge_upstream_connect_seconds",
+                    "Time to open a new connection to the upstream (TCP and TLS), in seconds.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0,
+                ]),
+                &["upstream"],
+            )
+            .expect("static metric definition"),
+        );
+        let access_log_lines = counter(
+            &r,
+            "relay_edge_access_log_lines_total",
+            "Access log lines written.",
+        );
+        let access_log_dropped = counter(
+            &r,
+            "relay_edge_access_log_dropped_total",
+            "Access log lines dropped because the writer's queue was full (access_log.buffer).",
+        );
         Metrics {
-            registry: r,
+            registry: r.registry,
+            names: r.names.into_inner(),
+            affinity_requests,
+            client_connections_max,
+            pool_utilisation,
+            upstream_healthy_ratio,
+            sessions_created,
+            sessions_live,
+            session_survival,
+            recovery_written,
+            recovery_failed,
+            session_duration,
+            connect,
+            access_log_lines,
+            access_log_dropped,
             requests,
             request_duration,
             upstream_healthy,
@@ -479,6 +659,21 @@ impl Metrics {
     /// Count one re-pin.
     pub fn repin(&self, reason: RepinReason) {
         self.repins[reason as usize].inc();
+    }
+
+    /// Count one keyed request's affinity outcome.
+    pub fn affinity_request(&self, outcome: AffinityOutcome) {
+        self.affinity_requests[outcome as usize].inc();
+    }
+
+    /// Keyed requests of one outcome so far.
+    pub fn affinity_requests(&self, outcome: AffinityOutcome) -> u64 {
+        self.affinity_requests[outcome as usize].get()
+    }
+
+    /// The name of every metric family relay-edge exports.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Count one error given to a client.
@@ -521,6 +716,7 @@ impl Metrics {
             requests: self.requests.clone(),
             id: id.to_string(),
             first_event: self.first_event.with_label_values(&[id]),
+            connect: self.connect.with_label_values(&[id]),
             streams: StreamOutcome::ALL.map(|o| self.streams.with_label_values(&[id, o.label()])),
             tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
         }
@@ -534,6 +730,7 @@ impl Metrics {
         let _ = self.request_duration.remove_label_values(&[id]);
         let _ = self.ejections.remove_label_values(&[id]);
         let _ = self.first_event.remove_label_values(&[id]);
+        let _ = self.connect.remove_label_values(&[id]);
         for outcome in StreamOutcome::ALL {
             let _ = self.streams.remove_label_values(&[id, outcome.label()]);
         }
@@ -589,6 +786,8 @@ pub struct UpstreamMetrics {
     id: String,
     /// Time from a stream's head to its first event.
     pub first_event: Histogram,
+    /// Time to open a new connection.
+    pub connect: Histogram,
     streams: [IntCounter; StreamOutcome::ALL.len()],
     tokens: [IntCounter; 4],
 }

@@ -29,6 +29,17 @@ pub struct ReloadReport {
     pub needs_upgrade: Vec<String>,
 }
 
+/// The last reload, whatever its result: for the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    pub at_ms: u64,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReloadReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
 /// Keep in `new` the settings that only a restart or a graceful upgrade can
 /// change, as `old` has them, so that the running process stays coherent
 /// with what it runs; return the names of those that differed. Every field
@@ -59,8 +70,16 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         server,
         reload: _,
         limits: _,
+        access_log,
     } = new;
     keep!("listen", listeners, old.listeners);
+    // The writer's destination and queue are opened once, at start.
+    keep!("access_log.path", &mut access_log.path, old.access_log.path);
+    keep!(
+        "access_log.buffer",
+        &mut access_log.buffer,
+        old.access_log.buffer
+    );
     let AdminSpec {
         listen,
         token: _,
@@ -140,6 +159,12 @@ impl Edge {
             },
             Err(e) => Err(e.lines()),
         };
+        self.last_reload.store(Some(Arc::new(LastReload {
+            at_ms: crate::clock::unix_ms(),
+            ok: result.is_ok(),
+            report: result.as_ref().ok().cloned(),
+            errors: result.as_ref().err().cloned(),
+        })));
         match &result {
             Ok(report) => {
                 if let Some(w) = &self.state().config.admin.token_file_warning {

@@ -28,6 +28,12 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("access_log.path: cannot open {path} for appending")]
+    AccessLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listener {addr}: cannot load TLS certificate or key")]
     Tls {
         addr: String,
@@ -69,6 +75,13 @@ pub fn build(
             log::error!("redis not reachable within redis.connect_wait: taking the sockets anyway");
         }
     }
+    if let Err(source) = crate::access_log::check_path(&config.access_log) {
+        let path = match &config.access_log.path {
+            crate::config::model::AccessLogPath::File(p) => p.display().to_string(),
+            crate::config::model::AccessLogPath::Stdout => "stdout".into(),
+        };
+        return Err(BuildError::AccessLog { path, source });
+    }
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -101,11 +114,13 @@ pub fn build(
     );
     let signals = background_service("relay-edge signals", SignalService { edge: edge.clone() });
     let readiness = background_service("relay-edge readiness", Readiness { edge: edge.clone() });
+    let history = background_service("relay-edge history", HistorySampler { edge: edge.clone() });
 
     server.add_service(admin);
     server.add_service(health);
     server.add_service(signals);
     server.add_service(readiness);
+    server.add_service(history);
     if let Some(redis) = &edge.redis {
         server.add_service(background_service(
             "relay-edge redis",
@@ -190,6 +205,25 @@ impl BackgroundService for RedisSync {
     }
 }
 
+/// Samples the counters for the dashboard's history every
+/// [`crate::history::RESOLUTION`].
+struct HistorySampler {
+    edge: Arc<Edge>,
+}
+
+#[async_trait]
+impl BackgroundService for HistorySampler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut every = tokio::time::interval(crate::history::RESOLUTION);
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.edge.history.record(&self.edge),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// Signals Pingora leaves to us, and the end of a drain.
 ///
 /// - SIGHUP (whose default action would kill the process) reloads the
@@ -197,6 +231,7 @@ impl BackgroundService for RedisSync {
 ///   once it has stayed unchanged for `reload.debounce`.
 /// - SIGUSR2 starts a graceful binary upgrade from inside (see
 ///   [`crate::upgrade`]).
+/// - SIGUSR1 reopens the access log's file (after logrotate moved it).
 /// - On SIGTERM (or SIGQUIT after the socket hand-over) Pingora closes the
 ///   listeners, then keeps the process for the whole `grace_period` even
 ///   when nothing is left to finish. This service exits as soon as the
@@ -226,11 +261,12 @@ impl SignalService {
 impl BackgroundService for SignalService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut hup), Ok(mut usr2)) = (
+        let (Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
             signal(SignalKind::user_defined2()),
         ) else {
-            log::error!("cannot install the SIGHUP and SIGUSR2 handlers");
+            log::error!("cannot install the SIGHUP, SIGUSR1 and SIGUSR2 handlers");
             return;
         };
         let mut watch = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -256,6 +292,10 @@ impl BackgroundService for SignalService {
                     log::info!("SIGHUP received: reloading the config");
                     // The outcome is logged and counted by `reload`.
                     let _ = self.edge.reload().await;
+                }
+                _ = usr1.recv() => {
+                    log::info!("SIGUSR1 received: reopening the access log");
+                    self.edge.access_log.reopen();
                 }
                 _ = usr2.recv() => self.upgrade().await,
             }

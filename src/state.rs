@@ -10,6 +10,7 @@ use crate::affinity::keys::KeyChain;
 use crate::affinity::redis_store::RedisStore;
 use crate::affinity::store::{LocalStore, SessionStore};
 use crate::affinity::KeyHasher;
+use crate::clock;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
@@ -80,6 +81,14 @@ pub struct Edge {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// The errors of the last rejected reload, until one succeeds.
     pub last_reload_error: arc_swap::ArcSwapOption<Vec<String>>,
+    /// The last reload, whatever its result (for the dashboard).
+    pub last_reload: arc_swap::ArcSwapOption<crate::reload::LastReload>,
+    /// One line per request, written off the request path.
+    pub access_log: crate::access_log::AccessLog,
+    /// The last 15 minutes, for the dashboard and the indicators.
+    pub history: crate::history::History,
+    /// Sessions created within the last TTL (session survival).
+    pub births: crate::indicators::Births,
     /// Connectors every health check shares, across generations.
     pub(crate) checks: Arc<CheckConnectors>,
     /// The Redis-backed table, when configured (also `store`).
@@ -112,12 +121,18 @@ impl Edge {
             .map(|spec| Arc::new(RedisStore::new(spec, config.affinity.ttl, metrics.clone())));
         let store: Arc<dyn SessionStore> = match &redis {
             Some(r) => r.clone(),
-            None => Arc::new(LocalStore::new(
-                config.affinity.max_sessions,
-                config.affinity.ttl,
-            )),
+            None => {
+                let table = LocalStore::new(config.affinity.max_sessions, config.affinity.ttl);
+                table.observe_durations(metrics.session_duration.clone());
+                Arc::new(table)
+            }
         };
         let checks = CheckConnectors::new();
+        let access_log = crate::access_log::AccessLog::start(
+            &config.access_log,
+            metrics.access_log_lines.clone(),
+            metrics.access_log_dropped.clone(),
+        );
         let state = State::build_with(config, &metrics, &checks, 1);
         metrics.config_generation.set(1);
         let edge = Arc::new(Edge {
@@ -125,6 +140,10 @@ impl Edge {
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
             last_reload_error: arc_swap::ArcSwapOption::empty(),
+            last_reload: arc_swap::ArcSwapOption::empty(),
+            access_log,
+            history: Default::default(),
+            births: Default::default(),
             checks,
             redis,
             drain: Drain::new(),
@@ -194,13 +213,36 @@ impl Edge {
         self.drain.in_flight()
     }
 
-    /// Copy the table's per-upstream session counts into the gauges.
-    pub fn refresh_session_gauges(&self) {
+    /// A session was placed for the first time.
+    pub fn session_created(&self) {
+        self.metrics.sessions_created.inc();
+        let ttl = self.state().config.affinity.ttl.as_millis() as u64;
+        self.births.note(clock::now_ms(), ttl);
+    }
+
+    /// Set the gauges that are states, not counts: the per-upstream session
+    /// counts, live sessions and their survival, the healthy ratio, and the
+    /// use of the connection cap. Called before each scrape and health round.
+    pub fn refresh_scrape_gauges(&self) {
+        let state = self.state();
         let counts = self.store.counts();
-        for u in self.state().upstreams.all() {
-            u.metrics
-                .sessions
-                .set(counts.get(&u.id).copied().unwrap_or(0) as i64);
+        let mut live = 0;
+        for u in state.upstreams.all() {
+            let n = counts.get(&u.id).copied().unwrap_or(0);
+            live += n;
+            u.metrics.sessions.set(n as i64);
         }
+        let m = &self.metrics;
+        let now = clock::now_ms();
+        m.sessions_live.set(live as i64);
+        let ttl = state.config.affinity.ttl.as_millis() as u64;
+        m.session_survival
+            .set(crate::indicators::session_survival(live, self.births.within(now, ttl)));
+        m.upstream_healthy_ratio
+            .set(state.upstreams.healthy_ratio(now));
+        let cap = state.config.limits.max_connections;
+        m.client_connections_max.set(cap as i64);
+        m.pool_utilisation
+            .set(m.client_connections.get().max(0) as f64 / cap.max(1) as f64);
     }
 }

@@ -4,7 +4,9 @@
 //! GET    /healthz                       200 while the process serves
 //! GET    /readyz                        200 once upstream health is known, else 503
 //! GET    /metrics                       Prometheus text format
-//! GET    /api/stats                     upstreams, sessions, affinity, redis, config
+//! GET    /api/stats                     upstreams, sessions, affinity, redis, config,
+//!                                       indicators, the last reload
+//! GET    /api/history                   per upstream, the last 15 minutes in 10 s points
 //! GET    /api/upstreams                 per upstream: health, ejection, drain, load, counters
 //! POST   /api/upstreams/{id}/drain      no new sessions; existing ones move off
 //! POST   /api/upstreams/{id}/undrain
@@ -101,7 +103,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
             ),
         },
         ("GET", ["metrics"]) => {
-            edge.refresh_session_gauges();
+            edge.refresh_scrape_gauges();
             AdminResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -109,6 +111,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
             }
         }
         ("GET", ["api", "stats"]) => AdminResponse::json(200, &stats(edge)),
+        ("GET", ["api", "history"]) => AdminResponse::json(200, &edge.history.json(edge)),
         ("GET", ["api", "upstreams"]) => AdminResponse::json(200, &Value::Array(upstreams(edge))),
         ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
             drain(edge, id, *action == "drain").await
@@ -126,7 +129,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
             _,
             ["healthz" | "readyz" | "metrics"]
             | []
-            | ["api", "stats" | "upstreams" | "sessions" | "reload"],
+            | ["api", "stats" | "history" | "upstreams" | "sessions" | "reload"],
         )
         | (_, ["api", "upstreams", _, "drain" | "undrain"]) => {
             AdminResponse::error(405, "method not allowed")
@@ -222,6 +225,8 @@ fn stats(edge: &Edge) -> Value {
             "repins": repins,
         },
         "redis": edge.store.describe(),
+        "indicators": crate::indicators::json(edge),
+        "last_reload": edge.last_reload.load_full().map(|r| json!(*r)),
         "config": {
             "generation": state.generation,
             "listeners": c.listeners.iter().map(|l| json!({"addr": l.addr.to_string(), "tls": l.tls.is_some()})).collect::<Vec<_>>(),

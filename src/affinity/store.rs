@@ -273,6 +273,8 @@ pub struct LocalStore {
     sliding: bool,
     /// When expired entries were last swept out.
     swept_ms: AtomicU64,
+    /// Observes each session's life when it ends (the in-process table).
+    durations: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 impl LocalStore {
@@ -319,6 +321,24 @@ impl LocalStore {
             ttl,
             sliding: refresh.is_none(),
             swept_ms: AtomicU64::new(now_ms()),
+            durations: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Observe in `histogram` the life of every session that expires here
+    /// (`relay_edge_session_duration_seconds`; the in-process table only:
+    /// a front cache's entries end with their `local_ttl`, not the session).
+    pub fn observe_durations(&self, histogram: prometheus::Histogram) {
+        if self.sliding {
+            let _ = self.durations.set(histogram);
+        }
+    }
+
+    /// A session's record leaves the table because it expired.
+    fn ended(&self, r: &SessionRecord) {
+        if let Some(h) = self.durations.get() {
+            let life = r.last_seen_ms().saturating_sub(r.created_ms);
+            h.observe(life as f64 / 1000.0);
         }
     }
 
@@ -380,6 +400,7 @@ impl LocalStore {
             let keep = !self.gone(r, now) && (!self.sliding || !self.expired(r, now));
             if !keep {
                 self.counts.remove(&r.upstream);
+                self.ended(r);
             }
             keep
         });
@@ -408,6 +429,9 @@ impl LocalStore {
         });
         if let Some(old) = &replaced {
             self.counts.remove(&old.upstream);
+            if self.expired(old, now) {
+                self.ended(old);
+            }
         }
         match result {
             EntryResult::Retained(r) => {

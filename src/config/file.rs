@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub server: ServerFile,
     pub reload: ReloadFile,
     pub limits: LimitsFile,
+    pub access_log: AccessLogFile,
 }
 
 /// The path of an error about the document as a whole.
@@ -67,6 +68,7 @@ pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
         server: section(take("server"), "server", errs).unwrap_or_default(),
         reload: section(take("reload"), "reload", errs).unwrap_or_default(),
         limits: section(take("limits"), "limits", errs).unwrap_or_default(),
+        access_log: section(take("access_log"), "access_log", errs).unwrap_or_default(),
     };
     for key in map.keys() {
         match key.as_str() {
@@ -324,6 +326,16 @@ pub struct StreamsFile {
     pub first_event_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AccessLogFile {
+    pub enabled: Option<bool>,
+    pub format: Option<String>,
+    pub path: Option<String>,
+    pub sample: Option<f64>,
+    pub query: Option<bool>,
+    pub buffer: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,7 @@ pub struct Config {
     pub server: ServerSpec,
     pub reload: ReloadSpec,
     pub limits: LimitsSpec,
+    pub access_log: AccessLogSpec,
 }
 
 /// When an answered attempt is abandoned for another upstream, and what
@@ -62,6 +63,38 @@ pub enum MovePin {
     AfterFailures(u32),
     /// Move with the first one.
     AtOnce,
+}
+
+/// The access log: one line per request, written off the request path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSpec {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// Fixed at start (a reload reports a change as needing an upgrade).
+    pub path: AccessLogPath,
+    /// The share of requests logged, from 0 to 1.
+    pub sample: f64,
+    /// Log the query string with the path.
+    pub query: bool,
+    /// Lines queued for the writer; past that they are dropped and counted.
+    /// Fixed at start.
+    pub buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// nginx's and Apache's combined format, then relay-edge's fields as
+    /// `key=value`.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogPath {
+    Stdout,
+    /// Appended to; reopened on SIGUSR1 (for logrotate).
+    File(PathBuf),
 }
 
 /// Streaming (SSE) answers: held until their first event, and their
@@ -355,6 +388,7 @@ impl Limits {
 pub struct Defaults;
 
 impl Defaults {
+    pub const ACCESS_LOG_BUFFER: usize = 8192;
     pub const WEIGHT: u32 = 1;
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);

@@ -84,6 +84,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         server,
         reload,
         limits,
+        access_log,
     } = raw;
     let mut errs = Errors::default();
 
@@ -106,6 +107,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let admin = admin_spec(admin, &mut errs);
     let server = server_spec(server, &mut errs);
     let limits = limits_spec(limits, &mut errs);
+    let access_log = access_log_spec(access_log, &mut errs);
     let ReloadFile { watch, debounce } = reload;
     let reload = ReloadSpec {
         watch,
@@ -134,6 +136,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             server,
             reload,
             limits,
+            access_log,
         })
     } else {
         Err(errs.0)
@@ -670,6 +673,54 @@ fn failover_spec(f: FailoverFile, errs: &mut Errors) -> FailoverSpec {
             errs,
         ),
         move_pin,
+    }
+}
+
+fn access_log_spec(a: AccessLogFile, errs: &mut Errors) -> AccessLogSpec {
+    let AccessLogFile {
+        enabled,
+        format,
+        path,
+        sample,
+        query,
+        buffer,
+    } = a;
+    let format = match format.as_deref() {
+        None | Some("json") => AccessLogFormat::Json,
+        Some("combined") => AccessLogFormat::Combined,
+        Some(other) => {
+            errs.push(
+                "access_log.format",
+                format!("must be json or combined, not {other:?}"),
+            );
+            AccessLogFormat::Json
+        }
+    };
+    let path = match path.as_deref() {
+        None | Some("stdout") => AccessLogPath::Stdout,
+        Some("") => {
+            errs.push("access_log.path", "must be stdout or a file path");
+            AccessLogPath::Stdout
+        }
+        Some(p) => AccessLogPath::File(PathBuf::from(p)),
+    };
+    let sample = sample.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        errs.push("access_log.sample", "must be from 0 to 1");
+    }
+    AccessLogSpec {
+        enabled: enabled.unwrap_or(true),
+        format,
+        path,
+        sample: sample.clamp(0.0, 1.0),
+        query: query.unwrap_or(false),
+        buffer: number(
+            buffer,
+            Defaults::ACCESS_LOG_BUFFER,
+            (16, 1 << 20),
+            "access_log.buffer",
+            errs,
+        ),
     }
 }
 

@@ -39,7 +39,6 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::time::timeout_at;
@@ -134,6 +133,7 @@ pub async fn serve(
 ) -> Result<()> {
     let state = ctx.state(&proxy.edge).clone();
     loop {
+        ctx.attempts += 1;
         let peer = match ctx.upstream.filter(|_| std::mem::take(&mut ctx.fresh_next)) {
             // Once more on a fresh connection, as Pingora's path does.
             Some(i) => state
@@ -213,13 +213,7 @@ async fn attempt(
         }
     };
     if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-        if reused {
-            u.stats.reused.fetch_add(1, Ordering::Relaxed);
-        } else {
-            u.stats.connects.fetch_add(1, Ordering::Relaxed);
-            let micros = connect_started.elapsed().as_micros() as u64;
-            u.stats.connect_micros.fetch_add(micros, Ordering::Relaxed);
-        }
+        u.note_connection(reused, connect_started.elapsed());
     }
     if let Err(e) = send(proxy, session, ctx, &mut up, body).await {
         return lost(proxy, session, ctx, e, reused);
@@ -228,6 +222,7 @@ async fn attempt(
     if let Err(e) = up.read_response().await.map_err(|e| e.into_up()) {
         return lost(proxy, session, ctx, e, reused);
     }
+    ctx.upstream_head = Some(ctx.started.elapsed());
     let Some(head) = up.resp_header().map(|h| Box::new(h.clone())) else {
         return Attempt::Failed(
             Error::explain(ErrorType::InvalidHTTPHeader, "no response head").into_up(),
@@ -275,8 +270,9 @@ async fn attempt(
             }
         }
     };
-    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-        if verdict.is_ok() {
+    if verdict.is_ok() {
+        ctx.first_event = Some(ctx.started.elapsed());
+        if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
             u.metrics
                 .first_event
                 .observe(head_at.elapsed().as_secs_f64());
@@ -405,6 +401,7 @@ async fn commit(
     if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
         u.metrics.count_usage(&scan.usage);
     }
+    ctx.usage = Some(scan.usage);
     match relayed {
         Relayed::Ended => {
             let _ = session.write_response_body(None, true).await;
@@ -498,7 +495,8 @@ async fn relay_to_client(
     }
 }
 
-fn count_stream(state: &State, ctx: &RequestCtx, outcome: StreamOutcome) {
+fn count_stream(state: &State, ctx: &mut RequestCtx, outcome: StreamOutcome) {
+    ctx.stream = Some(outcome);
     if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
         u.metrics.stream(outcome);
     }

@@ -28,6 +28,7 @@
 //! Every request holds an [`InFlight`] guard from its context's creation to
 //! its end, so a drain waits for it whatever generation it runs on.
 
+pub mod access;
 pub mod body;
 pub mod errors;
 pub mod forwarded;
@@ -45,7 +46,7 @@ use crate::affinity::SessionId;
 use crate::clock;
 use crate::config::MovePin;
 use crate::drain::InFlight;
-use crate::metrics::{ClientError, RepinReason};
+use crate::metrics::{AffinityOutcome, ClientError, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select::Tried;
 use async_trait::async_trait;
@@ -177,8 +178,8 @@ fn affinity_header(ctx: &RequestCtx, response: &mut ResponseHeader) -> Result<()
     else {
         return Ok(());
     };
-    if !ctx.affinity_outcome.is_empty() {
-        response.insert_header(name, ctx.affinity_outcome)?;
+    if let Some(outcome) = ctx.affinity {
+        response.insert_header(name, outcome.label())?;
     }
     Ok(())
 }
@@ -222,9 +223,23 @@ pub struct RequestCtx {
     pub keep_pin: bool,
     /// The tail of a JSON answer, read for its token `usage`.
     json_tail: Option<sse::JsonTail>,
-    /// What affinity did for the attempt that answered: `hit`, `new` or
-    /// `moved` (`affinity.outcome_header`); empty without a session.
-    pub affinity_outcome: &'static str,
+    /// What affinity did for the attempt that answered
+    /// (`affinity.outcome_header`); none without a session.
+    pub affinity: Option<AffinityOutcome>,
+    /// Why it was `Moved`.
+    pub moved_reason: Option<RepinReason>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// The upstream's response head, and a stream's first event (or an
+    /// answer's first body bytes), from the request's start.
+    pub upstream_head: Option<std::time::Duration>,
+    pub first_event: Option<std::time::Duration>,
+    /// The answer is an SSE stream (Pingora's path: its first bytes are timed).
+    sse: bool,
+    /// How a stream ended.
+    pub stream: Option<crate::metrics::StreamOutcome>,
+    /// The token usage the answer reported.
+    pub usage: Option<sse::Usage>,
     _in_flight: InFlight,
 }
 
@@ -265,7 +280,14 @@ impl ProxyHttp for EdgeProxy {
             abandoning: false,
             answer_retried: false,
             keep_pin: false,
-            affinity_outcome: "",
+            affinity: None,
+            moved_reason: None,
+            attempts: 0,
+            upstream_head: None,
+            first_event: None,
+            sse: false,
+            stream: None,
+            usage: None,
             json_tail: None,
             _in_flight: self.edge.drain.enter(),
         }
@@ -351,6 +373,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let state = ctx.state(&self.edge).clone();
         let now = clock::now_ms();
+        ctx.attempts += 1;
         // Still holding an upstream: Pingora retries after a reused (pooled)
         // connection failed mid-request. The upstream is not at fault: try
         // it again on a fresh connection (not another pooled one, which may
@@ -387,13 +410,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) {
             if let Some(u) = state.upstreams.get(i) {
-                if reused {
-                    u.stats.reused.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    u.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    let micros = ctx.connect_started.elapsed().as_micros() as u64;
-                    u.stats.connect_micros.fetch_add(micros, Ordering::Relaxed);
-                }
+                u.note_connection(reused, ctx.connect_started.elapsed());
             }
         }
         Ok(())
@@ -507,6 +524,11 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.upstream_answered = true;
+        ctx.upstream_head = Some(ctx.started.elapsed());
+        ctx.sse = upstream_response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let json = upstream_response
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -543,17 +565,20 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if ctx.sse && ctx.first_event.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.first_event = Some(ctx.started.elapsed());
+        }
         if let Some(tail) = &mut ctx.json_tail {
             if let Some(chunk) = body {
                 tail.feed(chunk);
             }
             if end_of_stream {
-                let usage = ctx.json_tail.take().and_then(|t| t.usage());
+                ctx.usage = ctx.json_tail.take().and_then(|t| t.usage());
                 let upstream = ctx
                     .upstream
                     .and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
-                if let (Some(usage), Some(u)) = (usage, upstream) {
-                    u.metrics.count_usage(&usage);
+                if let (Some(usage), Some(u)) = (&ctx.usage, upstream) {
+                    u.metrics.count_usage(usage);
                 }
             }
         }
@@ -613,12 +638,18 @@ impl ProxyHttp for EdgeProxy {
             .upstream
             .take()
             .and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
-        match upstream {
+        match &upstream {
             Some(u) => {
                 u.end_request();
                 u.stats.requests.fetch_add(1, Ordering::Relaxed);
                 if failed {
                     u.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(outcome) = ctx.affinity {
+                    u.stats.keyed.fetch_add(1, Ordering::Relaxed);
+                    if outcome == AffinityOutcome::Hit {
+                        u.stats.affinity_hits.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 u.metrics.count_response(code);
                 u.metrics
@@ -627,8 +658,18 @@ impl ProxyHttp for EdgeProxy {
             }
             None => self.edge.metrics.count_unrouted(code),
         }
-        if ctx.affinity_outcome == "moved" {
-            self.edge.metrics.cold_moves.inc();
+        if let Some(outcome) = ctx.affinity {
+            self.edge.metrics.affinity_request(outcome);
+            if outcome == AffinityOutcome::Moved {
+                self.edge.metrics.cold_moves.inc();
+            }
+        }
+        if let Some(state) = &ctx.state {
+            let spec = &state.config.access_log;
+            if crate::access_log::AccessLog::wants(spec) {
+                let entry = access::entry(session, ctx, code, upstream.map(|u| u.id.clone()), spec);
+                self.edge.access_log.send(entry, spec.format);
+            }
         }
         if let Some(record) = &ctx.record {
             record.record(failed);

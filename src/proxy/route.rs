@@ -15,7 +15,7 @@ use super::RequestCtx;
 use crate::affinity::store::LookupSource;
 use crate::affinity::SessionId;
 use crate::config::Balance;
-use crate::metrics::RepinReason;
+use crate::metrics::{AffinityOutcome, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select;
 use pingora_core::{Error, ErrorType, Result};
@@ -61,7 +61,8 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
 
     if ctx.keep_pin && !ctx.tried.is_empty() {
         // An answer retried elsewhere whose pin stays (`failover.move_pin`).
-        ctx.affinity_outcome = "moved";
+        ctx.affinity = Some(AffinityOutcome::Moved);
+        ctx.moved_reason = Some(ctx.left_because.unwrap_or(RepinReason::ErrorAnswer));
         return place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream);
     }
     let (from, reason) = if let Some(last) = ctx.tried.last() {
@@ -84,7 +85,8 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             }
             None => {
                 edge.metrics.lookup_miss.inc();
-                ctx.affinity_outcome = "new";
+                ctx.affinity = Some(AffinityOutcome::New);
+                edge.session_created();
                 let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
                 let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
                 let winner = ups
@@ -98,7 +100,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             Some(i) => match ups.all()[i].unusable(now) {
                 None => {
                     ctx.record = Some(record);
-                    ctx.affinity_outcome = "hit";
+                    ctx.affinity = Some(AffinityOutcome::Hit);
                     return Ok(i);
                 }
                 Some(reason) => reason,
@@ -119,7 +121,13 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         .index_of(&record.upstream)
         .filter(|&i| !ctx.tried.contains(i) && ups.all()[i].is_usable(now))
         .unwrap_or(index);
-    ctx.affinity_outcome = if from.is_some() { "moved" } else { "new" };
+    if from.is_some() {
+        ctx.affinity = Some(AffinityOutcome::Moved);
+        ctx.moved_reason = Some(reason);
+    } else {
+        ctx.affinity = Some(AffinityOutcome::New);
+        edge.session_created();
+    }
     if from.as_deref() != Some(&*ups.all()[landed].id) {
         edge.metrics.repin(reason);
         log::debug!(

@@ -210,7 +210,7 @@ impl HealthService {
         }
         while tasks.join_next().await.is_some() {}
         state.upstreams.refresh_gauges();
-        self.edge.refresh_session_gauges();
+        self.edge.refresh_scrape_gauges();
         self.edge
             .health_known
             .send_if_modified(|known| !std::mem::replace(known, true));

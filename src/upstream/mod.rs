@@ -34,6 +34,10 @@ pub struct UpstreamStats {
     pub connect_micros: AtomicU64,
     /// Requests that went over a pooled connection.
     pub reused: AtomicU64,
+    /// Keyed requests it served, and those of them it served as the
+    /// session's own upstream: its affinity hit rate.
+    pub keyed: AtomicU64,
+    pub affinity_hits: AtomicU64,
 }
 
 pub struct Upstream {
@@ -127,6 +131,19 @@ impl Upstream {
         self.stats.inflight.load(Ordering::Relaxed)
     }
 
+    /// An attempt has its connection: `reused` from the pool, or opened
+    /// anew in `connect_time`.
+    pub fn note_connection(&self, reused: bool, connect_time: std::time::Duration) {
+        if reused {
+            self.stats.reused.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.connects.fetch_add(1, Ordering::Relaxed);
+            let micros = connect_time.as_micros() as u64;
+            self.stats.connect_micros.fetch_add(micros, Ordering::Relaxed);
+            self.metrics.connect.observe(connect_time.as_secs_f64());
+        }
+    }
+
     pub fn start_request(&self) {
         self.stats.inflight.fetch_add(1, Ordering::Relaxed);
         self.metrics.inflight.inc();
@@ -137,12 +154,17 @@ impl Upstream {
         self.metrics.inflight.dec();
     }
 
-    fn refresh_healthy_gauge(&self) {
-        // Healthy means able to serve: a drain is an operator's choice.
-        let up = !matches!(
-            self.unusable(clock::now_ms()),
+    /// Able to serve: healthy and not ejected (a drain is an operator's
+    /// choice, not ill health).
+    fn is_healthy_at(&self, now_ms: u64) -> bool {
+        !matches!(
+            self.unusable(now_ms),
             Some(RepinReason::Unhealthy | RepinReason::Ejected)
-        );
+        )
+    }
+
+    fn refresh_healthy_gauge(&self) {
+        let up = self.is_healthy_at(clock::now_ms());
         self.metrics.healthy.set(i64::from(up));
     }
 }
@@ -251,5 +273,15 @@ impl UpstreamSet {
         for u in &self.list {
             u.refresh_healthy_gauge();
         }
+    }
+
+    /// The share of upstreams that are healthy and not ejected (a drain is
+    /// an operator's choice, not ill health).
+    pub fn healthy_ratio(&self, now_ms: u64) -> f64 {
+        if self.list.is_empty() {
+            return 0.0;
+        }
+        let healthy = self.list.iter().filter(|u| u.is_healthy_at(now_ms)).count();
+        healthy as f64 / self.list.len() as f64
     }
 }

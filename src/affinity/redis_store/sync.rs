@@ -162,12 +162,17 @@ impl RedisStore {
             _ => return,
         };
         for (i, (id, upstream)) in pending.iter().enumerate() {
-            if self.claim_shared(*id, upstream, now_ms()).await.is_none() {
+            let Some(record) = self.claim_shared(*id, upstream, now_ms()).await else {
                 // Down again: keep what is left for the next round.
                 for (id, up) in &pending[i..] {
                     self.remember_pending(*id, up);
                 }
                 return;
+            };
+            // Another edge's pin won: the session moves to it.
+            match record.upstream == *upstream {
+                true => self.metrics.recovery_written.inc(),
+                false => self.metrics.recovery_failed.inc(),
             }
         }
     }
