@@ -80,26 +80,32 @@ impl AccessLog {
     /// by the writer and tried again on every reopen; `server::build`
     /// checks it first, so that the edge does not start without its log.
     pub fn start(spec: &AccessLogSpec, lines: IntCounter, dropped: IntCounter) -> AccessLog {
-        let (queue, rx) = sync_channel(spec.buffer);
-        let reopen = Arc::new(AtomicBool::new(false));
+        let (log, rx) = AccessLog::queue(spec.buffer, dropped);
         let writer = Writer {
             path: spec.path.clone(),
             out: None,
             failing: false,
             lines,
         };
-        let flag = reopen.clone();
+        let flag = log.reopen.clone();
         let spawned = std::thread::Builder::new()
             .name("relay-edge access log".into())
             .spawn(move || writer.run(rx, flag));
         if let Err(e) = spawned {
             log::error!("access log: cannot start its writer thread: {e}");
         }
-        AccessLog {
+        log
+    }
+
+    /// The handle and the queue's far end, without a writer.
+    fn queue(buffer: usize, dropped: IntCounter) -> (AccessLog, Receiver<Message>) {
+        let (queue, rx) = sync_channel(buffer);
+        let log = AccessLog {
             queue,
-            reopen,
+            reopen: Arc::new(AtomicBool::new(false)),
             dropped,
-        }
+        };
+        (log, rx)
     }
 
     /// Should this request be logged, by `access_log.enabled` and `.sample`?
@@ -395,6 +401,17 @@ mod tests {
             line,
             "10.0.0.7 - - [04/Dec/2026:21:19:28 +0000] \"POST /v1/messages HTTP/1.1\" 200 4096 \"-\" \"claude-cli/2.0 \\x22x\\x22\" upstream=relay-a session=abcdef012345 affinity=moved:draining attempts=2 bytes_in=90000 upstream_head_ms=2.500 first_event_ms=- total_ms=40.000 stream=completed cache_read_tokens=900 input_tokens=10\n"
         );
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let (log, rx) = AccessLog::queue(16, dropped.clone());
+        for _ in 0..20 {
+            log.send(entry(), AccessLogFormat::Json);
+        }
+        assert_eq!(dropped.get(), 4);
+        assert_eq!(rx.try_iter().count(), 16);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod admin;
 pub mod affinity;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod downstream;
 pub mod drain;

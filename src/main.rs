@@ -21,15 +21,24 @@ pub static MALLOC_CONF: &[u8; 18] = b"tcache_max:131072\0";
 #[derive(Parser, Debug)]
 #[command(name = "relay-edge", version, about)]
 struct Cli {
-    /// The YAML config file.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    config: PathBuf,
+    /// The YAML config file (for `ctl`: default $RELAY_EDGE_CONFIG, then
+    /// /etc/relay-edge/relay-edge.yaml).
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     /// Validate the config, print every error with its path, and exit (0 valid, 1 not).
     #[arg(long)]
     check: bool,
     /// Take over the listening sockets of a running instance (graceful upgrade).
     #[arg(long)]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Talk to the admin API of a running edge (address and token from its config).
+    Ctl(relay_edge::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,7 +46,15 @@ fn main() -> ExitCode {
         config: path,
         check,
         upgrade,
+        command,
     } = Cli::parse();
+    if let Some(Command::Ctl(args)) = command {
+        return relay_edge::ctl::run(path, args);
+    }
+    let Some(path) = path else {
+        eprintln!("relay-edge: -c FILE is required (the YAML config); see relay-edge --help");
+        return ExitCode::from(2);
+    };
     let config = match relay_edge::config::load(&path) {
         Ok(c) => c,
         Err(e) => {

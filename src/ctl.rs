@@ -1,0 +1,482 @@
+//! `relay-edge ctl`: the admin API of a running edge, from the command line,
+//! as `haproxy`'s stats socket and `nginx -s` are to their operators.
+//!
+//! The address and the token come from the edge's own config file (`-c`,
+//! else `$RELAY_EDGE_CONFIG`, else [`DEFAULT_CONFIG`]). Each command is one
+//! admin request; the answer is printed as a table for people, or as the
+//! API's JSON with `--json`. Every error says what to do next.
+
+use crate::config;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG: &str = "/etc/relay-edge/relay-edge.yaml";
+
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    /// Print the admin API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Version, uptime, generation, sessions, affinity, Redis, the last
+    /// reload and the indicators.
+    Status,
+    /// Every upstream: state, load and counters.
+    Upstreams,
+    /// Take no new sessions on upstream ID; its sessions move off.
+    Drain { id: String },
+    /// Let upstream ID take sessions again.
+    Undrain { id: String },
+    /// Where session KEY (as the client sends it) is pinned.
+    Session { key: String },
+    /// Pin session KEY to upstream ID.
+    Pin { key: String, id: String },
+    /// Forget session KEY: its next request is placed anew.
+    Forget { key: String },
+    /// Reload the config file of the running edge.
+    Reload,
+}
+
+/// What a command failed on: printed as `relay-edge ctl: <message>`.
+struct Failure(String);
+
+/// Run one ctl command; `config` is the `-c` argument, if given.
+pub fn run(config: Option<PathBuf>, args: CtlArgs) -> ExitCode {
+    let path = config
+        .or_else(|| std::env::var_os("RELAY_EDGE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    match execute(&path, &args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure(message)) => {
+            eprintln!("relay-edge ctl: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
+    let admin = Admin::from_config(path)?;
+    let key_path = |key: &str| format!("/api/sessions/{}", encode(key));
+    let (method, route, body) = match &args.command {
+        Command::Status => ("GET", "/api/stats".to_string(), None),
+        Command::Upstreams => ("GET", "/api/upstreams".to_string(), None),
+        Command::Drain { id } => ("POST", format!("/api/upstreams/{}/drain", encode(id)), None),
+        Command::Undrain { id } => (
+            "POST",
+            format!("/api/upstreams/{}/undrain", encode(id)),
+            None,
+        ),
+        Command::Session { key } => ("GET", key_path(key), None),
+        Command::Pin { key, id } => (
+            "PUT",
+            key_path(key),
+            Some(serde_json::json!({ "upstream": id }).to_string()),
+        ),
+        Command::Forget { key } => ("DELETE", key_path(key), None),
+        Command::Reload => ("POST", "/api/reload".to_string(), None),
+    };
+    let (status, value) = admin.call(method, &route, body.as_deref())?;
+    if status == 401 {
+        return Err(Failure(format!(
+            "the admin API at {} refused the token. admin.token_file in {} must hold the running edge's token (a changed token file takes effect only after a restart or upgrade).",
+            admin.addr,
+            path.display()
+        )));
+    }
+    if !(200..300).contains(&status) {
+        return Err(Failure(refusal(&args.command, status, &value)));
+    }
+    if args.json {
+        return Ok(format!("{}\n", pretty(&value)));
+    }
+    Ok(match &args.command {
+        Command::Status => status_text(&value),
+        Command::Upstreams => upstreams_table(value.as_array().map_or(&[][..], Vec::as_slice)),
+        Command::Drain { id } => format!(
+            "{id}: draining; it takes no new sessions and its sessions move off{}\n",
+            shared_note(&value)
+        ),
+        Command::Undrain { id } => format!("{id}: takes sessions again{}\n", shared_note(&value)),
+        Command::Session { key } | Command::Pin { key, .. } => session_text(key, &value),
+        Command::Forget { key } => format!("{key}: forgotten; its next request is placed anew\n"),
+        Command::Reload => reload_text(&value),
+    })
+}
+
+/// What the API's refusal means for this command, and what to do.
+fn refusal(command: &Command, status: u16, value: &Value) -> String {
+    let said = value["error"].as_str().unwrap_or("no reason given");
+    match (command, status) {
+        (Command::Drain { id } | Command::Undrain { id } | Command::Pin { id, .. }, 404 | 400)
+            if said.contains("upstream") =>
+        {
+            format!("no upstream {id:?} in the running config; `relay-edge ctl upstreams` lists them")
+        }
+        (Command::Session { key } | Command::Forget { key }, 404) => {
+            format!("no session {key:?}: it has no pin (never seen, expired or forgotten); its next request is placed anew")
+        }
+        (Command::Reload, 400) => {
+            let mut text = String::from(
+                "the config file was rejected; the running config stays. Fix these and run `relay-edge ctl reload` again:",
+            );
+            for e in value["errors"].as_array().into_iter().flatten() {
+                let _ = write!(text, "\n  {}", e.as_str().unwrap_or_default());
+            }
+            text
+        }
+        _ => format!("the admin API answered {status}: {said}"),
+    }
+}
+
+/// The admin listener of the running edge, and its token.
+struct Admin {
+    addr: SocketAddr,
+    token: Option<String>,
+}
+
+impl Admin {
+    fn from_config(path: &Path) -> Result<Admin, Failure> {
+        let c = config::load(path).map_err(|e| {
+            let mut text = format!("cannot use the config {}:", path.display());
+            for line in e.lines() {
+                let _ = write!(text, "\n  {line}");
+            }
+            text.push_str("\nctl reads admin.listen and admin.token_file from the edge's config: pass it with -c FILE or $RELAY_EDGE_CONFIG, and run as root or as a member of the relay-edge group.");
+            Failure(text)
+        })?;
+        let mut addr = c.admin.listen;
+        // A listener on every address is reached on loopback.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Ok(Admin {
+            addr,
+            token: c.admin.token,
+        })
+    }
+
+    /// One request on its own connection: the status and the JSON body.
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value), Failure> {
+        let unreachable = |e: std::io::Error| {
+            Failure(format!(
+                "cannot reach the admin API at {}: {e}. Is relay-edge running (systemctl status relay-edge), and is this its config (admin.listen)?",
+                self.addr
+            ))
+        };
+        let mut stream =
+            TcpStream::connect_timeout(&self.addr, Duration::from_secs(3)).map_err(unreachable)?;
+        // A reload may take a while: it waits for health checks of new upstreams.
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let body = body.unwrap_or("");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(token) = &self.token {
+            let _ = write!(request, "Authorization: Bearer {token}\r\n");
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).map_err(unreachable)?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).map_err(unreachable)?;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(&reply) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => {
+                return Err(Failure(format!(
+                    "{} did not answer as relay-edge's admin API does; is admin.listen right?",
+                    self.addr
+                )))
+            }
+        };
+        let status = response.code.unwrap_or(0);
+        let value = serde_json::from_slice(&reply[head_len..]).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+/// Everything but RFC 3986's unreserved characters, so that a key or an
+/// id is one path segment whatever it holds.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn encode(text: &str) -> String {
+    utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn shared_note(v: &Value) -> &'static str {
+    match v["shared"].as_bool() {
+        Some(true) => " (every edge on this Redis follows)",
+        _ => "",
+    }
+}
+
+fn percent(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0))
+}
+
+fn num(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.2}"),
+            _ => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+/// The edge's verdict on an upstream, as the dashboard words it.
+fn upstream_state(u: &Value) -> String {
+    match u["unusable"].as_str() {
+        None => "healthy".into(),
+        Some("ejected") => format!("ejected {:.0}s", u["ejected_for_seconds"].as_f64().unwrap_or(0.0)),
+        Some(other) => other.into(),
+    }
+}
+
+fn upstreams_table(list: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|u| {
+            vec![
+                num(&u["id"]),
+                num(&u["addr"]),
+                upstream_state(u),
+                num(&u["inflight"]),
+                num(&u["sessions"]),
+                num(&u["requests"]),
+                num(&u["errors"]),
+                num(&u["mean_connect_ms"]),
+                percent(&u["pooled_reuse_ratio"]),
+                percent(&u["tokens"]["cache_read_ratio"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "ADDR", "STATE", "IN FLIGHT", "SESSIONS", "REQUESTS", "ERRORS", "CONNECT MS",
+            "POOL REUSE", "CACHE READS",
+        ],
+        &rows,
+    )
+}
+
+fn status_text(s: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "relay-edge {}, up {}, config generation {}, {}",
+        num(&s["version"]),
+        duration(s["uptime_seconds"].as_u64().unwrap_or(0)),
+        num(&s["config"]["generation"]),
+        if s["ready"].as_bool() == Some(true) { "ready" } else { "NOT READY (first health round or Redis pending)" }
+    );
+    let a = &s["affinity"];
+    let ups = s["upstreams"].as_array().map_or(&[][..], Vec::as_slice);
+    let healthy = ups.iter().filter(|u| u["unusable"].is_null()).count();
+    let draining = ups.iter().filter(|u| u["draining"] == true).count();
+    let r = &s["redis"];
+    let redis = if r["configured"] == true {
+        format!(
+            "{}, {}; {} errors, {} pending pins, {} cached",
+            if r["connected"] == true { "connected" } else { "DOWN (serving from the local cache)" },
+            if r["settled"] == true { "settled" } else { "settling" },
+            num(&r["errors"]),
+            num(&r["pending_pins"]),
+            num(&r["local_cache_entries"]),
+        )
+    } else {
+        "not configured (in-process table)".into()
+    };
+    let reload = match &s["last_reload"] {
+        Value::Null => "none since start".to_string(),
+        r if r["ok"] == true => format!("ok, generation {}", num(&r["report"]["generation"])),
+        r => format!(
+            "REJECTED ({}), the running config stays",
+            r["errors"].as_array().map_or(0, Vec::len)
+        ),
+    };
+    let rows = [
+        ("upstreams", format!("{healthy} usable of {}, {draining} draining", ups.len())),
+        (
+            "sessions",
+            format!("{} (max {})", num(&s["sessions"]["count"]), num(&s["sessions"]["max"])),
+        ),
+        (
+            "affinity",
+            format!(
+                "hit rate {} (local {}, redis {}, miss {}), re-pins {}",
+                percent(&a["hit_rate"]),
+                num(&a["local_hits"]),
+                num(&a["redis_hits"]),
+                num(&a["misses"]),
+                num(&a["repins"])
+            ),
+        ),
+        ("redis", redis),
+        ("last reload", reload),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<12} {v}");
+    }
+    out.push('\n');
+    let indicators: Vec<Vec<String>> = s["indicators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let seconds = i["unit"] == "seconds";
+            let show = |v: &Value| match (seconds, v.as_f64()) {
+                (false, _) => percent(v),
+                (true, None) => "-".into(),
+                (true, Some(s)) if s < 1.0 => format!("{:.1} ms", s * 1000.0),
+                (true, Some(s)) => format!("{s:.2} s"),
+            };
+            let bound = if i["bad_when"] == "above" { "<=" } else { ">=" };
+            vec![
+                num(&i["title"]),
+                show(&i["value"]),
+                format!("{bound} {}", show(&i["threshold"])),
+                match i["ok"].as_bool() {
+                    Some(true) => "ok".into(),
+                    Some(false) => "ALERT".into(),
+                    None => "no data".into(),
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["INDICATOR", "NOW", "TARGET", ""], &indicators));
+    out
+}
+
+fn session_text(key: &str, s: &Value) -> String {
+    let ago = |ms: &Value| {
+        let then = ms.as_u64().unwrap_or(0);
+        let now = crate::clock::unix_ms();
+        format!("{} ago", duration(now.saturating_sub(then) / 1000))
+    };
+    let mut out = String::new();
+    let status = s["status"].as_str().map_or(String::new(), |st| format!(" ({st})"));
+    for (k, v) in [
+        ("key", key.to_string()),
+        ("id", num(&s["id"])),
+        ("upstream", format!("{}{status}", num(&s["upstream"]))),
+        ("created", ago(&s["created_unix_ms"])),
+        ("last seen", ago(&s["last_seen_unix_ms"])),
+        ("requests", num(&s["requests"])),
+        ("errors", num(&s["errors"])),
+        ("ttl left", duration(s["ttl_left_seconds"].as_u64().unwrap_or(0))),
+    ] {
+        let _ = writeln!(out, "{k:<10} {v}");
+    }
+    out
+}
+
+fn reload_text(r: &Value) -> String {
+    let list = |k: &str| {
+        let items: Vec<&str> = r[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if items.is_empty() { "-".to_string() } else { items.join(", ") }
+    };
+    let mut out = format!(
+        "reloaded: generation {} in {} ms\nadded      {}\nremoved    {}\nchanged    {}\n",
+        num(&r["generation"]),
+        num(&r["took_ms"]),
+        list("added"),
+        list("removed"),
+        list("changed"),
+    );
+    if r["needs_upgrade"].as_array().is_some_and(|a| !a.is_empty()) {
+        let _ = writeln!(
+            out,
+            "NOT APPLIED {} (needs a graceful upgrade: systemctl kill -s USR2 relay-edge)",
+            list("needs_upgrade")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_their_columns() {
+        let t = table(
+            &["ID", "STATE"],
+            &[vec!["relay-a".into(), "healthy".into()], vec!["b".into(), "draining".into()]],
+        );
+        assert_eq!(t, "ID       STATE\nrelay-a  healthy\nb        draining\n");
+    }
+
+    #[test]
+    fn keys_are_encoded_whole_into_one_path_segment() {
+        assert_eq!(encode("relay-a/b c?"), "relay-a%2Fb%20c%3F");
+    }
+}
