@@ -1,8 +1,10 @@
 //! `relay-edge ctl`: the admin API of a running edge, from the command line,
 //! as `haproxy`'s stats socket and `nginx -s` are to their operators.
 //!
-//! The address and the token come from the edge's own config file (`-c`,
-//! else `$RELAY_EDGE_CONFIG`, else [`DEFAULT_CONFIG`]). Each command is one
+//! The address and the token come from the `admin` section of the edge's
+//! own config file (`-c`, else `$RELAY_EDGE_CONFIG`, else
+//! [`DEFAULT_CONFIG`]); the rest of the file is not read, so a file being
+//! edited still serves `ctl reload`, which reports what is wrong with it. Each command is one
 //! admin request; the answer is printed as a table for people, or as the
 //! API's JSON with `--json`. Every error says what to do next.
 
@@ -150,7 +152,7 @@ struct Admin {
 
 impl Admin {
     fn from_config(path: &Path) -> Result<Admin, Failure> {
-        let c = config::load(path).map_err(|e| {
+        let admin = config::load_admin(path).map_err(|e| {
             let mut text = format!("cannot use the config {}:", path.display());
             for line in e.lines() {
                 let _ = write!(text, "\n  {line}");
@@ -158,7 +160,7 @@ impl Admin {
             text.push_str("\nctl reads admin.listen and admin.token_file from the edge's config: pass it with -c FILE or $RELAY_EDGE_CONFIG, and run as root or as a member of the relay-edge group.");
             Failure(text)
         })?;
-        let mut addr = c.admin.listen;
+        let mut addr = admin.listen;
         // A listener on every address is reached on loopback.
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -168,7 +170,7 @@ impl Admin {
         }
         Ok(Admin {
             addr,
-            token: c.admin.token,
+            token: admin.token,
         })
     }
 

@@ -79,6 +79,24 @@ pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
     config
 }
 
+/// Only the `admin` section (see [`super::load_admin`]).
+pub fn read_admin(text: &str, errs: &mut Vec<FieldError>) -> AdminFile {
+    match serde_yaml::from_str::<Value>(text) {
+        Ok(Value::Mapping(mut map)) => {
+            section(map.remove("admin"), "admin", errs).unwrap_or_default()
+        }
+        Ok(Value::Null) => AdminFile::default(),
+        Ok(_) => {
+            errs.push(FieldError::new(WHOLE_FILE, "must be a mapping of settings"));
+            AdminFile::default()
+        }
+        Err(e) => {
+            errs.push(FieldError::new(WHOLE_FILE, format!("not valid YAML: {e}")));
+            AdminFile::default()
+        }
+    }
+}
+
 /// Sections whose values may be secrets (a Redis URL, a token file, the
 /// hash secret): their messages never quote a value.
 fn may_hold_secrets(path: &str) -> bool {

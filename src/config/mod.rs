@@ -79,6 +79,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text)
 }
 
+/// Only the `admin` section of the file at `path`, validated: what
+/// `relay-edge ctl` needs. It reads even while the rest of the file is
+/// being edited, so that `ctl reload` can report what is wrong with it.
+pub fn load_admin(path: &Path) -> Result<AdminSpec, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut errors = Vec::new();
+    let raw = file::read_admin(&text, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors));
+    }
+    validate::admin_only(raw).map_err(ConfigError::Invalid)
+}
+
 /// Parse and validate config text. Every problem is reported: those of
 /// reading (unknown keys, wrong shapes) and then those of validating what
 /// could be read, unless the file is not YAML at all.

@@ -864,6 +864,16 @@ fn limits_spec(l: LimitsFile, errs: &mut Errors) -> LimitsSpec {
     }
 }
 
+/// The `admin` section alone (for `relay-edge ctl`).
+pub fn admin_only(a: AdminFile) -> Result<AdminSpec, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    let spec = admin_spec(a, &mut errs);
+    match errs.0.is_empty() {
+        true => Ok(spec),
+        false => Err(errs.0),
+    }
+}
+
 fn admin_spec(a: AdminFile, errs: &mut Errors) -> AdminSpec {
     let AdminFile { listen, token_file } = a;
     let listen_text = listen.unwrap_or_else(|| Defaults::ADMIN_LISTEN.to_string());

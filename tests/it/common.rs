@@ -54,6 +54,8 @@ pub struct Edge {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The admin token, when one is configured (`start_with_admin_token`).
+    pub token: Option<String>,
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_relay-edge");
@@ -105,21 +107,35 @@ impl Edge {
         grace_period: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Edge {
-        let edge = Edge::spawn(body, threads, tls, grace_period, env, false);
+        let edge = Edge::spawn(body, threads, tls, grace_period, env, Spawn::default());
+        edge.wait_ready(Duration::from_secs(20)).await;
+        edge
+    }
+
+    /// As [`Edge::start`] with one thread, with `admin.token_file` holding
+    /// `token`; the admin helpers below present it.
+    pub async fn start_with_admin_token(body: &str, token: &str) -> Edge {
+        let spawn = Spawn {
+            admin_token: Some(token),
+            ..Spawn::default()
+        };
+        let edge = Edge::spawn(body, 1, None, "0s", &[], spawn);
         edge.wait_ready(Duration::from_secs(20)).await;
         edge
     }
 
     /// Start relay-edge (one thread) without waiting for it to be ready.
     pub fn spawn_unready(body: &str) -> Edge {
-        Edge::spawn(body, 1, None, "0s", &[], false)
+        Edge::spawn(body, 1, None, "0s", &[], Spawn::default())
     }
 
     /// Wait until `/readyz` answers 200 and the proxy port accepts.
     pub async fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(r) = request(self.admin, "GET", "/readyz", &[], b"").await {
+            let auth = self.admin_headers();
+            let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if let Ok(r) = request(self.admin, "GET", "/readyz", &headers, b"").await {
                 if r.status == 200 && TcpStream::connect(self.addr).await.is_ok() {
                     break;
                 }
@@ -136,20 +152,23 @@ impl Edge {
     /// Start relay-edge (one thread) as systemd starts it with its output
     /// to the journal: `JOURNAL_STREAM` names the log file it writes to.
     pub async fn start_as_journal_writer(body: &str) -> Edge {
-        let edge = Edge::spawn(body, 1, None, "0s", &[], true);
+        let spawn = Spawn {
+            journal: true,
+            ..Spawn::default()
+        };
+        let edge = Edge::spawn(body, 1, None, "0s", &[], spawn);
         edge.wait_ready(Duration::from_secs(20)).await;
         edge
     }
 
-    /// Start relay-edge; `journal`: with `JOURNAL_STREAM` naming its log
-    /// file, as systemd starts it with its output to the journal.
+    /// Start relay-edge, as `how` says.
     fn spawn(
         body: &str,
         threads: usize,
         tls: Option<(&std::path::Path, &std::path::Path)>,
         grace_period: &str,
         env: &[(&str, &std::ffi::OsStr)],
-        journal: bool,
+        how: Spawn,
     ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -158,8 +177,15 @@ impl Edge {
         let tls = tls.map_or(String::new(), |(c, k)| {
             format!(", tls: {{cert: {}, key: {}}}", c.display(), k.display())
         });
+        let token_file = how.admin_token.map_or(String::new(), |token| {
+            let file = dir.path().join("admin.token");
+            std::fs::write(&file, format!("{token}\n")).expect("write the token");
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("token file mode");
+            format!(", token_file: {}", file.display())
+        });
         let mut yaml = format!(
-            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: {grace_period}, shutdown_timeout: 1s}}\n{body}"
+            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}{token_file}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: {grace_period}, shutdown_timeout: 1s}}\n{body}"
         );
         if !body.contains("health_check") {
             yaml.push_str("health_check: {path: /health, interval: 200ms, timeout: 200ms}\n");
@@ -168,7 +194,7 @@ impl Edge {
         std::fs::write(&conf, &yaml).expect("write config");
         let log = std::fs::File::create(dir.path().join("relay-edge.log")).expect("log file");
         let mut command = Command::new(BIN);
-        if journal {
+        if how.journal {
             use std::os::unix::fs::MetadataExt;
             let meta = log.metadata().expect("log file metadata");
             command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
@@ -186,7 +212,16 @@ impl Edge {
             addr,
             admin,
             dir,
+            token: how.admin_token.map(str::to_string),
         }
+    }
+
+    /// The `Authorization` header the admin service needs, if any.
+    pub fn admin_headers(&self) -> Vec<(&'static str, String)> {
+        self.token
+            .iter()
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .collect()
     }
 
     pub fn log(&self) -> String {
@@ -286,7 +321,9 @@ impl Edge {
         path: &str,
         body: &[u8],
     ) -> (u16, serde_json::Value) {
-        let r = request(self.admin, method, path, &[], body)
+        let auth = self.admin_headers();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = request(self.admin, method, path, &headers, body)
             .await
             .expect("admin answers");
         (
@@ -297,7 +334,9 @@ impl Edge {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        request(self.admin, "GET", "/metrics", &[], b"")
+        let auth = self.admin_headers();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(self.admin, "GET", "/metrics", &headers, b"")
             .await
             .expect("admin answers")
             .text()
@@ -310,6 +349,16 @@ impl Edge {
             .and_then(|l| l.iter().find(|u| u["id"] == id).cloned())
             .expect("upstream listed")
     }
+}
+
+/// How [`Edge::spawn`] starts relay-edge.
+#[derive(Default)]
+struct Spawn<'a> {
+    /// With `JOURNAL_STREAM` naming its log file, as systemd starts it with
+    /// its output to the journal.
+    journal: bool,
+    /// With `admin.token_file` holding this token.
+    admin_token: Option<&'a str>,
 }
 
 impl Drop for Edge {
