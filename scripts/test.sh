@@ -2,8 +2,10 @@
 # Runs the whole test suite. On Debian it first installs what the build and
 # the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
 # systemd's systemd-analyze for the integration tests; python3 and its venv
-# for the Anthropic SDK test), as root or with sudo, and cargo-deb, with
-# which a test builds and inspects the .deb.
+# for the Anthropic SDK test; chromium, node and playwright-core for the
+# dashboard's browser test; prometheus's promtool for the alert rules), as
+# root or with sudo, and cargo-deb, with which a test builds and inspects the
+# .deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +17,22 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+# promtool, which checks contrib's alert rules: Debian's prometheus package,
+# without its recommends (node-exporter).
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus
 fi
 
 # The version is pinned: the package test relies on its layout and flags.
@@ -42,6 +54,12 @@ if ! target/sdk-venv/bin/python3 -c 'import anthropic' >/dev/null 2>&1; then
     python3 -m venv target/sdk-venv
   fi
   target/sdk-venv/bin/pip install -q 'anthropic==2.17.0'
+fi
+
+# playwright-core (pinned), with which a test drives Debian's chromium through
+# the admin dashboard (it needs Node 20 or later).
+if ! grep -qs '"version": "1.65.2"' target/browser/node_modules/playwright-core/package.json; then
+  npm install --prefix target/browser --no-audit --no-fund --silent playwright-core@1.65.2
 fi
 
 cargo test --locked "$@"

@@ -94,7 +94,7 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
     let (status, value) = admin.call(method, &route, body.as_deref())?;
     if status == 401 {
         return Err(Failure(format!(
-            "the admin API at {} refused the token. admin.token_file in {} must hold the running edge's token (a changed token file takes effect only after a restart or upgrade).",
+            "the admin API at {} refused the token. admin.token_file in {} must hold the running edge's token; after changing the file, reload the edge (systemctl reload relay-edge) so that it reads it too.",
             admin.addr,
             path.display()
         )));
@@ -126,7 +126,9 @@ fn refusal(command: &Command, status: u16, value: &Value) -> String {
         (Command::Drain { id } | Command::Undrain { id } | Command::Pin { id, .. }, 404 | 400)
             if said.contains("upstream") =>
         {
-            format!("no upstream {id:?} in the running config; `relay-edge ctl upstreams` lists them")
+            format!(
+                "no upstream {id:?} in the running config; `relay-edge ctl upstreams` lists them"
+            )
         }
         (Command::Session { key } | Command::Forget { key }, 404) => {
             format!("no session {key:?}: it has no pin (never seen, expired or forgotten); its next request is placed anew")
@@ -298,7 +300,10 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 fn upstream_state(u: &Value) -> String {
     match u["unusable"].as_str() {
         None => "healthy".into(),
-        Some("ejected") => format!("ejected {:.0}s", u["ejected_for_seconds"].as_f64().unwrap_or(0.0)),
+        Some("ejected") => format!(
+            "ejected {:.0}s",
+            u["ejected_for_seconds"].as_f64().unwrap_or(0.0)
+        ),
         Some(other) => other.into(),
     }
 }
@@ -323,8 +328,16 @@ fn upstreams_table(list: &[Value]) -> String {
         .collect();
     table(
         &[
-            "ID", "ADDR", "STATE", "IN FLIGHT", "SESSIONS", "REQUESTS", "ERRORS", "CONNECT MS",
-            "POOL REUSE", "CACHE READS",
+            "ID",
+            "ADDR",
+            "STATE",
+            "IN FLIGHT",
+            "SESSIONS",
+            "REQUESTS",
+            "ERRORS",
+            "CONNECT MS",
+            "POOL REUSE",
+            "CACHE READS",
         ],
         &rows,
     )
@@ -338,7 +351,11 @@ fn status_text(s: &Value) -> String {
         num(&s["version"]),
         duration(s["uptime_seconds"].as_u64().unwrap_or(0)),
         num(&s["config"]["generation"]),
-        if s["ready"].as_bool() == Some(true) { "ready" } else { "NOT READY (first health round or Redis pending)" }
+        if s["ready"].as_bool() == Some(true) {
+            "ready"
+        } else {
+            "NOT READY (first health round or Redis pending)"
+        }
     );
     let a = &s["affinity"];
     let ups = s["upstreams"].as_array().map_or(&[][..], Vec::as_slice);
@@ -348,8 +365,16 @@ fn status_text(s: &Value) -> String {
     let redis = if r["configured"] == true {
         format!(
             "{}, {}; {} errors, {} pending pins, {} cached",
-            if r["connected"] == true { "connected" } else { "DOWN (serving from the local cache)" },
-            if r["settled"] == true { "settled" } else { "settling" },
+            if r["connected"] == true {
+                "connected"
+            } else {
+                "DOWN (serving from the local cache)"
+            },
+            if r["settled"] == true {
+                "settled"
+            } else {
+                "settling"
+            },
             num(&r["errors"]),
             num(&r["pending_pins"]),
             num(&r["local_cache_entries"]),
@@ -366,10 +391,17 @@ fn status_text(s: &Value) -> String {
         ),
     };
     let rows = [
-        ("upstreams", format!("{healthy} usable of {}, {draining} draining", ups.len())),
+        (
+            "upstreams",
+            format!("{healthy} usable of {}, {draining} draining", ups.len()),
+        ),
         (
             "sessions",
-            format!("{} (max {})", num(&s["sessions"]["count"]), num(&s["sessions"]["max"])),
+            format!(
+                "{} (max {})",
+                num(&s["sessions"]["count"]),
+                num(&s["sessions"]["max"])
+            ),
         ),
         (
             "affinity",
@@ -425,7 +457,9 @@ fn session_text(key: &str, s: &Value) -> String {
         format!("{} ago", duration(now.saturating_sub(then) / 1000))
     };
     let mut out = String::new();
-    let status = s["status"].as_str().map_or(String::new(), |st| format!(" ({st})"));
+    let status = s["status"]
+        .as_str()
+        .map_or(String::new(), |st| format!(" ({st})"));
     for (k, v) in [
         ("key", key.to_string()),
         ("id", num(&s["id"])),
@@ -434,7 +468,10 @@ fn session_text(key: &str, s: &Value) -> String {
         ("last seen", ago(&s["last_seen_unix_ms"])),
         ("requests", num(&s["requests"])),
         ("errors", num(&s["errors"])),
-        ("ttl left", duration(s["ttl_left_seconds"].as_u64().unwrap_or(0))),
+        (
+            "ttl left",
+            duration(s["ttl_left_seconds"].as_u64().unwrap_or(0)),
+        ),
     ] {
         let _ = writeln!(out, "{k:<10} {v}");
     }
@@ -443,8 +480,17 @@ fn session_text(key: &str, s: &Value) -> String {
 
 fn reload_text(r: &Value) -> String {
     let list = |k: &str| {
-        let items: Vec<&str> = r[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        if items.is_empty() { "-".to_string() } else { items.join(", ") }
+        let items: Vec<&str> = r[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
     };
     let mut out = format!(
         "reloaded: generation {} in {} ms\nadded      {}\nremoved    {}\nchanged    {}\n",
@@ -457,7 +503,7 @@ fn reload_text(r: &Value) -> String {
     if r["needs_upgrade"].as_array().is_some_and(|a| !a.is_empty()) {
         let _ = writeln!(
             out,
-            "NOT APPLIED {} (needs a graceful upgrade: systemctl kill -s USR2 relay-edge)",
+            "NOT APPLIED {} (needs a graceful upgrade: kill -USR2 \"$(systemctl show -p MainPID --value relay-edge)\")",
             list("needs_upgrade")
         );
     }
@@ -472,7 +518,10 @@ mod tests {
     fn tables_align_their_columns() {
         let t = table(
             &["ID", "STATE"],
-            &[vec!["relay-a".into(), "healthy".into()], vec!["b".into(), "draining".into()]],
+            &[
+                vec!["relay-a".into(), "healthy".into()],
+                vec!["b".into(), "draining".into()],
+            ],
         );
         assert_eq!(t, "ID       STATE\nrelay-a  healthy\nb        draining\n");
     }

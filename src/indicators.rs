@@ -46,13 +46,55 @@ const fn indicator(
 
 pub const INDICATORS: [Indicator; 8] = [
     indicator("error_rate", "Error rate", 0.05, BadWhen::Above, "ratio"),
-    indicator("cache_hit_rate", "Cache hit rate", 0.80, BadWhen::Below, "ratio"),
-    indicator("pool_utilisation", "Pool utilisation", 0.90, BadWhen::Above, "ratio"),
-    indicator("mean_connect_time", "Mean connect time", 5.0, BadWhen::Above, "seconds"),
-    indicator("healthy_ratio", "Healthy upstreams", 0.95, BadWhen::Below, "ratio"),
-    indicator("session_survival", "Session survival", 0.90, BadWhen::Below, "ratio"),
-    indicator("recovery_success", "Recovery success", 0.95, BadWhen::Below, "ratio"),
-    indicator("affinity_success", "Affinity success", 0.90, BadWhen::Below, "ratio"),
+    indicator(
+        "cache_hit_rate",
+        "Cache hit rate",
+        0.80,
+        BadWhen::Below,
+        "ratio",
+    ),
+    indicator(
+        "pool_utilisation",
+        "Pool utilisation",
+        0.90,
+        BadWhen::Above,
+        "ratio",
+    ),
+    indicator(
+        "mean_connect_time",
+        "Mean connect time",
+        5.0,
+        BadWhen::Above,
+        "seconds",
+    ),
+    indicator(
+        "healthy_ratio",
+        "Healthy upstreams",
+        0.95,
+        BadWhen::Below,
+        "ratio",
+    ),
+    indicator(
+        "session_survival",
+        "Session survival",
+        0.90,
+        BadWhen::Below,
+        "ratio",
+    ),
+    indicator(
+        "recovery_success",
+        "Recovery success",
+        0.95,
+        BadWhen::Below,
+        "ratio",
+    ),
+    indicator(
+        "affinity_success",
+        "Affinity success",
+        0.90,
+        BadWhen::Below,
+        "ratio",
+    ),
 ];
 
 /// Sessions created, counted in 60 slots that together span the TTL: how
@@ -181,7 +223,11 @@ mod tests {
         b.note(1_000, ttl);
         b.note(ttl / 2, ttl);
         assert_eq!(b.within(ttl / 2, ttl), 3);
-        assert_eq!(b.within(ttl + 60_000, ttl), 1, "the first two are past the TTL");
+        assert_eq!(
+            b.within(ttl + 60_000, ttl),
+            1,
+            "the first two are past the TTL"
+        );
         assert_eq!(b.within(3 * ttl, ttl), 0);
     }
 

@@ -42,6 +42,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SIGUSR1 (reopen the access log) would kill the process until its
+    // handler is installed: a logrotate during a start or an upgrade, or
+    // one that reaches `--check`, must not.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+    }
     let Cli {
         config: path,
         check,
@@ -66,6 +73,12 @@ fn main() -> ExitCode {
         }
     };
     let warning = config.admin.token_file_warning.clone();
+    if let Err(e) = relay_edge::access_log::check_path(&config.access_log) {
+        // As `nginx -t` does, the log file is opened: under the unit's
+        // sandbox and user, `ExecStartPre` finds a path it cannot write.
+        eprintln!("relay-edge: access_log.path: {e}");
+        return ExitCode::from(1);
+    }
     if check {
         if let Some(w) = &warning {
             eprintln!("relay-edge: warning: {w}");

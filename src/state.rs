@@ -236,8 +236,10 @@ impl Edge {
         let now = clock::now_ms();
         m.sessions_live.set(live as i64);
         let ttl = state.config.affinity.ttl.as_millis() as u64;
-        m.session_survival
-            .set(crate::indicators::session_survival(live, self.births.within(now, ttl)));
+        m.session_survival.set(crate::indicators::session_survival(
+            live,
+            self.births.within(now, ttl),
+        ));
         m.upstream_healthy_ratio
             .set(state.upstreams.healthy_ratio(now));
         let cap = state.config.limits.max_connections;

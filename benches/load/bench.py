@@ -5,13 +5,16 @@
     python3 benches/load/bench.py --smoke         # one short round of a-f; exit 1 unless
                                                   # every request and stream succeeded
     options: --bin PATH (a built relay-edge; default: cargo build --release),
-             --rounds N, --duration S, --scenarios abcdefg, --out FILE (markdown),
+             --rounds N, --duration S, --scenarios abcdefgh, --out FILE (markdown),
              --threads N or N,M,... (workers per proxy; a list runs everything at
                each and adds a table of b's RPS scaling), --proxy-cpus LIST,
              --edge-server 'KEY: VALUE' (into relay-edge's server: mapping, e.g.
                'work_stealing: true'), --edge-extra 'YAML' (top-level lines
                appended to every relay-edge config), --rate R (f, default 200/s),
              --sweep-duration S (g, default 3)
+
+Every relay-edge runs with its access log off, as nginx and HAProxy do here,
+except in scenario h, which measures what the log costs.
 
 Scenarios (the same nginx backends, the same wrk Lua script with 10,000 keys;
 rounds alternate the proxies and the tables hold medians):
@@ -34,6 +37,10 @@ rounds alternate the proxies and the tables hold medians):
      connection only and sends one fixed header set; hey's -q is closed loop
      per worker and gives total-latency percentiles; httperf gives averages;
      vegeta and wrk2 are not packaged
+  h  the access log's cost, in a's shape: relay-edge with its log off, in JSON
+     to a file, and in the combined format to a file; nginx without and with
+     its combined log to a file; RPS and CPU per request against each one's
+     own run without it
   g  latency frontier in b's shape: wrk at -c 1..128 through each proxy, the
      best RPS with p99 <= 1 ms and <= 5 ms, and the p99 added at -c1 (also with
      the proxy moved onto the load's CPU, which drops cross-CPU wake-ups)
@@ -275,7 +282,8 @@ http {{
     return path
 
 
-def nginx_conf(tmp, name, port, relays, threads=1, header="x-session-id", keepalive=64):
+def nginx_conf(tmp, name, port, relays, threads=1, header="x-session-id", keepalive=64, access_log=None):
+    log = f"access_log {access_log} combined;" if access_log else "access_log off;"
     servers = "\n".join(f"        server 127.0.0.1:{p};" for _, p in relays)
     var = "$http_" + header.replace("-", "_")
     path = os.path.join(tmp, f"{name}.conf")
@@ -285,7 +293,7 @@ error_log {name}.error.log warn;
 worker_rlimit_nofile 16384;
 events {{ worker_connections 8192; }}
 http {{
-    access_log off;
+    {log}
     keepalive_requests 1000000;
     keepalive_timeout 600s;
     client_max_body_size 8m;
@@ -342,6 +350,8 @@ def edge_conf(tmp, name, port, admin, relays, keys, redis_port=None, extra="", t
     `extra` is appended as top-level YAML."""
     ups = "\n".join(f"  - {{id: {n}, addr: 127.0.0.1:{p}}}" for n, p in relays)
     redis = f"redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}\n" if redis_port else ""
+    if "access_log" not in extra:  # as nginx's and HAProxy's here
+        extra = "access_log: {enabled: false}\n" + extra
     path = os.path.join(tmp, f"{name}.yaml")
     open(path, "w").write(f"""listen: [{{addr: 127.0.0.1:{port}}}]
 upstreams:
@@ -772,7 +782,7 @@ def main():
     ap.add_argument("--bin")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--duration", type=int)
-    ap.add_argument("--scenarios", default=None, help="letters of abcdefg (default: all; --smoke: abcdef)")
+    ap.add_argument("--scenarios", default=None, help="letters of abcdefgh (default: all; --smoke: abcdef)")
     ap.add_argument("--threads", default="1",
                     help="workers per proxy, or a list such as 1,2 to run everything at each (default 1)")
     ap.add_argument("--edge-server", action="append", default=[], metavar="'KEY: VALUE'",
@@ -787,7 +797,7 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
     smoke = args.smoke
-    scenarios = args.scenarios or ("abcdef" if smoke else "abcdefg")
+    scenarios = args.scenarios or ("abcdef" if smoke else "abcdefgh")
     thread_counts = [int(n) for n in args.threads.split(",")]
     rounds = args.rounds or (1 if smoke else 3)
     duration = args.duration or (2 if smoke else 10)
@@ -871,9 +881,9 @@ def main():
                     time.sleep(0.1)
             return (name, port, p)
 
-        def nginx(name="nginx", relays=relays, header="x-session-id", keepalive=64):
+        def nginx(name="nginx", relays=relays, header="x-session-id", keepalive=64, access_log=None):
             port = free_port()
-            conf = nginx_conf(tmp, name, port, relays, threads, header, keepalive)
+            conf = nginx_conf(tmp, name, port, relays, threads, header, keepalive, access_log)
             p = procs.start(name, pin(where(), ["nginx", "-p", tmp + "/", "-c", conf, "-g", "daemon off;"]))
             wait_http(procs, p, port, "/v1/messages", [(header, "k")])
             wait_children(p, threads)
@@ -949,6 +959,33 @@ def main():
                         results_b = scaling[threads] = res
                 procs.stop(ng[2])
                 procs.stop(ha[2])
+
+            if "h" in scenarios:
+                variants = [
+                    edge("relay-edge-log-off", relays, extra="access_log: {enabled: false}\n"),
+                    edge("relay-edge-log-json", relays, extra=f"access_log: {{path: {tmp}/edge-json.log}}\n"),
+                    edge("relay-edge-log-combined", relays,
+                         extra=f"access_log: {{path: {tmp}/edge-combined.log, format: combined}}\n"),
+                    nginx("nginx-log-off"),
+                    nginx("nginx-log-combined", access_log=f"{tmp}/nginx-combined.log"),
+                ]
+                for v in variants:
+                    run_wrk(v[1], warmup + 1, keys_lua, 50)
+                res = wrk_rounds(variants, keys_lua, 50, "h")
+                costs = []
+                for base, logged in [("relay-edge-log-off", "relay-edge-log-json"),
+                                     ("relay-edge-log-off", "relay-edge-log-combined"),
+                                     ("nginx-log-off", "nginx-log-combined")]:
+                    rps = median_of(res[logged], "rps") / median_of(res[base], "rps")
+                    cpu = median_of(res[logged], "cpu_us") - median_of(res[base], "cpu_us")
+                    costs.append(f"- {logged}: RPS x{rps:.3f} of {base} ({(1 - rps) * 100:+.1f}% cost), "
+                                 f"CPU per request {cpu:+.2f} µs")
+                dropped = sum(metric_sum(v[2].bench_admin, "relay_edge_access_log_dropped_total", "")
+                              for v in variants[:3])
+                for v in variants:
+                    procs.stop(v[2])
+                report.append(f"## h: the access log's cost{wtag}\n\n{wrk_table(res)}\n\n" + "\n".join(costs)
+                              + f"\n- relay-edge lines dropped (queue full): {dropped:.0f}")
 
             if "c" in scenarios:
                 print(f"bench: c: seeding {sessions_c:,} sessions over 500 upstreams", file=sys.stderr)

@@ -18,8 +18,8 @@
 //! GET    /                              the HTML dashboard
 //! ```
 //!
-//! With a token configured, every route needs `Authorization: Bearer
-//! <token>`, compared in constant time. Errors share one JSON shape:
+//! With a token configured, every route but the dashboard's page needs
+//! `Authorization: Bearer <token>`, compared in constant time. Errors share one JSON shape:
 //! `{"error": "..."}`.
 
 use crate::clock;
@@ -79,7 +79,10 @@ fn authorized(edge: &Edge, auth: Option<&[u8]>) -> bool {
 }
 
 pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
-    if !authorized(edge, req.authorization) {
+    // The dashboard page holds no data and asks for the token itself; every
+    // call it makes presents it.
+    let page = req.method == "GET" && req.path.trim_matches('/').is_empty();
+    if !page && !authorized(edge, req.authorization) {
         return AdminResponse::error(401, "missing or wrong bearer token");
     }
     let segments: Vec<&str> = req
@@ -474,6 +477,12 @@ mod tests {
         std::fs::write(&file, "tok\n").expect("write");
         let e = edge(&format!("admin: {{token_file: {}}}\n", file.display()));
         assert_eq!(call(&e, "GET", "/healthz", None, "").status, 401);
+        assert_eq!(
+            call(&e, "GET", "/", None, "").status,
+            200,
+            "the page asks for the token itself"
+        );
+        assert_eq!(call(&e, "GET", "/api/stats", None, "").status, 401);
         assert_eq!(
             call(&e, "GET", "/healthz", Some("Bearer to"), "").status,
             401

@@ -139,7 +139,9 @@ impl Upstream {
         } else {
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
             let micros = connect_time.as_micros() as u64;
-            self.stats.connect_micros.fetch_add(micros, Ordering::Relaxed);
+            self.stats
+                .connect_micros
+                .fetch_add(micros, Ordering::Relaxed);
             self.metrics.connect.observe(connect_time.as_secs_f64());
         }
     }

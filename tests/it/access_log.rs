@@ -15,9 +15,11 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 async fn until_lines(path: &Path, n: usize) -> Vec<String> {
-    eventually(Duration::from_secs(10), &format!("{n} access log lines"), || async {
-        lines(path).len() >= n
-    })
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} access log lines"),
+        || async { lines(path).len() >= n },
+    )
     .await;
     let found = lines(path);
     assert_eq!(found.len(), n, "exactly {n} lines: {found:#?}");
@@ -72,7 +74,9 @@ async fn each_request_is_one_json_line_and_sigusr1_reopens_the_file() {
         assert_eq!(v["attempts"], 1);
         let session = v["session"].as_str().expect("a short session hash");
         assert!(session.len() == 12 && session.chars().all(|c| c.is_ascii_hexdigit()));
-        assert!(v["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")));
+        assert!(v["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")));
         let head = v["upstream_head_ms"].as_f64().expect("time to the head");
         assert!(v["total_ms"].as_f64().expect("total time") >= head, "{v}");
     }
@@ -80,13 +84,24 @@ async fn each_request_is_one_json_line_and_sigusr1_reopens_the_file() {
     assert_eq!(new["bytes_in"], 2);
     assert_eq!(new["bytes_out"], first.body.len());
     assert_eq!(stream_line["bytes_out"], stream.body.len());
-    assert!(stream_line["first_event_ms"].as_f64().is_some(), "{stream_line}");
-    assert_eq!(stream_line["cache_read_tokens"], 900, "the demo relay's usage");
+    assert!(
+        stream_line["first_event_ms"].as_f64().is_some(),
+        "{stream_line}"
+    );
+    assert_eq!(
+        stream_line["cache_read_tokens"], 900,
+        "the demo relay's usage"
+    );
     assert!(new["time"].as_str().is_some_and(|t| t.ends_with('Z')));
-    assert_eq!(none["path"], "/v1/models?page=2", "access_log.query keeps the query");
+    assert_eq!(
+        none["path"], "/v1/models?page=2",
+        "access_log.query keeps the query"
+    );
     assert_eq!(none["session"], Value::Null);
     assert!(
-        !std::fs::read_to_string(&log).unwrap_or_default().contains("alice"),
+        !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("alice"),
         "raw keys never reach the log"
     );
 
@@ -102,7 +117,10 @@ async fn each_request_is_one_json_line_and_sigusr1_reopens_the_file() {
     until_lines(&log, 1).await;
     assert_eq!(lines(&rotated).len(), 4, "the rotated file is left alone");
     let metrics = edge.metrics().await;
-    assert!(metrics.contains("relay_edge_access_log_lines_total 5"), "{metrics}");
+    assert!(
+        metrics.contains("relay_edge_access_log_lines_total 5"),
+        "{metrics}"
+    );
     assert!(metrics.contains("relay_edge_access_log_dropped_total 0"));
 }
 
@@ -120,7 +138,10 @@ async fn the_combined_format_is_nginx_combined_then_the_edge_fields() {
     let r = edge
         .post(
             "/v1/messages?secret=1",
-            &[("x-session-id", "bob"), ("user-agent", "claude-cli/2.0 \"test\"")],
+            &[
+                ("x-session-id", "bob"),
+                ("user-agent", "claude-cli/2.0 \"test\""),
+            ],
             b"{}",
         )
         .await;
@@ -137,7 +158,10 @@ async fn the_combined_format_is_nginx_combined_then_the_edge_fields() {
         "{line}"
     );
     assert!(fields.starts_with("relay-a session="), "{line}");
-    assert!(fields.contains(" affinity=new attempts=1 bytes_in=2 "), "{line}");
+    assert!(
+        fields.contains(" affinity=new attempts=1 bytes_in=2 "),
+        "{line}"
+    );
     assert!(!line.contains("secret"), "no query by default");
 }
 

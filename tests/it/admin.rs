@@ -223,7 +223,11 @@ async fn a_configured_token_guards_every_admin_route() {
         request(admin, "GET", "/healthz", &[], b"").await.is_ok()
     })
     .await;
-    for path in ["/healthz", "/metrics", "/api/stats", "/"] {
+    // The dashboard's page holds no data: it asks for the token itself.
+    let page = request(admin, "GET", "/", &[], b"").await.expect("answer");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<html"));
+    for path in ["/healthz", "/metrics", "/api/stats", "/api/history"] {
         assert_eq!(
             request(admin, "GET", path, &[], b"")
                 .await

@@ -51,13 +51,21 @@ async fn ctl_shows_and_changes_a_running_edge_with_its_token() {
     let status = ok(&conf, &["status"]);
     assert!(status.starts_with("relay-edge "), "{status}");
     assert!(status.contains("config generation 1, ready"), "{status}");
-    for title in ["Error rate", "Cache hit rate", "Session survival", "Affinity success"] {
+    for title in [
+        "Error rate",
+        "Cache hit rate",
+        "Session survival",
+        "Affinity success",
+    ] {
         assert!(status.contains(title), "{status}");
     }
 
     let table = ok(&conf, &["upstreams"]);
     let header = table.lines().next().unwrap_or_default();
-    assert!(header.starts_with("ID") && header.contains("STATE"), "{table}");
+    assert!(
+        header.starts_with("ID") && header.contains("STATE"),
+        "{table}"
+    );
     let row = |t: &str, id: &str| {
         t.lines()
             .find(|l| l.starts_with(id))
@@ -71,7 +79,11 @@ async fn ctl_shows_and_changes_a_running_edge_with_its_token() {
         session.contains(&format!("upstream   {home} (active)")),
         "{session}"
     );
-    let other = if home == "relay-a" { "relay-b" } else { "relay-a" };
+    let other = if home == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
     ok(&conf, &["pin", "alice", other]);
     assert_eq!(
         edge.post("/v1/messages", &[("x-session-id", "alice")], b"{}")
@@ -93,7 +105,11 @@ async fn ctl_shows_and_changes_a_running_edge_with_its_token() {
     assert!(ok(&conf, &["forget", "alice"]).contains("forgotten"));
     let gone = ctl(&conf, &["session", "alice"]);
     assert_eq!(gone.code, 1);
-    assert!(gone.stderr.contains("no session \"alice\""), "{}", gone.stderr);
+    assert!(
+        gone.stderr.contains("no session \"alice\""),
+        "{}",
+        gone.stderr
+    );
 
     let unknown = ctl(&conf, &["drain", "relay-z"]);
     assert_eq!(unknown.code, 1);
@@ -141,7 +157,8 @@ async fn ctl_says_what_to_do_when_the_edge_or_its_config_is_missing() {
     let down = ctl(&conf, &["status"]);
     assert_eq!(down.code, 1);
     assert!(
-        down.stderr.contains(&format!("cannot reach the admin API at 127.0.0.1:{admin}"))
+        down.stderr
+            .contains(&format!("cannot reach the admin API at 127.0.0.1:{admin}"))
             && down.stderr.contains("Is relay-edge running"),
         "{}",
         down.stderr

@@ -1,15 +1,20 @@
 //! Integration tests: the real relay-edge binary against real upstream
 //! servers on ephemeral ports. One test binary, so Pingora links once.
 
+mod access_log;
 mod admin;
 mod answers;
 mod bad_input;
 mod bodies;
 mod common;
 mod config_files;
+mod contrib;
+mod ctl;
+mod dashboard;
 mod drain;
 mod failover;
 mod hostile;
+mod operations_guide;
 mod package;
 pub mod reload;
 mod routing;
