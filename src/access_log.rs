@@ -77,8 +77,8 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Start the writer thread. A file that cannot be opened is reported
-    /// by the writer and tried again on every reopen; `server::build`
-    /// checks it first, so that the edge does not start without its log.
+    /// by the writer and tried again on every reopen; `main` checks it
+    /// first ([`check_path`]), so that the edge does not start without its log.
     pub fn start(spec: &AccessLogSpec, lines: IntCounter, dropped: IntCounter) -> AccessLog {
         let (log, rx) = AccessLog::queue(spec.buffer, dropped);
         let writer = Writer {
@@ -130,11 +130,17 @@ impl AccessLog {
     }
 }
 
-/// Check, before start, that the log's file can be opened for appending.
-pub fn check_path(spec: &AccessLogSpec) -> io::Result<()> {
+/// Check, before start and in `--check`, that the log's file can be
+/// opened for appending (as `nginx -t` opens its logs).
+pub fn check_path(spec: &AccessLogSpec) -> Result<(), String> {
     match &spec.path {
         AccessLogPath::Stdout => Ok(()),
-        AccessLogPath::File(p) => open(p).map(drop),
+        AccessLogPath::File(p) => open(p).map(drop).map_err(|e| {
+            format!(
+                "access_log.path: cannot open {} for appending: {e}",
+                p.display()
+            )
+        }),
     }
 }
 

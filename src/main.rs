@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     if let Err(e) = relay_edge::access_log::check_path(&config.access_log) {
         // As `nginx -t` does, the log file is opened: under the unit's
         // sandbox and user, `ExecStartPre` finds a path it cannot write.
-        eprintln!("relay-edge: access_log.path: {e}");
+        eprintln!("relay-edge: {e}");
         return ExitCode::from(1);
     }
     if check {

@@ -28,12 +28,6 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("access_log.path: cannot open {path} for appending")]
-    AccessLog {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("listener {addr}: cannot load TLS certificate or key")]
     Tls {
         addr: String,
@@ -74,13 +68,6 @@ pub fn build(
         if !RedisStore::reachable_before_start(redis) {
             log::error!("redis not reachable within redis.connect_wait: taking the sockets anyway");
         }
-    }
-    if let Err(source) = crate::access_log::check_path(&config.access_log) {
-        let path = match &config.access_log.path {
-            crate::config::model::AccessLogPath::File(p) => p.display().to_string(),
-            crate::config::model::AccessLogPath::Stdout => "stdout".into(),
-        };
-        return Err(BuildError::AccessLog { path, source });
     }
     let opt = Opt {
         upgrade,
