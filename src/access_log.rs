@@ -13,12 +13,13 @@ use crate::config::model::{AccessLogFormat, AccessLogPath, AccessLogSpec};
 use crate::metrics::{AffinityOutcome, RepinReason, StreamOutcome};
 use crate::proxy::sse::Usage;
 use prometheus::IntCounter;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One request, as the log records it.
@@ -62,16 +63,25 @@ pub fn short_session(id: SessionId) -> String {
     hex
 }
 
-enum Message {
-    Line(Box<Entry>, AccessLogFormat),
-    /// Look at the reopen flag now.
-    Wake,
+/// How often the writer takes what was queued. The request path never
+/// wakes it: a wake-up per line would cost more than the line.
+const TICK: Duration = Duration::from_millis(25);
+
+/// What the request path and the writer share, besides the queue.
+#[derive(Default)]
+struct Shared {
+    /// Reopen the file (SIGUSR1).
+    reopen: AtomicBool,
+    /// Rounds the writer has finished (each drains the queue and flushes).
+    rounds: Mutex<u64>,
+    round_done: Condvar,
 }
 
 /// The handle the request path holds.
 pub struct AccessLog {
-    queue: SyncSender<Message>,
-    reopen: Arc<AtomicBool>,
+    queue: SyncSender<(Box<Entry>, AccessLogFormat)>,
+    shared: Arc<Shared>,
+    writer: Option<std::thread::Thread>,
     dropped: IntCounter,
 }
 
@@ -80,29 +90,35 @@ impl AccessLog {
     /// by the writer and tried again on every reopen; `main` checks it
     /// first ([`check_path`]), so that the edge does not start without its log.
     pub fn start(spec: &AccessLogSpec, lines: IntCounter, dropped: IntCounter) -> AccessLog {
-        let (log, rx) = AccessLog::queue(spec.buffer, dropped);
+        let (mut log, rx) = AccessLog::queue(spec.buffer, dropped);
         let writer = Writer {
             path: spec.path.clone(),
             out: None,
             failing: false,
+            line: String::with_capacity(512),
             lines,
         };
-        let flag = log.reopen.clone();
+        let shared = log.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("relay-edge access log".into())
-            .spawn(move || writer.run(rx, flag));
-        if let Err(e) = spawned {
-            log::error!("access log: cannot start its writer thread: {e}");
+            .spawn(move || writer.run(rx, &shared));
+        match spawned {
+            Ok(handle) => log.writer = Some(handle.thread().clone()),
+            Err(e) => log::error!("access log: cannot start its writer thread: {e}"),
         }
         log
     }
 
     /// The handle and the queue's far end, without a writer.
-    fn queue(buffer: usize, dropped: IntCounter) -> (AccessLog, Receiver<Message>) {
+    fn queue(
+        buffer: usize,
+        dropped: IntCounter,
+    ) -> (AccessLog, Receiver<(Box<Entry>, AccessLogFormat)>) {
         let (queue, rx) = sync_channel(buffer);
         let log = AccessLog {
             queue,
-            reopen: Arc::new(AtomicBool::new(false)),
+            shared: Arc::default(),
+            writer: None,
             dropped,
         };
         (log, rx)
@@ -113,20 +129,40 @@ impl AccessLog {
         spec.enabled && (spec.sample >= 1.0 || fastrand::f64() < spec.sample)
     }
 
-    /// Queue one line; never blocks. A full queue drops it and counts it.
+    /// Queue one line; never blocks and never wakes the writer. A full
+    /// queue drops it and counts it.
     pub fn send(&self, entry: Entry, format: AccessLogFormat) {
-        match self.queue.try_send(Message::Line(Box::new(entry), format)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        if self.queue.try_send((Box::new(entry), format)).is_err() {
+            self.dropped.inc();
         }
     }
 
     /// Reopen the file (SIGUSR1), after logrotate moved it away.
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Relaxed);
-        // A full queue wakes the writer anyway; it looks at the flag after
-        // every batch.
-        let _ = self.queue.try_send(Message::Wake);
+        self.shared.reopen.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Wait, at most `within`, until every line queued so far is written
+    /// and flushed: before the process exits.
+    pub fn flush(&self, within: Duration) {
+        let Ok(rounds) = self.shared.rounds.lock() else {
+            return;
+        };
+        // The round under way may have drained the queue before our last
+        // lines came: the one after it has them.
+        let until = *rounds + 2;
+        self.wake();
+        let _ = self
+            .shared
+            .round_done
+            .wait_timeout_while(rounds, within, |r| *r < until);
+    }
+
+    fn wake(&self) {
+        if let Some(writer) = &self.writer {
+            writer.unpark();
+        }
     }
 }
 
@@ -153,30 +189,36 @@ struct Writer {
     out: Option<BufWriter<Box<dyn Write + Send>>>,
     /// The last write or open failed (logged once until one succeeds).
     failing: bool,
+    /// The line being formatted, reused.
+    line: String,
     lines: IntCounter,
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Message>, reopen: Arc<AtomicBool>) {
+    fn run(mut self, rx: Receiver<(Box<Entry>, AccessLogFormat)>, shared: &Shared) {
         self.open();
         loop {
-            let first = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            if reopen.swap(false, Ordering::Relaxed) {
+            std::thread::park_timeout(TICK);
+            if shared.reopen.swap(false, Ordering::Relaxed) {
                 self.flush();
                 self.open();
             }
-            let Some(first) = first else { continue };
-            self.take(first);
-            while let Ok(m) = rx.try_recv() {
-                self.take(m);
-            }
+            let open = loop {
+                match rx.try_recv() {
+                    Ok((entry, format)) => self.take(&entry, format),
+                    Err(TryRecvError::Empty) => break true,
+                    Err(TryRecvError::Disconnected) => break false,
+                }
+            };
             self.flush();
+            if let Ok(mut rounds) = shared.rounds.lock() {
+                *rounds += 1;
+                shared.round_done.notify_all();
+            }
+            if !open {
+                return;
+            }
         }
-        self.flush();
     }
 
     fn open(&mut self) {
@@ -195,16 +237,14 @@ impl Writer {
         self.out = Some(BufWriter::with_capacity(64 * 1024, out));
     }
 
-    fn take(&mut self, m: Message) {
-        let Message::Line(entry, format) = m else {
-            return;
-        };
+    fn take(&mut self, entry: &Entry, format: AccessLogFormat) {
         let Some(out) = &mut self.out else { return };
-        let line = match format {
-            AccessLogFormat::Json => json_line(&entry),
-            AccessLogFormat::Combined => combined_line(&entry),
-        };
-        match out.write_all(line.as_bytes()) {
+        self.line.clear();
+        match format {
+            AccessLogFormat::Json => json_line(entry, &mut self.line),
+            AccessLogFormat::Combined => combined_line(entry, &mut self.line),
+        }
+        match out.write_all(self.line.as_bytes()) {
             Ok(()) => {
                 self.lines.inc();
                 self.failing = false;
@@ -237,50 +277,102 @@ fn affinity_label(e: &Entry) -> String {
     }
 }
 
-fn millis(d: Option<Duration>) -> serde_json::Value {
-    d.map_or(serde_json::Value::Null, |d| {
-        serde_json::json!((d.as_secs_f64() * 1e6).round() / 1e3)
-    })
+/// `"text"`, escaped for JSON.
+fn json_str(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
-/// One JSON object and a newline.
-pub fn json_line(e: &Entry) -> String {
-    let value = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(e.at).to_string(),
-        "client": e.client.map(|c| c.to_string()),
-        "method": e.method.as_str(),
-        "path": e.path,
-        "status": e.status,
-        "upstream": e.upstream.as_deref(),
-        "session": e.session.map(short_session),
-        "affinity": affinity_label(e),
-        "attempts": e.attempts,
-        "bytes_in": e.bytes_in,
-        "bytes_out": e.bytes_out,
-        "upstream_head_ms": millis(e.upstream_head),
-        "first_event_ms": millis(e.first_event),
-        "total_ms": millis(Some(e.total)),
-        "stream": e.stream.map(StreamOutcome::label),
-        "input_tokens": e.usage.map(|u| u.input),
-        "cache_read_tokens": e.usage.map(|u| u.cache_read),
-        "cache_creation_tokens": e.usage.map(|u| u.cache_creation),
-        "output_tokens": e.usage.map(|u| u.output),
-    });
-    let mut line = value.to_string();
-    line.push('\n');
-    line
+/// Milliseconds with microseconds, or null.
+fn json_ms(out: &mut String, d: Option<Duration>) {
+    match d {
+        Some(d) => {
+            let micros = d.as_micros();
+            let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+        }
+        None => out.push_str("null"),
+    }
+}
+
+fn json_opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
+    match v {
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// One JSON object and a newline, its fields in the documented order.
+pub fn json_line(e: &Entry, out: &mut String) {
+    out.push_str("{\"time\":");
+    json_str(out, &humantime::format_rfc3339_millis(e.at).to_string());
+    out.push_str(",\"client\":");
+    match e.client {
+        Some(c) => json_str(out, &c.to_string()),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"method\":");
+    json_str(out, e.method.as_str());
+    out.push_str(",\"path\":");
+    json_str(out, &e.path);
+    let _ = write!(out, ",\"status\":{},\"upstream\":", e.status);
+    match &e.upstream {
+        Some(u) => json_str(out, u),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"session\":");
+    match e.session {
+        Some(s) => json_str(out, &short_session(s)),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"affinity\":");
+    json_str(out, &affinity_label(e));
+    let _ = write!(
+        out,
+        ",\"attempts\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream_head_ms\":",
+        e.attempts, e.bytes_in, e.bytes_out
+    );
+    json_ms(out, e.upstream_head);
+    out.push_str(",\"first_event_ms\":");
+    json_ms(out, e.first_event);
+    out.push_str(",\"total_ms\":");
+    json_ms(out, Some(e.total));
+    out.push_str(",\"stream\":");
+    match e.stream {
+        Some(s) => json_str(out, s.label()),
+        None => out.push_str("null"),
+    }
+    for (name, value) in [
+        ("input_tokens", e.usage.map(|u| u.input)),
+        ("cache_read_tokens", e.usage.map(|u| u.cache_read)),
+        ("cache_creation_tokens", e.usage.map(|u| u.cache_creation)),
+        ("output_tokens", e.usage.map(|u| u.output)),
+    ] {
+        let _ = write!(out, ",\"{name}\":");
+        json_opt(out, value);
+    }
+    out.push_str("}\n");
 }
 
 /// nginx's combined format, then `key=value` fields (`-` when absent).
-pub fn combined_line(e: &Entry) -> String {
-    use std::fmt::Write as _;
+pub fn combined_line(e: &Entry, line: &mut String) {
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let quoted = |v: &Option<String>| match v {
         Some(v) => escape(v),
         None => "-".into(),
     };
     let ms = |d: Option<Duration>| dash(d.map(|d| format!("{:.3}", d.as_secs_f64() * 1e3)));
-    let mut line = String::with_capacity(256);
     let _ = write!(
         line,
         "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
@@ -309,7 +401,6 @@ pub fn combined_line(e: &Entry) -> String {
         dash(e.usage.map(|u| u.cache_read.to_string())),
         dash(e.usage.map(|u| u.input.to_string())),
     );
-    line
 }
 
 /// A client's text inside quotes: `"`, `\` and control bytes escaped as
@@ -387,7 +478,8 @@ mod tests {
 
     #[test]
     fn json_lines_name_every_field() {
-        let line = json_line(&entry());
+        let mut line = String::new();
+        json_line(&entry(), &mut line);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert_eq!(v["time"], "2026-12-04T21:19:28.000Z");
@@ -402,7 +494,8 @@ mod tests {
 
     #[test]
     fn combined_lines_are_nginx_combined_then_fields() {
-        let line = combined_line(&entry());
+        let mut line = String::new();
+        combined_line(&entry(), &mut line);
         assert_eq!(
             line,
             "10.0.0.7 - - [04/Dec/2026:21:19:28 +0000] \"POST /v1/messages HTTP/1.1\" 200 4096 \"-\" \"claude-cli/2.0 \\x22x\\x22\" upstream=relay-a session=abcdef012345 affinity=moved:draining attempts=2 bytes_in=90000 upstream_head_ms=2.500 first_event_ms=- total_ms=40.000 stream=completed cache_read_tokens=900 input_tokens=10\n"
@@ -418,6 +511,39 @@ mod tests {
         }
         assert_eq!(dropped.get(), 4);
         assert_eq!(rx.try_iter().count(), 16);
+    }
+
+    #[test]
+    fn hostile_paths_stay_one_valid_json_line() {
+        let mut e = entry();
+        e.path = "/v1/\"quoted\"\\back\nnew\u{1}line\u{7f}é".into();
+        let mut line = String::new();
+        json_line(&e, &mut line);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["path"], e.path.as_str());
+    }
+
+    #[test]
+    fn flush_waits_until_every_queued_line_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        let spec = AccessLogSpec {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            path: AccessLogPath::File(path.clone()),
+            sample: 1.0,
+            query: false,
+            buffer: 1024,
+        };
+        let counter = |n: &str| IntCounter::new(n, n).expect("counter");
+        let log = AccessLog::start(&spec, counter("lines"), counter("dropped"));
+        for _ in 0..500 {
+            log.send(entry(), AccessLogFormat::Json);
+        }
+        log.flush(Duration::from_secs(10));
+        let text = std::fs::read_to_string(&path).expect("the log");
+        assert_eq!(text.lines().count(), 500);
     }
 
     #[test]

@@ -295,6 +295,10 @@ impl BackgroundService for SignalService {
         let quiet = self.edge.state().config.server.drain_quiet;
         self.edge.drain.until_quiet(quiet).await;
         log::info!("drained: nothing in flight for {quiet:?}, exiting");
+        // The last requests' lines reach the access log before the exit.
+        self.edge
+            .access_log
+            .flush(std::time::Duration::from_secs(2));
         std::process::exit(0);
     }
 }

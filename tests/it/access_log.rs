@@ -225,3 +225,27 @@ async fn a_log_file_that_cannot_be_opened_stops_the_start_with_its_path() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_requests_lines_are_written_before_a_graceful_exit() {
+    let ups = upstreams(&["relay-a"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    // No quiet time after the drain: the exit follows the last request.
+    let mut edge = Edge::start_with_server(
+        &format!(
+            "{}access_log: {{path: {}}}\n",
+            upstreams_yaml(&ups),
+            log.display()
+        ),
+        "drain_quiet: 0s",
+    )
+    .await;
+    for _ in 0..50 {
+        assert_eq!(edge.get("/v1/models", &[]).await.status, 200);
+    }
+    // At once: the writer takes its queue only every 25 ms.
+    edge.signal("TERM");
+    assert_eq!(edge.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(lines(&log).len(), 50);
+}

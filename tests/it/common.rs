@@ -112,6 +112,18 @@ impl Edge {
         edge
     }
 
+    /// As [`Edge::start`] with one thread and a 10 s grace period, with
+    /// `server_extra` (`key: value, ...`) added to the `server` mapping.
+    pub async fn start_with_server(body: &str, server_extra: &str) -> Edge {
+        let spawn = Spawn {
+            server_extra,
+            ..Spawn::default()
+        };
+        let edge = Edge::spawn(body, 1, None, "10s", &[], spawn);
+        edge.wait_ready(Duration::from_secs(20)).await;
+        edge
+    }
+
     /// As [`Edge::start`] with one thread, with `admin.token_file` holding
     /// `token`; the admin helpers below present it.
     pub async fn start_with_admin_token(body: &str, token: &str) -> Edge {
@@ -133,9 +145,7 @@ impl Edge {
     pub async fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let auth = self.admin_headers();
-            let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            if let Ok(r) = request(self.admin, "GET", "/readyz", &headers, b"").await {
+            if let Ok(r) = self.admin_request("GET", "/readyz", b"").await {
                 if r.status == 200 && TcpStream::connect(self.addr).await.is_ok() {
                     break;
                 }
@@ -185,7 +195,12 @@ impl Edge {
             format!(", token_file: {}", file.display())
         });
         let mut yaml = format!(
-            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}{token_file}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: {grace_period}, shutdown_timeout: 1s}}\n{body}"
+            "listen: [{{addr: {addr}{tls}}}]\nadmin: {{listen: {admin}{token_file}}}\nserver: {{threads: {threads}, pid_file: {d}/pid, upgrade_sock: {d}/upgrade.sock, log_level: info, grace_period: {grace_period}, shutdown_timeout: 1s{server_extra}}}\n{body}",
+            server_extra = if how.server_extra.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", how.server_extra)
+            }
         );
         if !body.contains("health_check") {
             yaml.push_str("health_check: {path: /health, interval: 200ms, timeout: 200ms}\n");
@@ -216,12 +231,19 @@ impl Edge {
         }
     }
 
-    /// The `Authorization` header the admin service needs, if any.
-    pub fn admin_headers(&self) -> Vec<(&'static str, String)> {
-        self.token
+    /// One admin request, with the token when one is configured.
+    pub async fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
             .iter()
-            .map(|t| ("authorization", format!("Bearer {t}")))
-            .collect()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        request(self.admin, method, path, &headers, body).await
     }
 
     pub fn log(&self) -> String {
@@ -321,9 +343,8 @@ impl Edge {
         path: &str,
         body: &[u8],
     ) -> (u16, serde_json::Value) {
-        let auth = self.admin_headers();
-        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let r = request(self.admin, method, path, &headers, body)
+        let r = self
+            .admin_request(method, path, body)
             .await
             .expect("admin answers");
         (
@@ -334,9 +355,7 @@ impl Edge {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        let auth = self.admin_headers();
-        let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        request(self.admin, "GET", "/metrics", &headers, b"")
+        self.admin_request("GET", "/metrics", b"")
             .await
             .expect("admin answers")
             .text()
@@ -359,6 +378,8 @@ struct Spawn<'a> {
     journal: bool,
     /// With `admin.token_file` holding this token.
     admin_token: Option<&'a str>,
+    /// Added to the `server` mapping (`key: value, ...`).
+    server_extra: &'a str,
 }
 
 impl Drop for Edge {
