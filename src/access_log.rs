@@ -29,8 +29,10 @@ pub struct Entry {
     pub client: Option<SocketAddr>,
     pub method: http::Method,
     pub version: http::Version,
-    /// The path, and the query too with `access_log.query`.
-    pub path: String,
+    /// The request target; its query is logged only with `query`.
+    pub uri: http::Uri,
+    /// `access_log.query`.
+    pub query: bool,
     pub status: u16,
     pub upstream: Option<Arc<str>>,
     pub session: Option<SessionId>,
@@ -53,6 +55,16 @@ pub struct Entry {
     /// For the combined format only.
     pub referer: Option<String>,
     pub user_agent: Option<String>,
+}
+
+impl Entry {
+    /// The path, with the query when `access_log.query` asks for it.
+    pub fn target(&self) -> &str {
+        match (self.query, self.uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str(),
+            _ => self.uri.path(),
+        }
+    }
 }
 
 /// The first 12 hex digits of a session's keyed hash: enough to grep one
@@ -95,7 +107,7 @@ impl AccessLog {
             path: spec.path.clone(),
             out: None,
             failing: false,
-            line: String::with_capacity(512),
+            format: Formatter::default(),
             lines,
         };
         let shared = log.shared.clone();
@@ -189,8 +201,7 @@ struct Writer {
     out: Option<BufWriter<Box<dyn Write + Send>>>,
     /// The last write or open failed (logged once until one succeeds).
     failing: bool,
-    /// The line being formatted, reused.
-    line: String,
+    format: Formatter,
     lines: IntCounter,
 }
 
@@ -239,12 +250,8 @@ impl Writer {
 
     fn take(&mut self, entry: &Entry, format: AccessLogFormat) {
         let Some(out) = &mut self.out else { return };
-        self.line.clear();
-        match format {
-            AccessLogFormat::Json => json_line(entry, &mut self.line),
-            AccessLogFormat::Combined => combined_line(entry, &mut self.line),
-        }
-        match out.write_all(self.line.as_bytes()) {
+        let line = self.format.format(entry, format);
+        match out.write_all(line.as_bytes()) {
             Ok(()) => {
                 self.lines.inc();
                 self.failing = false;
@@ -268,160 +275,318 @@ impl Writer {
     }
 }
 
-/// `hit`, `new`, `moved:<reason>`, or `none` without a session key.
-fn affinity_label(e: &Entry) -> String {
-    match (e.affinity, e.moved_reason) {
-        (None, _) => "none".into(),
-        (Some(AffinityOutcome::Moved), Some(reason)) => format!("moved:{}", reason.label()),
-        (Some(outcome), _) => outcome.label().into(),
+/// Formats lines into one reused buffer, off the request path. The text of
+/// the time is made once a second; numbers are written with `itoa`.
+#[derive(Default)]
+pub struct Formatter {
+    line: String,
+    second: Option<u64>,
+    /// `2026-12-04T21:19:28` and `04/Dec/2026:21:19:28 +0000` of `second`.
+    iso: String,
+    clf: String,
+}
+
+impl Formatter {
+    /// The line of `e` in `format`, with its newline.
+    pub fn format(&mut self, e: &Entry, format: AccessLogFormat) -> &str {
+        self.line.clear();
+        let millis = self.time(e.at);
+        match format {
+            AccessLogFormat::Json => self.json(e, millis),
+            AccessLogFormat::Combined => self.combined(e),
+        }
+        &self.line
     }
+
+    /// Bring the cached second up to `at`; its milliseconds.
+    fn time(&mut self, at: SystemTime) -> u32 {
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.iso = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second))
+                .to_string()
+                .trim_end_matches('Z')
+                .to_string();
+            self.clf = clf_time(second);
+        }
+        since.subsec_millis()
+    }
+
+    fn json(&mut self, e: &Entry, millis: u32) {
+        let out = &mut self.line;
+        out.push_str("{\"time\":\"");
+        out.push_str(&self.iso);
+        out.push('.');
+        push_padded(out, millis as u64, 3);
+        out.push_str("Z\",\"client\":");
+        match e.client {
+            Some(c) => {
+                out.push('"');
+                push_addr(out, c);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"method\":");
+        json_str(out, e.method.as_str());
+        out.push_str(",\"path\":");
+        json_str(out, e.target());
+        out.push_str(",\"status\":");
+        push_int(out, e.status);
+        out.push_str(",\"upstream\":");
+        match &e.upstream {
+            Some(u) => json_str(out, u),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"session\":");
+        match e.session {
+            Some(s) => {
+                out.push('"');
+                push_session(out, s);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"affinity\":\"");
+        push_affinity(out, e);
+        out.push_str("\",\"attempts\":");
+        push_int(out, e.attempts);
+        out.push_str(",\"bytes_in\":");
+        push_int(out, e.bytes_in);
+        out.push_str(",\"bytes_out\":");
+        push_int(out, e.bytes_out);
+        for (name, d) in [
+            (",\"upstream_head_ms\":", e.upstream_head),
+            (",\"first_event_ms\":", e.first_event),
+            (",\"total_ms\":", Some(e.total)),
+        ] {
+            out.push_str(name);
+            match d {
+                Some(d) => push_ms(out, d),
+                None => out.push_str("null"),
+            }
+        }
+        out.push_str(",\"stream\":");
+        match e.stream {
+            Some(s) => {
+                out.push('"');
+                out.push_str(s.label());
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        let usage = e.usage;
+        for (name, n) in [
+            (",\"input_tokens\":", usage.map(|u| u.input)),
+            (",\"cache_read_tokens\":", usage.map(|u| u.cache_read)),
+            (
+                ",\"cache_creation_tokens\":",
+                usage.map(|u| u.cache_creation),
+            ),
+            (",\"output_tokens\":", usage.map(|u| u.output)),
+        ] {
+            out.push_str(name);
+            match n {
+                Some(n) => push_int(out, n),
+                None => out.push_str("null"),
+            }
+        }
+        out.push_str("}\n");
+    }
+
+    /// nginx's combined format, then `key=value` fields (`-` when absent).
+    fn combined(&mut self, e: &Entry) {
+        let out = &mut self.line;
+        match e.client {
+            Some(c) => push_ip(out, c.ip()),
+            None => out.push('-'),
+        }
+        out.push_str(" - - [");
+        out.push_str(&self.clf);
+        out.push_str("] \"");
+        out.push_str(e.method.as_str());
+        out.push(' ');
+        clf_escape(out, e.target());
+        out.push(' ');
+        out.push_str(match e.version {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        });
+        out.push_str("\" ");
+        push_int(out, e.status);
+        out.push(' ');
+        push_int(out, e.bytes_out);
+        for header in [&e.referer, &e.user_agent] {
+            out.push_str(" \"");
+            match header {
+                Some(v) => clf_escape(out, v),
+                None => out.push('-'),
+            }
+            out.push('"');
+        }
+        out.push_str(" upstream=");
+        out.push_str(e.upstream.as_deref().unwrap_or("-"));
+        out.push_str(" session=");
+        match e.session {
+            Some(s) => push_session(out, s),
+            None => out.push('-'),
+        }
+        out.push_str(" affinity=");
+        push_affinity(out, e);
+        out.push_str(" attempts=");
+        push_int(out, e.attempts);
+        out.push_str(" bytes_in=");
+        push_int(out, e.bytes_in);
+        for (name, d) in [
+            (" upstream_head_ms=", e.upstream_head),
+            (" first_event_ms=", e.first_event),
+            (" total_ms=", Some(e.total)),
+        ] {
+            out.push_str(name);
+            match d {
+                Some(d) => push_ms(out, d),
+                None => out.push('-'),
+            }
+        }
+        out.push_str(" stream=");
+        out.push_str(e.stream.map_or("-", StreamOutcome::label));
+        for (name, n) in [
+            (" cache_read_tokens=", e.usage.map(|u| u.cache_read)),
+            (" input_tokens=", e.usage.map(|u| u.input)),
+        ] {
+            out.push_str(name);
+            match n {
+                Some(n) => push_int(out, n),
+                None => out.push('-'),
+            }
+        }
+        out.push('\n');
+    }
+}
+
+fn push_int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// `n` with at least `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(n);
+    for _ in text.len()..width {
+        out.push('0');
+    }
+    out.push_str(text);
+}
+
+/// Milliseconds with microseconds: `2.500`.
+fn push_ms(out: &mut String, d: Duration) {
+    let micros = d.as_micros() as u64;
+    push_int(out, micros / 1000);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+}
+
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_int(out, octet);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `ip:port`, or `[ip]:port`.
+fn push_addr(out: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(_) => push_ip(out, addr.ip()),
+        SocketAddr::V6(_) => {
+            out.push('[');
+            push_ip(out, addr.ip());
+            out.push(']');
+        }
+    }
+    out.push(':');
+    push_int(out, addr.port());
+}
+
+/// The first 12 hex digits of the session's keyed hash ([`short_session`]).
+fn push_session(out: &mut String, id: SessionId) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let top = (id.0 >> 80) as u64;
+    for i in (0..12).rev() {
+        out.push(HEX[((top >> (4 * i)) & 0xf) as usize] as char);
+    }
+}
+
+/// `hit`, `new`, `moved:<reason>`, or `none` without a session key.
+fn push_affinity(out: &mut String, e: &Entry) {
+    match (e.affinity, e.moved_reason) {
+        (None, _) => out.push_str("none"),
+        (Some(AffinityOutcome::Moved), Some(reason)) => {
+            out.push_str("moved:");
+            out.push_str(reason.label());
+        }
+        (Some(outcome), _) => out.push_str(outcome.label()),
+    }
+}
+
+/// Needs no escaping, in JSON or in the combined format.
+fn plain(b: u8) -> bool {
+    (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'
 }
 
 /// `"text"`, escaped for JSON.
 fn json_str(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    if text.bytes().all(plain) {
+        out.push_str(text);
+    } else {
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
             }
-            c => out.push(c),
         }
     }
     out.push('"');
 }
 
-/// Milliseconds with microseconds, or null.
-fn json_ms(out: &mut String, d: Option<Duration>) {
-    match d {
-        Some(d) => {
-            let micros = d.as_micros();
-            let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
-        }
-        None => out.push_str("null"),
+/// A client's text inside quotes: `"`, `\` and bytes outside printable
+/// ASCII escaped as nginx does (`\xHH`), so that one line stays one line.
+fn clf_escape(out: &mut String, text: &str) {
+    if text.bytes().all(plain) {
+        out.push_str(text);
+        return;
     }
-}
-
-fn json_opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
-    match v {
-        Some(v) => {
-            let _ = write!(out, "{v}");
-        }
-        None => out.push_str("null"),
-    }
-}
-
-/// One JSON object and a newline, its fields in the documented order.
-pub fn json_line(e: &Entry, out: &mut String) {
-    out.push_str("{\"time\":");
-    json_str(out, &humantime::format_rfc3339_millis(e.at).to_string());
-    out.push_str(",\"client\":");
-    match e.client {
-        Some(c) => json_str(out, &c.to_string()),
-        None => out.push_str("null"),
-    }
-    out.push_str(",\"method\":");
-    json_str(out, e.method.as_str());
-    out.push_str(",\"path\":");
-    json_str(out, &e.path);
-    let _ = write!(out, ",\"status\":{},\"upstream\":", e.status);
-    match &e.upstream {
-        Some(u) => json_str(out, u),
-        None => out.push_str("null"),
-    }
-    out.push_str(",\"session\":");
-    match e.session {
-        Some(s) => json_str(out, &short_session(s)),
-        None => out.push_str("null"),
-    }
-    out.push_str(",\"affinity\":");
-    json_str(out, &affinity_label(e));
-    let _ = write!(
-        out,
-        ",\"attempts\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream_head_ms\":",
-        e.attempts, e.bytes_in, e.bytes_out
-    );
-    json_ms(out, e.upstream_head);
-    out.push_str(",\"first_event_ms\":");
-    json_ms(out, e.first_event);
-    out.push_str(",\"total_ms\":");
-    json_ms(out, Some(e.total));
-    out.push_str(",\"stream\":");
-    match e.stream {
-        Some(s) => json_str(out, s.label()),
-        None => out.push_str("null"),
-    }
-    for (name, value) in [
-        ("input_tokens", e.usage.map(|u| u.input)),
-        ("cache_read_tokens", e.usage.map(|u| u.cache_read)),
-        ("cache_creation_tokens", e.usage.map(|u| u.cache_creation)),
-        ("output_tokens", e.usage.map(|u| u.output)),
-    ] {
-        let _ = write!(out, ",\"{name}\":");
-        json_opt(out, value);
-    }
-    out.push_str("}\n");
-}
-
-/// nginx's combined format, then `key=value` fields (`-` when absent).
-pub fn combined_line(e: &Entry, line: &mut String) {
-    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let quoted = |v: &Option<String>| match v {
-        Some(v) => escape(v),
-        None => "-".into(),
-    };
-    let ms = |d: Option<Duration>| dash(d.map(|d| format!("{:.3}", d.as_secs_f64() * 1e3)));
-    let _ = write!(
-        line,
-        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
-        dash(e.client.map(|c| c.ip().to_string())),
-        clf_time(e.at),
-        e.method,
-        escape(&e.path),
-        e.version,
-        e.status,
-        e.bytes_out,
-        quoted(&e.referer),
-        quoted(&e.user_agent),
-    );
-    let _ = write!(
-        line,
-        " upstream={} session={} affinity={} attempts={} bytes_in={} upstream_head_ms={} first_event_ms={} total_ms={:.3} stream={} cache_read_tokens={} input_tokens={}\n",
-        dash(e.upstream.as_deref().map(str::to_string)),
-        dash(e.session.map(short_session)),
-        affinity_label(e),
-        e.attempts,
-        e.bytes_in,
-        ms(e.upstream_head),
-        ms(e.first_event),
-        e.total.as_secs_f64() * 1e3,
-        e.stream.map_or("-", StreamOutcome::label),
-        dash(e.usage.map(|u| u.cache_read.to_string())),
-        dash(e.usage.map(|u| u.input.to_string())),
-    );
-}
-
-/// A client's text inside quotes: `"`, `\` and control bytes escaped as
-/// nginx does (`\xHH`), so that one line stays one line.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'"' | b'\\' | 0..=0x1f | 0x7f.. => out.push_str(&format!("\\x{b:02X}")),
-            _ => out.push(b as char),
+    for b in text.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\x{b:02X}");
         }
     }
-    out
 }
 
-/// `04/Dec/2026:21:19:28 +0000`, in UTC.
-fn clf_time(at: SystemTime) -> String {
+/// `04/Dec/2026:21:19:28 +0000`, in UTC, for seconds since the epoch.
+fn clf_time(secs: u64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's days-to-civil, for days since 1970-01-01.
     let z = days as i64 + 719_468;
@@ -452,7 +617,8 @@ mod tests {
             client: "10.0.0.7:51234".parse().ok(),
             method: http::Method::POST,
             version: http::Version::HTTP_11,
-            path: "/v1/messages".into(),
+            uri: http::Uri::from_static("/v1/messages?beta=true"),
+            query: false,
             status: 200,
             upstream: Some("relay-a".into()),
             session: Some(SessionId(0xabcdef0123456789_u128 << 64)),
@@ -478,8 +644,9 @@ mod tests {
 
     #[test]
     fn json_lines_name_every_field() {
-        let mut line = String::new();
-        json_line(&entry(), &mut line);
+        let line = Formatter::default()
+            .format(&entry(), AccessLogFormat::Json)
+            .to_string();
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert_eq!(v["time"], "2026-12-04T21:19:28.000Z");
@@ -494,8 +661,9 @@ mod tests {
 
     #[test]
     fn combined_lines_are_nginx_combined_then_fields() {
-        let mut line = String::new();
-        combined_line(&entry(), &mut line);
+        let line = Formatter::default()
+            .format(&entry(), AccessLogFormat::Combined)
+            .to_string();
         assert_eq!(
             line,
             "10.0.0.7 - - [04/Dec/2026:21:19:28 +0000] \"POST /v1/messages HTTP/1.1\" 200 4096 \"-\" \"claude-cli/2.0 \\x22x\\x22\" upstream=relay-a session=abcdef012345 affinity=moved:draining attempts=2 bytes_in=90000 upstream_head_ms=2.500 first_event_ms=- total_ms=40.000 stream=completed cache_read_tokens=900 input_tokens=10\n"
@@ -514,14 +682,19 @@ mod tests {
     }
 
     #[test]
-    fn hostile_paths_stay_one_valid_json_line() {
-        let mut e = entry();
-        e.path = "/v1/\"quoted\"\\back\nnew\u{1}line\u{7f}é".into();
-        let mut line = String::new();
-        json_line(&e, &mut line);
-        assert_eq!(line.matches('\n').count(), 1, "{line}");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-        assert_eq!(v["path"], e.path.as_str());
+    fn hostile_text_stays_on_one_line_in_both_formats() {
+        let text = "/v1/\"quoted\"\\back\nnew\u{1}line\u{7f}é";
+        let mut json = String::new();
+        json_str(&mut json, text);
+        assert!(!json.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(v, text);
+        let mut clf = String::new();
+        clf_escape(&mut clf, text);
+        assert_eq!(
+            clf,
+            "/v1/\\x22quoted\\x22\\x5Cback\\x0Anew\\x01line\\x7F\\xC3\\xA9"
+        );
     }
 
     #[test]
@@ -548,7 +721,7 @@ mod tests {
 
     #[test]
     fn civil_dates_across_leap_years() {
-        let at = |s: u64| clf_time(UNIX_EPOCH + Duration::from_secs(s));
+        let at = clf_time;
         assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
         assert_eq!(at(951_782_400), "29/Feb/2000:00:00:00 +0000");
         assert_eq!(at(1_709_251_199), "29/Feb/2024:23:59:59 +0000");

@@ -16,10 +16,6 @@ pub fn entry(
     spec: &AccessLogSpec,
 ) -> Entry {
     let req = session.req_header();
-    let path = match (spec.query, req.uri.path_and_query()) {
-        (true, Some(pq)) => pq.as_str().to_string(),
-        _ => req.uri.path().to_string(),
-    };
     let header = |name: http::header::HeaderName| {
         (spec.format == AccessLogFormat::Combined)
             .then(|| req.headers.get(name))
@@ -32,7 +28,8 @@ pub fn entry(
         client: session.client_addr().and_then(|a| a.as_inet()).copied(),
         method: req.method.clone(),
         version: req.version,
-        path,
+        uri: req.uri.clone(),
+        query: spec.query,
         status,
         upstream,
         session: ctx.session,
