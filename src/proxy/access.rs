@@ -22,14 +22,17 @@ pub fn entry(
             .flatten()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
+    let target = match (spec.query, req.uri.path_and_query()) {
+        (true, Some(pq)) => pq.as_str(),
+        _ => req.uri.path(),
+    };
     let downstream = session.as_downstream();
     Entry {
         at: SystemTime::now(),
         client: session.client_addr().and_then(|a| a.as_inet()).copied(),
         method: req.method.clone(),
         version: req.version,
-        uri: req.uri.clone(),
-        query: spec.query,
+        target: smallvec::SmallVec::from_slice(target.as_bytes()),
         status,
         upstream,
         session: ctx.session,
