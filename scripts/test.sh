@@ -57,9 +57,9 @@ if ! target/sdk-venv/bin/python3 -c 'import anthropic' >/dev/null 2>&1; then
 fi
 
 # playwright-core (pinned), with which a test drives Debian's chromium through
-# the admin dashboard (it needs Node 20 or later).
-if ! grep -qs '"version": "1.65.2"' target/browser/node_modules/playwright-core/package.json; then
-  npm install --prefix target/browser --no-audit --no-fund --silent playwright-core@1.65.2
+# the admin dashboard: 1.57 runs on Debian 12's Node 18 (1.65 needs Node 20).
+if ! grep -qs '"version": "1.57.0"' target/browser/node_modules/playwright-core/package.json; then
+  npm install --prefix target/browser --no-audit --no-fund --silent playwright-core@1.57.0
 fi
 
 cargo test --locked "$@"

@@ -16,12 +16,15 @@
 //!                         upstream (pooled HttpPeer) ──► response streamed back (SSE too)
 //!                           │ connect failure: upstream::ejection, retry elsewhere, re-pin
 //!                           ▼
-//!                         proxy::logging ──► metrics, session counters
+//!                         proxy::logging ──► metrics, session counters, access_log (queued)
 //!
 //! upstream::health  background service: active checks of every upstream
 //! redis sync        background service: pub/sub invalidations, batched TTL renewals,
 //!                   write-back after an outage
-//! admin             its own listener: JSON API, /metrics, dashboard
+//! admin             its own listener: JSON API, /metrics, dashboard (history, indicators)
+//! history           background service: a sample of the counters every 10 s
+//! access log        its own thread: formats and writes the queued lines
+//! ctl               `relay-edge ctl`: the admin API from the command line
 //! ```
 //!
 //! [`server::build`] wires the Pingora server from a validated [`config::Config`].

@@ -21,7 +21,8 @@
 //!   `response_body_filter`: a JSON answer's token usage ([`sse`]).
 //! - `logging`: counters and metrics, once per request: a client that left
 //!   is a 499 and a client error, a response the upstream cut after its
-//!   head a 502 and an upstream failure.
+//!   head a 502 and an upstream failure; then the access log's entry
+//!   ([`access`]), handed to its writer.
 //! - `fail_to_proxy`: a short JSON error when nothing could answer, and the
 //!   failure counted by cause.
 //!
