@@ -3,7 +3,9 @@
 //!
 //! A background task takes a [`Sample`] of the cumulative counters every
 //! [`RESOLUTION`]; a point is the difference of two samples, so nothing is
-//! added to the request path. The last point is the interval still under
+//! added to the request path. Only the last sample is kept whole; each
+//! interval keeps its differences and its p99, so 500 upstreams cost a few
+//! MiB, not the histograms' buckets 90 times over. The last point is the interval still under
 //! way (from the last sample to now), so that traffic shows at once. The
 //! same samples give the indicators their 15-minute window
 //! ([`crate::indicators`]).
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 pub const RESOLUTION: Duration = Duration::from_secs(10);
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Samples kept: one more than the points of a full window.
+/// Samples a full window spans: one more than its intervals.
 const SAMPLES: usize = (WINDOW.as_secs() / RESOLUTION.as_secs()) as usize + 1;
 
 /// One upstream's cumulative counters.
@@ -124,11 +126,12 @@ impl Counters {
     }
 }
 
-/// Every upstream's counters, and the edge-wide ones, at one moment.
+/// Every upstream's counters, and the edge-wide ones, at one moment. Only
+/// the last one is kept: intervals are stored as their differences.
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at_ms: u64,
-    pub upstreams: Vec<(Arc<str>, Counters)>,
+    pub upstreams: HashMap<Arc<str>, Counters>,
     /// Keyed requests by affinity outcome, in [`AffinityOutcome`] order.
     pub affinity: [u64; 3],
 }
@@ -147,83 +150,132 @@ impl Sample {
             affinity: AffinityOutcome::ALL.map(|o| edge.metrics.affinity_requests(o)),
         }
     }
+}
 
-    fn of(&self, id: &str) -> Option<&Counters> {
-        self.upstreams
+/// What happened between two samples: per upstream, the counters' growth
+/// and the interval's p99 (the buckets themselves are not kept).
+#[derive(Clone, Debug)]
+struct Interval {
+    end_ms: u64,
+    upstreams: HashMap<Arc<str>, (Counters, Option<f64>)>,
+    affinity: [u64; 3],
+}
+
+impl Interval {
+    fn between(before: &Sample, after: &Sample) -> Interval {
+        let upstreams = after
+            .upstreams
             .iter()
-            .find(|(u, _)| &**u == id)
-            .map(|(_, c)| c)
-    }
-
-    /// The sum over every upstream of what happened since `earlier`.
-    pub fn total_since(&self, earlier: Option<&Sample>) -> Counters {
-        let mut total = Counters::default();
-        for (id, c) in &self.upstreams {
-            total.add(&c.since(earlier.and_then(|e| e.of(id))));
+            .map(|(id, now)| {
+                let mut d = now.since(before.upstreams.get(id));
+                let p99 = d.p99_ms();
+                d.durations = Vec::new();
+                (id.clone(), (d, p99))
+            })
+            .collect();
+        Interval {
+            end_ms: after.at_ms,
+            upstreams,
+            affinity: [0, 1, 2].map(|i| after.affinity[i].saturating_sub(before.affinity[i])),
         }
-        total
     }
+}
+
+/// The indicators' window: what happened in the last 15 minutes.
+pub struct Window {
+    /// Summed over every upstream.
+    pub total: Counters,
+    pub affinity: [u64; 3],
+}
+
+#[derive(Default)]
+struct Kept {
+    last: Option<Sample>,
+    intervals: VecDeque<Interval>,
 }
 
 #[derive(Default)]
 pub struct History {
-    samples: Mutex<VecDeque<Sample>>,
+    kept: Mutex<Kept>,
 }
 
 impl History {
-    /// Take a sample (every [`RESOLUTION`]), forgetting the oldest past the window.
+    /// Take a sample (every [`RESOLUTION`]) and keep the interval since the
+    /// last one, forgetting the oldest past the window.
     pub fn record(&self, edge: &Edge) {
         let sample = Sample::take(edge);
-        if let Ok(mut samples) = self.samples.lock() {
-            samples.push_back(sample);
-            while samples.len() > SAMPLES {
-                samples.pop_front();
+        if let Ok(mut kept) = self.kept.lock() {
+            if let Some(last) = &kept.last {
+                let interval = Interval::between(last, &sample);
+                kept.intervals.push_back(interval);
+                while kept.intervals.len() > SAMPLES - 1 {
+                    kept.intervals.pop_front();
+                }
             }
+            kept.last = Some(sample);
         }
     }
 
-    /// The oldest sample kept: the start of the indicators' window.
-    pub fn oldest(&self) -> Option<Sample> {
-        self.samples.lock().ok()?.front().cloned()
+    /// The kept intervals and the one under way (from the last sample to now).
+    fn intervals(&self, edge: &Edge) -> Vec<Interval> {
+        let now = Sample::take(edge);
+        let Ok(kept) = self.kept.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<Interval> = kept.intervals.iter().cloned().collect();
+        if let Some(last) = &kept.last {
+            all.push(Interval::between(last, &now));
+        }
+        all
+    }
+
+    /// What happened within the window, for the indicators.
+    pub fn window(&self, edge: &Edge) -> Window {
+        let mut w = Window {
+            total: Counters::default(),
+            affinity: [0; 3],
+        };
+        for interval in self.intervals(edge) {
+            for (c, _) in interval.upstreams.values() {
+                w.total.add(c);
+            }
+            for i in 0..3 {
+                w.affinity[i] += interval.affinity[i];
+            }
+        }
+        w
     }
 
     /// `GET /api/history`: per upstream, one point per interval, oldest
     /// first, the last one the interval under way.
     pub fn json(&self, edge: &Edge) -> Value {
-        let mut samples: Vec<Sample> = match self.samples.lock() {
-            Ok(s) => s.iter().cloned().collect(),
-            Err(_) => Vec::new(),
-        };
-        samples.push(Sample::take(edge));
-        let ids: Vec<Arc<str>> = edge
+        let intervals = self.intervals(edge);
+        let upstreams: Vec<Value> = edge
             .state()
             .upstreams
             .all()
             .iter()
-            .map(|u| u.id.clone())
+            .map(|u| {
+                let points: Vec<Value> = intervals
+                    .iter()
+                    .filter_map(|i| {
+                        let (d, p99) = i.upstreams.get(&u.id)?;
+                        Some(json!({
+                            "t_ms": i.end_ms,
+                            "requests": d.requests,
+                            "errors": d.errors,
+                            "p99_ms": p99,
+                            "affinity_hit_rate": ratio(d.affinity_hits, d.keyed),
+                        }))
+                    })
+                    .collect();
+                json!({ "id": &*u.id, "points": points })
+            })
             .collect();
-        let mut series: HashMap<&str, Vec<Value>> = HashMap::new();
-        for pair in samples.windows(2) {
-            let (before, after) = (&pair[0], &pair[1]);
-            for id in &ids {
-                let Some(now) = after.of(id) else { continue };
-                let d = now.since(before.of(id));
-                series.entry(id).or_default().push(json!({
-                    "t_ms": after.at_ms,
-                    "requests": d.requests,
-                    "errors": d.errors,
-                    "p99_ms": d.p99_ms(),
-                    "affinity_hit_rate": ratio(d.affinity_hits, d.keyed),
-                }));
-            }
-        }
         json!({
             "resolution_seconds": RESOLUTION.as_secs(),
             "window_seconds": WINDOW.as_secs(),
-            "upstreams": ids.iter().map(|id| json!({
-                "id": &**id,
-                "points": series.remove(&**id).unwrap_or_default(),
-            })).collect::<Vec<_>>(),
+            "upstreams": upstreams,
         })
     }
 }
@@ -250,6 +302,48 @@ mod tests {
         };
         assert_eq!(c.p99_ms(), Some(100.0));
         assert_eq!(Counters::default().p99_ms(), None);
+    }
+
+    #[test]
+    fn intervals_keep_differences_and_the_current_one_shows_at_once() {
+        let edge = Edge::new(
+            crate::config::parse(
+                "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001}, {id: b, addr: 127.0.0.1:9002}]\n",
+            )
+            .expect("valid config"),
+        );
+        let serve = |n: u64, seconds: f64| {
+            let state = edge.state();
+            let a = &state.upstreams.all()[0];
+            a.stats.requests.fetch_add(n, Ordering::Relaxed);
+            a.stats.keyed.fetch_add(n, Ordering::Relaxed);
+            a.stats.affinity_hits.fetch_add(n - 1, Ordering::Relaxed);
+            for _ in 0..n {
+                a.metrics.duration.observe(seconds);
+            }
+        };
+        edge.history.record(&edge);
+        serve(10, 0.02);
+        edge.history.record(&edge);
+        serve(4, 2.0);
+        let h = edge.history.json(&edge);
+        let a = &h["upstreams"][0]["points"];
+        assert_eq!(a.as_array().map(Vec::len), Some(2), "{h}");
+        assert_eq!(
+            (a[0]["requests"].clone(), a[0]["p99_ms"].clone()),
+            (json!(10), json!(25.0))
+        );
+        assert_eq!(a[0]["affinity_hit_rate"], json!(0.9));
+        assert_eq!(
+            (a[1]["requests"].clone(), a[1]["p99_ms"].clone()),
+            (json!(4), json!(2500.0))
+        );
+        assert_eq!(h["upstreams"][1]["points"][0]["requests"], 0);
+        let w = edge.history.window(&edge);
+        assert_eq!(
+            (w.total.requests, w.total.keyed, w.total.affinity_hits),
+            (14, 14, 12)
+        );
     }
 
     #[test]

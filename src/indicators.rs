@@ -6,7 +6,7 @@
 //! values. Rates are taken over the dashboard's 15-minute window
 //! ([`crate::history`]); states (pool use, health) are taken now.
 
-use crate::history::{ratio, Sample};
+use crate::history::ratio;
 use crate::metrics::AffinityOutcome;
 use crate::state::Edge;
 use serde_json::{json, Value};
@@ -154,15 +154,15 @@ pub fn session_survival(live: u64, created: u64) -> f64 {
 
 /// Every indicator's value now; null where there is nothing to measure.
 fn values(edge: &Edge) -> [Value; 8] {
-    let now = Sample::take(edge);
-    let oldest = edge.history.oldest();
-    let window = now.total_since(oldest.as_ref());
+    let crate::history::Window {
+        total: window,
+        affinity,
+    } = edge.history.window(edge);
     let m = &edge.metrics;
     let [input, cache_read, cache_creation, _] = window.tokens;
     let affinity = {
-        let base = oldest.as_ref().map_or([0; 3], |s| s.affinity);
-        let d = |o: AffinityOutcome| now.affinity[o as usize].saturating_sub(base[o as usize]);
-        let (hits, moved) = (d(AffinityOutcome::Hit), d(AffinityOutcome::Moved));
+        let hits = affinity[AffinityOutcome::Hit as usize];
+        let moved = affinity[AffinityOutcome::Moved as usize];
         ratio(hits, hits + moved)
     };
     let written = m.recovery_written.get();
