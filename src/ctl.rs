@@ -20,6 +20,9 @@ use std::time::Duration;
 
 pub const DEFAULT_CONFIG: &str = "/etc/relay-edge/relay-edge.yaml";
 
+/// The largest admin reply read (a list of 10,000 sessions is a few MiB).
+const MAX_REPLY: u64 = 64 << 20;
+
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
     /// Print the admin API's JSON instead of tables.
@@ -204,8 +207,12 @@ impl Admin {
         request.push_str("\r\n");
         request.push_str(body);
         stream.write_all(request.as_bytes()).map_err(unreachable)?;
+        // Bounded: whatever answers on that port, ctl does not hold more.
         let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).map_err(unreachable)?;
+        stream
+            .take(MAX_REPLY)
+            .read_to_end(&mut reply)
+            .map_err(unreachable)?;
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
         let head_len = match response.parse(&reply) {
