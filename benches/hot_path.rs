@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the request path's own pieces: key extraction from a
 //! header, a cookie and a 1 MiB JSON body; the affinity-table lookup (local
 //! hit); placement across 500 upstreams; cloning the peer; the in-flight
-//! guard every request holds; and the scan of a request head as it arrives.
+//! guard every request holds; the scan of a request head as it arrives; and
+//! an access log line's formatting (on the writer's thread).
 //!
 //! Run with `cargo bench`.
 
@@ -230,6 +231,48 @@ data: {"type":"message_stop"}
     });
 }
 
+fn access_log_line(c: &mut Criterion) {
+    use relay_edge::access_log::{Entry, Formatter};
+    use relay_edge::config::model::AccessLogFormat;
+    use relay_edge::metrics::{AffinityOutcome, StreamOutcome};
+    let entry = Entry {
+        at: std::time::SystemTime::now(),
+        client: "10.0.0.7:51234".parse().ok(),
+        method: http::Method::POST,
+        version: http::Version::HTTP_11,
+        target: smallvec::SmallVec::from_slice(b"/v1/messages?beta=true"),
+        status: 200,
+        upstream: Some("relay-a".into()),
+        session: Some(SessionId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef)),
+        affinity: Some(AffinityOutcome::Hit),
+        moved_reason: None,
+        attempts: 1,
+        bytes_in: 91_342,
+        bytes_out: 18_211,
+        upstream_head: Some(Duration::from_micros(640_200)),
+        first_event: Some(Duration::from_micros(812_400)),
+        total: Duration::from_micros(9_321_700),
+        stream: Some(StreamOutcome::Completed),
+        usage: Some(relay_edge::proxy::sse::Usage {
+            input: 12,
+            cache_read: 41_877,
+            cache_creation: 0,
+            output: 377,
+        }),
+        referer: None,
+        user_agent: Some("claude-cli/2.0.14 (external, cli)".into()),
+    };
+    let mut f = Formatter::default();
+    for (name, format) in [
+        ("access_log/json_line", AccessLogFormat::Json),
+        ("access_log/combined_line", AccessLogFormat::Combined),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(f.format(black_box(&entry), format).len()))
+        });
+    }
+}
+
 criterion_group!(
     benches,
     key_extraction,
@@ -237,6 +280,7 @@ criterion_group!(
     placement,
     in_flight,
     head_scan,
-    stream_scan
+    stream_scan,
+    access_log_line
 );
 criterion_main!(benches);
