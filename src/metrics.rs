@@ -576,7 +576,7 @@ impl Metrics {
             Histogram::with_opts(
                 HistogramOpts::new(
                     "relay_edge_session_duration_seconds",
-                    "A session's life, from its first request to its last, observed when it expires, in seconds.",
+                    "A session's life, from its first request to its last, observed when it expires (with Redis: by the edge whose sweep removed it), in seconds.",
                 )
                 .buckets(vec![
                     1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,

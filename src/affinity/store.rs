@@ -327,7 +327,8 @@ impl LocalStore {
 
     /// Observe in `histogram` the life of every session that expires here
     /// (`relay_edge_session_duration_seconds`; the in-process table only:
-    /// a front cache's entries end with their `local_ttl`, not the session).
+    /// a front cache's entries end with their `local_ttl`, not the session,
+    /// and Redis's sessions are observed by the sweep that removes them).
     pub fn observe_durations(&self, histogram: prometheus::Histogram) {
         if self.sliding {
             let _ = self.durations.set(histogram);

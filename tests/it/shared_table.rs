@@ -464,6 +464,22 @@ async fn lists_and_counts_come_from_redis_and_idle_sessions_expire_from_both() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each expiry was swept by one edge, and its life observed there once
+    // (never more: checked again at the end).
+    let swept = |text: String| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("relay_edge_session_duration_seconds_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // The edge observes it as the sweep's reply comes back, just after
+    // Redis dropped the records.
+    eventually(
+        Duration::from_secs(5),
+        "5 session lives observed",
+        || async { swept(a.metrics().await) + swept(b.metrics().await) == 5 },
+    )
+    .await;
     let (_, all) = b.admin_json("GET", "/api/sessions?limit=100", b"").await;
     let listed: Vec<&str> = all["sessions"]
         .as_array()
@@ -483,6 +499,11 @@ async fn lists_and_counts_come_from_redis_and_idle_sessions_expire_from_both() {
             "{key} should be gone"
         );
     }
+    assert_eq!(
+        swept(a.metrics().await) + swept(b.metrics().await),
+        5,
+        "no life observed twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,16 +67,17 @@ return 1
 ";
 
 /// Sweep one bucket: remove sessions last seen before ARGV[1], and
-/// malformed ones. Returns {expired, live, malformed}: the first two flat
-/// lists {id, upstream, id, upstream, ...} (the live ones for the index
-/// repair), the last the ids of the malformed records removed.
+/// malformed ones. Returns {expired, live, malformed}: the first a flat
+/// list {id, upstream, life in ms, ...} (life: first to last request), the
+/// second {id, upstream, ...} (the live ones, for the index repair), the
+/// last the ids of the malformed records removed.
 pub const SWEEP: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
 local removed, live, malformed = {}, {}, {}
 for i = 1, #all, 2 do
   local v = all[i + 1]
   if string.sub(v, 1, 1) ~= '/' then
-    local up, l = string.match(v, '^([^\t]+)\t[^\t]*\t([^\t]*)')
+    local up, c, l = string.match(v, '^([^\t]+)\t([^\t]*)\t([^\t]*)')
     local seen = l and tonumber(l)
     if not seen then
       redis.call('HDEL', KEYS[1], all[i])
@@ -85,6 +86,7 @@ for i = 1, #all, 2 do
       redis.call('HDEL', KEYS[1], all[i])
       removed[#removed + 1] = all[i]
       removed[#removed + 1] = up
+      removed[#removed + 1] = string.format('%d', math.max(0, seen - (tonumber(c) or seen)))
     else
       live[#live + 1] = all[i]
       live[#live + 1] = up

@@ -294,8 +294,15 @@ impl RedisStore {
                     self.remember_pending(id, &r.upstream);
                 }
             }
-            for pair in removed.chunks(2) {
-                if let [id, upstream] = pair {
+            for expired in removed.chunks(3) {
+                if let [id, upstream, life_ms] = expired {
+                    // Each expiry is swept by one edge: observed once fleet-wide.
+                    if let Some(ms) = std::str::from_utf8(life_ms)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        self.metrics.session_duration.observe(ms as f64 / 1000.0);
+                    }
                     let upstream = String::from_utf8_lossy(upstream);
                     self.call(
                         "index",
