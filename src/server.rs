@@ -77,6 +77,11 @@ pub fn build(
     server.bootstrap();
 
     let edge = Edge::with_path(config.clone(), config_path);
+    if upgrade {
+        // `bootstrap` returned: the old process has handed over its sockets,
+        // and saved its in-process table just before.
+        crate::upgrade::take_table(&edge, &config.server.upgrade_sock);
+    }
     match config.server.thread_model {
         ThreadModel::Workers => {
             let conf = server.configuration.clone();
@@ -237,7 +242,9 @@ impl SignalService {
         };
         let sock = self.edge.state().config.server.upgrade_sock.clone();
         log::info!("SIGUSR2 received: starting the new binary to hand the sockets to");
-        match crate::upgrade::hand_over(path, &sock).await {
+        let edge = &self.edge;
+        let save = || crate::upgrade::save_table(edge, &sock);
+        match crate::upgrade::hand_over(path, &sock, save).await {
             Ok(pid) => log::info!("handing the listening sockets to process {pid}, then draining"),
             Err(e) => log::error!("upgrade abandoned, serving on: {e}"),
         }

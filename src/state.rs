@@ -100,6 +100,9 @@ pub struct Edge {
     /// Retries of answered attempts, edge-wide (`failover.retry_budget`).
     pub retry_budget: crate::proxy::retry_budget::RetryBudget,
     pub store: Arc<dyn SessionStore>,
+    /// The in-process table, when there is no Redis (also `store`): a
+    /// graceful upgrade hands it to the next process.
+    pub local: Option<Arc<LocalStore>>,
     pub metrics: Arc<Metrics>,
     /// The first health-check round has finished.
     pub health_known: tokio::sync::watch::Sender<bool>,
@@ -119,12 +122,13 @@ impl Edge {
             .redis
             .clone()
             .map(|spec| Arc::new(RedisStore::new(spec, config.affinity.ttl, metrics.clone())));
-        let store: Arc<dyn SessionStore> = match &redis {
-            Some(r) => r.clone(),
+        let (store, local): (Arc<dyn SessionStore>, _) = match &redis {
+            Some(r) => (r.clone(), None),
             None => {
                 let table = LocalStore::new(config.affinity.max_sessions, config.affinity.ttl);
                 table.observe_durations(metrics.session_duration.clone());
-                Arc::new(table)
+                let table = Arc::new(table);
+                (table.clone(), Some(table))
             }
         };
         let checks = CheckConnectors::new();
@@ -150,6 +154,7 @@ impl Edge {
             body_budget: Arc::default(),
             retry_budget: Default::default(),
             store,
+            local,
             metrics,
             health_known: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),

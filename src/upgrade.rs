@@ -6,6 +6,12 @@
 //! SIGQUIT (Pingora's hand-over), and drain. If the new binary fails to
 //! start (a bad config, a broken build), nothing is handed over and this
 //! process serves on.
+//!
+//! Without Redis the affinity table lives in the process: just before the
+//! hand-over it is written beside `upgrade_sock` ([`save_table`]), and the
+//! new process takes it over before it serves ([`take_table`]), so that no
+//! session moves. A manual upgrade (`--upgrade`, then SIGQUIT) hands over
+//! the sockets only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,12 +41,18 @@ fn own_binary() -> Option<PathBuf> {
     std::env::args_os().next().map(PathBuf::from)
 }
 
-/// Start the successor and hand it the sockets; returns its PID.
-pub async fn hand_over(config: &Path, upgrade_sock: &str) -> Result<u32, UpgradeError> {
+/// Start the successor and hand it the sockets; `before` runs just before
+/// the hand-over (the table is saved then). Returns the successor's PID.
+pub async fn hand_over(
+    config: &Path,
+    upgrade_sock: &str,
+    before: impl FnOnce(),
+) -> Result<u32, UpgradeError> {
     let binary = own_binary().ok_or(UpgradeError::NoBinary)?;
     // The successor binds a fresh socket there; a stale file must not look
-    // like it is ready.
+    // like it is ready, nor a stale table be taken over.
     let _ = std::fs::remove_file(upgrade_sock);
+    let _ = std::fs::remove_file(table_path(upgrade_sock));
     let mut child = Command::new(&binary)
         .arg("-c")
         .arg(config)
@@ -70,10 +82,82 @@ pub async fn hand_over(config: &Path, upgrade_sock: &str) -> Result<u32, Upgrade
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    before();
     // Pingora sends the listening sockets on SIGQUIT, then drains.
     // SAFETY: kill(2) on our own PID with a valid signal number.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGQUIT);
     }
     Ok(pid)
+}
+
+/// A table older than this is not taken over: it is not this hand-over's.
+const TABLE_FRESH_MS: u64 = 60_000;
+
+/// Where the old process writes its in-process table for the new one.
+pub fn table_path(upgrade_sock: &str) -> PathBuf {
+    PathBuf::from(format!("{upgrade_sock}.sessions"))
+}
+
+/// Write the in-process table (if there is one) for the successor: a
+/// header line with the time, then one JSON line per session; written to a
+/// temporary file, readable by this user only, and renamed into place.
+pub fn save_table(edge: &crate::state::Edge, upgrade_sock: &str) {
+    let Some(local) = &edge.local else { return };
+    let sessions = local.export();
+    let path = table_path(upgrade_sock);
+    let tmp = path.with_extension("sessions.tmp");
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut out = std::io::BufWriter::new(file);
+        writeln!(out, "{{\"written_ms\":{}}}", crate::clock::unix_ms())?;
+        for s in &sessions {
+            serde_json::to_writer(&mut out, s)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    match written {
+        Ok(()) => log::info!(
+            "{} sessions written to {} for the new process",
+            sessions.len(),
+            path.display()
+        ),
+        Err(e) => log::error!(
+            "cannot write the session table to {}: {e}; the new process starts without it",
+            path.display()
+        ),
+    }
+}
+
+/// In the new process of an upgrade: take over the table the old process
+/// wrote, if it is this hand-over's, and remove the file.
+pub fn take_table(edge: &crate::state::Edge, upgrade_sock: &str) {
+    let Some(local) = &edge.local else { return };
+    let path = table_path(upgrade_sock);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&path);
+    let mut lines = text.lines();
+    let written = lines
+        .next()
+        .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
+        .and_then(|h| h["written_ms"].as_u64())
+        .unwrap_or(0);
+    if crate::clock::unix_ms().saturating_sub(written) > TABLE_FRESH_MS {
+        log::warn!("{} is stale: not taken over", path.display());
+        return;
+    }
+    let sessions: Vec<_> = lines.filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let taken = local.import(sessions);
+    log::info!("took over {taken} sessions from the previous process");
 }

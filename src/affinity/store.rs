@@ -137,6 +137,18 @@ pub struct SessionInfo {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// One session of the in-process table, as the old process of a graceful
+/// upgrade writes it for the new one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HandedSession {
+    pub id: String,
+    pub upstream: String,
+    pub created_ms: u64,
+    pub last_seen_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+}
+
 /// Where a lookup found its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupSource {
@@ -495,6 +507,44 @@ impl LocalStore {
         Some(r)
     }
 
+    /// Every live session, as a graceful upgrade hands it to the next
+    /// process (the in-process table).
+    pub fn export(&self) -> Vec<HandedSession> {
+        self.records()
+            .into_iter()
+            .map(|(id, r)| HandedSession {
+                id: id.to_hex(),
+                upstream: r.upstream.to_string(),
+                created_ms: r.created_ms,
+                last_seen_ms: r.last_seen_ms(),
+                requests: r.requests.load(Ordering::Relaxed),
+                errors: r.errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Take over sessions a previous process handed over, keeping their
+    /// ages; sessions gone since, or unreadable, are skipped. How many.
+    pub fn import(&self, sessions: Vec<HandedSession>) -> usize {
+        let now = now_ms();
+        let ttl = self.ttl.get().as_millis() as u64;
+        let mut taken = 0;
+        for h in sessions {
+            let Some(id) = SessionId::from_hex(&h.id) else {
+                continue;
+            };
+            if now.saturating_sub(h.last_seen_ms) > ttl {
+                continue;
+            }
+            let r = self.put(id, Arc::from(h.upstream.as_str()), h.created_ms);
+            r.last_seen_ms.store(h.last_seen_ms, Ordering::Relaxed);
+            r.requests.store(h.requests, Ordering::Relaxed);
+            r.errors.store(h.errors, Ordering::Relaxed);
+            taken += 1;
+        }
+        taken
+    }
+
     /// Every cached session that is not gone (a front cache's stale ones too).
     pub fn records(&self) -> Vec<(SessionId, Arc<SessionRecord>)> {
         let now = now_ms();
@@ -684,6 +734,36 @@ mod tests {
         let last = SessionId(99);
         assert!(block(s.forget(last)));
         assert!(block(s.get(last)).is_none());
+    }
+
+    #[test]
+    fn an_exported_table_is_imported_whole_but_for_gone_sessions() {
+        let old = LocalStore::new(100, Duration::from_secs(3600));
+        old.put(SessionId(1), Arc::from("a"), now_ms() - 5_000);
+        old.put(SessionId(2), Arc::from("b"), now_ms());
+        let mut handed = old.export();
+        handed.push(HandedSession {
+            id: SessionId(3).to_hex(),
+            upstream: "a".into(),
+            created_ms: 0,
+            last_seen_ms: now_ms() - 7_200_000,
+            requests: 1,
+            errors: 0,
+        });
+        handed.push(HandedSession {
+            id: "not hex".into(),
+            ..handed[0].clone()
+        });
+        let new = LocalStore::new(100, Duration::from_secs(3600));
+        assert_eq!(
+            new.import(handed),
+            2,
+            "the gone and the unreadable are skipped"
+        );
+        let one = new.lookup_local(SessionId(1)).expect("taken over");
+        assert_eq!((&*one.upstream, one.created_ms > 0), ("a", true));
+        assert_eq!(new.counts().get("b").copied(), Some(1));
+        assert!(new.lookup_local(SessionId(3)).is_none());
     }
 
     #[test]

@@ -205,3 +205,66 @@ async fn a_successor_that_cannot_start_hands_nothing_over() {
     assert!(edge.alive(), "the running process serves on");
     assert_eq!(edge.get("/v1/x", &[]).await.status, 200);
 }
+
+/// Without Redis the table lives in the process: SIGUSR2 hands it over with
+/// the sockets, so no session moves (balanced by load, a new process would
+/// place them anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_without_redis_hands_the_session_table_over() {
+    let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
+    let mut old = Edge::start_opts(
+        &format!(
+            "{}affinity: {{keys: [{{header: x-session-id}}], outcome_header: x-affinity}}\n",
+            upstreams_yaml(&ups)
+        ),
+        1,
+        None,
+        "30s",
+    )
+    .await;
+    let keys: Vec<String> = (0..30).map(|i| format!("handed-{i}")).collect();
+    let mut homes = Vec::new();
+    for key in &keys {
+        homes.push(old.get("/v1/x", &[("x-session-id", key)]).await.upstream());
+    }
+    let old_pid = old.pid();
+    let pid_file = old.dir_path().join("pid");
+    old.signal("USR2");
+    let mut new_pid = 0;
+    eventually(
+        Duration::from_secs(20),
+        "the successor owns the pid file",
+        || {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|&p| p != old_pid)
+            {
+                new_pid = pid;
+            }
+            let ok = new_pid != 0;
+            async move { ok }
+        },
+    )
+    .await;
+    let _successor = KillOnDrop(new_pid as i32);
+    let code = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
+    assert_eq!(code, Some(0), "{}", old.log());
+    assert!(
+        old.log().contains("30 sessions written to"),
+        "{}",
+        old.log()
+    );
+    for (key, home) in keys.iter().zip(&homes) {
+        let r = old.get("/v1/x", &[("x-session-id", key)]).await;
+        assert_eq!(
+            (r.upstream(), r.header("x-affinity")),
+            (home.clone(), Some("hit")),
+            "{key} after the upgrade"
+        );
+    }
+    assert!(
+        !pid_file.with_file_name("upgrade.sock.sessions").exists(),
+        "the table's file is removed once taken over"
+    );
+}
