@@ -110,10 +110,11 @@ pub fn save_table(edge: &crate::state::Edge, upgrade_sock: &str) {
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        // A fresh file, never one someone else left (or linked) there.
+        let _ = std::fs::remove_file(&tmp);
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         let mut out = std::io::BufWriter::new(file);
@@ -143,6 +144,23 @@ pub fn save_table(edge: &crate::state::Edge, upgrade_sock: &str) {
 pub fn take_table(edge: &crate::state::Edge, upgrade_sock: &str) {
     let Some(local) = &edge.local else { return };
     let path = table_path(upgrade_sock);
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return;
+    };
+    // Only a file this user wrote, that no one else may write: another
+    // user's file in a shared /tmp must not place sessions.
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            log::warn!(
+                "{} is not a file of this user's alone: not taken over",
+                path.display()
+            );
+            return;
+        }
+    }
     let Ok(text) = std::fs::read_to_string(&path) else {
         return;
     };
@@ -160,4 +178,43 @@ pub fn take_table(edge: &crate::state::Edge, upgrade_sock: &str) {
     let sessions: Vec<_> = lines.filter_map(|l| serde_json::from_str(l).ok()).collect();
     let taken = local.import(sessions);
     log::info!("took over {taken} sessions from the previous process");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn edge() -> std::sync::Arc<crate::state::Edge> {
+        crate::state::Edge::new(
+            crate::config::parse(
+                "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001}]\n",
+            )
+            .expect("valid config"),
+        )
+    }
+
+    #[test]
+    fn a_table_others_may_write_is_not_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("up.sock").display().to_string();
+        let old = edge();
+        let local = old.local.as_ref().expect("in-process table");
+        local.put(
+            crate::affinity::SessionId(7),
+            "a".into(),
+            crate::clock::unix_ms(),
+        );
+        save_table(&old, &sock);
+        let path = table_path(&sock);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let new = edge();
+        take_table(&new, &sock);
+        assert_eq!(new.store.len(), 0, "a world-writable file is refused");
+
+        save_table(&old, &sock);
+        take_table(&new, &sock);
+        assert_eq!(new.store.len(), 1);
+        assert!(!path.exists(), "removed once taken over");
+    }
 }
