@@ -104,7 +104,13 @@ pub fn build(
         "relay-edge health checks",
         HealthService { edge: edge.clone() },
     );
-    let signals = background_service("relay-edge signals", SignalService { edge: edge.clone() });
+    let signals = background_service(
+        "relay-edge signals",
+        SignalService {
+            edge: edge.clone(),
+            loaded_stamp: edge.config_path.as_deref().and_then(file_stamp),
+        },
+    );
     let readiness = background_service("relay-edge readiness", Readiness { edge: edge.clone() });
     let history = background_service("relay-edge history", HistorySampler { edge: edge.clone() });
 
@@ -232,6 +238,10 @@ impl BackgroundService for HistorySampler {
 ///   longest open request or stream, and never longer than `grace_period`.
 struct SignalService {
     edge: Arc<Edge>,
+    /// The config file's modification time and length as it was when the
+    /// edge was built: a change made before this service's thread starts
+    /// (after the edge is ready, on a busy machine) is still a change.
+    loaded_stamp: Option<(std::time::SystemTime, u64)>,
 }
 
 impl SignalService {
@@ -264,7 +274,7 @@ impl BackgroundService for SignalService {
             return;
         };
         let mut watch = tokio::time::interval(std::time::Duration::from_millis(250));
-        let mut seen = self.edge.config_path.as_deref().and_then(file_stamp);
+        let mut seen = self.loaded_stamp;
         let mut changed_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
