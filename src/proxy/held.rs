@@ -368,6 +368,7 @@ async fn commit(
             state.upstreams.record_failure(i);
         }
     }
+    super::note_answer_kept(ctx);
     let mut scan = StreamScan::default();
     let done_early = upstream.is_body_done();
     let relayed = relay_to_client(

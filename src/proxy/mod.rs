@@ -185,6 +185,19 @@ fn affinity_header(ctx: &RequestCtx, response: &mut ResponseHeader) -> Result<()
     Ok(())
 }
 
+/// The answer goes to the client as it is. Unless it is a failure, or an
+/// earlier answer of this request was left, the session's count of answers
+/// left in a row starts over (`failover.move_pin: after_failures`). Done
+/// here, with the head, not in `logging`: a client may send its next
+/// request before this one's logging phase has run.
+fn note_answer_kept(ctx: &RequestCtx) {
+    if let Some(record) = &ctx.record {
+        if !ctx.answer_retried && !ctx.failed_upstream {
+            record.answered_well();
+        }
+    }
+}
+
 /// Per-request state that crosses phases.
 pub struct RequestCtx {
     state: Option<Arc<State>>,
@@ -547,6 +560,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.failed_upstream = true;
             state.upstreams.record_failure(i);
         }
+        note_answer_kept(ctx);
         Ok(())
     }
 
@@ -674,9 +688,6 @@ impl ProxyHttp for EdgeProxy {
         }
         if let Some(record) = &ctx.record {
             record.record(failed);
-            if !ctx.answer_retried && !failed {
-                record.answered_well();
-            }
         }
     }
 }
