@@ -64,14 +64,6 @@ impl Entry {
     }
 }
 
-/// The first 12 hex digits of a session's keyed hash: enough to grep one
-/// session's lines, never the key itself.
-pub fn short_session(id: SessionId) -> String {
-    let mut hex = id.to_hex();
-    hex.truncate(12);
-    hex
-}
-
 /// How often the writer takes what was queued. The request path never
 /// wakes it: a wake-up per line would cost more than the line.
 const TICK: Duration = Duration::from_millis(25);
@@ -517,7 +509,8 @@ fn push_addr(out: &mut String, addr: SocketAddr) {
     push_int(out, addr.port());
 }
 
-/// The first 12 hex digits of the session's keyed hash ([`short_session`]).
+/// The first 12 hex digits of the session's keyed hash: enough to grep one
+/// session's lines, never the key itself.
 fn push_session(out: &mut String, id: SessionId) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let top = (id.0 >> 80) as u64;

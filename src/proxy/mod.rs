@@ -539,14 +539,12 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.upstream_answered = true;
         ctx.upstream_head = Some(ctx.started.elapsed());
-        ctx.sse = upstream_response
+        let content_type = upstream_response
             .headers
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let json = upstream_response
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            .map(|v| v.as_bytes());
+        ctx.sse = content_type.is_some_and(|t| t.starts_with(b"text/event-stream"));
+        let json = content_type.is_some_and(|t| t.starts_with(b"application/json"));
         // Token usage comes in answers to Messages calls, which are POSTs.
         if json && code == 200 && session.req_header().method == http::Method::POST {
             ctx.json_tail = Some(sse::JsonTail::default());
