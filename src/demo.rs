@@ -11,7 +11,11 @@
 //!   (any path, for the next requests, after `drop_next`).
 //! - `/reset`: starts an SSE stream, then drops the connection.
 //! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
-//!   style SSE stream of N deltas, M ms apart, with token usage.
+//!   style SSE stream of N deltas, M ms apart, with token usage. On
+//!   `/v1/responses` it is an OpenAI Responses stream (ending with
+//!   `response.completed`), on `/v1/chat/completions` a Chat Completions
+//!   stream (ending with `data: [DONE]`), on `/v1/other` events of no known
+//!   protocol; each ends with the chunked terminator.
 //! - `?overloaded=NAME`: the relay called NAME answers as an overloaded one
 //!   does (a stream's first event is `overloaded_error`; else a 529).
 //! - anything else: 200 JSON naming this upstream.
@@ -99,6 +103,11 @@ pub enum Fault {
     SilentAfter(u64),
     /// This many events, then `event: error` (`overloaded_error`) and the end.
     ErrorAfter(u64),
+    /// Reads the request and sends nothing at all, not even a head.
+    NoHead,
+    /// `200` JSON with `Content-Length: declared`, `sent` bytes of it, then
+    /// the connection closes.
+    CutBody { declared: usize, sent: usize },
 }
 
 pub struct DemoUpstream {
@@ -415,7 +424,10 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
         } else if wants_stream {
             let events = query_num(&req.query, "sse").unwrap_or(5);
             let gap = query_num(&req.query, "gap_ms").unwrap_or(0);
-            sse(stream, &name, events, gap, true).await
+            match OpenAiStream::of_path(&req.path) {
+                Some(shape) => openai_sse(stream, &name, shape, events).await,
+                None => sse(stream, &name, events, gap, true).await,
+            }
         } else {
             let body = format!(
                 r#"{{"upstream":"{name}","method":"{}","path":"{}","body_bytes":{},"usage":{{"input_tokens":100,"cache_read_input_tokens":900,"output_tokens":10}}}}"#,
@@ -479,6 +491,15 @@ async fn misbehave(stream: &mut TcpStream, name: &str, fault: Fault) -> bool {
             if sse_head(stream, name).await && chunk(stream, &events(n)).await {
                 std::future::pending::<()>().await;
             }
+            false
+        }
+        Fault::NoHead => std::future::pending::<bool>().await,
+        Fault::CutBody { declared, sent } => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\nx-upstream: {name}\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes()).await.is_ok()
+                && stream.write_all(&cut_body(sent)).await.is_ok();
             false
         }
         Fault::ErrorAfter(n) => {
@@ -549,6 +570,75 @@ async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finis
             return false;
         }
         if !chunk(stream, &event(name, i, last)).await {
+            return false;
+        }
+    }
+    chunk(stream, "").await
+}
+
+/// The first `n` bytes of a JSON answer (`{"text":"xxx…`), as a relay that
+/// is cut short sends them.
+pub fn cut_body(n: usize) -> Vec<u8> {
+    let mut body = br#"{"text":""#.to_vec();
+    body.resize(n.max(body.len()), b'x');
+    body.truncate(n);
+    body
+}
+
+/// The stream shapes of other protocols that relays serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenAiStream {
+    /// `/v1/responses`: `response.created` … `response.completed`.
+    Responses,
+    /// `/v1/chat/completions`: chunks, then `data: [DONE]`.
+    ChatCompletions,
+    /// `/v1/other`: events of no protocol the edge knows.
+    Unknown,
+}
+
+impl OpenAiStream {
+    fn of_path(path: &str) -> Option<OpenAiStream> {
+        match path {
+            "/v1/responses" => Some(OpenAiStream::Responses),
+            "/v1/chat/completions" => Some(OpenAiStream::ChatCompletions),
+            "/v1/other" => Some(OpenAiStream::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// A stream of `deltas` text deltas in `shape`, with usage as OpenAI
+/// reports it: 1000 input tokens, 900 of them cached, 10 output.
+async fn openai_sse(stream: &mut TcpStream, name: &str, shape: OpenAiStream, deltas: u64) -> bool {
+    if !sse_head(stream, name).await {
+        return false;
+    }
+    let mut events = Vec::new();
+    match shape {
+        OpenAiStream::Responses => {
+            events.push(format!("event: response.created\ndata: {{\"type\":\"response.created\",\"upstream\":\"{name}\",\"response\":{{\"id\":\"resp_1\",\"status\":\"in_progress\"}}}}\n\n"));
+            for i in 0..deltas {
+                events.push(format!("event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{i} \"}}\n\n"));
+            }
+            events.push("event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":1000,\"input_tokens_details\":{\"cached_tokens\":900},\"output_tokens\":10,\"total_tokens\":1010}}}\n\n".to_string());
+        }
+        OpenAiStream::ChatCompletions => {
+            for i in 0..deltas {
+                events.push(format!("data: {{\"object\":\"chat.completion.chunk\",\"upstream\":\"{name}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{i} \"}}}}]}}\n\n"));
+            }
+            events.push("data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":900}}}\n\n".to_string());
+            events.push("data: [DONE]\n\n".to_string());
+        }
+        OpenAiStream::Unknown => {
+            for i in 0..=deltas {
+                events.push(format!(
+                    "event: tick\ndata: {{\"n\":{i},\"upstream\":\"{name}\"}}\n\n"
+                ));
+            }
+        }
+    }
+    for e in &events {
+        if !chunk(stream, e).await {
             return false;
         }
     }

@@ -54,10 +54,11 @@ impl RepinReason {
 /// `relay_edge_streams_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamOutcome {
-    /// `message_stop` was seen.
+    /// Its protocol's end was seen (`message_stop`, `response.completed`,
+    /// `[DONE]`).
     Completed,
-    /// The relay ended or broke it before `message_stop` (or before its
-    /// first event).
+    /// The relay ended or broke it before that end (or before its first
+    /// event).
     RelayCut,
     /// The client left.
     ClientCut,
@@ -65,15 +66,19 @@ pub enum StreamOutcome {
     FirstEventTimeout,
     /// Silent for `streams.idle_timeout` after its first event.
     IdleTimeout,
+    /// Its body ended cleanly in a protocol the edge does not know (not
+    /// the relay's failure).
+    Unrecognised,
 }
 
 impl StreamOutcome {
-    pub const ALL: [StreamOutcome; 5] = [
+    pub const ALL: [StreamOutcome; 6] = [
         StreamOutcome::Completed,
         StreamOutcome::RelayCut,
         StreamOutcome::ClientCut,
         StreamOutcome::FirstEventTimeout,
         StreamOutcome::IdleTimeout,
+        StreamOutcome::Unrecognised,
     ];
 
     pub fn label(self) -> &'static str {
@@ -83,6 +88,7 @@ impl StreamOutcome {
             StreamOutcome::ClientCut => "client_cut",
             StreamOutcome::FirstEventTimeout => "first_event_timeout",
             StreamOutcome::IdleTimeout => "idle_timeout",
+            StreamOutcome::Unrecognised => "unrecognised",
         }
     }
 }

@@ -150,7 +150,7 @@ fn one<T: DeserializeOwned>(value: Value, path: &str, errs: &mut Vec<FieldError>
         Err(e) => {
             let at = join(path, &e.path().to_string());
             let message = if may_hold_secrets(&at) {
-                redact_quoted(&e.inner().to_string())
+                redact_values(&e.inner().to_string())
             } else {
                 e.inner().to_string()
             };
@@ -183,22 +183,71 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-/// Replace every quoted part of a serde message with `"…"`.
-fn redact_quoted(message: &str) -> String {
+/// Replace every value a serde message quotes with `…`: serde puts a
+/// string between double quotes and any other value (an integer, a float,
+/// a bool, a character) between backticks, as in
+/// ``invalid type: integer `42`, expected a string``. A sequence or a map is
+/// named by its kind alone. What is left is the kind of value and what was
+/// expected, which come from the types, not from the file.
+fn redact_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut parts = message.split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    for (i, part) in parts.enumerate() {
-        if i % 2 == 0 {
-            out.push_str("\"…");
-        } else {
-            out.push('"');
-            out.push_str(part);
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                out.push(c);
+                open = Some(c);
+            }
+            None => out.push(c),
         }
     }
+    if open.is_some() {
+        // An unclosed quote: nothing after it is shown.
+        out.push('…');
+    }
     out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_values;
+
+    #[test]
+    fn no_quoted_or_backticked_value_survives() {
+        let cases = [
+            (
+                "invalid type: integer `4242424243`, expected a string",
+                "invalid type: integer `…`, expected a string",
+            ),
+            (
+                "invalid type: floating point `42.5`, expected a string",
+                "invalid type: floating point `…`, expected a string",
+            ),
+            (
+                "invalid type: boolean `true`, expected a string",
+                "invalid type: boolean `…`, expected a string",
+            ),
+            (
+                "invalid value: string \"hunter2\", expected a duration",
+                "invalid value: string \"…\", expected a duration",
+            ),
+            (
+                "invalid type: sequence, expected a string",
+                "invalid type: sequence, expected a string",
+            ),
+            ("unterminated \"hunter2", "unterminated \"…"),
+            ("mixed `a\"b` then \"c`d\"", "mixed `…` then \"…\""),
+        ];
+        for (message, want) in cases {
+            assert_eq!(redact_values(message), want, "{message}");
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -429,7 +429,8 @@ impl Defaults {
     /// The statuses relays answer when overloaded or broken; 529 is
     /// Anthropic's `overloaded_error`.
     pub const RETRY_ON_STATUS: [u16; 6] = [429, 500, 502, 503, 504, 529];
-    pub const RETRY_ON_ERROR_EVENTS: [&'static str; 2] = ["overloaded_error", "api_error"];
+    pub const RETRY_ON_ERROR_EVENTS: [&'static str; 3] =
+        ["overloaded_error", "api_error", "server_error"];
     /// Envoy's default retry budget is 20% of active requests.
     pub const RETRY_BUDGET: f64 = 0.2;
     pub const RETRY_BUDGET_MIN: u32 = 10;

@@ -1182,6 +1182,27 @@ mod tests {
             assert!(!got.is_empty(), "{yaml} is invalid");
             assert!(got.iter().all(|l| !l.contains(secret)), "{got:?}");
         }
+        // A secret of the wrong type: serde quotes scalars in backticks.
+        for (secret, shown) in [
+            ("4242424243", "4242424243"),
+            ("4242.4243", "4242.4243"),
+            ("0x4242abcd", "1111665613"),
+            ("true", "true"),
+            ("[4242424243, 77]", "4242424243"),
+            ("{k: 4242424243}", "4242424243"),
+        ] {
+            for yaml in [
+                format!("affinity: {{hash_secret: {secret}}}"),
+                format!("redis: {{url: {secret}}}"),
+                format!("redis: {{url: 'redis://h:1', prefix: {secret}}}"),
+                format!("redis: {{url: 'redis://h:1', username: {secret}}}"),
+                format!("admin: {{token_file: {secret}}}"),
+            ] {
+                let got = errors(&format!("{BASE}{yaml}\n"));
+                assert!(!got.is_empty(), "{yaml} is invalid");
+                assert!(got.iter().all(|l| !l.contains(shown)), "{yaml}: {got:?}");
+            }
+        }
     }
 
     #[test]

@@ -177,11 +177,30 @@ impl GatedStream {
 }
 
 impl Drop for GatedStream {
+    /// What was written and not yet sent goes out first, as far as the
+    /// socket takes it now: a connection torn down after an answer was cut
+    /// (by its relay) is dropped without a flush, and the client must still
+    /// see the head and the bytes that came, as nginx sends them.
+    ///
     /// A head that arrived whole but never reached the proxy was refused by
     /// Pingora's parser (a 400, or a 405 for CONNECT).
     fn drop(&mut self) {
+        self.send_what_is_left();
         if matches!(self.phase, Phase::Through) && !self.head_parsed.load(Ordering::Relaxed) {
             self.metrics.client_error(ClientError::Malformed);
+        }
+    }
+}
+
+impl GatedStream {
+    /// Pass on the gathered bytes, and flush what the stream below keeps
+    /// (Pingora's own write buffer, with `thread_model: pingora`), without
+    /// waiting: whatever the socket does not take at once is lost with the
+    /// connection, as it would be on a close.
+    fn send_what_is_left(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Ok(())) = self.poll_write_out(&mut cx) {
+            let _ = Pin::new(&mut self.inner).poll_flush(&mut cx);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The answer a client gets when no upstream could: a status and a short
 //! JSON body in the Anthropic error shape, so SDKs parse and retry it.
 
+use super::sse::Protocol;
 use crate::metrics::{ClientError, FailureCause};
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
@@ -91,6 +92,21 @@ pub fn body_for(code: u16) -> String {
         _ => ("api_error", "relay-edge: internal error"),
     };
     format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#)
+}
+
+/// The error that ends a stream the edge had to cut, in the stream's own
+/// protocol: OpenAI Responses' `error` event, a Chat Completions `error`
+/// chunk, else Anthropic's `event: error`.
+pub fn sse_error_event_in(protocol: Protocol, kind: &str, message: &str) -> String {
+    match protocol {
+        Protocol::OpenAiResponses => format!(
+            "event: error\ndata: {{\"type\":\"error\",\"code\":\"{kind}\",\"message\":\"{message}\"}}\n\n"
+        ),
+        Protocol::OpenAiChat => format!(
+            "data: {{\"error\":{{\"type\":\"{kind}\",\"message\":\"{message}\"}}}}\n\n"
+        ),
+        Protocol::Anthropic | Protocol::Unknown => sse_error_event(kind, message),
+    }
 }
 
 /// An Anthropic `event: error` that ends a stream the edge had to cut.

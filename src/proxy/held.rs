@@ -9,11 +9,12 @@
 //!
 //! 1. connect and send the request (a connect failure, or a connection lost
 //!    before any answer, is decided as on Pingora's path: [`super::retry`]);
-//! 2. read the head within `timeouts.read`; a status of
-//!    `failover.retry_on_status` may be left;
-//! 3. for an SSE answer, read until its first event is whole, within
-//!    `streams.first_event_timeout`; an `event: error` of a type in
-//!    `failover.retry_on_error_events`, silence, or a close may be left;
+//! 2. read the head; a status of `failover.retry_on_status` may be left;
+//! 3. for an SSE answer, read until its first event is whole. The head and
+//!    the first event are due within `streams.first_event_timeout` of the
+//!    request's sending (and the head within `timeouts.read` as well); an
+//!    `event: error` of a type in `failover.retry_on_error_events`,
+//!    silence (no head, or a head and no event), or a close may be left;
 //! 4. **commit**: send the head and what was read, then every chunk as it
 //!    comes, unbuffered, with at most `streams.idle_timeout` of silence
 //!    between reads. No total deadline.
@@ -28,7 +29,7 @@
 
 use super::errors;
 use super::retry;
-use super::sse::{self, FirstEvent, StreamScan};
+use super::sse::{self, FirstEvent, StreamEnd, StreamScan};
 use super::{route, EdgeProxy, RequestCtx};
 use crate::clock;
 use crate::metrics::{RepinReason, StreamOutcome};
@@ -218,9 +219,15 @@ async fn attempt(
     if let Err(e) = send(proxy, session, ctx, &mut up, body).await {
         return lost(proxy, session, ctx, e, reused);
     }
+    // The first event is due within `first_event_timeout` of the request's
+    // sending, its head included: a relay that sends nothing is left as
+    // one that sends a head and then nothing.
+    let deadline = tokio::time::Instant::now() + state.config.streams.first_event_timeout;
     up.read_timeout = Some(state.config.timeouts.read);
-    if let Err(e) = up.read_response().await.map_err(|e| e.into_up()) {
-        return lost(proxy, session, ctx, e, reused);
+    match timeout_at(deadline, up.read_response()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return lost(proxy, session, ctx, e.into_up(), reused),
+        Err(_) => return no_first_event(Leave::FirstEventTimeout),
     }
     ctx.upstream_head = Some(ctx.started.elapsed());
     let Some(head) = up.resp_header().map(|h| Box::new(h.clone())) else {
@@ -249,7 +256,6 @@ async fn attempt(
     }
     // Held until the first event is whole.
     let head_at = Instant::now();
-    let deadline = tokio::time::Instant::now() + state.config.streams.first_event_timeout;
     answer.upstream.read_timeout = None;
     let mut read = BytesMut::new();
     let verdict = loop {
@@ -281,20 +287,23 @@ async fn attempt(
     answer.read = read.freeze();
     match verdict {
         Ok(leave) => Attempt::Answer(answer, leave),
-        Err(why) => {
-            let e = match why {
-                Leave::FirstEventTimeout => Error::explain(
-                    ErrorType::ReadTimedout,
-                    "no first event within streams.first_event_timeout",
-                ),
-                _ => Error::explain(
-                    ErrorType::ConnectionClosed,
-                    "the stream ended before its first event",
-                ),
-            };
-            Attempt::Failed(e.into_up(), Some(why))
-        }
+        Err(why) => no_first_event(why),
     }
+}
+
+/// The attempt gave no first event, for `why`: it may be left.
+fn no_first_event(why: Leave) -> Attempt {
+    let e = match why {
+        Leave::FirstEventTimeout => Error::explain(
+            ErrorType::ReadTimedout,
+            "no first event within streams.first_event_timeout of the request",
+        ),
+        _ => Error::explain(
+            ErrorType::ConnectionClosed,
+            "the stream ended before its first event",
+        ),
+    };
+    Attempt::Failed(e.into_up(), Some(why))
 }
 
 /// Write the request (head and whole body) to the relay.
@@ -382,8 +391,12 @@ async fn commit(
     )
     .await;
     let outcome = match &relayed {
-        Relayed::Whole | Relayed::Ended if !sse || scan.completed => StreamOutcome::Completed,
-        Relayed::Whole | Relayed::Ended => StreamOutcome::RelayCut,
+        Relayed::Whole | Relayed::Ended if !sse => StreamOutcome::Completed,
+        Relayed::Whole | Relayed::Ended => match scan.end() {
+            StreamEnd::Completed => StreamOutcome::Completed,
+            StreamEnd::Unrecognised => StreamOutcome::Unrecognised,
+            StreamEnd::EndedShort => StreamOutcome::RelayCut,
+        },
         Relayed::ClientLeft => StreamOutcome::ClientCut,
         Relayed::RelayFailed { silent: true } => StreamOutcome::IdleTimeout,
         Relayed::RelayFailed { silent: false } => StreamOutcome::RelayCut,
@@ -413,7 +426,11 @@ async fn commit(
             } else {
                 "relay-edge: the relay's stream was cut"
             };
-            let event = Bytes::from(errors::sse_error_event("api_error", message));
+            let event = Bytes::from(errors::sse_error_event_in(
+                scan.protocol,
+                "api_error",
+                message,
+            ));
             let _ = session.write_response_body(Some(event), true).await;
         }
         // A JSON answer cannot be ended cleanly: the client sees it short.

@@ -2,7 +2,8 @@
 //! its module.
 //!
 //! - `early_request_filter`: the head is parsed: stop the head's deadline
-//!   ([`crate::downstream::gate`]) and bound the body's reads ([`pace`]).
+//!   ([`crate::downstream::gate`]), refuse ambiguous framing ([`framing`])
+//!   and bound the body's reads ([`pace`]).
 //! - `request_filter`: find the session key ([`crate::affinity::keys`]),
 //!   and read the body whole ([`body`]) when a JSON source needs it, when
 //!   streams are held, or when a body too big for Pingora's retry buffer
@@ -33,6 +34,7 @@ pub mod access;
 pub mod body;
 pub mod errors;
 pub mod forwarded;
+pub mod framing;
 pub mod held;
 pub mod hop;
 pub mod pace;
@@ -313,6 +315,17 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::downstream::gate::stop_watching(session.as_downstream().stream());
+        let downstream = session.as_downstream();
+        if let Some(h1) = downstream.as_http1() {
+            if framing::ambiguous(downstream.req_header(), || h1.get_headers_raw_bytes()) {
+                session.set_keepalive(None);
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "both Transfer-Encoding and Content-Length (RFC 9112 6.1)",
+                )
+                .into_down());
+            }
+        }
         let state = ctx.state(&self.edge);
         let timeouts = &state.config.timeouts;
         session
@@ -330,9 +343,13 @@ impl ProxyHttp for EdgeProxy {
         let state = ctx.state(&self.edge).clone();
         // Pingora keeps a keep-alive connection forever after its first
         // request (cloudflare/pingora#447): bound the wait for the next one,
-        // and end the connection after this response once draining.
-        let keepalive = (!self.edge.drain.is_draining())
-            .then(|| state.config.timeouts.client_idle.as_secs().max(1));
+        // and end the connection after this response once draining; never
+        // keep one Pingora would close ([`framing::keepalive`]).
+        let keepalive = framing::keepalive(
+            session.as_downstream().get_keepalive(),
+            state.config.timeouts.client_idle.as_secs(),
+            self.edge.drain.is_draining(),
+        );
         session.set_keepalive(keepalive);
         self.edge.retry_budget.note_request(clock::now_ms());
         let config = &state.config;

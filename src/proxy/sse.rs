@@ -1,6 +1,18 @@
-//! What the edge reads of an Anthropic SSE stream as it passes: where its
-//! first event ends and what it says, whether `message_stop` came, and the
-//! token `usage` of `message_start` and `message_delta`.
+//! What the edge reads of an SSE stream as it passes: where its first event
+//! ends and what it says, which protocol it speaks and whether that
+//! protocol's own end came, and the token usage it reported.
+//!
+//! The streams relays serve, and their ends:
+//! - Anthropic Messages: `message_stop`; usage in `message_start` and
+//!   `message_delta`;
+//! - OpenAI Responses: `response.completed` (or `response.incomplete`, a
+//!   normal end at a limit); usage in the final response's `usage`;
+//!   `response.failed` is the relay's own error;
+//! - OpenAI Chat Completions: `data: [DONE]`; usage in the chunk that has
+//!   one.
+//!
+//! A stream of none of these is [`Protocol::Unknown`]: it ends cleanly with
+//! its body, and only a cut before that end is the relay's failure.
 //!
 //! The stream itself is never buffered or copied: [`StreamScan`] looks at
 //! each chunk in place and keeps only an unfinished line that may matter
@@ -43,14 +55,29 @@ pub fn first_event(buf: &[u8]) -> (FirstEvent, usize) {
             data.extend_from_slice(v);
         }
     }
-    if name != b"error" {
+    if name != b"error" && name != b"response.failed" {
         return (FirstEvent::Other, end + sep);
     }
     let kind = serde_json::from_slice::<serde_json::Value>(&data)
         .ok()
-        .and_then(|v| v["error"]["type"].as_str().map(str::to_string))
+        .and_then(|v| error_kind(&v))
         .unwrap_or_default();
     (FirstEvent::Error(kind), end + sep)
+}
+
+/// An error event's kind: Anthropic's `error.type`; OpenAI's
+/// `error.type`, `error.code` or `code` (a Responses `error` event), or the
+/// failed response's `error.code`.
+fn error_kind(v: &serde_json::Value) -> Option<String> {
+    let error = v.get("error").or_else(|| v.get("response")?.get("error"));
+    [
+        error.and_then(|e| e.get("type")),
+        error.and_then(|e| e.get("code")),
+        v.get("code"),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|k| k.as_str().map(str::to_string))
 }
 
 /// The value of `name: value` (one optional space after the colon).
@@ -82,6 +109,32 @@ impl Usage {
             self.cache_creation = n;
         }
         if let Some(n) = get("output_tokens") {
+            self.output = n;
+        }
+    }
+
+    /// Read an OpenAI usage object (Responses: `input_tokens`,
+    /// `input_tokens_details.cached_tokens`, `output_tokens`; Chat
+    /// Completions: `prompt_tokens`, `prompt_tokens_details.cached_tokens`,
+    /// `completion_tokens`). OpenAI counts cached tokens within the input;
+    /// here, as in Anthropic's, input is what was not read from the cache.
+    fn read_openai(&mut self, usage: &serde_json::Value) {
+        let get = |k: &str| usage.get(k).and_then(serde_json::Value::as_u64);
+        let cached = |k: &str| {
+            usage
+                .get(k)
+                .and_then(|d| d.get("cached_tokens"))
+                .and_then(serde_json::Value::as_u64)
+        };
+        let input = get("input_tokens").or_else(|| get("prompt_tokens"));
+        let cached = cached("input_tokens_details")
+            .or_else(|| cached("prompt_tokens_details"))
+            .unwrap_or(0);
+        if let Some(n) = input {
+            self.input = n.saturating_sub(cached);
+            self.cache_read = cached.min(n);
+        }
+        if let Some(n) = get("output_tokens").or_else(|| get("completion_tokens")) {
             self.output = n;
         }
     }
@@ -126,6 +179,17 @@ impl JsonTail {
     }
 }
 
+/// The protocol a stream speaks, as its events show.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// None that the edge knows (yet).
+    #[default]
+    Unknown,
+    Anthropic,
+    OpenAiResponses,
+    OpenAiChat,
+}
+
 /// A stream read as it passes, chunk by chunk.
 #[derive(Debug, Default)]
 pub struct StreamScan {
@@ -134,11 +198,34 @@ pub struct StreamScan {
     /// `partial` is a line too long to keep: skip to its end.
     skipping: bool,
     pub usage: Usage,
-    /// `message_stop` was seen: the stream is complete.
+    pub protocol: Protocol,
+    /// The protocol's own end was seen (`message_stop`,
+    /// `response.completed`, `[DONE]`): the stream is complete.
     pub completed: bool,
 }
 
+/// How a stream whose relay answered ended, from what the edge read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Its protocol's own end came.
+    Completed,
+    /// Its body ended cleanly, in a protocol the edge does not know: not
+    /// the relay's failure.
+    Unrecognised,
+    /// A known protocol's body ended before that protocol's end.
+    EndedShort,
+}
+
 impl StreamScan {
+    /// How the stream ended, its body having ended cleanly.
+    pub fn end(&self) -> StreamEnd {
+        match (self.completed, self.protocol) {
+            (true, _) => StreamEnd::Completed,
+            (false, Protocol::Unknown) => StreamEnd::Unrecognised,
+            (false, _) => StreamEnd::EndedShort,
+        }
+    }
+
     /// Look at the next chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
@@ -168,36 +255,98 @@ impl StreamScan {
 
     fn line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line == b"event: message_stop" || line == b"event:message_stop" {
-            self.completed = true;
+        if let Some(name) = field(line, b"event") {
+            self.event_name(name);
             return;
         }
         let Some(data) = field(line, b"data") else {
             return;
         };
-        // Only two events per stream carry usage: parse just those. The
-        // API writes `type` first; anything else is searched.
+        if data == b"[DONE]" {
+            self.protocol = Protocol::OpenAiChat;
+            self.completed = true;
+            return;
+        }
+        // The APIs write `type` first; anything else is searched.
         let kind = data
             .strip_prefix(b"{\"type\":\"")
             .and_then(|rest| rest.get(..memchr::memchr(b'"', rest)?));
-        let (starts, delta, stop) = match kind {
-            Some(kind) => (
-                kind == b"message_start",
-                kind == b"message_delta",
-                kind == b"message_stop",
-            ),
-            None => (
-                memmem::find(data, b"\"message_start\"").is_some(),
-                memmem::find(data, b"\"message_delta\"").is_some(),
-                memmem::find(data, b"\"message_stop\"").is_some(),
-            ),
-        };
-        if stop {
+        match kind {
+            Some(kind) => self.data_of_kind(kind, data),
+            None => self.data_searched(data),
+        }
+    }
+
+    /// An `event:` line: the end events are known by name alone.
+    fn event_name(&mut self, name: &[u8]) {
+        match name {
+            b"message_stop" => {
+                self.protocol = Protocol::Anthropic;
+                self.completed = true;
+            }
+            b"response.completed" | b"response.incomplete" => {
+                self.protocol = Protocol::OpenAiResponses;
+                self.completed = true;
+            }
+            b"message_start"
+            | b"content_block_start"
+            | b"content_block_delta"
+            | b"message_delta" => self.protocol = Protocol::Anthropic,
+            n if n.starts_with(b"response.") => self.protocol = Protocol::OpenAiResponses,
+            _ => {}
+        }
+    }
+
+    fn data_of_kind(&mut self, kind: &[u8], data: &[u8]) {
+        match kind {
+            b"message_start" | b"message_delta" => {
+                self.protocol = Protocol::Anthropic;
+                self.anthropic_usage(kind == b"message_start", data);
+            }
+            b"message_stop" => {
+                self.protocol = Protocol::Anthropic;
+                self.completed = true;
+            }
+            b"response.completed" | b"response.incomplete" => {
+                self.protocol = Protocol::OpenAiResponses;
+                self.completed = true;
+                self.openai_usage(data, true);
+            }
+            k if k.starts_with(b"content_block_") || k == b"ping" => {
+                if self.protocol == Protocol::Unknown {
+                    self.protocol = Protocol::Anthropic;
+                }
+            }
+            k if k.starts_with(b"response.") => self.protocol = Protocol::OpenAiResponses,
+            _ => {}
+        }
+    }
+
+    /// A data line whose `type` is not first (or that has none).
+    fn data_searched(&mut self, data: &[u8]) {
+        let has = |needle: &[u8]| memmem::find(data, needle).is_some();
+        if has(b"\"chat.completion.chunk\"") {
+            self.protocol = Protocol::OpenAiChat;
+            if has(b"\"usage\":{") {
+                self.openai_usage(data, false);
+            }
+        } else if has(b"\"message_start\"") {
+            self.protocol = Protocol::Anthropic;
+            self.anthropic_usage(true, data);
+        } else if has(b"\"message_delta\"") {
+            self.protocol = Protocol::Anthropic;
+            self.anthropic_usage(false, data);
+        } else if has(b"\"message_stop\"") {
+            self.protocol = Protocol::Anthropic;
             self.completed = true;
+        } else if has(b"\"response.completed\"") || has(b"\"response.incomplete\"") {
+            self.protocol = Protocol::OpenAiResponses;
+            self.completed = true;
+            self.openai_usage(data, true);
         }
-        if !starts && !delta {
-            return;
-        }
+    }
+
+    fn anthropic_usage(&mut self, starts: bool, data: &[u8]) {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
             let usage = if starts {
                 &v["message"]["usage"]
@@ -206,6 +355,20 @@ impl StreamScan {
             };
             if usage.is_object() {
                 self.usage.read(usage);
+            }
+        }
+    }
+
+    /// Usage in a final response (`in_response`) or in a chunk.
+    fn openai_usage(&mut self, data: &[u8], in_response: bool) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+            let usage = if in_response {
+                &v["response"]["usage"]
+            } else {
+                &v["usage"]
+            };
+            if usage.is_object() {
+                self.usage.read_openai(usage);
             }
         }
     }
@@ -276,6 +439,114 @@ mod tests {
         scan.feed(b"data: {\"x\":1,\"type\":\"message_stop\"}\n\n");
         assert_eq!(scan.usage.input, 7);
         assert!(scan.completed);
+    }
+
+    #[test]
+    fn each_protocol_ends_as_its_own_end_says() {
+        let responses = concat!(
+            "event: response.created\n",
+            "data: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
+            "event: response.output_text.delta\n",
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+            "event: response.completed\n",
+            "data: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":1000,\"input_tokens_details\":{\"cached_tokens\":900},\"output_tokens\":10}}}\n\n",
+        );
+        let chat = concat!(
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":900}}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let anthropic = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":100,\"cache_read_input_tokens\":900,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":10}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let unknown = "event: tick\ndata: {\"n\":1}\n\ndata: plain text\n\n";
+        let want = Usage {
+            input: 100,
+            cache_read: 900,
+            output: 10,
+            ..Usage::default()
+        };
+        // Each stream cut just before its protocol's end.
+        let before = |s: &'static str, end: &str| &s[..s.find(end).expect("the end")];
+        // (stream, protocol, end, usage read)
+        let cases = [
+            (
+                responses,
+                Protocol::OpenAiResponses,
+                StreamEnd::Completed,
+                want,
+            ),
+            (chat, Protocol::OpenAiChat, StreamEnd::Completed, want),
+            (anthropic, Protocol::Anthropic, StreamEnd::Completed, want),
+            (
+                unknown,
+                Protocol::Unknown,
+                StreamEnd::Unrecognised,
+                Usage::default(),
+            ),
+            (
+                before(responses, "event: response.completed"),
+                Protocol::OpenAiResponses,
+                StreamEnd::EndedShort,
+                Usage::default(),
+            ),
+            (
+                before(chat, "data: [DONE]"),
+                Protocol::OpenAiChat,
+                StreamEnd::EndedShort,
+                want,
+            ),
+            (
+                before(anthropic, "event: message_stop"),
+                Protocol::Anthropic,
+                StreamEnd::EndedShort,
+                want,
+            ),
+        ];
+        for (stream, protocol, end, usage) in cases {
+            let stream = stream.as_bytes();
+            for size in [1, 3, 64, stream.len()] {
+                let mut scan = StreamScan::default();
+                for chunk in stream.chunks(size) {
+                    scan.feed(chunk);
+                }
+                let what = format!("{protocol:?} of {} bytes in chunks of {size}", stream.len());
+                assert_eq!(scan.protocol, protocol, "{what}");
+                assert_eq!(scan.end(), end, "{what}");
+                assert_eq!(scan.usage, usage, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_openai_error_first_event_has_a_kind() {
+        let cases: [(&[u8], FirstEvent); 3] = [
+            (
+                b"event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"x\"}\n\n",
+                FirstEvent::Error("server_error".into()),
+            ),
+            (
+                b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"server_error\",\"code\":\"x\"}}\n\n",
+                FirstEvent::Error("server_error".into()),
+            ),
+            (
+                b"event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\"}}}\n\n",
+                FirstEvent::Error("server_error".into()),
+            ),
+        ];
+        for (stream, want) in cases {
+            assert_eq!(
+                first_event(stream).0,
+                want,
+                "{}",
+                String::from_utf8_lossy(stream)
+            );
+        }
     }
 
     #[test]
