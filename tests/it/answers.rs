@@ -278,7 +278,9 @@ fn stream_count(metrics: &str, upstream: &str, outcome: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_another() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&stream_config(&ups)).await;
+    // `timeouts.read` is far longer than `first_event_timeout` (500 ms): a
+    // relay that sends no head at all is left within the latter.
+    let edge = Edge::start(&format!("{}timeouts: {{read: 60s}}\n", stream_config(&ups))).await;
     let (home, other) = home_of(&edge, &ups, "s").await;
     let faults = [
         (
@@ -288,8 +290,12 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
         (Fault::Status(529), "status"),
         (Fault::SilentBeforeFirstEvent, "first_event_timeout"),
         (Fault::CloseBeforeFirstEvent, "closed_before_first_event"),
+        (Fault::NoHead, "first_event_timeout"),
     ];
+    let mut left = std::collections::HashMap::new();
     for (fault, reason) in faults {
+        let left = left.entry(reason).or_insert(0);
+        *left += 1;
         home.fail_next(1, fault.clone());
         let r = edge
             .post("/v1/messages", &[("x-session-id", "s")], STREAM)
@@ -338,17 +344,17 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
                     home.name
                 )
             ),
-            1,
+            *left,
             "{fault:?}"
         );
     }
     let metrics = edge.metrics().await;
     assert_eq!(
         stream_count(&metrics, &other.name, "completed"),
-        4,
+        5,
         "{metrics}"
     );
-    // Usage of the four completed streams: 100 input, 900 cache reads, 10 out each.
+    // Usage of the five completed streams: 100 input, 900 cache reads, 10 out each.
     let tokens = |kind: &str| {
         counter(
             &metrics,
@@ -364,7 +370,7 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
             tokens("cache_read_input"),
             tokens("output")
         ),
-        (400, 3600, 40)
+        (500, 4500, 50)
     );
     // The session stayed home (move_pin: never) and streams from there.
     let r = edge
@@ -497,6 +503,14 @@ async fn the_anthropic_sdk_gets_clean_streams_and_the_errors_it_expects() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["text"], "0 1 2 3 4 ");
     assert_eq!(other.requests(), 1);
+    // A relay that takes the request and sends nothing at all is left
+    // within streams.first_event_timeout (500 ms), long before
+    // timeouts.read (10 minutes) or the SDK's own 30 s.
+    home.fail_next(1, Fault::NoHead);
+    let r = sdk_call(&edge, "sdk", "stream").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["text"], "0 1 2 3 4 ");
+    assert_eq!(other.requests(), 2);
     // Cut, or silent, after content: the SDK raises on the edge's error event.
     for fault in [Fault::CutAfter(3), Fault::SilentAfter(3)] {
         home.fail_next(1, fault.clone());
@@ -626,4 +640,80 @@ async fn a_client_that_leaves_a_stream_and_a_relay_with_no_head_are_told_apart()
         0,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_every_protocol_that_end_cleanly_keep_their_session_and_their_relay() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    // Passive health as shipped: three failures eject a relay.
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: session-id}}]}}\nhealth_check: {{interval: 60s}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    let body = br#"{"model":"gpt-x","stream":true,"input":"hi"}"#;
+    let mut served = Vec::new();
+    for round in 0..4 {
+        for path in ["/v1/responses", "/v1/chat/completions", "/v1/other"] {
+            let r = edge.post(path, &[("session-id", "codex-1")], body).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let text = r.text();
+            let end = match path {
+                "/v1/responses" => "event: response.completed",
+                "/v1/chat/completions" => "data: [DONE]",
+                _ => "event: tick",
+            };
+            assert!(text.contains(end), "{path} round {round}: {text}");
+            assert!(
+                !text.contains("relay-edge"),
+                "{path}: no error of the edge's: {text}"
+            );
+            served.push(r.upstream());
+        }
+    }
+    assert!(
+        served.iter().all(|u| *u == served[0]),
+        "the session stayed on one relay: {served:?}"
+    );
+    let home = served[0].clone();
+    let metrics = edge.metrics().await;
+    assert_eq!(stream_count(&metrics, &home, "completed"), 8, "{metrics}");
+    assert_eq!(
+        stream_count(&metrics, &home, "unrecognised"),
+        4,
+        "{metrics}"
+    );
+    assert_eq!(stream_count(&metrics, &home, "relay_cut"), 0, "{metrics}");
+    assert_eq!(
+        counter(
+            &metrics,
+            &format!("relay_edge_upstream_ejections_total{{upstream=\"{home}\"}}")
+        ),
+        0,
+        "{metrics}"
+    );
+    // OpenAI's usage (1000 input of which 900 cached, 10 out) as Anthropic's.
+    let tokens = |kind: &str| {
+        counter(
+            &metrics,
+            &format!("relay_edge_tokens_total{{kind=\"{kind}\",upstream=\"{home}\"}}"),
+        )
+    };
+    assert_eq!(
+        (
+            tokens("input"),
+            tokens("cache_read_input"),
+            tokens("output")
+        ),
+        (800, 7200, 80)
+    );
+    // A stream cut by its relay is the relay's failure, and ends with the
+    // edge's error event.
+    let home_relay = ups.iter().find(|u| u.name == home).expect("home");
+    home_relay.fail_next(1, Fault::CutAfter(3));
+    let r = edge
+        .post("/v1/responses", &[("session-id", "codex-1")], body)
+        .await;
+    assert_eq!(stream_count(&edge.metrics().await, &home, "relay_cut"), 1);
+    assert!(r.text().contains("event: error"), "{}", r.text());
 }

@@ -13,6 +13,7 @@ mod ctl;
 mod dashboard;
 mod drain;
 mod failover;
+mod framing;
 mod hostile;
 mod operations_guide;
 mod package;
