@@ -32,6 +32,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod affinity;
+pub mod certificates;
 pub mod clock;
 pub mod config;
 pub mod ctl;

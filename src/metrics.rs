@@ -93,6 +93,38 @@ impl StreamOutcome {
     }
 }
 
+/// Why an answered attempt was left for another upstream: the `reason`
+/// label of `relay_edge_attempts_abandoned_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbandonReason {
+    /// A status of `failover.retry_on_status`.
+    Status,
+    /// A stream's first event was an error of `failover.retry_on_error_events`.
+    ErrorEvent,
+    /// No first event within `streams.first_event_timeout`.
+    FirstEventTimeout,
+    /// The stream ended before its first event.
+    ClosedBeforeFirstEvent,
+}
+
+impl AbandonReason {
+    pub const ALL: [AbandonReason; 4] = [
+        AbandonReason::Status,
+        AbandonReason::ErrorEvent,
+        AbandonReason::FirstEventTimeout,
+        AbandonReason::ClosedBeforeFirstEvent,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AbandonReason::Status => "status",
+            AbandonReason::ErrorEvent => "error_event",
+            AbandonReason::FirstEventTimeout => "first_event_timeout",
+            AbandonReason::ClosedBeforeFirstEvent => "closed_before_first_event",
+        }
+    }
+}
+
 /// Why a client got an error from the edge: the `cause` label of
 /// `relay_edge_client_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +231,10 @@ impl ClientError {
 }
 
 /// Status codes whose request counters are resolved ahead of time.
+/// The statuses of requests that reach no upstream: refused as malformed
+/// or slow, left by their client, or with no upstream to take them.
+const UNROUTED_CODES: [u16; 6] = [400, 408, 499, 502, 503, 504];
+
 const COMMON_CODES: [u16; 14] = [
     200, 201, 204, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 529,
 ];
@@ -243,6 +279,9 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     /// Requests in flight to each upstream.
     pub upstream_inflight: IntGaugeVec,
+    /// The expiry (notAfter, seconds since the epoch) of each TLS listener's
+    /// certificate in force.
+    pub tls_certificate_expiry: IntGaugeVec,
     /// Sessions pinned to each upstream.
     pub upstream_sessions: IntGaugeVec,
     /// Affinity table lookups by result: local_hit, redis_hit, miss.
@@ -379,6 +418,11 @@ impl Metrics {
             "relay_edge_upstream_healthy",
             "1 while the upstream passes health checks and is not ejected, else 0.",
             &["upstream"],
+        );
+        let tls_certificate_expiry = gauge_vec(
+            "relay_edge_tls_certificate_expiry_seconds",
+            "When the certificate a TLS listener serves expires (its notAfter), in seconds since the epoch.",
+            &["listener"],
         );
         let upstream_inflight = gauge_vec(
             "relay_edge_upstream_inflight",
@@ -616,7 +660,13 @@ impl Metrics {
             "relay_edge_access_log_dropped_total",
             "Access log lines dropped because the writer's queue was full (access_log.buffer).",
         );
+        // The answers the edge gives when no upstream is reached, exported
+        // at 0 (the per-upstream series are, in `for_upstream`).
+        for code in UNROUTED_CODES {
+            requests.with_label_values(&["none", &code.to_string()]);
+        }
         Metrics {
+            tls_certificate_expiry,
             registry: r.registry,
             names: r.names.into_inner(),
             affinity_requests,
@@ -725,6 +775,8 @@ impl Metrics {
             connect: self.connect.with_label_values(&[id]),
             streams: StreamOutcome::ALL.map(|o| self.streams.with_label_values(&[id, o.label()])),
             tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
+            abandoned: AbandonReason::ALL
+                .map(|r| self.abandoned.with_label_values(&[id, r.label()])),
         }
     }
 
@@ -742,6 +794,9 @@ impl Metrics {
         }
         for kind in TokenKind::ALL {
             let _ = self.tokens.remove_label_values(&[id, kind]);
+        }
+        for reason in AbandonReason::ALL {
+            let _ = self.abandoned.remove_label_values(&[id, reason.label()]);
         }
     }
 
@@ -796,9 +851,15 @@ pub struct UpstreamMetrics {
     pub connect: Histogram,
     streams: [IntCounter; StreamOutcome::ALL.len()],
     tokens: [IntCounter; 4],
+    abandoned: [IntCounter; AbandonReason::ALL.len()],
 }
 
 impl UpstreamMetrics {
+    /// Count an answered attempt left for another upstream.
+    pub fn abandoned(&self, reason: AbandonReason) {
+        self.abandoned[reason as usize].inc();
+    }
+
     /// Count one stream's end.
     pub fn stream(&self, outcome: StreamOutcome) {
         self.streams[outcome as usize].inc();
@@ -825,5 +886,43 @@ impl UpstreamMetrics {
                 .with_label_values(&[&self.id, &code.to_string()])
                 .inc(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every labelled family whose label values are known when an upstream
+    /// is configured has its series from the start, at 0, so that alert
+    /// rules and `rate()` see one before the first event.
+    #[test]
+    fn every_family_is_exported_before_its_first_event() {
+        let m = Metrics::new();
+        let _upstream = m.for_upstream("relay-a");
+        let text = String::from_utf8(m.render()).expect("text");
+        let missing: Vec<&String> = m
+            .names()
+            .iter()
+            // Listeners' series exist only for TLS listeners, from start.
+            .filter(|name| *name != "relay_edge_tls_certificate_expiry_seconds")
+            .filter(|name| !text.lines().any(|l| l.starts_with(name.as_str())))
+            .collect();
+        assert!(missing.is_empty(), "no series yet: {missing:?}");
+        for reason in AbandonReason::ALL {
+            let series = format!(
+                "relay_edge_attempts_abandoned_total{{reason=\"{}\",upstream=\"relay-a\"}} 0",
+                reason.label()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        for outcome in StreamOutcome::ALL {
+            let series = format!(
+                "relay_edge_streams_total{{outcome=\"{}\",upstream=\"relay-a\"}} 0",
+                outcome.label()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        assert!(text.contains("relay_edge_requests_total{code=\"503\",upstream=\"none\"} 0"));
     }
 }

@@ -27,6 +27,9 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     /// Settings that differ but need a restart or a graceful upgrade.
     pub needs_upgrade: Vec<String>,
+    /// TLS listeners whose certificate files now hold another certificate,
+    /// served to new handshakes from now on.
+    pub certificates_renewed: Vec<String>,
 }
 
 /// The last reload, whatever its result: for the dashboard.
@@ -154,11 +157,22 @@ impl Edge {
         };
         let result = match config::load(path) {
             Ok(config) => match self.admin_stays_closed(&config) {
-                Ok(()) => Ok(self.apply(config, started).await),
+                // The listeners' certificates are read whole, and the
+                // reload rejected on any that cannot be used, before
+                // anything changes.
+                Ok(()) => match self.certificates.read_all() {
+                    Ok(certificates) => {
+                        let mut report = self.apply(config, started).await;
+                        report.certificates_renewed = self.certificates.install(certificates);
+                        Ok(report)
+                    }
+                    Err(errors) => Err(errors),
+                },
                 Err(e) => Err(vec![e]),
             },
             Err(e) => Err(e.lines()),
         };
+        self.export_certificates();
         self.last_reload.store(Some(Arc::new(LastReload {
             at_ms: crate::clock::unix_ms(),
             ok: result.is_ok(),
@@ -295,6 +309,17 @@ impl Edge {
             removed,
             changed,
             needs_upgrade,
+            certificates_renewed: Vec::new(),
+        }
+    }
+
+    /// Export the expiry of every TLS listener's certificate in force.
+    pub fn export_certificates(&self) {
+        for l in self.certificates.all() {
+            self.metrics
+                .tls_certificate_expiry
+                .with_label_values(&[&l.addr])
+                .set(l.current().not_after);
         }
     }
 }

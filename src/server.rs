@@ -28,11 +28,11 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("listener {addr}: cannot load TLS certificate or key")]
+    #[error("listener {addr}: cannot load its TLS certificate or key")]
     Tls {
         addr: String,
         #[source]
-        source: Box<pingora_core::Error>,
+        source: crate::certificates::CertError,
     },
 }
 
@@ -76,7 +76,10 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
 
-    let edge = Edge::with_path(config.clone(), config_path);
+    let certificates = crate::certificates::Certificates::load(&config.listeners)
+        .map_err(|(addr, source)| BuildError::Tls { addr, source })?;
+    let edge = Edge::with_path(config.clone(), config_path, certificates);
+    edge.export_certificates();
     if upgrade {
         // `bootstrap` returned: the old process has handed over its sockets,
         // and saved its in-process table just before.
@@ -85,10 +88,10 @@ pub fn build(
     match config.server.thread_model {
         ThreadModel::Workers => {
             let conf = server.configuration.clone();
-            server.add_service(ProxyWorkers::new(edge.clone(), conf, &config)?);
+            server.add_service(ProxyWorkers::new(edge.clone(), conf, &config));
         }
         ThreadModel::Pingora => {
-            let proxy = pingora_proxy_service(&server, &edge, &config)?;
+            let proxy = pingora_proxy_service(&server, &edge, &config);
             server.add_service(proxy);
         }
     }
@@ -108,7 +111,7 @@ pub fn build(
         "relay-edge signals",
         SignalService {
             edge: edge.clone(),
-            loaded_stamp: edge.config_path.as_deref().and_then(file_stamp),
+            loaded_stamp: watched_stamps(&edge),
         },
     );
     let readiness = background_service("relay-edge readiness", Readiness { edge: edge.clone() });
@@ -136,7 +139,7 @@ fn pingora_proxy_service(
     server: &Server,
     edge: &Arc<Edge>,
     config: &Config,
-) -> Result<Service<ClientConnections>, BuildError> {
+) -> Service<ClientConnections> {
     let mut inner = HttpProxy::new(EdgeProxy::new(edge.clone()), server.configuration.clone());
     inner.handle_init_modules();
     let mut proxy = Service::new(
@@ -145,21 +148,12 @@ fn pingora_proxy_service(
     );
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
-        match &listener.tls {
+        match edge.certificates.tls_settings(&addr) {
             None => proxy.add_tcp(&addr),
-            Some(tls) => proxy
-                .add_tls(
-                    &addr,
-                    &tls.cert.to_string_lossy(),
-                    &tls.key.to_string_lossy(),
-                )
-                .map_err(|source| BuildError::Tls {
-                    addr: addr.clone(),
-                    source,
-                })?,
+            Some(settings) => proxy.add_tls_with_settings(&addr, None, settings),
         }
     }
-    Ok(proxy)
+    proxy
 }
 
 /// Latches readiness once upstream health and the shared table are known.
@@ -184,11 +178,23 @@ impl BackgroundService for Readiness {
     }
 }
 
-/// When the config file was last changed, and its size: a change of either
-/// is a change of the file.
-fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+/// When a file was last changed, and its size: a change of either is a
+/// change of the file.
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+fn file_stamp(path: &std::path::Path) -> FileStamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The stamps of every file a reload reads: the config file, then each TLS
+/// listener's certificate and key (a renewal replaces them).
+fn watched_stamps(edge: &Edge) -> Vec<FileStamp> {
+    let config = edge.config_path.as_deref().into_iter();
+    config
+        .chain(edge.certificates.paths())
+        .map(file_stamp)
+        .collect()
 }
 
 /// Connects to Redis and keeps the shared table in sync, on its own runtime.
@@ -225,8 +231,9 @@ impl BackgroundService for HistorySampler {
 /// Signals Pingora leaves to us, and the end of a drain.
 ///
 /// - SIGHUP (whose default action would kill the process) reloads the
-///   config in-process; so does a change of the file with `reload.watch`,
-///   once it has stayed unchanged for `reload.debounce`.
+///   config in-process; so does a change of the file, or of a TLS
+///   listener's certificate or key, with `reload.watch`, once it has stayed
+///   unchanged for `reload.debounce`.
 /// - SIGUSR2 starts a graceful binary upgrade from inside (see
 ///   [`crate::upgrade`]).
 /// - SIGUSR1 reopens the access log's file (after logrotate moved it).
@@ -238,10 +245,10 @@ impl BackgroundService for HistorySampler {
 ///   longest open request or stream, and never longer than `grace_period`.
 struct SignalService {
     edge: Arc<Edge>,
-    /// The config file's modification time and length as it was when the
-    /// edge was built: a change made before this service's thread starts
-    /// (after the edge is ready, on a busy machine) is still a change.
-    loaded_stamp: Option<(std::time::SystemTime, u64)>,
+    /// The watched files' modification times and lengths as they were when
+    /// the edge was built: a change made before this service's thread
+    /// starts (after the edge is ready, on a busy machine) is still a change.
+    loaded_stamp: Vec<FileStamp>,
 }
 
 impl SignalService {
@@ -274,20 +281,22 @@ impl BackgroundService for SignalService {
             return;
         };
         let mut watch = tokio::time::interval(std::time::Duration::from_millis(250));
-        let mut seen = self.loaded_stamp;
+        let mut seen = self.loaded_stamp.clone();
         let mut changed_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = watch.tick() => {
                     let spec = self.edge.state().config.reload.clone();
-                    let Some(path) = self.edge.config_path.as_deref().filter(|_| spec.watch) else { continue };
-                    let now = file_stamp(path);
+                    if !spec.watch || self.edge.config_path.is_none() {
+                        continue;
+                    }
+                    let now = watched_stamps(&self.edge);
                     if now != seen {
                         seen = now;
                         changed_at = Some(std::time::Instant::now());
                     } else if changed_at.is_some_and(|t| t.elapsed() >= spec.debounce) {
                         changed_at = None;
-                        log::info!("config file changed: reloading");
+                        log::info!("config file or a TLS certificate changed: reloading");
                         let _ = self.edge.reload().await;
                     }
                 }

@@ -10,6 +10,7 @@ use crate::affinity::keys::KeyChain;
 use crate::affinity::redis_store::RedisStore;
 use crate::affinity::store::{LocalStore, SessionStore};
 use crate::affinity::KeyHasher;
+use crate::certificates::Certificates;
 use crate::clock;
 use crate::config::Config;
 use crate::drain::Drain;
@@ -108,15 +109,22 @@ pub struct Edge {
     pub health_known: tokio::sync::watch::Sender<bool>,
     ready: AtomicBool,
     pub started: SystemTime,
+    /// The TLS listeners' certificates, re-read by every reload.
+    pub certificates: Certificates,
 }
 
 impl Edge {
     pub fn new(config: Config) -> Arc<Edge> {
-        Edge::with_path(config, None)
+        Edge::with_path(config, None, Certificates::default())
     }
 
-    /// An edge that can reload `config_path`.
-    pub fn with_path(config: Config, config_path: Option<std::path::PathBuf>) -> Arc<Edge> {
+    /// An edge that can reload `config_path`, its TLS listeners serving
+    /// `certificates` (read from `config`'s listeners).
+    pub fn with_path(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+        certificates: Certificates,
+    ) -> Arc<Edge> {
         let metrics = Arc::new(Metrics::new());
         let redis = config
             .redis
@@ -159,6 +167,7 @@ impl Edge {
             health_known: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
             started: SystemTime::now(),
+            certificates,
         });
         if let Some(redis) = &edge.redis {
             redis.set_upstreams(

@@ -228,6 +228,7 @@ fn stats(edge: &Edge) -> Value {
             "repins": repins,
         },
         "redis": edge.store.describe(),
+        "certificates": certificates(edge),
         "indicators": crate::indicators::json(edge),
         "last_reload": edge.last_reload.load_full().map(|r| json!(*r)),
         "config": {
@@ -241,6 +242,22 @@ fn stats(edge: &Edge) -> Value {
             "last_reload_error": edge.last_reload_error.load_full().map(|e| json!(*e)),
         },
     })
+}
+
+/// The certificate each TLS listener serves: its subject and expiry.
+fn certificates(edge: &Edge) -> Value {
+    let now = crate::clock::unix_ms() as i64 / 1000;
+    let listeners = edge.certificates.all().iter().map(|l| {
+        let c = l.current();
+        json!({
+            "listener": l.addr,
+            "cert_file": l.files.cert.display().to_string(),
+            "subject": c.subject,
+            "not_after": crate::certificates::expiry_text(c.not_after),
+            "expires_in_days": (c.not_after - now) as f64 / 86_400.0,
+        })
+    });
+    Value::Array(listeners.collect())
 }
 
 async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {

@@ -30,7 +30,7 @@ use crate::proxy::EdgeProxy;
 use crate::state::Edge;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::listeners::tls::{Acceptor, TlsSettings};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
@@ -64,38 +64,25 @@ pub struct ProxyWorkers {
 }
 
 impl ProxyWorkers {
-    /// The service for `config`'s listeners. TLS certificates and keys are
-    /// loaded here, so that a bad one stops the start.
-    pub fn new(
-        edge: Arc<Edge>,
-        conf: Arc<ServerConf>,
-        config: &Config,
-    ) -> Result<ProxyWorkers, crate::server::BuildError> {
+    /// The service for `config`'s listeners. TLS listeners serve the
+    /// certificates of `edge.certificates`, read (and checked, so that a bad
+    /// one stops the start) before the edge was built.
+    pub fn new(edge: Arc<Edge>, conf: Arc<ServerConf>, config: &Config) -> ProxyWorkers {
         let mut endpoints = Vec::new();
         for listener in &config.listeners {
             let addr = listener.addr.to_string();
-            let tls = match &listener.tls {
-                None => None,
-                Some(files) => {
-                    let settings = TlsSettings::intermediate(
-                        &files.cert.to_string_lossy(),
-                        &files.key.to_string_lossy(),
-                    )
-                    .map_err(|source| crate::server::BuildError::Tls {
-                        addr: addr.clone(),
-                        source,
-                    })?;
-                    Some(Arc::new(settings.build()))
-                }
-            };
+            let tls = edge
+                .certificates
+                .tls_settings(&addr)
+                .map(|s| Arc::new(s.build()));
             endpoints.push(Endpoint { addr, tls });
         }
-        Ok(ProxyWorkers {
+        ProxyWorkers {
             edge,
             conf,
             endpoints,
             threads: config.server.threads,
-        })
+        }
     }
 
     /// Each endpoint's listening socket: the one handed over by the old

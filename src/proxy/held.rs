@@ -32,6 +32,8 @@ use super::retry;
 use super::sse::{self, FirstEvent, StreamEnd, StreamScan};
 use super::{route, EdgeProxy, RequestCtx};
 use crate::clock;
+// Why an answered attempt may be left.
+use crate::metrics::AbandonReason as Leave;
 use crate::metrics::{RepinReason, StreamOutcome};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
@@ -82,26 +84,6 @@ mod tests {
         ));
         assert!(!wants_stream(br#"{"stream":true"#), "not JSON");
         assert!(!wants_stream(b""));
-    }
-}
-
-/// Why an answered attempt may be left (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Leave {
-    Status,
-    ErrorEvent,
-    FirstEventTimeout,
-    ClosedBeforeFirstEvent,
-}
-
-impl Leave {
-    fn label(self) -> &'static str {
-        match self {
-            Leave::Status => "status",
-            Leave::ErrorEvent => "error_event",
-            Leave::FirstEventTimeout => "first_event_timeout",
-            Leave::ClosedBeforeFirstEvent => "closed_before_first_event",
-        }
     }
 }
 
@@ -160,14 +142,14 @@ pub async fn serve(
             }
             Attempt::Answer(answer, Some(why)) => {
                 if proxy.may_abandon(session, ctx, &state) {
-                    proxy.abandon(ctx, &state, why.label());
+                    proxy.abandon(ctx, &state, why);
                     continue;
                 }
                 return commit(proxy, session, ctx, &state, answer).await;
             }
             Attempt::Failed(e, Some(why)) if proxy.may_abandon(session, ctx, &state) => {
                 log::debug!("held attempt left ({}): {e}", why.label());
-                proxy.abandon(ctx, &state, why.label());
+                proxy.abandon(ctx, &state, why);
             }
             Attempt::Failed(e, Some(why)) => {
                 count_stream(&state, ctx, outcome_of(why));

@@ -49,7 +49,7 @@ use crate::affinity::SessionId;
 use crate::clock;
 use crate::config::MovePin;
 use crate::drain::InFlight;
-use crate::metrics::{AffinityOutcome, ClientError, RepinReason};
+use crate::metrics::{AbandonReason, AffinityOutcome, ClientError, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select::Tried;
 use async_trait::async_trait;
@@ -150,13 +150,9 @@ impl EdgeProxy {
     /// Leave the current attempt's answer for another upstream: count it
     /// (`reason`), decide whether the session's pin moves with it
     /// (`failover.move_pin`), and feed passive health.
-    fn abandon(&self, ctx: &mut RequestCtx, state: &State, reason: &str) {
+    fn abandon(&self, ctx: &mut RequestCtx, state: &State, reason: AbandonReason) {
         if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-            self.edge
-                .metrics
-                .abandoned
-                .with_label_values(&[&u.id, reason])
-                .inc();
+            u.metrics.abandoned(reason);
             // Only a failure of the pinned upstream counts towards moving it.
             let pinned = ctx.record.as_ref().filter(|r| r.upstream == u.id);
             ctx.keep_pin = match (state.config.failover.move_pin, pinned) {
@@ -546,7 +542,7 @@ impl ProxyHttp for EdgeProxy {
         if state.config.failover.retry_on_status.contains(&code) {
             let state = state.clone();
             if self.may_abandon(session, ctx, &state) {
-                self.abandon(ctx, &state, "status");
+                self.abandon(ctx, &state, AbandonReason::Status);
                 return Error::e_explain(
                     ErrorType::HTTPStatus(code),
                     "the upstream's answer is tried on another upstream",

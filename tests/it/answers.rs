@@ -297,9 +297,12 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
         let left = left.entry(reason).or_insert(0);
         *left += 1;
         home.fail_next(1, fault.clone());
-        let r = edge
-            .post("/v1/messages", &[("x-session-id", "s")], STREAM)
-            .await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            edge.post("/v1/messages", &[("x-session-id", "s")], STREAM),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{fault:?}: no answer within 30 s"));
         assert_eq!(
             (r.status, r.upstream()),
             (200, other.name.clone()),
