@@ -99,9 +99,47 @@ async fn no_output_holds_a_planted_secret() {
     assert_eq!(check.status.code(), Some(1));
     seen.push(String::from_utf8_lossy(&check.stdout).into_owned());
     seen.push(String::from_utf8_lossy(&check.stderr).into_owned());
+    // A secret of the wrong type: an integer, a float, a bool, a list, a
+    // map, where a string belongs (serde quotes such values in backticks).
+    let mut typed = Vec::new();
+    for (value, shown) in [
+        ("4242424243", "4242424243"),
+        ("4242.4243", "4242.4243"),
+        ("true", "`true`"),
+        ("[4242424243, 4343]", "4242424243"),
+        ("{k: 4242424243}", "4242424243"),
+    ] {
+        for yaml in [
+            format!("affinity: {{keys: [{{header: x-session-id}}], hash_secret: {value}}}\nredis: {{url: '{}'}}\n", redis.url()),
+            format!("affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: {value}}}\n"),
+            format!("affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', prefix: {value}}}\n", redis.url()),
+        ] {
+            std::fs::write(&conf, format!("{head}{yaml}")).expect("write config");
+            let check = std::process::Command::new(BIN)
+                .arg("-c")
+                .arg(&conf)
+                .arg("--check")
+                .output()
+                .expect("check runs");
+            assert_eq!(check.status.code(), Some(1), "{yaml}");
+            let r = request(admin, "POST", "/api/reload", &[("authorization", &auth)], b"")
+                .await
+                .expect("reload answers");
+            assert_eq!(r.status, 400, "{}", r.text());
+            typed.push((shown, String::from_utf8_lossy(&check.stderr).into_owned()));
+            typed.push((shown, r.text()));
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    seen.push(std::fs::read_to_string(&log).expect("log"));
+    let log_text = std::fs::read_to_string(&log).expect("log");
+    for shown in ["4242424243", "4242.4243", "`true`"] {
+        typed.push((shown, log_text.clone()));
+    }
+    for (shown, text) in &typed {
+        assert!(!text.contains(shown), "shows {shown}:\n{text}");
+    }
+    seen.push(log_text);
     assert!(seen
         .last()
         .is_some_and(|l| l.contains("config reload rejected")));
