@@ -29,6 +29,7 @@ import argparse
 import collections
 import ctypes
 import json
+import re
 import os
 import resource
 import select
@@ -48,7 +49,7 @@ KIB, MIB = 1 << 10, 1 << 20
 HOST = "127.0.0.1"   # loopback only, always
 
 PROBES = ["stalled_bodies", "oversized_header", "big_header_complete", "slowloris_header",
-          "slow_body", "idle_connections", "pipelining", "bad_requests_log"]
+          "slow_body", "idle_connections", "pipelining", "framing", "bad_requests_log"]
 SLOW = ["slowloris_header", "slow_body"]
 PROXIES = ["edge", "nginx", "haproxy"]
 LABEL = {"edge": "relay-edge", "nginx": "nginx", "haproxy": "haproxy"}
@@ -801,6 +802,49 @@ def probe_pipelining(px):
     return out
 
 
+# Framing and connection ends (RFC 9112 sections 6 and 9): each on a fresh
+# connection; what came back, whether the connection then closed, and
+# whether a request hidden after the first reached the backend.
+FRAMING = [
+    ("CL + TE, then a request",
+     b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("TE + CL",
+     b"POST /f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"),
+    ("TE: chunked, gzip (chunked not last)",
+     b"POST /f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+    ("TE on HTTP/1.0",
+     b"POST /f HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("space before the colon of TE",
+     b"POST /f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\nabcd"),
+    ("obs-fold", b"GET /f HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
+    ("HTTP/1.0, no keep-alive", b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n"),
+    ("HTTP/1.0, Connection: keep-alive", b"GET /f HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"),
+    ("HTTP/1.1, Connection: close", b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+]
+
+
+def probe_framing(px):
+    out = {}
+    for name, data in FRAMING:
+        s = connect(px.port)
+        try:
+            try:
+                s.sendall(data)
+            except OSError:
+                pass
+            got, state, deadline = b"", "open", time.monotonic() + 3
+            while state == "open" and time.monotonic() < deadline:
+                got, state = collect(s, got, wait=0.2)
+        finally:
+            s.close()
+        codes = re.findall(rb"HTTP/1\.[01] (\d{3})", got)
+        text = " ".join(c.decode() for c in codes) or "nothing"
+        smuggled = b"/smuggled" in got
+        out[name] = f"{text}; {state}" + ("; SMUGGLED" if smuggled else "")
+    return out
+
+
 MALFORMED = [
     ("no colon", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"),
     ("space in a header name", b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n"),
@@ -855,7 +899,8 @@ def probe_bad_requests_log(px):
 
 FOREGROUND = {"stalled_bodies": probe_stalled_bodies, "oversized_header": probe_oversized_header,
               "big_header_complete": probe_big_header_complete, "idle_connections": probe_idle_connections,
-              "pipelining": probe_pipelining, "bad_requests_log": probe_bad_requests_log}
+              "pipelining": probe_pipelining, "framing": probe_framing,
+              "bad_requests_log": probe_bad_requests_log}
 
 
 # ---------------------------------------------------------------- report
@@ -895,6 +940,8 @@ def rows_for(probe, r, cap):
         return [(f"{n} GETs in one packet: responses", f"{r[f'p{n}']['received']}/{n}"
                  + ("" if r[f"p{n}"]["received"] == n else f" (then {r[f'p{n}']['state']})"))
                 for n in (3, 30)]
+    if probe == "framing":
+        return [(name, r.get(name, "—")) for name, _ in FRAMING]
     if probe == "bad_requests_log":
         return [("ERROR log lines (100 malformed + 50 cut)", "n/a" if r["error_lines"] is None else str(r["error_lines"])),
                 ("answers to the 100 malformed", r["answers"])]
