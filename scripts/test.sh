@@ -62,4 +62,10 @@ if ! grep -qs '"version": "1.57.0"' target/browser/node_modules/playwright-core/
   npm install --prefix target/browser --no-audit --no-fund --silent playwright-core@1.57.0
 fi
 
+# The Codex CLI (pinned; it carries its own binary), which a test drives
+# offline through the edge against relays that answer the Responses API.
+if ! grep -qs '"version": "0.171.0"' target/codex/node_modules/@openai/codex/package.json; then
+  npm install --prefix target/codex --no-audit --no-fund --silent @openai/codex@0.171.0
+fi
+
 cargo test --locked "$@"

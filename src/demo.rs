@@ -616,11 +616,24 @@ async fn openai_sse(stream: &mut TcpStream, name: &str, shape: OpenAiStream, del
     let mut events = Vec::new();
     match shape {
         OpenAiStream::Responses => {
-            events.push(format!("event: response.created\ndata: {{\"type\":\"response.created\",\"upstream\":\"{name}\",\"response\":{{\"id\":\"resp_1\",\"status\":\"in_progress\"}}}}\n\n"));
+            // As the Responses API streams a message: the response, the
+            // message item, its text deltas, the item whole, the end.
+            let event = |kind: &str, data: String| format!("event: {kind}\ndata: {data}\n\n");
+            events.push(event("response.created", format!(
+                r#"{{"type":"response.created","upstream":"{name}","response":{{"id":"resp_1","object":"response","status":"in_progress","output":[]}}}}"#
+            )));
+            events.push(event("response.output_item.added", r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message","id":"msg_1","role":"assistant","status":"in_progress","content":[]}}"#.to_string()));
+            let mut text = String::new();
             for i in 0..deltas {
-                events.push(format!("event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{i} \"}}\n\n"));
+                text.push_str(&format!("{i} "));
+                events.push(event("response.output_text.delta", format!(
+                    r#"{{"type":"response.output_text.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":"{i} "}}"#
+                )));
             }
-            events.push("event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":1000,\"input_tokens_details\":{\"cached_tokens\":900},\"output_tokens\":10,\"total_tokens\":1010}}}\n\n".to_string());
+            events.push(event("response.output_item.done", format!(
+                r#"{{"type":"response.output_item.done","output_index":0,"item":{{"type":"message","id":"msg_1","role":"assistant","status":"completed","content":[{{"type":"output_text","text":"{text}","annotations":[]}}]}}}}"#
+            )));
+            events.push(event("response.completed", r#"{"type":"response.completed","response":{"id":"resp_1","object":"response","status":"completed","output":[],"usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":900},"output_tokens":10,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1010}}}"#.to_string()));
         }
         OpenAiStream::ChatCompletions => {
             for i in 0..deltas {

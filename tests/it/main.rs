@@ -6,6 +6,7 @@ mod admin;
 mod answers;
 mod bad_input;
 mod bodies;
+mod codex;
 mod common;
 mod config_files;
 mod contrib;
