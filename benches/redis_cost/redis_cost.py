@@ -5,7 +5,7 @@
     python3 benches/redis_cost/redis_cost.py --smoke --bin target/debug/relay-edge
     options: --sessions N (20000), --seconds S (60 per shape), --conns C (8),
              --sse K (20), --ttl DUR (1h), --budget X (0.02), --idle S (30),
-             --shapes steady,new5,edges3 (all), --out FILE.json
+             --shapes steady,new5,edges3 (all), --buckets N, --out FILE.json
 
 Setup (all on 127.0.0.1, free ports, in a tempdir): a redis-server child;
 three demo relays (the `relay-edge-demo-upstream` binary next to --bin);
@@ -28,7 +28,9 @@ the sessions still live.
 
 Shapes: steady (1 edge, known sessions), new5 (1 edge, 5% new sessions),
 edges3 (3 edges on one Redis, known sessions). --smoke runs `steady` only,
-with 5,000 sessions and a 40 s window (longer than the old local_ttl of
+with 5,000 sessions in 1,024 buckets (about 5 a bucket: the sweep's cost
+is per bucket, and 16,384 mostly empty buckets would make the budget a
+measure of the machine's speed) and a 40 s window (longer than the old local_ttl of
 30 s, so that a return of the per-session re-read would show), and exits 1
 if it costs more than --budget commands per request. Commands per request
 is a count, not a time: the check does not depend on the machine's speed
@@ -160,7 +162,7 @@ def http_status(port, path, timeout=2.0):
         return None
 
 
-def edge_conf(tmp, name, port, admin, relays, redis_port, ttl):
+def edge_conf(tmp, name, port, admin, relays, redis_port, ttl, buckets=None):
     ups = "\n".join(f"  - {{id: {n}, addr: 127.0.0.1:{p}}}" for n, p in relays)
     path = os.path.join(tmp, f"{name}.yaml")
     open(path, "w").write(f"""listen: [{{addr: 127.0.0.1:{port}}}]
@@ -171,7 +173,7 @@ affinity: {{keys: [{{header: x-session-id}}], ttl: {ttl}}}
 admin: {{listen: 127.0.0.1:{admin}}}
 server: {{threads: 1, pid_file: {tmp}/{name}.pid, upgrade_sock: {tmp}/{name}.sock, log_level: warn}}
 access_log: {{enabled: false}}
-redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}
+redis: {{url: 'redis://127.0.0.1:{redis_port}/0'{f", buckets: {buckets}" if buckets else ""}}}
 """)
     return path
 
@@ -293,7 +295,7 @@ def run_shape(args, tmp, name, edges, new_share, sessions, seconds):
         ports = []
         for i in range(edges):
             port, admin = free_port(), free_port()
-            conf = edge_conf(procs.tmp, f"edge{i}", port, admin, relays, redis_port, args.ttl)
+            conf = edge_conf(procs.tmp, f"edge{i}", port, admin, relays, redis_port, args.ttl, args.buckets)
             procs.start(f"edge{i}", [args.bin, "-c", conf])
             if not wait_until(lambda: http_status(admin, "/readyz") == 200, 30):
                 die(f"edge{i} not ready:\n{procs.tail(f'edge{i}')}")
@@ -355,6 +357,7 @@ def main():
     ap.add_argument("--budget", type=float, default=0.02)
     ap.add_argument("--idle", type=float)
     ap.add_argument("--shapes", default="steady,new5,edges3")
+    ap.add_argument("--buckets", type=int, help="redis.buckets (default: relay-edge's; --smoke: 1024)")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
@@ -366,6 +369,7 @@ def main():
         die("redis-server is missing: apt-get install -y redis-server")
     if args.smoke:
         sessions, seconds, shapes = args.sessions or 5000, args.seconds or 40, ["steady"]
+        args.buckets = args.buckets or 1024
         args.idle = 0 if args.idle is None else args.idle
     else:
         sessions, seconds = args.sessions or 20000, args.seconds or 60

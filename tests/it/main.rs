@@ -19,6 +19,7 @@ mod package;
 pub mod reload;
 mod routing;
 mod secrets;
+mod redis_cost;
 mod shared_table;
 mod systemd;
 mod tls;
