@@ -69,8 +69,8 @@ return 1
 /// Sweep one bucket: remove sessions last seen before ARGV[1], and
 /// malformed ones. Returns {expired, live, malformed}: the first a flat
 /// list {id, upstream, life in ms, ...} (life: first to last request), the
-/// second {id, upstream, ...} (the live ones, for the index repair), the
-/// last the ids of the malformed records removed.
+/// second {id, upstream, ...} (the live ones, for the index repair; empty
+/// unless ARGV[2] is '1'), the last the ids of the malformed records removed.
 pub const SWEEP: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
 local removed, live, malformed = {}, {}, {}
@@ -87,7 +87,7 @@ for i = 1, #all, 2 do
       removed[#removed + 1] = all[i]
       removed[#removed + 1] = up
       removed[#removed + 1] = string.format('%d', math.max(0, seen - (tonumber(c) or seen)))
-    else
+    elseif ARGV[2] == '1' then
       live[#live + 1] = all[i]
       live[#live + 1] = up
     end

@@ -353,20 +353,22 @@ impl RedisStore {
         true
     }
 
-    /// Sweep `buckets` for expired sessions. The sweep also repairs the
-    /// index: every live session is added to its upstream's set (a crash
-    /// between a script and its index write leaves it out);
-    /// `prune_index_slice` removes the entries left over.
-    async fn sweep(&self, buckets: impl Iterator<Item = u32>) {
+    /// Sweep the buckets of `visits` for expired sessions. Every fourth
+    /// pass also repairs the index: every live session is added to its
+    /// upstream's set (a crash between a script and its index write leaves
+    /// it out); `prune_index_slice` removes the entries left over.
+    async fn sweep(&self, visits: impl Iterator<Item = (u64, u32)>) {
+        let buckets = self.spec.load().buckets;
         let cutoff = cost::sweep_cutoff_ms(
             now_ms(),
             self.ttl_ms(),
             self.spec.load().sync_interval.as_millis() as u64,
         );
-        for n in buckets {
+        for (visit, n) in visits {
             let Some(mut conn) = self.conn() else { return };
             let mut inv = self.scripts.sweep.key(self.bucket_key(n));
-            inv.arg(cutoff);
+            inv.arg(cutoff)
+                .arg(u8::from(cost::repairs_index(visit, buckets)));
             let Some((removed, live, malformed)) = self
                 .call(
                     "sweep",
