@@ -220,7 +220,7 @@ mod tests {
             ..bench_shape()
         }
         .commands_per_s();
-        assert!((idle.sweep - 10.3).abs() < 0.1, "{idle:?}");
+        assert!((idle.sweep - 10.43).abs() < 0.01, "{idle:?}");
         assert!(idle.total() < 13.0, "{idle:?}");
     }
 
