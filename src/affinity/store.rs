@@ -843,7 +843,10 @@ mod tests {
         let (a, b) = (SessionId(1), SessionId(2));
         let ticket = s.ticket();
         let first = s.put_confirmed(a, up("x"), 5, ticket);
-        assert!(s.lookup_local(a).is_some(), "confirmed: used without asking");
+        assert!(
+            s.lookup_local(a).is_some(),
+            "confirmed: used without asking"
+        );
         // Confirmed again with the same pin: the same record (counters,
         // renewal state) is kept.
         first.record(false);
@@ -851,7 +854,10 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         // A reconnect: every pin is asked again, but kept for an outage.
         s.revalidate_all();
-        assert!(s.lookup_local(a).is_none(), "not trusted after a re-validation");
+        assert!(
+            s.lookup_local(a).is_none(),
+            "not trusted after a re-validation"
+        );
         assert_eq!(s.stale(a).map(|r| r.upstream.clone()), Some(up("x")));
         assert_eq!(s.records().len(), 1, "kept for writing back");
         s.confirm(&first, s.ticket());
@@ -860,7 +866,10 @@ mod tests {
         let before = s.ticket();
         s.invalidate(b);
         s.put_confirmed(b, up("y"), 6, before);
-        assert!(s.lookup_local(b).is_none(), "read before a change: ask again");
+        assert!(
+            s.lookup_local(b).is_none(),
+            "read before a change: ask again"
+        );
         assert!(s.stale(b).is_some());
         // So is a pin made here without the shared table.
         block(s.claim(SessionId(3), up("z")));

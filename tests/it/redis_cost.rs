@@ -16,7 +16,12 @@ fn commands(redis: &RedisServer) -> HashMap<String, u64> {
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .filter(|(name, _)| name != "info" && name != "ping")
@@ -37,7 +42,11 @@ fn total_since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> (
     (total, which.join(" "))
 }
 
-fn quiet_config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer, extra: &str) -> String {
+fn quiet_config(
+    ups: &[relay_edge::demo::DemoUpstream],
+    redis: &RedisServer,
+    extra: &str,
+) -> String {
     format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}'{extra}}}\n",
         upstreams_yaml(ups),
@@ -60,13 +69,17 @@ async fn a_cached_pin_costs_redis_nothing_while_subscribed_and_a_new_session_fiv
     let keys: Vec<String> = (0..20).map(|i| format!("cached-{i}")).collect();
     let pins = pin_each(&edge, &keys).await;
     // The start's write-back (of an empty cache, or of these pins) is done.
-    eventually(Duration::from_secs(10), "a round of cached pins is free", || async {
-        let before = commands(&redis);
-        for key in &keys {
-            edge.get("/v1/x", &[("x-session-id", key)]).await;
-        }
-        total_since(&before, &commands(&redis)).0 == 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a round of cached pins is free",
+        || async {
+            let before = commands(&redis);
+            for key in &keys {
+                edge.get("/v1/x", &[("x-session-id", key)]).await;
+            }
+            total_since(&before, &commands(&redis)).0 == 0
+        },
+    )
     .await;
     let hits = metric(
         &edge.metrics().await,
@@ -91,7 +104,10 @@ async fn a_cached_pin_costs_redis_nothing_while_subscribed_and_a_new_session_fiv
     assert!(spent <= 5, "a new session cost {which}");
     let metrics = edge.metrics().await;
     assert!(
-        metric(&metrics, "relay_edge_affinity_lookups_total{result=\"local_hit\"}") >= hits + 200,
+        metric(
+            &metrics,
+            "relay_edge_affinity_lookups_total{result=\"local_hit\"}"
+        ) >= hits + 200,
         "{metrics}"
     );
 }
@@ -103,7 +119,11 @@ async fn after_the_pub_sub_link_is_lost_every_cached_pin_is_read_again() {
     let edge = shared_edge(&quiet_config(&ups, &redis, ", sync_interval: 1h")).await;
     let key = "missed-message";
     let first = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
-    let other = if first == "relay-a" { "relay-b" } else { "relay-a" };
+    let other = if first == "relay-a" {
+        "relay-b"
+    } else {
+        "relay-a"
+    };
     let id = id_of(&edge, key).await;
     // Another edge moved the session and its message was lost: the record
     // changes in Redis and nothing is published.
@@ -193,7 +213,10 @@ async fn with_two_edges_one_sweeps_each_round_for_both() {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    assert!(cursor >= made, "cursor {cursor} after {made} rounds: {lease}");
+    assert!(
+        cursor >= made,
+        "cursor {cursor} after {made} rounds: {lease}"
+    );
 }
 
 /// Sweep rounds made by either edge.

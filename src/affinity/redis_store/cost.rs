@@ -128,14 +128,16 @@ impl Model {
         let renew_s = self.ttl_s / 4.0;
         let per_bucket = self.sessions / self.buckets.max(1.0);
         // Expected distinct upstreams among a bucket's sessions.
-        let upstreams_found = self.upstreams * (1.0 - (1.0 - 1.0 / self.upstreams.max(1.0)).powf(per_bucket));
+        let upstreams_found =
+            self.upstreams * (1.0 - (1.0 - 1.0 / self.upstreams.max(1.0)).powf(per_bucket));
         let sync = self.sync_s.max(0.001);
         let checks = (self.sessions * sync / (4.0 * self.ttl_s.max(0.001))).clamp(10.0, 200.0);
         Cost {
             sessions: self.new_per_s * (5.0 + (self.edges_per_session - 1.0).max(0.0) + 2.0),
             renewals: self.active * self.edges_per_session * 3.0 / renew_s.max(0.001),
             sweep: self.buckets * (2.0 + upstreams_found / 4.0) / self.ttl_s.max(0.001),
-            housekeeping: self.edges * (2.0 / sync + (self.upstreams + 1.0) / (6.0 * sync) + 1.0 / 30.0)
+            housekeeping: self.edges
+                * (2.0 / sync + (self.upstreams + 1.0) / (6.0 * sync) + 1.0 / 30.0)
                 + (1.0 + 2.0 + checks) / sync,
         }
     }
@@ -154,13 +156,20 @@ mod tests {
         let (hour, sync) = (3_600_000, 10_000);
         assert_eq!(renew_every_ms(hour), 900_000);
         assert_eq!(renew_every_ms(0), 1, "never zero");
-        assert_eq!(sweep_cutoff_ms(10_000_000, hour, sync), 10_000_000 - 4_510_000);
+        assert_eq!(
+            sweep_cutoff_ms(10_000_000, hour, sync),
+            10_000_000 - 4_510_000
+        );
         assert_eq!(sweep_cutoff_ms(5, hour, sync), 0, "saturates");
         // 16384 buckets every hour, one round per 10 s: 45 a round.
         assert_eq!(buckets_per_round(16384, sync, hour), 45);
         assert_eq!(buckets_per_round(4, 2_000, 2_000), 4, "at most all");
         assert_eq!(buckets_per_round(64, 200, 2_000), 6);
-        assert_eq!(buckets_per_round(16384, 1, 3_600_000_000), 1, "at least one");
+        assert_eq!(
+            buckets_per_round(16384, 1, 3_600_000_000),
+            1,
+            "at least one"
+        );
         assert_eq!(buckets_per_round(0, sync, 0), 1);
         assert_eq!(lease_hold_ms(sync), 9_000);
         assert_eq!(lease_hold_ms(0), 1);
@@ -175,7 +184,11 @@ mod tests {
         let buckets = |c, n, b| round_buckets(c, n, b).map(|(_, b)| b).collect::<Vec<u32>>();
         assert_eq!(buckets(6, 4, 8), vec![6, 7, 0, 1]);
         assert_eq!(buckets(10, 4, 8), vec![2, 3, 4, 5]);
-        assert_eq!(round_buckets(u64::MAX, 2, 3).count(), 2, "wraps, no overflow");
+        assert_eq!(
+            round_buckets(u64::MAX, 2, 3).count(),
+            2,
+            "wraps, no overflow"
+        );
         assert_eq!(buckets(7, 2, 0), vec![0, 0]);
         // The index repair comes with every fourth pass over the buckets.
         let repaired: Vec<bool> = (0..40).step_by(8).map(|v| repairs_index(v, 8)).collect();
