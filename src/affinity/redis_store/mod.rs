@@ -7,17 +7,24 @@
 //!   stay in Redis's compact encoding.
 //! - Each upstream has an index set `<prefix>i:<upstream>` of its session
 //!   ids (raw bytes): listing by upstream and counting need no scan.
-//! - Expiry is ours: a sweeper walks a slice of the buckets every sync and
-//!   removes sessions not seen for `ttl` (plus the renewal margin), taking
-//!   them out of the index too. Renewals (last seen, counters) are batched
-//!   and written at most once per `ttl / 20` per session.
-//! - A hit in the local cache needs no Redis call. A miss reads one field.
+//! - Expiry is ours: a sweep removes sessions not seen for `ttl` (plus
+//!   the renewal margin), taking them out of the index too. It is the
+//!   fleet's work: each sync interval one edge wins a lease (a script on
+//!   `<prefix>sweep`, which holds the shared bucket cursor) and sweeps that
+//!   round's slice, every bucket once per `ttl`. Renewals (last seen,
+//!   counters) are written at most once per `ttl / 4` per session, by each
+//!   edge that served it, one pipeline per batch.
+//! - A hit in the local cache needs no Redis call while the edge is
+//!   subscribed to the invalidations: every (re)subscribe, reconnect or new
+//!   table marks the whole cache for re-validation (see
+//!   `LocalStore::revalidate_all`), and a renewal confirms a pin. A miss
+//!   reads one field. [`cost`] has the cost model and its paces.
 //! - A session's first request claims its upstream atomically (a script on
 //!   its bucket: keep the existing pin, else set ours); the loser adopts the
 //!   winner's. A failover re-pin is a compare-and-set script that publishes
 //!   the change. Admin pins, deletes and drains publish too; every edge drops
-//!   the cached entry on the message, and `local_ttl` bounds staleness if a
-//!   message is lost. Scripts touch one key, so they work on Redis Cluster;
+//!   the cached entry on the message; `local_ttl` is the safety net beyond
+//!   that. Scripts touch one key, so they work on Redis Cluster;
 //!   the index is updated next to them.
 //! - Every call has `timeout`. When Redis fails, the store says it is
 //!   degraded (new sessions are placed by consistent hashing, so edges still
@@ -32,7 +39,8 @@
 //! [`scripts`] holds the Lua scripts; [`link`] is the connection and its
 //! state (up, settled, what a failure means); [`sync`] runs the background
 //! loop (connect, renew, sweep, repair, write back); [`pubsub`] receives
-//! invalidations.
+//! invalidations and pings the link; [`cost`] is the cost model and the
+//! paces it rests on.
 
 pub mod cost;
 mod link;
