@@ -292,6 +292,8 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// Redis calls that failed on one record, and unreadable records.
     pub redis_record_errors: IntCounter,
+    /// Sweep rounds this edge made for the fleet (it held the sweep lease).
+    pub redis_sweep_rounds: IntCounter,
     /// Latency of Redis calls.
     pub redis_duration: Histogram,
     /// Config reloads by result: ok, error.
@@ -457,6 +459,14 @@ impl Metrics {
             IntCounter::new(
                 "relay_edge_redis_record_errors_total",
                 "Redis calls that failed on one record, and unreadable records.",
+            )
+            .expect("static metric definition"),
+        );
+        let redis_sweep_rounds = register(
+            &r,
+            IntCounter::new(
+                "relay_edge_redis_sweep_rounds_total",
+                "Sweep rounds this edge made for the fleet (it held the sweep lease).",
             )
             .expect("static metric definition"),
         );
@@ -691,6 +701,7 @@ impl Metrics {
             affinity_repins,
             redis_errors,
             redis_record_errors,
+            redis_sweep_rounds,
             redis_duration,
             config_reloads,
             config_generation,

@@ -41,8 +41,12 @@ impl LiveDuration {
 pub struct SessionRecord {
     pub upstream: Arc<str>,
     pub created_ms: u64,
-    /// When this process learnt the pin (a front cache drops it `local_ttl` later).
-    loaded_ms: u64,
+    /// When the shared table last confirmed the pin (a front cache asks
+    /// again `local_ttl` later).
+    confirmed_ms: AtomicU64,
+    /// The front cache's ticket when the pin was confirmed (0: never): a
+    /// pin confirmed before the cache's last re-validation is asked again.
+    confirmed_at: AtomicU64,
     last_seen_ms: AtomicU64,
     /// When the shared table's TTL was last renewed (Redis store only).
     renewed_ms: AtomicU64,
@@ -64,7 +68,8 @@ impl SessionRecord {
         SessionRecord {
             upstream,
             created_ms,
-            loaded_ms: now,
+            confirmed_ms: AtomicU64::new(now),
+            confirmed_at: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(now),
             renewed_ms: AtomicU64::new(now),
             requests: AtomicU64::new(requests),
@@ -119,6 +124,12 @@ impl SessionRecord {
 
     pub fn mark_renewed(&self) {
         self.renewed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The shared table holds this pin as of `ticket` (see [`LocalStore::ticket`]).
+    fn confirm(&self, ticket: u64) {
+        self.confirmed_at.store(ticket, Ordering::Relaxed);
+        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -285,6 +296,14 @@ pub struct LocalStore {
     sliding: bool,
     /// When expired entries were last swept out.
     swept_ms: AtomicU64,
+    /// A front cache's ticket: bumped by every invalidation and every
+    /// re-validation of the whole cache. A read from the shared table takes
+    /// the ticket before it asks; if the ticket moved meanwhile, what it
+    /// read may predate a change, and is kept unconfirmed.
+    ticket: AtomicU64,
+    /// Pins confirmed at a ticket below this are asked again before use
+    /// (set by [`LocalStore::revalidate_all`]).
+    floor: AtomicU64,
     /// Observes each session's life when it ends (the in-process table).
     durations: std::sync::OnceLock<prometheus::Histogram>,
 }
@@ -333,6 +352,8 @@ impl LocalStore {
             ttl,
             sliding: refresh.is_none(),
             swept_ms: AtomicU64::new(now_ms()),
+            ticket: AtomicU64::new(1),
+            floor: AtomicU64::new(1),
             durations: std::sync::OnceLock::new(),
         }
     }
@@ -383,9 +404,35 @@ impl LocalStore {
         let since = if self.sliding {
             r.last_seen_ms.load(Ordering::Relaxed)
         } else {
-            r.loaded_ms
+            if r.confirmed_at.load(Ordering::Relaxed) < self.floor.load(Ordering::Relaxed) {
+                return true;
+            }
+            r.confirmed_ms.load(Ordering::Relaxed)
         };
         now.saturating_sub(since) > self.span.get().as_millis() as u64
+    }
+
+    /// The ticket to take before reading a pin from the shared table, and
+    /// to give [`LocalStore::put_confirmed`] with what was read.
+    pub fn ticket(&self) -> u64 {
+        self.ticket.load(Ordering::Acquire)
+    }
+
+    /// Every cached pin must be confirmed by the shared table again before
+    /// it is used (invalidations may have been missed: a reconnect, a
+    /// resubscribe). O(1): the pins stay, as stale ones, for an outage and
+    /// for writing back.
+    pub fn revalidate_all(&self) {
+        let next = self.ticket.fetch_add(1, Ordering::AcqRel) + 1;
+        self.floor.store(next, Ordering::Release);
+    }
+
+    /// Confirm `record` as read at `ticket`, unless an invalidation or a
+    /// re-validation came meanwhile (then it stays as it was).
+    pub fn confirm(&self, record: &SessionRecord, ticket: u64) {
+        if self.ticket() == ticket {
+            record.confirm(ticket);
+        }
     }
 
     /// Remove `record` from `id` unless another has replaced it meanwhile.
@@ -468,8 +515,27 @@ impl LocalStore {
         }
     }
 
-    /// Put a pin learnt from the shared table.
+    /// Put a pin learnt from the shared table now.
     pub fn put(&self, id: SessionId, upstream: Arc<str>, created_ms: u64) -> Arc<SessionRecord> {
+        self.put_confirmed(id, upstream, created_ms, self.ticket())
+    }
+
+    /// Put a pin read from the shared table after taking `ticket`. The
+    /// cached record is kept (with its counters and renewal state) if it
+    /// names the same pin.
+    pub fn put_confirmed(
+        &self,
+        id: SessionId,
+        upstream: Arc<str>,
+        created_ms: u64,
+        ticket: u64,
+    ) -> Arc<SessionRecord> {
+        if let Some(r) = self.table.get(&id.0) {
+            if r.upstream == upstream && r.created_ms == created_ms && !self.gone(&r, now_ms()) {
+                self.confirm(&r, ticket);
+                return r;
+            }
+        }
         let fresh = |prior: Option<&Arc<SessionRecord>>| {
             let (requests, errors) = prior.map_or((0, 0), |r| {
                 (
@@ -484,12 +550,17 @@ impl LocalStore {
                 errors,
             ))
         };
-        self.update(id.0, |prior| Some(fresh(prior)))
-            .unwrap_or_else(|| fresh(None))
+        let record = self
+            .update(id.0, |prior| Some(fresh(prior)))
+            .unwrap_or_else(|| fresh(None));
+        self.confirm(&record, ticket);
+        record
     }
 
-    /// Drop a cached pin (it changed elsewhere).
+    /// Drop a cached pin (it changed elsewhere). Reads under way may
+    /// predate the change: the ticket moves, so they are not trusted.
     pub fn invalidate(&self, id: SessionId) {
+        self.ticket.fetch_add(1, Ordering::AcqRel);
         if let Some((_, r)) = self.table.remove(&id.0) {
             self.counts.remove(&r.upstream);
         }
@@ -764,6 +835,56 @@ mod tests {
         assert_eq!((&*one.upstream, one.created_ms > 0), ("a", true));
         assert_eq!(new.counts().get("b").copied(), Some(1));
         assert!(new.lookup_local(SessionId(3)).is_none());
+    }
+
+    #[test]
+    fn a_front_cache_trusts_a_pin_until_revalidation_and_keeps_it_stale() {
+        let s = LocalStore::front_cache(100, Duration::from_secs(3600), Duration::from_secs(600));
+        let (a, b) = (SessionId(1), SessionId(2));
+        let ticket = s.ticket();
+        let first = s.put_confirmed(a, up("x"), 5, ticket);
+        assert!(
+            s.lookup_local(a).is_some(),
+            "confirmed: used without asking"
+        );
+        // Confirmed again with the same pin: the same record (counters,
+        // renewal state) is kept.
+        first.record(false);
+        let again = s.put_confirmed(a, up("x"), 5, s.ticket());
+        assert!(Arc::ptr_eq(&first, &again));
+        // A reconnect: every pin is asked again, but kept for an outage.
+        s.revalidate_all();
+        assert!(
+            s.lookup_local(a).is_none(),
+            "not trusted after a re-validation"
+        );
+        assert_eq!(s.stale(a).map(|r| r.upstream.clone()), Some(up("x")));
+        assert_eq!(s.records().len(), 1, "kept for writing back");
+        s.confirm(&first, s.ticket());
+        assert!(s.lookup_local(a).is_some(), "confirmed again");
+        // A read that an invalidation overtook is kept, unconfirmed.
+        let before = s.ticket();
+        s.invalidate(b);
+        s.put_confirmed(b, up("y"), 6, before);
+        assert!(
+            s.lookup_local(b).is_none(),
+            "read before a change: ask again"
+        );
+        assert!(s.stale(b).is_some());
+        // So is a pin made here without the shared table.
+        block(s.claim(SessionId(3), up("z")));
+        assert!(s.lookup_local(SessionId(3)).is_none());
+    }
+
+    #[test]
+    fn a_front_cache_asks_again_after_local_ttl() {
+        let s = LocalStore::front_cache(100, Duration::from_secs(3600), Duration::from_millis(30));
+        let id = SessionId(4);
+        s.put(id, up("x"), 1);
+        assert!(s.lookup_local(id).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.lookup_local(id).is_none(), "older than local_ttl");
+        assert!(s.stale(id).is_some());
     }
 
     #[test]

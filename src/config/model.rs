@@ -450,7 +450,7 @@ impl Defaults {
     pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(500);
     pub const REDIS_PREFIX: &'static str = "relay-edge:";
     pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
-    pub const REDIS_LOCAL_TTL: Duration = Duration::from_secs(30);
+    pub const REDIS_LOCAL_TTL: Duration = Duration::from_secs(20 * 60);
     pub const REDIS_LOCAL_CACHE_SIZE: u64 = 200_000;
     pub const REDIS_SYNC_INTERVAL: Duration = Duration::from_secs(10);
     pub const REDIS_BATCH_SIZE: usize = 500;

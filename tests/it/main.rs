@@ -18,6 +18,7 @@ mod framing;
 mod hostile;
 mod operations_guide;
 mod package;
+mod redis_cost;
 pub mod reload;
 mod routing;
 mod secrets;

@@ -13,7 +13,7 @@ fn config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String
 }
 
 /// An edge on a reachable Redis: ready means connected to it.
-async fn shared_edge(conf: &str) -> Edge {
+pub(crate) async fn shared_edge(conf: &str) -> Edge {
     let edge = Edge::start(conf).await;
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     assert_eq!(stats["redis"]["connected"], true, "ready before connected");
@@ -58,7 +58,7 @@ async fn pin_through(
 
 /// Send one request of each key, one after another, through `edge`; the
 /// upstream each landed on.
-async fn pin_each(edge: &Edge, keys: &[String]) -> HashMap<String, String> {
+pub(crate) async fn pin_each(edge: &Edge, keys: &[String]) -> HashMap<String, String> {
     let mut pins = HashMap::new();
     for key in keys {
         let up = edge.get("/v1/x", &[("x-session-id", key)]).await.upstream();
@@ -683,7 +683,7 @@ const HEX_FIELD: &str =
     "local f = (string.gsub(ARGV[1], '..', function(h) return string.char(tonumber(h, 16)) end))";
 
 /// Write `value` as the stored record of session `id_hex`.
-fn plant(redis: &RedisServer, id_hex: &str, value: &str, buckets: u32) {
+pub(crate) fn plant(redis: &RedisServer, id_hex: &str, value: &str, buckets: u32) {
     let script = format!("{HEX_FIELD} return redis.call('HSET', KEYS[1], f, ARGV[2])");
     redis.cli(&[
         "EVAL",
@@ -696,13 +696,13 @@ fn plant(redis: &RedisServer, id_hex: &str, value: &str, buckets: u32) {
 }
 
 /// The stored record of session `id_hex`.
-fn stored(redis: &RedisServer, id_hex: &str, buckets: u32) -> String {
+pub(crate) fn stored(redis: &RedisServer, id_hex: &str, buckets: u32) -> String {
     let script = format!("{HEX_FIELD} return redis.call('HGET', KEYS[1], f)");
     redis.cli(&["EVAL", &script, "1", &bucket_of(id_hex, buckets), id_hex])
 }
 
 /// The hex id of `key`, as the admin API shows it.
-async fn id_of(edge: &Edge, key: &str) -> String {
+pub(crate) async fn id_of(edge: &Edge, key: &str) -> String {
     let (code, s) = edge
         .admin_json("GET", &format!("/api/sessions/{key}"), b"")
         .await;

@@ -60,6 +60,9 @@ pub struct Link {
     /// Wakes the sync loop when a re-seed is due: the sooner it runs after
     /// Redis lost its data, the fewer sessions another edge places anew.
     reseed_due: tokio::sync::Notify,
+    /// Subscribed to the invalidations now: only then is a cached pin used
+    /// without asking Redis.
+    subscribed: AtomicBool,
 }
 
 impl Link {
@@ -69,6 +72,15 @@ impl Link {
 
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::Relaxed)
+    }
+
+    /// Invalidations reach this edge now.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    pub fn set_subscribed(&self, on: bool) {
+        self.subscribed.store(on, Ordering::Release);
     }
 
     /// An outage: true if the link was up until now.

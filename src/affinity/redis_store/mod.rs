@@ -7,17 +7,24 @@
 //!   stay in Redis's compact encoding.
 //! - Each upstream has an index set `<prefix>i:<upstream>` of its session
 //!   ids (raw bytes): listing by upstream and counting need no scan.
-//! - Expiry is ours: a sweeper walks a slice of the buckets every sync and
-//!   removes sessions not seen for `ttl` (plus the renewal margin), taking
-//!   them out of the index too. Renewals (last seen, counters) are batched
-//!   and written at most once per `ttl / 20` per session.
-//! - A hit in the local cache needs no Redis call. A miss reads one field.
+//! - Expiry is ours: a sweep removes sessions not seen for `ttl` (plus
+//!   the renewal margin), taking them out of the index too. It is the
+//!   fleet's work: each sync interval one edge wins a lease (a script on
+//!   `<prefix>sweep`, which holds the shared bucket cursor) and sweeps that
+//!   round's slice, every bucket once per `ttl`. Renewals (last seen,
+//!   counters) are written at most once per `ttl / 4` per session, by each
+//!   edge that served it, one pipeline per batch.
+//! - A hit in the local cache needs no Redis call while the edge is
+//!   subscribed to the invalidations: every (re)subscribe, reconnect or new
+//!   table marks the whole cache for re-validation (see
+//!   `LocalStore::revalidate_all`), and a renewal confirms a pin. A miss
+//!   reads one field. [`cost`] has the cost model and its paces.
 //! - A session's first request claims its upstream atomically (a script on
 //!   its bucket: keep the existing pin, else set ours); the loser adopts the
 //!   winner's. A failover re-pin is a compare-and-set script that publishes
 //!   the change. Admin pins, deletes and drains publish too; every edge drops
-//!   the cached entry on the message, and `local_ttl` bounds staleness if a
-//!   message is lost. Scripts touch one key, so they work on Redis Cluster;
+//!   the cached entry on the message; `local_ttl` is the safety net beyond
+//!   that. Scripts touch one key, so they work on Redis Cluster;
 //!   the index is updated next to them.
 //! - Every call has `timeout`. When Redis fails, the store says it is
 //!   degraded (new sessions are placed by consistent hashing, so edges still
@@ -32,8 +39,10 @@
 //! [`scripts`] holds the Lua scripts; [`link`] is the connection and its
 //! state (up, settled, what a failure means); [`sync`] runs the background
 //! loop (connect, renew, sweep, repair, write back); [`pubsub`] receives
-//! invalidations.
+//! invalidations and pings the link; [`cost`] is the cost model and the
+//! paces it rests on.
 
+pub mod cost;
 mod link;
 mod pubsub;
 pub mod record;
@@ -54,7 +63,6 @@ use redis::{AsyncCommands, RedisResult};
 use scripts::Scripts;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -80,8 +88,8 @@ pub struct RedisStore {
     upstream_ids: arc_swap::ArcSwap<Vec<Arc<str>>>,
     /// Sessions per upstream, as the index sets in Redis last said.
     shared_counts: arc_swap::ArcSwap<HashMap<Arc<str>, u64>>,
-    /// Where the sweeper goes on.
-    sweep_cursor: std::sync::atomic::AtomicU32,
+    /// This process, in the sweep lease's value (for an operator's eyes).
+    holder: String,
     /// Where the index check goes on: (upstream number, SSCAN cursor).
     index_cursor: Mutex<(usize, u64)>,
     scripts: Scripts,
@@ -110,7 +118,7 @@ impl RedisStore {
             drain_listener: OnceLock::new(),
             upstream_ids: arc_swap::ArcSwap::from_pointee(Vec::new()),
             shared_counts: arc_swap::ArcSwap::from_pointee(HashMap::new()),
-            sweep_cursor: std::sync::atomic::AtomicU32::new(fastrand::u32(..)),
+            holder: format!("{}-{:08x}", std::process::id(), fastrand::u32(..)),
             index_cursor: Mutex::new((0, 0)),
             scripts: Scripts::new(),
         }
@@ -145,6 +153,8 @@ impl RedisStore {
         let new_table = !spec.same_table(&old);
         self.spec.store(Arc::new(spec));
         if new_table {
+            self.link.set_subscribed(false);
+            self.local.revalidate_all();
             log::warn!("redis: another table (target, prefix or buckets changed): connecting to it; it will be seeded with the pins cached here");
             self.link.went_down();
             self.table.send_modify(|n| *n += 1);
@@ -196,9 +206,10 @@ impl RedisStore {
         self.upstream_ids.store(Arc::new(ids));
     }
 
-    /// Renewals of one session are at least this far apart.
+    /// Renewals of one session are at least this far apart (see
+    /// [`cost::renew_every_ms`]).
     fn renew_every_ms(&self) -> u64 {
-        (self.ttl_ms() / 20).max(1)
+        cost::renew_every_ms(self.ttl_ms())
     }
 
     /// Move `id` in the index from one upstream's set to another's.
@@ -233,6 +244,7 @@ impl RedisStore {
     ) -> Option<Arc<SessionRecord>> {
         for _ in 0..2 {
             let conn = self.conn()?;
+            let ticket = self.local.ticket();
             let (bucket, value) = (self.bucket(id), Stored::fresh(upstream, created_ms));
             let existing: Option<String> = self
                 .call_patiently("claim", || {
@@ -244,19 +256,31 @@ impl RedisStore {
                 .await?;
             let Some(value) = existing else {
                 self.reindex(id, None, Some(upstream)).await;
-                return Some(self.local.put(id, Arc::from(upstream), created_ms));
+                return Some(
+                    self.local
+                        .put_confirmed(id, Arc::from(upstream), created_ms, ticket),
+                );
             };
             match Stored::parse(&value) {
                 Ok(s) => {
-                    return Some(
-                        self.local
-                            .put(id, Arc::from(s.upstream.as_str()), s.created_ms),
-                    )
+                    return Some(self.local.put_confirmed(
+                        id,
+                        Arc::from(s.upstream.as_str()),
+                        s.created_ms,
+                        ticket,
+                    ))
                 }
                 // Gone now: claim again.
                 Err(why) if self.unreadable(id, &value, &why).await => continue,
                 // Left alone: this edge pins the session for itself only.
-                Err(_) => return Some(self.local.put(id, Arc::from(upstream), created_ms)),
+                Err(_) => {
+                    return Some(self.local.put_confirmed(
+                        id,
+                        Arc::from(upstream),
+                        created_ms,
+                        ticket,
+                    ))
+                }
             }
         }
         Some(self.local.put(id, Arc::from(upstream), created_ms))
@@ -462,6 +486,10 @@ impl RedisStore {
 #[async_trait]
 impl SessionStore for RedisStore {
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
+        // Without the invalidations, a cached pin may be out of date: ask.
+        if !self.link.is_subscribed() {
+            return None;
+        }
         self.local.lookup_local(id)
     }
 
@@ -471,7 +499,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
-        if let Some(r) = self.local.lookup_local(id) {
+        if let Some(r) = self.lookup_local(id) {
             return Some((r, LookupSource::Local));
         }
         // Kept past `local_ttl`: what this edge knew, for when Redis cannot
@@ -480,7 +508,7 @@ impl SessionStore for RedisStore {
         let Some(conn) = self.conn() else {
             return stale;
         };
-        let bucket = self.bucket(id);
+        let (bucket, ticket) = (self.bucket(id), self.local.ticket());
         let value: Option<String> = match self
             .call_patiently("lookup", || {
                 let (mut conn, bucket) = (conn.clone(), bucket.clone());
@@ -510,7 +538,7 @@ impl SessionStore for RedisStore {
         };
         Some((
             self.local
-                .put(id, Arc::from(s.upstream.as_str()), s.created_ms),
+                .put_confirmed(id, Arc::from(s.upstream.as_str()), s.created_ms, ticket),
             LookupSource::Shared,
         ))
     }
@@ -525,6 +553,7 @@ impl SessionStore for RedisStore {
 
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
         if let Some(conn) = self.conn() {
+            let ticket = self.local.ticket();
             let (bucket, value, channel) = (
                 self.bucket(id),
                 Stored::fresh(&to, now_ms()),
@@ -548,9 +577,12 @@ impl SessionStore for RedisStore {
                     if moved == 1 || s.upstream == *to {
                         self.reindex(id, Some(from), Some(&s.upstream)).await;
                     }
-                    return self
-                        .local
-                        .put(id, Arc::from(s.upstream.as_str()), s.created_ms);
+                    return self.local.put_confirmed(
+                        id,
+                        Arc::from(s.upstream.as_str()),
+                        s.created_ms,
+                        ticket,
+                    );
                 }
             }
         }

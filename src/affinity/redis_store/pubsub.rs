@@ -20,22 +20,20 @@ impl RedisStore {
                 Ok(client) => match client.get_async_pubsub().await {
                     Ok(mut pubsub) => match pubsub.subscribe(pins_channel(&spec.prefix)).await {
                         Ok(()) => {
-                            // Messages may have been missed while unsubscribed.
+                            // Messages may have been missed while
+                            // unsubscribed: every cached pin is asked again
+                            // at its next use, and written back.
+                            self.local.revalidate_all();
+                            self.link.set_subscribed(true);
                             self.link.reseed_later();
                             if let Some(tx) = subscribed.take() {
                                 let _ = tx.send(());
                             }
                             backoff = Duration::from_millis(50);
-                            let mut messages = pubsub.on_message();
-                            while let Some(msg) = messages.next().await {
-                                let payload: String = msg.get_payload().unwrap_or_default();
-                                if payload == Self::DRAINS_CHANGED {
-                                    self.refresh_drains().await;
-                                } else if let Some(id) = SessionId::from_hex(&payload) {
-                                    self.local.invalidate(id);
-                                }
-                            }
-                            log::warn!("redis pub/sub connection lost; resubscribing");
+                            let why = self.listen(pubsub).await;
+                            self.link.set_subscribed(false);
+                            self.local.revalidate_all();
+                            log::warn!("redis pub/sub {why}; resubscribing");
                         }
                         Err(e) => log::warn!("redis subscribe failed ({:?} error)", e.kind()),
                     },
@@ -47,6 +45,35 @@ impl RedisStore {
             // other edges' placements), then at most once a second.
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Apply invalidations until the link is lost or stops answering its
+    /// pings (a connection that died silently delivers nothing, and would
+    /// leave cached pins trusted); says which.
+    async fn listen(&self, pubsub: redis::aio::PubSub) -> &'static str {
+        let (mut sink, mut messages) = pubsub.split();
+        let every = Duration::from_millis(cost::PUBSUB_PING_MS);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return "connection lost" };
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    if payload == Self::DRAINS_CHANGED {
+                        self.refresh_drains().await;
+                    } else if let Some(id) = SessionId::from_hex(&payload) {
+                        self.local.invalidate(id);
+                    }
+                }
+                _ = ping.tick() => {
+                    let wait = self.batch_timeout().max(Duration::from_secs(2));
+                    let pong = tokio::time::timeout(wait, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return "connection did not answer a ping";
+                    }
+                }
+            }
         }
     }
 }

@@ -69,8 +69,8 @@ return 1
 /// Sweep one bucket: remove sessions last seen before ARGV[1], and
 /// malformed ones. Returns {expired, live, malformed}: the first a flat
 /// list {id, upstream, life in ms, ...} (life: first to last request), the
-/// second {id, upstream, ...} (the live ones, for the index repair), the
-/// last the ids of the malformed records removed.
+/// second {id, upstream, ...} (the live ones, for the index repair; empty
+/// unless ARGV[2] is '1'), the last the ids of the malformed records removed.
 pub const SWEEP: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
 local removed, live, malformed = {}, {}, {}
@@ -87,7 +87,7 @@ for i = 1, #all, 2 do
       removed[#removed + 1] = all[i]
       removed[#removed + 1] = up
       removed[#removed + 1] = string.format('%d', math.max(0, seen - (tonumber(c) or seen)))
-    else
+    elseif ARGV[2] == '1' then
       live[#live + 1] = all[i]
       live[#live + 1] = up
     end
@@ -105,6 +105,26 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ";
 
+/// The fleet's sweep lease, on one key of its own: if no edge holds it
+/// (its `until` has passed), take it until ARGV[1] + ARGV[2] and advance
+/// the shared bucket cursor by ARGV[3]; returns the cursor this round
+/// starts at, or -1 if another edge holds the lease. The value is `until
+/// cursor holder`; it never expires, so the cursor survives every edge.
+/// Times are the edges' clocks: a skew only makes a round come sooner or
+/// later (two rounds at once sweep different buckets).
+pub const LEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+local held, cursor = 0, 0
+if v then
+  local u, c = string.match(v, '^(%d+) (%d+)')
+  held, cursor = tonumber(u) or 0, tonumber(c) or 0
+end
+local now = tonumber(ARGV[1])
+if held > now then return -1 end
+redis.call('SET', KEYS[1], string.format('%d %d %s', now + tonumber(ARGV[2]), cursor + tonumber(ARGV[3]), ARGV[4]))
+return cursor
+";
+
 /// Every script, loaded once.
 pub struct Scripts {
     pub claim: Script,
@@ -114,6 +134,7 @@ pub struct Scripts {
     pub touch: Script,
     pub sweep: Script,
     pub discard: Script,
+    pub lease: Script,
 }
 
 impl Scripts {
@@ -126,6 +147,7 @@ impl Scripts {
             touch: Script::new(TOUCH),
             sweep: Script::new(SWEEP),
             discard: Script::new(DISCARD),
+            lease: Script::new(LEASE),
         }
     }
 }

@@ -54,6 +54,7 @@ impl RedisStore {
             }
             let shut_down = self.sync_until(&mut shutdown, &mut table, generation).await;
             subscriber.abort();
+            self.link.set_subscribed(false);
             if shut_down {
                 return;
             }
@@ -118,6 +119,8 @@ impl RedisStore {
         generation: u64,
     ) -> bool {
         let mut last_sync = Instant::now();
+        // Counts and drains at the first sync, then every few.
+        let mut last_refresh: Option<Instant> = None;
         loop {
             let tick = self.spec().sync_interval.min(Duration::from_secs(1));
             tokio::select! {
@@ -138,9 +141,16 @@ impl RedisStore {
                 }
                 self.write_pending().await;
                 if last_sync.elapsed() >= self.spec().sync_interval {
-                    self.refresh_drains().await;
                     self.sync().await;
                     last_sync = Instant::now();
+                    let every = Duration::from_millis(cost::refresh_every_ms(
+                        self.spec().sync_interval.as_millis() as u64,
+                    ));
+                    if last_refresh.is_none_or(|at| at.elapsed() >= every) {
+                        self.refresh_drains().await;
+                        self.refresh_counts().await;
+                        last_refresh = Some(Instant::now());
+                    }
                 }
             }
         }
@@ -150,6 +160,8 @@ impl RedisStore {
     /// while the connection is to the table of `generation`.
     async fn probe(&self, generation: u64) {
         if self.answers_ping().await && *self.table.borrow() == generation && self.link.came_up() {
+            // Redis may have lost data, and messages may have been missed.
+            self.local.revalidate_all();
             log::info!("redis is reachable; writing the pins made meanwhile");
             self.refresh_drains().await;
         }
@@ -193,11 +205,18 @@ impl RedisStore {
         }
     }
 
-    /// Write last-seen times and counters of sessions used since their
-    /// last renewal (at most once per `ttl / 20` each), sweep a slice of the
-    /// buckets for expired sessions, repair the index, and refresh the
-    /// per-upstream counts.
+    /// Renew the sessions used since their last renewal (at most once per
+    /// `ttl / 4` each), in pipelined batches; then, if this edge wins the
+    /// fleet's lease for this round, sweep a slice of the buckets and check
+    /// a slice of the index.
     async fn sync(&self) {
+        self.renew().await;
+        self.sweep_round().await;
+    }
+
+    /// Write last-seen times and counters, one pipeline per batch. A
+    /// renewal also confirms the pin: a session in use is never read again.
+    async fn renew(&self) {
         let every = self.renew_every_ms();
         let due: Vec<(SessionId, Arc<SessionRecord>)> = self
             .local
@@ -207,25 +226,31 @@ impl RedisStore {
             .collect();
         for chunk in due.chunks(self.spec.load().batch_size.max(1)) {
             let Some(conn) = self.conn() else { return };
-            let calls = chunk.iter().map(|(id, r)| {
-                let mut conn = conn.clone();
-                let (dr, de) = r.take_deltas();
-                let mut inv = self.scripts.touch.key(self.bucket(*id));
-                inv.arg(&id.to_bytes()[..])
-                    .arg(&*r.upstream)
-                    .arg(r.last_seen_ms())
-                    .arg(dr)
-                    .arg(de);
-                async move { inv.invoke_async::<i64>(&mut conn).await }
-            });
-            let all = async { Ok(futures::future::join_all(calls).await) };
-            let Some(results) = self.call_within("renew", self.batch_timeout(), all).await else {
+            let ticket = self.local.ticket();
+            let invocations: Vec<redis::ScriptInvocation<'_>> = chunk
+                .iter()
+                .map(|(id, r)| {
+                    let (dr, de) = r.take_deltas();
+                    let mut inv = self.scripts.touch.key(self.bucket(*id));
+                    inv.arg(&id.to_bytes()[..])
+                        .arg(&*r.upstream)
+                        .arg(r.last_seen_ms())
+                        .arg(dr)
+                        .arg(de);
+                    inv
+                })
+                .collect();
+            let Some(results) = self.renew_batch(conn, &invocations).await else {
                 continue;
             };
+            let mut moved = Vec::new();
             for ((id, r), result) in chunk.iter().zip(results) {
                 r.mark_renewed();
                 match result {
-                    Ok(1) | Ok(2) => {}
+                    Ok(1) => self.local.confirm(r, ticket),
+                    // Moved elsewhere (a lost message?), or a newer format:
+                    // read again at its next use.
+                    Ok(2) => moved.push(*id),
                     // Gone from Redis (lost, or swept meanwhile): write it back.
                     Ok(0) => self.remember_pending(*id, &r.upstream),
                     Err(e) if Failure::of(&e) != Failure::Record => {
@@ -236,10 +261,51 @@ impl RedisStore {
                     Ok(_) | Err(_) => self.discard_and_rewrite(*id, r).await,
                 }
             }
+            for id in moved {
+                self.local.invalidate(id);
+            }
         }
-        self.sweep_some().await;
-        self.prune_index_slice().await;
-        self.refresh_counts().await;
+    }
+
+    /// One batch of renewals in one pipeline (its script loaded first if
+    /// Redis lost it). If one record's error fails the pipeline, each is
+    /// run on its own, so that the others still land.
+    async fn renew_batch(
+        &self,
+        conn: Conn,
+        invocations: &[redis::ScriptInvocation<'_>],
+    ) -> Option<Vec<RedisResult<i64>>> {
+        let mut pipe = redis::pipe();
+        for inv in invocations {
+            pipe.invoke_script(inv);
+        }
+        let (timeout, start) = (self.batch_timeout(), Instant::now());
+        let attempt = |mut conn: Conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async::<Vec<i64>>(&mut conn).await }
+        };
+        let mut result = tokio::time::timeout(timeout, attempt(conn.clone())).await;
+        if matches!(&result, Ok(Err(e)) if e.kind() == redis::ErrorKind::NoScriptError) {
+            // Redis restarted: the pipeline does not load scripts by itself.
+            let mut c = conn.clone();
+            result = match self.scripts.touch.prepare_invoke().load_async(&mut c).await {
+                Ok(_) => tokio::time::timeout(timeout, attempt(conn.clone())).await,
+                Err(e) => Ok(Err(e)),
+            };
+        }
+        let result = match result {
+            Ok(Err(e)) if Failure::of(&e) == Failure::Record => {
+                let calls = invocations.iter().map(|inv| {
+                    let mut conn = conn.clone();
+                    async move { inv.invoke_async::<i64>(&mut conn).await }
+                });
+                tokio::time::timeout(timeout, futures::future::join_all(calls))
+                    .await
+                    .map(Ok)
+            }
+            other => other.map(|r| r.map(|v| v.into_iter().map(Ok).collect())),
+        };
+        self.finish("renew", timeout, start, result, false).await
     }
 
     /// A record that failed its renewal: read it, discard it if it is
@@ -257,23 +323,52 @@ impl RedisStore {
         self.remember_pending(id, &r.upstream);
     }
 
-    /// Sweep enough buckets per sync that all are swept every `ttl / 4`.
-    /// The sweep also repairs the index: every live session is added to its
+    /// The sweep is the fleet's, not each edge's: an edge that wins the
+    /// lease (one per sync interval, fleet-wide) sweeps the round's slice
+    /// of buckets, from the shared cursor on, and checks a slice of the
+    /// index. True if this edge swept.
+    async fn sweep_round(&self) -> bool {
+        let spec = self.spec();
+        let buckets = spec.buckets.max(1);
+        let sync_ms = spec.sync_interval.as_millis() as u64;
+        let per_round = cost::buckets_per_round(buckets, sync_ms, self.ttl_ms());
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let mut inv = self.scripts.lease.key(format!("{}sweep", spec.prefix));
+        inv.arg(now_ms())
+            .arg(cost::lease_hold_ms(sync_ms))
+            .arg(per_round)
+            .arg(&self.holder);
+        let Some(cursor) = self.call("lease", inv.invoke_async::<i64>(&mut conn)).await else {
+            return false;
+        };
+        let Ok(cursor) = u64::try_from(cursor) else {
+            return false;
+        };
+        self.metrics.redis_sweep_rounds.inc();
+        self.sweep(cost::round_buckets(cursor, per_round, buckets))
+            .await;
+        self.prune_index_slice().await;
+        true
+    }
+
+    /// Sweep the buckets of `visits` for expired sessions. Every fourth
+    /// pass also repairs the index: every live session is added to its
     /// upstream's set (a crash between a script and its index write leaves
     /// it out); `prune_index_slice` removes the entries left over.
-    async fn sweep_some(&self) {
-        let buckets = self.spec.load().buckets.max(1);
-        let per_round = (u64::from(buckets) * self.spec.load().sync_interval.as_millis() as u64
-            / (self.ttl_ms() / 4).max(1))
-        .clamp(1, u64::from(buckets)) as u32;
-        // Seen within ttl, plus the renewal margin.
-        let margin = self.renew_every_ms() + self.spec.load().sync_interval.as_millis() as u64;
-        let cutoff = now_ms().saturating_sub(self.ttl_ms() + margin);
-        for _ in 0..per_round {
-            let n = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % buckets;
+    async fn sweep(&self, visits: impl Iterator<Item = (u64, u32)>) {
+        let buckets = self.spec.load().buckets;
+        let cutoff = cost::sweep_cutoff_ms(
+            now_ms(),
+            self.ttl_ms(),
+            self.spec.load().sync_interval.as_millis() as u64,
+        );
+        for (visit, n) in visits {
             let Some(mut conn) = self.conn() else { return };
             let mut inv = self.scripts.sweep.key(self.bucket_key(n));
-            inv.arg(cutoff);
+            inv.arg(cutoff)
+                .arg(u8::from(cost::repairs_index(visit, buckets)));
             let Some((removed, live, malformed)) = self
                 .call(
                     "sweep",
@@ -284,12 +379,19 @@ impl RedisStore {
                 return;
             };
             for id in malformed.iter().filter_map(|id| SessionId::from_bytes(id)) {
-                // Written back from this edge's cache, if it knows the pin.
+                // Every edge drops its cached pin (and writes it back, with
+                // claim semantics, at the session's next request); this
+                // one writes back what it knows at once.
                 self.metrics.redis_record_errors.inc();
                 log::warn!(
                     "redis: session {} held a malformed record; removed",
                     id.to_hex()
                 );
+                self.call(
+                    "publish",
+                    conn.publish::<_, _, i64>(self.channel(), id.to_hex()),
+                )
+                .await;
                 if let Some(r) = self.local.stale(id) {
                     self.remember_pending(id, &r.upstream);
                 }
@@ -342,8 +444,12 @@ impl RedisStore {
     /// Check one slice of one upstream's index set (the next, each sync):
     /// remove the entries whose session is gone or pinned elsewhere.
     async fn prune_index_slice(&self) {
-        const SLICE: usize = 200;
         let ids = self.upstream_ids.load_full();
+        let slice = cost::index_checks_per_round(
+            self.shared_counts.load().values().sum(),
+            self.spec.load().sync_interval.as_millis() as u64,
+            self.ttl_ms(),
+        );
         let Some(mut conn) = self.conn() else { return };
         let (which, cursor) = match self.index_cursor.lock() {
             Ok(c) => *c,
@@ -354,7 +460,7 @@ impl RedisStore {
         };
         let key = self.index_key(upstream);
         let mut scan = redis::cmd("SSCAN");
-        scan.arg(&key).arg(cursor).arg("COUNT").arg(SLICE);
+        scan.arg(&key).arg(cursor).arg("COUNT").arg(slice);
         let Some((next, members)) = self
             .call("index", scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn))
             .await
