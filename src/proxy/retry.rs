@@ -23,8 +23,12 @@
 //! - **Timeouts waiting for an answer** are not retried: the relay took the
 //!   request and is slow, which another relay would not make faster.
 //! - **Once any response byte has reached the client**, nothing is retried.
+//! - **The client's own failure** (it closed its connection, or its request
+//!   could not be read) is never retried and never the relay's fault: a
+//!   client that gives up mid-request (Esc in Claude Code, a load tool that
+//!   stops) must not move its session, nor count towards ejecting a relay.
 
-use pingora_core::{Error, ErrorType};
+use pingora_core::{Error, ErrorSource, ErrorType};
 
 /// What to do after an attempt failed on an established connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub struct Attempt {
 /// Decide after `error` on an established connection.
 pub fn after_send(error: &Error, a: Attempt) -> AfterSend {
     use ErrorType::*;
+    if error.esource() == &ErrorSource::Downstream {
+        return AfterSend::Fail;
+    }
     let lost_connection = matches!(
         error.etype(),
         ConnectionClosed | ReadError | WriteError | WriteTimedout
@@ -153,6 +160,18 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::ConnectionReset),
         );
         assert_eq!(after_send(&reset, post), SameUpstreamFresh, "a reset POST");
+        // The client closed or failed: whatever the upstream's state, the
+        // request is not run again and the upstream is not left.
+        for etype in [ConnectionClosed, ReadError, WriteError, ReadTimedout] {
+            for attempt in [GET_ON_POOLED, fresh, post] {
+                let gone = Error::new(etype.clone()).into_down();
+                assert_eq!(
+                    after_send(&gone, attempt),
+                    Fail,
+                    "client {etype:?} {attempt:?}"
+                );
+            }
+        }
         for (etype, attempt, want) in cases {
             assert_eq!(
                 decide(etype.clone(), attempt),

@@ -107,7 +107,10 @@ async fn the_codex_cli_keeps_its_session_on_one_relay_and_ejects_none() {
         assert_eq!(
             counter(
                 &metrics,
-                &format!("relay_edge_upstream_ejections_total{{upstream=\"{}\"}}", u.name)
+                &format!(
+                    "relay_edge_upstream_ejections_total{{upstream=\"{}\"}}",
+                    u.name
+                )
             ),
             0,
             "{metrics}"
@@ -118,7 +121,9 @@ async fn the_codex_cli_keeps_its_session_on_one_relay_and_ejects_none() {
     assert_eq!(
         counter(
             &metrics,
-            &format!("relay_edge_tokens_total{{kind=\"cache_read_input\",upstream=\"{home_relay}\"}}")
+            &format!(
+                "relay_edge_tokens_total{{kind=\"cache_read_input\",upstream=\"{home_relay}\"}}"
+            )
         ),
         3600
     );

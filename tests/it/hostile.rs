@@ -513,3 +513,79 @@ async fn a_connection_that_never_sends_is_closed_at_the_head_deadline() {
     let metrics = edge.metrics().await;
     assert_eq!(client_errors(&metrics, "header_timeout"), 1, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_mid_request_neither_move_their_session_nor_eject_its_relay() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    // Passive health as shipped: three failures eject a relay.
+    let edge = Edge::start(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .await;
+    let home = edge
+        .get("/v1/x", &[("x-session-id", "esc")])
+        .await
+        .upstream();
+    let relay = ups.iter().find(|u| u.name == home).expect("home");
+    // Five times: the request reaches the relay, which is slow to answer,
+    // and the client gives up (Esc in Claude Code, a load tool stopping).
+    for i in 1..=5 {
+        let mut conn = TcpStream::connect(edge.addr).await.expect("connect");
+        conn.write_all(&raw_request(
+            "GET",
+            "/hang",
+            &[("x-session-id", "esc")],
+            b"",
+        ))
+        .await
+        .expect("send");
+        eventually(
+            Duration::from_secs(10),
+            "the relay has the request",
+            || async {
+                relay
+                    .recorded()
+                    .iter()
+                    .filter(|r| r.path == "/hang")
+                    .count()
+                    == i
+            },
+        )
+        .await;
+        drop(conn);
+        eventually(Duration::from_secs(10), "the leave counted", || async {
+            sample(
+                &edge.metrics().await,
+                &format!("relay_edge_requests_total{{code=\"499\",upstream=\"{home}\"}}"),
+            ) == i as u64
+        })
+        .await;
+    }
+    let metrics = edge.metrics().await;
+    for u in &ups {
+        let ejections = format!(
+            "relay_edge_upstream_ejections_total{{upstream=\"{}\"}}",
+            u.name
+        );
+        assert_eq!(sample(&metrics, &ejections), 0, "{metrics}");
+    }
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("relay_edge_affinity_repins_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // Only the request that reached it went to the relay: none was run
+    // again, there or elsewhere.
+    let hangs: usize = ups
+        .iter()
+        .map(|u| u.recorded().iter().filter(|r| r.path == "/hang").count())
+        .sum();
+    assert_eq!(hangs, 5);
+    let r = edge.get("/v1/x", &[("x-session-id", "esc")]).await;
+    assert_eq!(
+        (r.upstream(), r.header("x-relay-edge-affinity")),
+        (home, Some("hit"))
+    );
+}
