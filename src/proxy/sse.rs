@@ -346,30 +346,31 @@ impl StreamScan {
         }
     }
 
+    /// Anthropic's usage: in `message_start`'s message, or in `message_delta`.
     fn anthropic_usage(&mut self, starts: bool, data: &[u8]) {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-            let usage = if starts {
-                &v["message"]["usage"]
-            } else {
-                &v["usage"]
-            };
-            if usage.is_object() {
-                self.usage.read(usage);
-            }
-        }
+        let within: &[&str] = if starts { &["message"] } else { &[] };
+        self.read_usage(data, within, Usage::read);
     }
 
-    /// Usage in a final response (`in_response`) or in a chunk.
+    /// OpenAI's usage: in a final response (`in_response`), or in a chunk.
     fn openai_usage(&mut self, data: &[u8], in_response: bool) {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-            let usage = if in_response {
-                &v["response"]["usage"]
-            } else {
-                &v["usage"]
-            };
-            if usage.is_object() {
-                self.usage.read_openai(usage);
-            }
+        let within: &[&str] = if in_response { &["response"] } else { &[] };
+        self.read_usage(data, within, Usage::read_openai);
+    }
+
+    /// Read the `usage` object found at `within` in the event's JSON data.
+    fn read_usage(
+        &mut self,
+        data: &[u8],
+        within: &[&str],
+        read: fn(&mut Usage, &serde_json::Value),
+    ) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return;
+        };
+        let usage = within.iter().fold(&v, |at, key| &at[*key]);
+        if usage["usage"].is_object() {
+            read(&mut self.usage, &usage["usage"]);
         }
     }
 }
