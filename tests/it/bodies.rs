@@ -29,7 +29,9 @@ async fn json_key_at_the_end_of_bodies_of_every_size_routes_and_arrives_byte_exa
             "session-four",
         ] {
             // Where the header-keyed twin of this session lives.
-            let home = edge.get("/", &[("x-session-id", key)]).await.upstream();
+            let twin = edge.get("/", &[("x-session-id", key)]).await;
+            assert_eq!(twin.status, 200, "{}", twin.text());
+            let home = twin.upstream();
             let body = messages_body(size, key);
             assert!(body.ends_with(format!(r#""user_id":"{key}"}}}}"#).as_bytes()));
             let r = edge
