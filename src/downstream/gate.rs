@@ -198,7 +198,7 @@ impl GatedStream {
     /// waiting: whatever the socket does not take at once is lost with the
     /// connection, as it would be on a close.
     fn send_what_is_left(&mut self) {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         if let Poll::Ready(Ok(())) = self.poll_write_out(&mut cx) {
             let _ = Pin::new(&mut self.inner).poll_flush(&mut cx);
         }

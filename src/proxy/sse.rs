@@ -312,10 +312,10 @@ impl StreamScan {
                 self.completed = true;
                 self.openai_usage(data, true);
             }
-            k if k.starts_with(b"content_block_") || k == b"ping" => {
-                if self.protocol == Protocol::Unknown {
-                    self.protocol = Protocol::Anthropic;
-                }
+            k if (k.starts_with(b"content_block_") || k == b"ping")
+                && self.protocol == Protocol::Unknown =>
+            {
+                self.protocol = Protocol::Anthropic;
             }
             k if k.starts_with(b"response.") => self.protocol = Protocol::OpenAiResponses,
             _ => {}
