@@ -204,6 +204,20 @@ pub struct StreamScan {
     pub completed: bool,
 }
 
+/// The protocol an event's name (or its data's `type`) belongs to, and
+/// whether it is that protocol's end.
+fn kind_of(kind: &[u8]) -> Option<(Protocol, bool)> {
+    match kind {
+        b"message_stop" => Some((Protocol::Anthropic, true)),
+        b"response.completed" | b"response.incomplete" => Some((Protocol::OpenAiResponses, true)),
+        k if k.starts_with(b"message_") || k.starts_with(b"content_block_") => {
+            Some((Protocol::Anthropic, false))
+        }
+        k if k.starts_with(b"response.") => Some((Protocol::OpenAiResponses, false)),
+        _ => None,
+    }
+}
+
 /// How a stream whose relay answered ended, from what the edge read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -279,46 +293,26 @@ impl StreamScan {
 
     /// An `event:` line: the end events are known by name alone.
     fn event_name(&mut self, name: &[u8]) {
-        match name {
-            b"message_stop" => {
-                self.protocol = Protocol::Anthropic;
-                self.completed = true;
+        self.note_kind(name);
+    }
+
+    /// A data line whose `type` is `kind`.
+    fn data_of_kind(&mut self, kind: &[u8], data: &[u8]) {
+        self.note_kind(kind);
+        match kind {
+            b"message_start" | b"message_delta" => {
+                self.anthropic_usage(kind == b"message_start", data)
             }
-            b"response.completed" | b"response.incomplete" => {
-                self.protocol = Protocol::OpenAiResponses;
-                self.completed = true;
-            }
-            b"message_start"
-            | b"content_block_start"
-            | b"content_block_delta"
-            | b"message_delta" => self.protocol = Protocol::Anthropic,
-            n if n.starts_with(b"response.") => self.protocol = Protocol::OpenAiResponses,
+            b"response.completed" | b"response.incomplete" => self.openai_usage(data, true),
             _ => {}
         }
     }
 
-    fn data_of_kind(&mut self, kind: &[u8], data: &[u8]) {
-        match kind {
-            b"message_start" | b"message_delta" => {
-                self.protocol = Protocol::Anthropic;
-                self.anthropic_usage(kind == b"message_start", data);
-            }
-            b"message_stop" => {
-                self.protocol = Protocol::Anthropic;
-                self.completed = true;
-            }
-            b"response.completed" | b"response.incomplete" => {
-                self.protocol = Protocol::OpenAiResponses;
-                self.completed = true;
-                self.openai_usage(data, true);
-            }
-            k if (k.starts_with(b"content_block_") || k == b"ping")
-                && self.protocol == Protocol::Unknown =>
-            {
-                self.protocol = Protocol::Anthropic;
-            }
-            k if k.starts_with(b"response.") => self.protocol = Protocol::OpenAiResponses,
-            _ => {}
+    /// What an event's name or `type` says of the stream's protocol.
+    fn note_kind(&mut self, kind: &[u8]) {
+        if let Some((protocol, end)) = kind_of(kind) {
+            self.protocol = protocol;
+            self.completed |= end;
         }
     }
 
