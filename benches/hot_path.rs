@@ -234,7 +234,7 @@ data: {"type":"message_stop"}
 fn access_log_line(c: &mut Criterion) {
     use relay_edge::access_log::{Entry, Formatter};
     use relay_edge::config::model::AccessLogFormat;
-    use relay_edge::metrics::{AffinityOutcome, StreamOutcome};
+    use relay_edge::outcome::{AffinityOutcome, StreamOutcome};
     let entry = Entry {
         at: std::time::SystemTime::now(),
         client: "10.0.0.7:51234".parse().ok(),
@@ -253,7 +253,7 @@ fn access_log_line(c: &mut Criterion) {
         first_event: Some(Duration::from_micros(812_400)),
         total: Duration::from_micros(9_321_700),
         stream: Some(StreamOutcome::Completed),
-        usage: Some(relay_edge::proxy::sse::Usage {
+        usage: Some(relay_edge::outcome::Usage {
             input: 12,
             cache_read: 41_877,
             cache_creation: 0,

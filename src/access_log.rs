@@ -10,8 +10,8 @@
 
 use crate::affinity::SessionId;
 use crate::config::model::{AccessLogFormat, AccessLogPath, AccessLogSpec};
-use crate::metrics::{AffinityOutcome, RepinReason, StreamOutcome};
-use crate::proxy::sse::Usage;
+use crate::outcome::Usage;
+use crate::outcome::{AffinityOutcome, RepinReason, StreamOutcome};
 use prometheus::IntCounter;
 use smallvec::SmallVec;
 use std::fmt::Write as _;

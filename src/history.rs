@@ -10,8 +10,8 @@
 //! same samples give the indicators their 15-minute window
 //! ([`crate::indicators`]).
 
-use crate::metrics::AffinityOutcome;
-use crate::state::Edge;
+use crate::metrics::Metrics;
+use crate::outcome::AffinityOutcome;
 use crate::upstream::Upstream;
 use prometheus::core::Metric;
 use serde_json::{json, Value};
@@ -41,7 +41,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn of(edge: &Edge, u: &Upstream) -> Counters {
+    fn of(u: &Upstream, metrics: &Metrics) -> Counters {
         let s = &u.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let metric = u.metrics.duration.metric();
@@ -59,7 +59,7 @@ impl Counters {
             connects: load(&s.connects),
             connect_micros: load(&s.connect_micros),
             durations,
-            tokens: edge.metrics.tokens_of(&u.id),
+            tokens: metrics.tokens_of(&u.id),
         }
     }
 
@@ -131,23 +131,24 @@ impl Counters {
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at_ms: u64,
+    /// The upstreams' ids, in the config's order.
+    pub order: Vec<Arc<str>>,
     pub upstreams: HashMap<Arc<str>, Counters>,
     /// Keyed requests by affinity outcome, in [`AffinityOutcome`] order.
     pub affinity: [u64; 3],
 }
 
 impl Sample {
-    pub fn take(edge: &Edge) -> Sample {
+    /// The counters of `upstreams` and of `metrics` now.
+    pub fn take(upstreams: &[Arc<Upstream>], metrics: &Metrics) -> Sample {
         Sample {
             at_ms: crate::clock::unix_ms(),
-            upstreams: edge
-                .state()
-                .upstreams
-                .all()
+            order: upstreams.iter().map(|u| u.id.clone()).collect(),
+            upstreams: upstreams
                 .iter()
-                .map(|u| (u.id.clone(), Counters::of(edge, u)))
+                .map(|u| (u.id.clone(), Counters::of(u, metrics)))
                 .collect(),
-            affinity: AffinityOutcome::ALL.map(|o| edge.metrics.affinity_requests(o)),
+            affinity: AffinityOutcome::ALL.map(|o| metrics.affinity_requests(o)),
         }
     }
 }
@@ -200,10 +201,9 @@ pub struct History {
 }
 
 impl History {
-    /// Take a sample (every [`RESOLUTION`]) and keep the interval since the
+    /// Keep `sample` (taken every [`RESOLUTION`]) and the interval since the
     /// last one, forgetting the oldest past the window.
-    pub fn record(&self, edge: &Edge) {
-        let sample = Sample::take(edge);
+    pub fn record(&self, sample: Sample) {
         if let Ok(mut kept) = self.kept.lock() {
             if let Some(last) = &kept.last {
                 let interval = Interval::between(last, &sample);
@@ -216,26 +216,26 @@ impl History {
         }
     }
 
-    /// The kept intervals and the one under way (from the last sample to now).
-    fn intervals(&self, edge: &Edge) -> Vec<Interval> {
-        let now = Sample::take(edge);
+    /// The kept intervals and the one under way (from the last sample to
+    /// `now`, a sample taken now).
+    fn intervals(&self, now: &Sample) -> Vec<Interval> {
         let Ok(kept) = self.kept.lock() else {
             return Vec::new();
         };
         let mut all: Vec<Interval> = kept.intervals.iter().cloned().collect();
         if let Some(last) = &kept.last {
-            all.push(Interval::between(last, &now));
+            all.push(Interval::between(last, now));
         }
         all
     }
 
-    /// What happened within the window, for the indicators.
-    pub fn window(&self, edge: &Edge) -> Window {
+    /// What happened within the window up to `now`, for the indicators.
+    pub fn window(&self, now: &Sample) -> Window {
         let mut w = Window {
             total: Counters::default(),
             affinity: [0; 3],
         };
-        for interval in self.intervals(edge) {
+        for interval in self.intervals(now) {
             for (c, _) in interval.upstreams.values() {
                 w.total.add(c);
             }
@@ -247,19 +247,17 @@ impl History {
     }
 
     /// `GET /api/history`: per upstream, one point per interval, oldest
-    /// first, the last one the interval under way.
-    pub fn json(&self, edge: &Edge) -> Value {
-        let intervals = self.intervals(edge);
-        let upstreams: Vec<Value> = edge
-            .state()
-            .upstreams
-            .all()
+    /// first, the last one the interval under way (up to `now`).
+    pub fn json(&self, now: &Sample) -> Value {
+        let intervals = self.intervals(now);
+        let upstreams: Vec<Value> = now
+            .order
             .iter()
-            .map(|u| {
+            .map(|id| {
                 let points: Vec<Value> = intervals
                     .iter()
                     .filter_map(|i| {
-                        let (d, p99) = i.upstreams.get(&u.id)?;
+                        let (d, p99) = i.upstreams.get(id)?;
                         Some(json!({
                             "t_ms": i.end_ms,
                             "requests": d.requests,
@@ -269,7 +267,7 @@ impl History {
                         }))
                     })
                     .collect();
-                json!({ "id": &*u.id, "points": points })
+                json!({ "id": &**id, "points": points })
             })
             .collect();
         json!({
@@ -292,6 +290,7 @@ pub fn ratio(part: u64, whole: u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Edge;
 
     #[test]
     fn p99_is_the_bound_of_the_bucket_holding_the_99th_request() {
@@ -322,11 +321,11 @@ mod tests {
                 a.metrics.duration.observe(seconds);
             }
         };
-        edge.history.record(&edge);
+        edge.history.record(edge.sample());
         serve(10, 0.02);
-        edge.history.record(&edge);
+        edge.history.record(edge.sample());
         serve(4, 2.0);
-        let h = edge.history.json(&edge);
+        let h = edge.history.json(&edge.sample());
         let a = &h["upstreams"][0]["points"];
         assert_eq!(a.as_array().map(Vec::len), Some(2), "{h}");
         assert_eq!(
@@ -339,7 +338,7 @@ mod tests {
             (json!(4), json!(2500.0))
         );
         assert_eq!(h["upstreams"][1]["points"][0]["requests"], 0);
-        let w = edge.history.window(&edge);
+        let w = edge.history.window(&edge.sample());
         assert_eq!(
             (w.total.requests, w.total.keyed, w.total.affinity_hits),
             (14, 14, 12)

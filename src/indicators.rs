@@ -7,8 +7,9 @@
 //! ([`crate::history`]); states (pool use, health) are taken now.
 
 use crate::history::ratio;
-use crate::metrics::AffinityOutcome;
-use crate::state::Edge;
+use crate::history::Window;
+use crate::metrics::Metrics;
+use crate::outcome::AffinityOutcome;
 use serde_json::{json, Value};
 use std::sync::Mutex;
 
@@ -153,12 +154,11 @@ pub fn session_survival(live: u64, created: u64) -> f64 {
 }
 
 /// Every indicator's value now; null where there is nothing to measure.
-fn values(edge: &Edge) -> [Value; 8] {
-    let crate::history::Window {
+fn values(window: &Window, m: &Metrics) -> [Value; 8] {
+    let Window {
         total: window,
         affinity,
-    } = edge.history.window(edge);
-    let m = &edge.metrics;
+    } = window;
     let [input, cache_read, cache_creation, _] = window.tokens;
     let affinity = {
         let hits = affinity[AffinityOutcome::Hit as usize];
@@ -185,9 +185,10 @@ fn values(edge: &Edge) -> [Value; 8] {
 
 /// The indicators for `/api/stats`: value, threshold and verdict
 /// (`ok`: null when there is no value yet).
-pub fn json(edge: &Edge) -> Value {
-    edge.refresh_scrape_gauges();
-    let values = values(edge);
+/// Each indicator with its value: rates over `window`, states from the
+/// gauges of `metrics` (refreshed by the caller).
+pub fn json(window: &Window, metrics: &Metrics) -> Value {
+    let values = values(window, metrics);
     Value::Array(
         INDICATORS
             .iter()

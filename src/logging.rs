@@ -19,7 +19,7 @@
 //! timestamp of its own: journald stamps it, and `journalctl -p warning -u
 //! relay-edge` selects by it. Anywhere else, lines stay as they are.
 
-use crate::metrics::ClientError;
+use crate::outcome::ClientError;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::upstream::health::CheckConnectors;
 use crate::upstream::{Upstream, UpstreamSet};
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -75,6 +76,33 @@ impl State {
     }
 }
 
+/// What a successful reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    /// From the start of the reload (signal, request or file change) to the swap.
+    pub took_ms: f64,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Settings that differ but need a restart or a graceful upgrade.
+    pub needs_upgrade: Vec<String>,
+    /// TLS listeners whose certificate files now hold another certificate,
+    /// served to new handshakes from now on.
+    pub certificates_renewed: Vec<String>,
+}
+
+/// The last reload, whatever its result: for the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    pub at_ms: u64,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReloadReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
 pub struct Edge {
     current: ArcSwap<State>,
     /// The file `reload` reads; set once at start-up.
@@ -83,7 +111,7 @@ pub struct Edge {
     /// The errors of the last rejected reload, until one succeeds.
     pub last_reload_error: arc_swap::ArcSwapOption<Vec<String>>,
     /// The last reload, whatever its result (for the dashboard).
-    pub last_reload: arc_swap::ArcSwapOption<crate::reload::LastReload>,
+    pub last_reload: arc_swap::ArcSwapOption<LastReload>,
     /// One line per request, written off the request path.
     pub access_log: crate::access_log::AccessLog,
     /// The last 15 minutes, for the dashboard and the indicators.
@@ -97,9 +125,9 @@ pub struct Edge {
     /// Every request in flight in this process, across generations.
     pub drain: Arc<Drain>,
     /// Bodies read early for their keys, edge-wide.
-    pub body_budget: Arc<crate::proxy::body::BodyBudget>,
+    pub body_budget: Arc<crate::budgets::BodyBudget>,
     /// Retries of answered attempts, edge-wide (`failover.retry_budget`).
-    pub retry_budget: crate::proxy::retry_budget::RetryBudget,
+    pub retry_budget: crate::budgets::RetryBudget,
     pub store: Arc<dyn SessionStore>,
     /// The in-process table, when there is no Redis (also `store`): a
     /// graceful upgrade hands it to the next process.
@@ -213,13 +241,25 @@ impl Edge {
         self.current.load_full()
     }
 
-    /// Latch readiness (see `server::Readiness`); true the first time.
+    /// Latch readiness (see `services::Readiness`); true the first time.
     pub fn mark_ready(&self) -> bool {
         !self.ready.swap(true, Ordering::Relaxed)
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The counters the dashboard's history and the indicators read, now.
+    pub fn sample(&self) -> crate::history::Sample {
+        crate::history::Sample::take(self.state().upstreams.all(), &self.metrics)
+    }
+
+    /// The indicators against their thresholds, now (`/api/stats`).
+    pub fn indicators(&self) -> serde_json::Value {
+        self.refresh_scrape_gauges();
+        let window = self.history.window(&self.sample());
+        crate::indicators::json(&window, &self.metrics)
     }
 
     /// Requests in flight in this process, on any generation.

@@ -23,7 +23,7 @@
 //! `{"error": "..."}`.
 
 use crate::clock;
-use crate::metrics::RepinReason;
+use crate::outcome::RepinReason;
 use crate::state::Edge;
 use crate::upstream::Upstream;
 use percent_encoding::percent_decode_str;
@@ -114,7 +114,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
             }
         }
         ("GET", ["api", "stats"]) => AdminResponse::json(200, &stats(edge)),
-        ("GET", ["api", "history"]) => AdminResponse::json(200, &edge.history.json(edge)),
+        ("GET", ["api", "history"]) => AdminResponse::json(200, &edge.history.json(&edge.sample())),
         ("GET", ["api", "upstreams"]) => AdminResponse::json(200, &Value::Array(upstreams(edge))),
         ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
             drain(edge, id, *action == "drain").await
@@ -229,7 +229,7 @@ fn stats(edge: &Edge) -> Value {
         },
         "redis": edge.store.describe(),
         "certificates": certificates(edge),
-        "indicators": crate::indicators::json(edge),
+        "indicators": edge.indicators(),
         "last_reload": edge.last_reload.load_full().map(|r| json!(*r)),
         "config": {
             "generation": state.generation,

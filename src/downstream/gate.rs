@@ -18,7 +18,8 @@
 //! response head and a short body leave in one segment.
 
 use super::head::{HeadScan, Verdict};
-use crate::metrics::{ClientError, Metrics};
+use crate::metrics::Metrics;
+use crate::outcome::ClientError;
 use async_trait::async_trait;
 use pingora_core::protocols::{
     tls::TlsRef, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest,

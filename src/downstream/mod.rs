@@ -22,7 +22,7 @@ pub mod gate;
 pub mod head;
 pub mod workers;
 
-use crate::metrics::ClientError;
+use crate::outcome::ClientError;
 use crate::proxy::EdgeProxy;
 use crate::state::Edge;
 use async_trait::async_trait;

@@ -25,7 +25,7 @@
 
 use super::ClientConnections;
 use crate::config::Config;
-use crate::metrics::ClientError;
+use crate::outcome::ClientError;
 use crate::proxy::EdgeProxy;
 use crate::state::Edge;
 use async_trait::async_trait;

@@ -22,10 +22,10 @@
 //! holds what it sent, until [`super::pace`] cuts it.
 
 use super::pace::{BodyPace, Cut};
+use crate::budgets::{BodyBudget, BudgetHold};
 use bytes::Bytes;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,63 +37,6 @@ const MAX_HEADER_FOR_EARLY_READ: usize = 16 * 1024;
 const FIRST_CAPACITY: usize = 64 * 1024;
 /// How long a body waits for room in the budget before it falls through.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
-
-/// The bytes of bodies read early that the edge holds at once.
-#[derive(Debug, Default)]
-pub struct BodyBudget {
-    held: AtomicUsize,
-    freed: tokio::sync::Notify,
-}
-
-/// A share of the budget, given back when dropped.
-#[derive(Debug)]
-pub struct BudgetHold {
-    budget: Arc<BodyBudget>,
-    bytes: usize,
-}
-
-impl Drop for BudgetHold {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
-        self.budget.freed.notify_waiters();
-    }
-}
-
-impl BodyBudget {
-    fn try_take(self: &Arc<Self>, bytes: usize, limit: usize) -> Option<BudgetHold> {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(bytes).filter(|total| *total <= limit)
-            })
-            .ok()?;
-        Some(BudgetHold {
-            budget: self.clone(),
-            bytes,
-        })
-    }
-
-    /// `bytes` of the budget (of `limit` in all), waiting up to `wait` for
-    /// room; `None` if there is none.
-    pub async fn take(
-        self: &Arc<Self>,
-        bytes: usize,
-        limit: usize,
-        wait: Duration,
-    ) -> Option<BudgetHold> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(hold) = self.try_take(bytes, limit) {
-                return Some(hold);
-            }
-            if bytes > limit || tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return None;
-            }
-        }
-    }
-}
 
 /// What an early read may use.
 pub struct EarlyRead<'a> {

@@ -2,7 +2,7 @@
 //! JSON body in the Anthropic error shape, so SDKs parse and retry it.
 
 use super::sse::Protocol;
-use crate::metrics::{ClientError, FailureCause};
+use crate::outcome::{ClientError, FailureCause};
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;

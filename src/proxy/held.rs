@@ -33,8 +33,8 @@ use super::sse::{self, FirstEvent, StreamEnd, StreamScan};
 use super::{route, EdgeProxy, RequestCtx};
 use crate::clock;
 // Why an answered attempt may be left.
-use crate::metrics::AbandonReason as Leave;
-use crate::metrics::{RepinReason, StreamOutcome};
+use crate::outcome::AbandonReason as Leave;
+use crate::outcome::{RepinReason, StreamOutcome};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;

@@ -39,7 +39,6 @@ pub mod held;
 pub mod hop;
 pub mod pace;
 pub mod retry;
-pub mod retry_budget;
 pub mod route;
 pub mod sse;
 
@@ -49,7 +48,7 @@ use crate::affinity::SessionId;
 use crate::clock;
 use crate::config::MovePin;
 use crate::drain::InFlight;
-use crate::metrics::{AbandonReason, AffinityOutcome, ClientError, RepinReason};
+use crate::outcome::{AbandonReason, AffinityOutcome, ClientError, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select::Tried;
 use async_trait::async_trait;
@@ -249,9 +248,9 @@ pub struct RequestCtx {
     /// The answer is an SSE stream (Pingora's path: its first bytes are timed).
     sse: bool,
     /// How a stream ended.
-    pub stream: Option<crate::metrics::StreamOutcome>,
+    pub stream: Option<crate::outcome::StreamOutcome>,
     /// The token usage the answer reported.
-    pub usage: Option<sse::Usage>,
+    pub usage: Option<crate::outcome::Usage>,
     _in_flight: InFlight,
 }
 

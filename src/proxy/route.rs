@@ -15,7 +15,7 @@ use super::RequestCtx;
 use crate::affinity::store::LookupSource;
 use crate::affinity::SessionId;
 use crate::config::Balance;
-use crate::metrics::{AffinityOutcome, RepinReason};
+use crate::outcome::{AffinityOutcome, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select;
 use pingora_core::{Error, ErrorType, Result};

@@ -19,6 +19,7 @@
 //! (a `data:` or `event:` line cut by a chunk boundary), at most
 //! [`MAX_LINE`] bytes of it.
 
+use crate::outcome::Usage;
 use memchr::memmem;
 
 /// The longest line kept across chunks; a longer one is not read.
@@ -84,15 +85,6 @@ fn error_kind(v: &serde_json::Value) -> Option<String> {
 fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
     Some(rest.strip_prefix(b" ").unwrap_or(rest))
-}
-
-/// Tokens a stream (or a JSON answer) reported.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub input: u64,
-    pub cache_read: u64,
-    pub cache_creation: u64,
-    pub output: u64,
 }
 
 impl Usage {

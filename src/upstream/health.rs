@@ -1,21 +1,17 @@
-//! Active health checks, run as one Pingora background service.
+//! Active health checks: one check, and one upstream's verdict.
 //!
-//! Every `interval`, the service walks the current upstream set and checks
-//! all upstreams in parallel: an HTTP GET of `path` expecting 2xx, or a TCP
-//! (TLS for TLS upstreams) connect without a path. The checks implement
-//! Pingora's `HealthCheck` and share one set of connectors.
-//! `healthy_after` consecutive successes make an upstream healthy,
-//! `unhealthy_after` consecutive failures unhealthy. New upstreams start
-//! healthy; `Edge::health_known` turns true once the first round has
-//! finished (readiness itself is the server's).
+//! A check is an HTTP GET of `path` expecting 2xx, or a TCP (TLS for TLS
+//! upstreams) connect without a path. The checks implement Pingora's
+//! `HealthCheck` and share one set of connectors. `healthy_after`
+//! consecutive successes make an upstream healthy, `unhealthy_after`
+//! consecutive failures unhealthy; new upstreams start healthy. A round
+//! over the fleet is [`super::UpstreamSet::check_round`]; the service that
+//! runs it every `interval` is [`crate::services`].
 
 use crate::config::{HealthSpec, UpstreamSpec};
-use crate::state::Edge;
 use async_trait::async_trait;
 use pingora_core::connectors::http::Connector as HttpConnector;
 use pingora_core::connectors::TransportConnector;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -23,7 +19,6 @@ use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::task::JoinSet;
 
 /// The active-check verdict of one upstream.
 pub struct HealthState {
@@ -172,62 +167,6 @@ impl HealthCheck for Check {
     fn health_threshold(&self, _success: bool) -> usize {
         // Thresholds are applied by `HealthState::observe`.
         1
-    }
-}
-
-/// The background service that runs the checks.
-pub struct HealthService {
-    pub edge: Arc<Edge>,
-}
-
-impl HealthService {
-    /// One round over the current upstream set, all checks in parallel.
-    pub async fn run_round(&self) {
-        let state = self.edge.state();
-        let spec = state.config.health.clone();
-        let mut tasks = JoinSet::new();
-        for u in state.upstreams.all() {
-            let u = u.clone();
-            let spec = spec.clone();
-            tasks.spawn(async move {
-                let ok = matches!(
-                    tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await,
-                    Ok(Ok(()))
-                );
-                match u
-                    .health
-                    .observe(ok, spec.healthy_after, spec.unhealthy_after)
-                {
-                    Some(true) => log::info!("upstream {} is healthy again", u.id),
-                    Some(false) => log::warn!(
-                        "upstream {} failed {} health checks in a row",
-                        u.id,
-                        spec.unhealthy_after
-                    ),
-                    None => {}
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        state.upstreams.refresh_gauges();
-        self.edge.refresh_scrape_gauges();
-        self.edge
-            .health_known
-            .send_if_modified(|known| !std::mem::replace(known, true));
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            self.run_round().await;
-            let interval = self.edge.state().config.health.interval;
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 //!   template, active health, passive ejection, drain flag and counters.
 //! - [`UpstreamSet`] is the whole fleet of one config generation, indexed by
 //!   id, with the consistent-hash ring.
-//! - [`select`] places new sessions; [`health`] runs the active checks;
+//! - [`select`] places new sessions; [`health`] is one active check;
 //!   [`ejection`] is passive health; [`peer`] builds the `HttpPeer`.
 
 pub mod ejection;
@@ -14,10 +14,12 @@ pub mod select;
 
 use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
-use crate::metrics::{Metrics, RepinReason, UpstreamMetrics};
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::outcome::RepinReason;
 use ejection::{Ejection, Verdict};
 use health::{Check, CheckConnectors, HealthState};
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -268,6 +270,36 @@ impl UpstreamSet {
                 self.passive.max_ejected_percent
             );
         }
+    }
+
+    /// One round of active checks over every upstream, all in parallel;
+    /// each verdict that flips is logged. The gauges are refreshed after.
+    pub async fn check_round(&self, spec: &HealthSpec) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for u in &self.list {
+            let u = u.clone();
+            let spec = spec.clone();
+            tasks.spawn(async move {
+                let ok = matches!(
+                    tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await,
+                    Ok(Ok(()))
+                );
+                match u
+                    .health
+                    .observe(ok, spec.healthy_after, spec.unhealthy_after)
+                {
+                    Some(true) => log::info!("upstream {} is healthy again", u.id),
+                    Some(false) => log::warn!(
+                        "upstream {} failed {} health checks in a row",
+                        u.id,
+                        spec.unhealthy_after
+                    ),
+                    None => {}
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        self.refresh_gauges();
     }
 
     /// Refresh the healthy gauges (ejections end by time alone).

@@ -1,3 +1,15 @@
+//! The edge-wide budgets that bound what requests may take of the process,
+//! whatever their number: the memory of bodies read early, and the share
+//! of answered attempts that may be retried.
+//!
+//! ## The body budget
+//!
+//! Bodies read early for their keys hold, at once, at most
+//! `limits.body_read_memory` bytes edge-wide ([`BodyBudget`], counted at the
+//! declared length); a share is given back when its [`BudgetHold`] drops.
+//!
+//! ## The retry budget
+//!
 //! The edge-wide retry budget (Envoy's `retry_budget`): retries of attempts
 //! that a relay answered (an overload status, an error event, silence) may
 //! be at most a share of the requests of the last ten seconds, or a floor.
@@ -7,7 +19,67 @@
 //! Ten one-second slots of two counters each; a slot is cleared when a new
 //! second reuses it. Lock-free: a request costs one atomic add.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The bytes of bodies read early that the edge holds at once.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    held: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// A share of the budget, given back when dropped.
+#[derive(Debug)]
+pub struct BudgetHold {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.freed.notify_waiters();
+    }
+}
+
+impl BodyBudget {
+    fn try_take(self: &Arc<Self>, bytes: usize, limit: usize) -> Option<BudgetHold> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .ok()?;
+        Some(BudgetHold {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    /// `bytes` of the budget (of `limit` in all), waiting up to `wait` for
+    /// room; `None` if there is none.
+    pub async fn take(
+        self: &Arc<Self>,
+        bytes: usize,
+        limit: usize,
+        wait: Duration,
+    ) -> Option<BudgetHold> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(hold) = self.try_take(bytes, limit) {
+                return Some(hold);
+            }
+            if bytes > limit || tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
 
 const SLOTS: usize = 10;
 

@@ -1,0 +1,263 @@
+//! The words relay-edge uses for what happened to a request: why a
+//! session moved, how a stream ended, why an attempt failed or was
+//! abandoned, what a client did wrong, what affinity did, and the tokens an
+//! answer reported. They sit at the bottom of the tree, so that the proxy,
+//! the metrics, the logs and the dashboard share one vocabulary without
+//! importing each other. Each word's `label` is its metric label value.
+
+/// Why a session moved to another upstream: the `reason` label of
+/// `relay_edge_affinity_repins_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepinReason {
+    Unhealthy,
+    Ejected,
+    Draining,
+    Removed,
+    ConnectFailure,
+    /// The connection to the upstream failed after the request was sent.
+    ConnectionLost,
+    /// The upstream answered with a retried status or error event, often
+    /// enough for `failover.move_pin`.
+    ErrorAnswer,
+}
+
+impl RepinReason {
+    pub const ALL: [RepinReason; 7] = [
+        RepinReason::Unhealthy,
+        RepinReason::Ejected,
+        RepinReason::Draining,
+        RepinReason::Removed,
+        RepinReason::ConnectFailure,
+        RepinReason::ConnectionLost,
+        RepinReason::ErrorAnswer,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RepinReason::Unhealthy => "unhealthy",
+            RepinReason::Ejected => "ejected",
+            RepinReason::Draining => "draining",
+            RepinReason::Removed => "removed",
+            RepinReason::ConnectFailure => "connect_failure",
+            RepinReason::ConnectionLost => "connection_lost",
+            RepinReason::ErrorAnswer => "error_answer",
+        }
+    }
+}
+
+/// How a streaming (SSE) answer ended: the `outcome` label of
+/// `relay_edge_streams_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// Its protocol's end was seen (`message_stop`, `response.completed`,
+    /// `[DONE]`).
+    Completed,
+    /// The relay ended or broke it before that end (or before its first
+    /// event).
+    RelayCut,
+    /// The client left.
+    ClientCut,
+    /// No first event within `streams.first_event_timeout`.
+    FirstEventTimeout,
+    /// Silent for `streams.idle_timeout` after its first event.
+    IdleTimeout,
+    /// Its body ended cleanly in a protocol the edge does not know (not
+    /// the relay's failure).
+    Unrecognised,
+}
+
+impl StreamOutcome {
+    pub const ALL: [StreamOutcome; 6] = [
+        StreamOutcome::Completed,
+        StreamOutcome::RelayCut,
+        StreamOutcome::ClientCut,
+        StreamOutcome::FirstEventTimeout,
+        StreamOutcome::IdleTimeout,
+        StreamOutcome::Unrecognised,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamOutcome::Completed => "completed",
+            StreamOutcome::RelayCut => "relay_cut",
+            StreamOutcome::ClientCut => "client_cut",
+            StreamOutcome::FirstEventTimeout => "first_event_timeout",
+            StreamOutcome::IdleTimeout => "idle_timeout",
+            StreamOutcome::Unrecognised => "unrecognised",
+        }
+    }
+}
+
+/// Why an answered attempt was left for another upstream: the `reason`
+/// label of `relay_edge_attempts_abandoned_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbandonReason {
+    /// A status of `failover.retry_on_status`.
+    Status,
+    /// A stream's first event was an error of `failover.retry_on_error_events`.
+    ErrorEvent,
+    /// No first event within `streams.first_event_timeout`.
+    FirstEventTimeout,
+    /// The stream ended before its first event.
+    ClosedBeforeFirstEvent,
+}
+
+impl AbandonReason {
+    pub const ALL: [AbandonReason; 4] = [
+        AbandonReason::Status,
+        AbandonReason::ErrorEvent,
+        AbandonReason::FirstEventTimeout,
+        AbandonReason::ClosedBeforeFirstEvent,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AbandonReason::Status => "status",
+            AbandonReason::ErrorEvent => "error_event",
+            AbandonReason::FirstEventTimeout => "first_event_timeout",
+            AbandonReason::ClosedBeforeFirstEvent => "closed_before_first_event",
+        }
+    }
+}
+
+/// Why a client got an error from the edge: the `cause` label of
+/// `relay_edge_client_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// No healthy upstream could take the request (503).
+    NoUpstream,
+    /// Every connect attempt failed (502).
+    Connect,
+    /// The upstream connection was lost before the response began (502).
+    ConnectionLost,
+    /// The upstream did not answer in time (504).
+    Timeout,
+    /// The upstream sent something that is not HTTP (502).
+    BadUpstreamResponse,
+    /// The response had begun and was cut (the client sees a short body).
+    Cut,
+    /// The request was malformed (400).
+    BadRequest,
+    /// Anything else (500).
+    Internal,
+}
+
+impl FailureCause {
+    pub const ALL: [FailureCause; 8] = [
+        FailureCause::NoUpstream,
+        FailureCause::Connect,
+        FailureCause::ConnectionLost,
+        FailureCause::Timeout,
+        FailureCause::BadUpstreamResponse,
+        FailureCause::Cut,
+        FailureCause::BadRequest,
+        FailureCause::Internal,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureCause::NoUpstream => "no_upstream",
+            FailureCause::Connect => "connect",
+            FailureCause::ConnectionLost => "connection_lost",
+            FailureCause::Timeout => "timeout",
+            FailureCause::BadUpstreamResponse => "bad_upstream_response",
+            FailureCause::Cut => "cut",
+            FailureCause::BadRequest => "bad_request",
+            FailureCause::Internal => "internal",
+        }
+    }
+}
+
+/// What a client did wrong, or how it left: the `reason` label of
+/// `relay_edge_client_errors_total`. Each is the client's doing, never a
+/// failure of the edge or an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// The request head did not arrive within `timeouts.client_header` (408).
+    HeaderTimeout,
+    /// The request head exceeded `limits.max_header_bytes` (431).
+    HeaderTooLarge,
+    /// The request target exceeded `limits.max_uri_bytes` (414).
+    UriTooLong,
+    /// The head was refused by the HTTP parser (400 or 405).
+    Malformed,
+    /// The client closed its connection in the middle of a request head.
+    ClosedInHeader,
+    /// A gap between two body reads exceeded `timeouts.client_body` (408).
+    BodyTimeout,
+    /// The body fell below `limits.min_body_rate` (408).
+    BodyTooSlow,
+    /// The client left before its response was complete (logged as 499).
+    ClosedEarly,
+    /// The connection came past `limits.max_connections` and was closed.
+    ConnectionLimit,
+    /// The TLS handshake failed, or took longer than `timeouts.client_header`.
+    TlsHandshake,
+}
+
+impl ClientError {
+    pub const ALL: [ClientError; 10] = [
+        ClientError::HeaderTimeout,
+        ClientError::HeaderTooLarge,
+        ClientError::UriTooLong,
+        ClientError::Malformed,
+        ClientError::ClosedInHeader,
+        ClientError::BodyTimeout,
+        ClientError::BodyTooSlow,
+        ClientError::ClosedEarly,
+        ClientError::ConnectionLimit,
+        ClientError::TlsHandshake,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientError::HeaderTimeout => "header_timeout",
+            ClientError::HeaderTooLarge => "header_too_large",
+            ClientError::UriTooLong => "uri_too_long",
+            ClientError::Malformed => "malformed",
+            ClientError::ClosedInHeader => "closed_in_header",
+            ClientError::BodyTimeout => "body_timeout",
+            ClientError::BodyTooSlow => "body_too_slow",
+            ClientError::ClosedEarly => "closed_early",
+            ClientError::ConnectionLimit => "connection_limit",
+            ClientError::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
+/// What affinity did for one keyed request: the `outcome` label of
+/// `relay_edge_affinity_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// The session's own upstream served it.
+    Hit,
+    /// The session was new and was placed.
+    New,
+    /// Another upstream served it (a re-pin, or an answer tried elsewhere).
+    Moved,
+}
+
+impl AffinityOutcome {
+    pub const ALL: [AffinityOutcome; 3] = [
+        AffinityOutcome::Hit,
+        AffinityOutcome::New,
+        AffinityOutcome::Moved,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AffinityOutcome::Hit => "hit",
+            AffinityOutcome::New => "new",
+            AffinityOutcome::Moved => "moved",
+        }
+    }
+}
+
+/// Tokens a stream (or a JSON answer) reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub cache_read: u64,
+    pub cache_creation: u64,
+    pub output: u64,
+}
