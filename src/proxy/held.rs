@@ -19,14 +19,16 @@
 //!    comes, unbuffered, with at most `streams.idle_timeout` of silence
 //!    between reads. No total deadline.
 //!
-//! An attempt is left only when [`EdgeProxy::may_abandon`] allows it (replay,
+//! An attempt is left only when [`Attempts::may_abandon`](super::attempt::Attempts::may_abandon) allows it (replay,
 //! retries left, the retry budget); otherwise the answer goes to the client
 //! as it is, or, when there is none, an Anthropic-shaped 502/504. A stream
 //! cut after commit (by the relay, or by silence) ends with an Anthropic
 //! `event: error`, so the SDKs raise a clean error instead of waiting on a
 //! reset. Each stream is counted once by outcome, with its first-event
-//! time and its token usage ([`super::sse`]).
+//! time and its token usage ([`super::sse`]). The relay's bookkeeping is
+//! the [`Attempt`](super::attempt::Attempt)'s, as on Pingora's path.
 
+use super::attempt::Attempt;
 use super::errors;
 use super::retry;
 use super::sse::{self, FirstEvent, StreamEnd, StreamScan};
@@ -67,26 +69,6 @@ pub fn wants_stream(body: &[u8]) -> bool {
     maybe && crate::affinity::json_scan::find(body, &*POINTER).as_deref() == Some("true")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::wants_stream;
-
-    #[test]
-    fn only_a_top_level_stream_true_is_a_streaming_request() {
-        assert!(wants_stream(br#"{"model":"m","stream":true}"#));
-        assert!(wants_stream(b"{\"messages\":[],\n  \"stream\" :\ttrue }"));
-        assert!(!wants_stream(br#"{"model":"m","stream":false}"#));
-        assert!(!wants_stream(
-            br#"{"tools":[{"input":{"stream":true}}],"stream":false}"#
-        ));
-        assert!(!wants_stream(
-            br#"{"content":"say \"stream\": true","stream":false}"#
-        ));
-        assert!(!wants_stream(br#"{"stream":true"#), "not JSON");
-        assert!(!wants_stream(b""));
-    }
-}
-
 /// A relay's answer, read up to its commit point.
 struct Answer {
     upstream: UpstreamSession,
@@ -97,7 +79,10 @@ struct Answer {
     sse: bool,
 }
 
-enum Attempt {
+/// How far one attempt got before its commit point. Made once per attempt
+/// and taken apart at once, so the answer is not boxed.
+#[allow(clippy::large_enum_variant)]
+enum Reached {
     /// An answer: good (`None`), or one that may be left.
     Answer(Answer, Option<Leave>),
     /// No answer that could go to the client; `leave`: it may be tried
@@ -115,51 +100,53 @@ pub async fn serve(
     body: Bytes,
 ) -> Result<()> {
     let state = ctx.state(&proxy.edge).clone();
+    let edge = &proxy.edge;
     loop {
-        ctx.attempts += 1;
-        let peer = match ctx.upstream.filter(|_| std::mem::take(&mut ctx.fresh_next)) {
+        ctx.attempts.made += 1;
+        let fresh = std::mem::take(&mut ctx.attempts.fresh_next);
+        let peer = match ctx.attempts.current.take() {
             // Once more on a fresh connection, as Pingora's path does.
-            Some(i) => state
-                .upstreams
-                .get(i)
-                .ok_or_else(route::no_upstream)?
-                .fresh_peer(),
-            None => {
+            Some(previous) if fresh => {
+                let again = Attempt::again(previous);
+                let peer = again.upstream().fresh_peer();
+                ctx.attempts.current = Some(again);
+                peer
+            }
+            _ => {
                 // Boxed, as the attempt below: only while it runs, so that
                 // a stream open for minutes holds neither (memory per stream).
-                let index =
-                    Box::pin(route::choose(&proxy.edge, &state, ctx, clock::now_ms())).await?;
-                let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
-                ctx.tried.add(index);
-                ctx.upstream = Some(index);
-                upstream.start_request();
-                upstream.peer()
+                let index = Box::pin(route::choose(edge, &state, ctx, clock::now_ms())).await?;
+                let attempt = ctx
+                    .attempts
+                    .begin(&state.upstreams, index)
+                    .ok_or_else(route::no_upstream)?;
+                attempt.upstream().peer()
             }
         };
         match Box::pin(attempt(proxy, session, ctx, &state, peer, &body)).await {
-            Attempt::Answer(answer, None) => {
+            Reached::Answer(answer, None) => {
                 return commit(proxy, session, ctx, &state, answer).await
             }
-            Attempt::Answer(answer, Some(why)) => {
-                if proxy.may_abandon(session, ctx, &state) {
-                    proxy.abandon(ctx, &state, why);
+            Reached::Answer(answer, Some(why)) => {
+                if super::abandon_if_allowed(edge, session, ctx, &state, why) {
                     continue;
                 }
                 return commit(proxy, session, ctx, &state, answer).await;
             }
-            Attempt::Failed(e, Some(why)) if proxy.may_abandon(session, ctx, &state) => {
+            Reached::Failed(e, Some(why))
+                if super::abandon_if_allowed(edge, session, ctx, &state, why) =>
+            {
                 log::debug!("held attempt left ({}): {e}", why.label());
-                proxy.abandon(ctx, &state, why);
             }
-            Attempt::Failed(e, Some(why)) => {
-                count_stream(&state, ctx, outcome_of(why));
-                if let Some(i) = ctx.upstream {
-                    state.upstreams.record_failure(i);
+            Reached::Failed(e, Some(why)) => {
+                ctx.count_stream(outcome_of(why));
+                if let Some(attempt) = &ctx.attempts.current {
+                    attempt.cut(&state.upstreams);
                 }
-                ctx.failed_upstream = true;
+                ctx.seen.failed_upstream = true;
                 return Err(e);
             }
-            Attempt::Failed(e, None) => {
+            Reached::Failed(e, None) => {
                 if e.retry() {
                     continue;
                 }
@@ -184,19 +171,21 @@ async fn attempt(
     state: &Arc<State>,
     peer: Box<HttpPeer>,
     body: &Bytes,
-) -> Attempt {
-    let connect_started = Instant::now();
+) -> Reached {
     let (mut up, reused) = match proxy.held_connector.get_http_session(&*peer).await {
         Ok(s) => s,
         Err(e) => {
             let mut e = e.into_up();
-            let again = proxy.leave_upstream(ctx, RepinReason::ConnectFailure);
+            let metrics = &proxy.edge.metrics;
+            let again = ctx
+                .attempts
+                .fail(state, RepinReason::ConnectFailure, metrics);
             e.set_retry(again);
-            return Attempt::Failed(e, None);
+            return Reached::Failed(e, None);
         }
     };
-    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-        u.note_connection(reused, connect_started.elapsed());
+    if let Some(attempt) = &ctx.attempts.current {
+        attempt.connected(reused);
     }
     if let Err(e) = send(proxy, session, ctx, &mut up, body).await {
         return lost(proxy, session, ctx, e, reused);
@@ -211,9 +200,9 @@ async fn attempt(
         Ok(Err(e)) => return lost(proxy, session, ctx, e.into_up(), reused),
         Err(_) => return no_first_event(Leave::FirstEventTimeout),
     }
-    ctx.upstream_head = Some(ctx.started.elapsed());
+    ctx.seen.upstream_head = Some(ctx.elapsed());
     let Some(head) = up.resp_header().map(|h| Box::new(h.clone())) else {
-        return Attempt::Failed(
+        return Reached::Failed(
             Error::explain(ErrorType::InvalidHTTPHeader, "no response head").into_up(),
             None,
         );
@@ -231,10 +220,10 @@ async fn attempt(
         sse,
     };
     if state.config.failover.retry_on_status.contains(&code) {
-        return Attempt::Answer(answer, Some(Leave::Status));
+        return Reached::Answer(answer, Some(Leave::Status));
     }
     if !sse || !state.config.streams.hold_first_event {
-        return Attempt::Answer(answer, None);
+        return Reached::Answer(answer, None);
     }
     // Held until the first event is whole.
     let head_at = Instant::now();
@@ -259,22 +248,20 @@ async fn attempt(
         }
     };
     if verdict.is_ok() {
-        ctx.first_event = Some(ctx.started.elapsed());
-        if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-            u.metrics
-                .first_event
-                .observe(head_at.elapsed().as_secs_f64());
+        ctx.seen.first_event = Some(ctx.elapsed());
+        if let Some(attempt) = &ctx.attempts.current {
+            attempt.first_event(head_at.elapsed());
         }
     }
     answer.read = read.freeze();
     match verdict {
-        Ok(leave) => Attempt::Answer(answer, leave),
+        Ok(leave) => Reached::Answer(answer, leave),
         Err(why) => no_first_event(why),
     }
 }
 
 /// The attempt gave no first event, for `why`: it may be left.
-fn no_first_event(why: Leave) -> Attempt {
+fn no_first_event(why: Leave) -> Reached {
     let e = match why {
         Leave::FirstEventTimeout => Error::explain(
             ErrorType::ReadTimedout,
@@ -285,7 +272,7 @@ fn no_first_event(why: Leave) -> Attempt {
             "the stream ended before its first event",
         ),
     };
-    Attempt::Failed(e.into_up(), Some(why))
+    Reached::Failed(e.into_up(), Some(why))
 }
 
 /// Write the request (head and whole body) to the relay.
@@ -316,17 +303,20 @@ fn lost(
     ctx: &mut RequestCtx,
     mut e: Box<Error>,
     reused: bool,
-) -> Attempt {
+) -> Reached {
     let facts = retry::Attempt {
         responded: false,
         replayable: true,
         idempotent: session.req_header().method.is_idempotent(),
         reused,
-        fresh_retried: ctx.fresh_retried,
+        fresh_retried: ctx.attempts.fresh_retried,
     };
-    let again = proxy.retry_after_send(ctx, &e, facts);
+    let state = ctx.state(&proxy.edge).clone();
+    let again = ctx
+        .attempts
+        .after_send(&state, &e, facts, &proxy.edge.metrics);
     e.set_retry(again);
-    Attempt::Failed(e, None)
+    Reached::Failed(e, None)
 }
 
 /// Send the answer to the client, and then the rest of it as it comes.
@@ -345,21 +335,20 @@ async fn commit(
         sse,
     } = answer;
     super::affinity_header(ctx, &mut head)?;
-    ctx.upstream_answered = true;
+    ctx.seen.answered = true;
     // The body is no longer needed: give its share of the budget back.
-    ctx.body = None;
+    ctx.body.early = None;
     if proxy.edge.drain.is_draining() {
         // Answers begun after a drain began close their connection too.
         session.set_keepalive(None);
     }
     let code = head.status.as_u16();
-    if state.upstreams.passive().failure_codes.contains(&code) {
-        ctx.failed_upstream = true;
-        if let Some(i) = ctx.upstream {
-            state.upstreams.record_failure(i);
+    if let Some(attempt) = &ctx.attempts.current {
+        if attempt.answered(&state.upstreams, code) {
+            ctx.seen.failed_upstream = true;
         }
     }
-    super::note_answer_kept(ctx);
+    ctx.answer_kept();
     let mut scan = StreamScan::default();
     let done_early = upstream.is_body_done();
     let relayed = relay_to_client(
@@ -386,18 +375,15 @@ async fn commit(
     // Counted before the client has the end of it: what a client saw is
     // already in the metrics.
     if outcome == StreamOutcome::RelayCut || outcome == StreamOutcome::IdleTimeout {
-        ctx.failed_upstream = true;
-        if let Some(i) = ctx.upstream {
-            state.upstreams.record_failure(i);
+        ctx.seen.failed_upstream = true;
+        if let Some(attempt) = &ctx.attempts.current {
+            attempt.cut(&state.upstreams);
         }
     }
     if sse {
-        count_stream(state, ctx, outcome);
+        ctx.count_stream(outcome);
     }
-    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-        u.metrics.count_usage(&scan.usage);
-    }
-    ctx.usage = Some(scan.usage);
+    ctx.count_usage(scan.usage);
     match relayed {
         Relayed::Ended => {
             let _ = session.write_response_body(None, true).await;
@@ -495,9 +481,22 @@ async fn relay_to_client(
     }
 }
 
-fn count_stream(state: &State, ctx: &mut RequestCtx, outcome: StreamOutcome) {
-    ctx.stream = Some(outcome);
-    if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-        u.metrics.stream(outcome);
+#[cfg(test)]
+mod tests {
+    use super::wants_stream;
+
+    #[test]
+    fn only_a_top_level_stream_true_is_a_streaming_request() {
+        assert!(wants_stream(br#"{"model":"m","stream":true}"#));
+        assert!(wants_stream(b"{\"messages\":[],\n  \"stream\" :\ttrue }"));
+        assert!(!wants_stream(br#"{"model":"m","stream":false}"#));
+        assert!(!wants_stream(
+            br#"{"tools":[{"input":{"stream":true}}],"stream":false}"#
+        ));
+        assert!(!wants_stream(
+            br#"{"content":"say \"stream\": true","stream":false}"#
+        ));
+        assert!(!wants_stream(br#"{"stream":true"#), "not JSON");
+        assert!(!wants_stream(b""));
     }
 }

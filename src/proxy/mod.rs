@@ -12,10 +12,13 @@
 //! - `upstream_peer`: choose the upstream ([`route`]) and clone its peer.
 //! - `fail_to_connect`, `error_while_proxy`: passive failure, then a retry
 //!   as [`retry`] decides.
+//!
+//! Each attempt at a relay is an [`attempt::Attempt`], on this path and the
+//! held one alike; the request's context is [`ctx::RequestCtx`].
 //! - `upstream_request_filter`: `X-Forwarded-For`.
 //! - `request_body_filter`: put back a body that was read early.
 //! - `upstream_response_filter`: an answer with a retried status is left
-//!   for another upstream (within [`retry_budget`]); failure-coded answers
+//!   for another upstream (within [`crate::budgets::RetryBudget`]); failure-coded answers
 //!   count as failures; a draining process closes the connection after the
 //!   response.
 //! - `response_filter`: the affinity outcome header;
@@ -27,11 +30,13 @@
 //! - `fail_to_proxy`: a short JSON error when nothing could answer, and the
 //!   failure counted by cause.
 //!
-//! Every request holds an [`InFlight`] guard from its context's creation to
+//! Every request holds an [`InFlight`](crate::drain::InFlight) guard from its context's creation to
 //! its end, so a drain waits for it whatever generation it runs on.
 
 pub mod access;
+pub mod attempt;
 pub mod body;
+pub mod ctx;
 pub mod errors;
 pub mod forwarded;
 pub mod framing;
@@ -43,21 +48,16 @@ pub mod route;
 pub mod sse;
 
 use crate::affinity::keys::HeadLookup;
-use crate::affinity::store::SessionRecord;
-use crate::affinity::SessionId;
 use crate::clock;
-use crate::config::MovePin;
-use crate::drain::InFlight;
 use crate::outcome::{AbandonReason, AffinityOutcome, ClientError, RepinReason};
 use crate::state::{Edge, State};
-use crate::upstream::select::Tried;
 use async_trait::async_trait;
 use bytes::Bytes;
+pub use ctx::RequestCtx;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -80,91 +80,36 @@ impl EdgeProxy {
             )),
         }
     }
+}
 
-    /// The attempt's upstream failed and the request leaves it: count the
-    /// failure, and say whether another upstream may be tried.
-    fn leave_upstream(&self, ctx: &mut RequestCtx, because: RepinReason) -> bool {
-        let Some(state) = ctx.state.clone() else {
-            return false;
-        };
-        if let Some(i) = ctx.upstream.take() {
-            if let Some(u) = state.upstreams.get(i) {
-                u.end_request();
-                u.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            state.upstreams.record_failure(i);
-        }
-        ctx.left_because = Some(because);
-        let may_retry = ctx.tried.len() <= state.config.max_retries
-            && ctx.tried.len() < state.upstreams.all().len();
-        if may_retry {
-            self.edge.metrics.retries.inc();
-        }
-        may_retry
-    }
+/// Can the request be sent again whole? Its body is kept (or it has
+/// none), and Pingora's retry buffer did not overflow.
+fn replayable(session: &Session, ctx: &RequestCtx) -> bool {
+    ctx.body.replayable && !session.as_ref().retry_buffer_truncated()
+}
 
-    /// After `e` on an established connection (no answer yet): retry, as
-    /// [`retry::after_send`] decides? Once on a fresh connection to the same
-    /// upstream (`fresh_next`), or elsewhere (the upstream is left).
-    fn retry_after_send(&self, ctx: &mut RequestCtx, e: &Error, facts: retry::Attempt) -> bool {
-        match retry::after_send(e, facts) {
-            retry::AfterSend::Fail => false,
-            retry::AfterSend::SameUpstreamFresh => {
-                ctx.fresh_retried = true;
-                ctx.fresh_next = true;
-                ctx.left_because = Some(RepinReason::ConnectionLost);
-                self.edge.metrics.retries.inc();
-                true
-            }
-            retry::AfterSend::Elsewhere => self.leave_upstream(ctx, RepinReason::ConnectionLost),
-        }
+/// May the current attempt's answer be left for another upstream
+/// ([`Attempts::may_abandon`](attempt::Attempts::may_abandon))? If so, leave it for `reason`.
+fn abandon_if_allowed(
+    edge: &Edge,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    state: &State,
+    reason: AbandonReason,
+) -> bool {
+    let may = ctx.attempts.may_abandon(
+        replayable(session, ctx),
+        state,
+        &edge.retry_budget,
+        &edge.metrics,
+        clock::now_ms(),
+    );
+    if may {
+        let record = ctx.record.clone();
+        ctx.attempts
+            .abandon(state, record.as_deref(), reason, &edge.metrics);
     }
-
-    /// May the current attempt's answer (not yet sent) be left for another
-    /// upstream? The request must be replayable, within
-    /// `failover.max_retries`, with another usable upstream, and within the
-    /// retry budget (taken here).
-    fn may_abandon(&self, session: &Session, ctx: &RequestCtx, state: &State) -> bool {
-        let now = clock::now_ms();
-        if !ctx.replayable
-            || session.as_ref().retry_buffer_truncated()
-            || ctx.tried.len() > state.config.max_retries
-            || crate::upstream::select::least_loaded(&state.upstreams, &ctx.tried, now).is_none()
-        {
-            return false;
-        }
-        let f = &state.config.failover;
-        if self
-            .edge
-            .retry_budget
-            .try_retry(now, f.retry_budget, f.retry_budget_min)
-        {
-            true
-        } else {
-            self.edge.metrics.retry_budget_exhausted.inc();
-            false
-        }
-    }
-
-    /// Leave the current attempt's answer for another upstream: count it
-    /// (`reason`), decide whether the session's pin moves with it
-    /// (`failover.move_pin`), and feed passive health.
-    fn abandon(&self, ctx: &mut RequestCtx, state: &State, reason: AbandonReason) {
-        if let Some(u) = ctx.upstream.and_then(|i| state.upstreams.get(i)) {
-            u.metrics.abandoned(reason);
-            // Only a failure of the pinned upstream counts towards moving it.
-            let pinned = ctx.record.as_ref().filter(|r| r.upstream == u.id);
-            ctx.keep_pin = match (state.config.failover.move_pin, pinned) {
-                (_, None) => ctx.keep_pin,
-                (MovePin::Never, _) => true,
-                (MovePin::AtOnce, _) => false,
-                (MovePin::AfterFailures(n), Some(r)) => r.failed_answer() < n,
-            };
-        }
-        ctx.abandoning = true;
-        ctx.answer_retried = true;
-        self.leave_upstream(ctx, RepinReason::ErrorAnswer);
-    }
+    may
 }
 
 /// Say what affinity did, in `affinity.outcome_header`.
@@ -176,88 +121,10 @@ fn affinity_header(ctx: &RequestCtx, response: &mut ResponseHeader) -> Result<()
     else {
         return Ok(());
     };
-    if let Some(outcome) = ctx.affinity {
+    if let Some(outcome) = ctx.seen.affinity {
         response.insert_header(name, outcome.label())?;
     }
     Ok(())
-}
-
-/// The answer goes to the client as it is. Unless it is a failure, or an
-/// earlier answer of this request was left, the session's count of answers
-/// left in a row starts over (`failover.move_pin: after_failures`). Done
-/// here, with the head, not in `logging`: a client may send its next
-/// request before this one's logging phase has run.
-fn note_answer_kept(ctx: &RequestCtx) {
-    if let Some(record) = &ctx.record {
-        if !ctx.answer_retried && !ctx.failed_upstream {
-            record.answered_well();
-        }
-    }
-}
-
-/// Per-request state that crosses phases.
-pub struct RequestCtx {
-    state: Option<Arc<State>>,
-    pub session: Option<SessionId>,
-    pub record: Option<Arc<SessionRecord>>,
-    /// The whole body, when it was read early for its key, with its share
-    /// of the edge's budget; dropped once the upstream has it all and answered.
-    body: Option<body::EarlyBody>,
-    /// The whole body went to the upstream on this attempt.
-    body_sent: bool,
-    /// The pace of a body that streams through (not read early).
-    pace: Option<pace::BodyPace>,
-    /// The upstream's response head was taken (nothing is retried after it).
-    upstream_answered: bool,
-    /// The upstream of the current attempt (its in-flight count is held).
-    upstream: Option<usize>,
-    pub tried: Tried,
-    started: Instant,
-    connect_started: Instant,
-    failed_upstream: bool,
-    /// Why the last attempt's upstream was left (the re-pin reason).
-    left_because: Option<RepinReason>,
-    /// The one retry on a fresh connection after a pooled one failed was used.
-    fresh_retried: bool,
-    /// The next attempt is that retry (same upstream, fresh); read by the
-    /// held path (Pingora's path knows it by the upstream still held).
-    fresh_next: bool,
-    /// The request can be sent again whole (no body, or its body is kept).
-    replayable: bool,
-    /// The current attempt's answer is being left for another upstream
-    /// (its status, before the client saw any of it).
-    abandoning: bool,
-    /// An answer of this request was left for another upstream.
-    answer_retried: bool,
-    /// The next attempt goes elsewhere without moving the session's pin
-    /// (`failover.move_pin`).
-    pub keep_pin: bool,
-    /// The tail of a JSON answer, read for its token `usage`.
-    json_tail: Option<sse::JsonTail>,
-    /// What affinity did for the attempt that answered
-    /// (`affinity.outcome_header`); none without a session.
-    pub affinity: Option<AffinityOutcome>,
-    /// Why it was `Moved`.
-    pub moved_reason: Option<RepinReason>,
-    /// Upstream attempts made.
-    pub attempts: u32,
-    /// The upstream's response head, and a stream's first event (or an
-    /// answer's first body bytes), from the request's start.
-    pub upstream_head: Option<std::time::Duration>,
-    pub first_event: Option<std::time::Duration>,
-    /// The answer is an SSE stream (Pingora's path: its first bytes are timed).
-    sse: bool,
-    /// How a stream ended.
-    pub stream: Option<crate::outcome::StreamOutcome>,
-    /// The token usage the answer reported.
-    pub usage: Option<crate::outcome::Usage>,
-    _in_flight: InFlight,
-}
-
-impl RequestCtx {
-    fn state<'a>(&'a mut self, edge: &Edge) -> &'a Arc<State> {
-        self.state.get_or_insert_with(|| edge.state())
-    }
 }
 
 #[async_trait]
@@ -270,38 +137,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn new_ctx(&self) -> RequestCtx {
-        let now = Instant::now();
-        RequestCtx {
-            state: None,
-            session: None,
-            record: None,
-            body: None,
-            body_sent: false,
-            pace: None,
-            upstream_answered: false,
-            upstream: None,
-            tried: Tried::default(),
-            started: now,
-            connect_started: now,
-            failed_upstream: false,
-            left_because: None,
-            fresh_retried: false,
-            fresh_next: false,
-            replayable: false,
-            abandoning: false,
-            answer_retried: false,
-            keep_pin: false,
-            affinity: None,
-            moved_reason: None,
-            attempts: 0,
-            upstream_head: None,
-            first_event: None,
-            sse: false,
-            stream: None,
-            usage: None,
-            json_tail: None,
-            _in_flight: self.edge.drain.enter(),
-        }
+        RequestCtx::new(&self.edge)
     }
 
     async fn early_request_filter(
@@ -326,7 +162,7 @@ impl ProxyHttp for EdgeProxy {
         session
             .as_downstream_mut()
             .set_read_timeout(Some(timeouts.client_body));
-        ctx.pace = Some(pace::BodyPace::new(
+        ctx.body.pace = Some(pace::BodyPace::new(
             Instant::now(),
             timeouts.client_body,
             state.config.limits.min_body_rate,
@@ -361,27 +197,28 @@ impl ProxyHttp for EdgeProxy {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
-                ctx.body = body::read_whole(session, early(ctx.pace.clone())).await?;
-                let bytes = ctx.body.as_ref().map(|b| &b.bytes[..]);
+                ctx.body.early = body::read_whole(session, early(ctx.body.pace.clone())).await?;
+                let bytes = ctx.body.early.as_ref().map(|b| &b.bytes[..]);
                 state
                     .keys
                     .resume_with_body(session.req_header(), bytes, from)
             }
         };
-        ctx.replayable = ctx.body.is_some() || body::keep_for_retry(session);
+        ctx.body.replayable = ctx.body.early.is_some() || body::keep_for_retry(session);
         let hold = config.streams.hold_first_event;
-        if ctx.body.is_none()
-            && (hold || !ctx.replayable && config.failover.may_retry_answers(config.max_retries))
+        if ctx.body.early.is_none()
+            && (hold
+                || !ctx.body.replayable && config.failover.may_retry_answers(config.max_retries))
         {
             // Read it whole, within the budget (as nginx buffers request
             // bodies by default): to see whether it asks for a stream, to be
             // held, and so that one too big for Pingora's retry buffer (a
             // Claude Code request is over 64 KiB) can be sent again when an
             // overloaded relay's answer is tried elsewhere.
-            ctx.body = body::read_whole(session, early(ctx.pace.clone())).await?;
-            ctx.replayable |= ctx.body.is_some();
+            ctx.body.early = body::read_whole(session, early(ctx.body.pace.clone())).await?;
+            ctx.body.replayable |= ctx.body.early.is_some();
         }
-        if let Some(whole) = ctx.body.as_ref().map(|b| b.bytes.clone()) {
+        if let Some(whole) = ctx.body.early.as_ref().map(|b| b.bytes.clone()) {
             if config.streams.hold_first_event && held::wants_stream(&whole) {
                 // Boxed: the futures of every request's `request_filter`
                 // are as large as the largest path through it.
@@ -399,29 +236,25 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let state = ctx.state(&self.edge).clone();
         let now = clock::now_ms();
-        ctx.attempts += 1;
-        // Still holding an upstream: Pingora retries after a reused (pooled)
+        ctx.attempts.made += 1;
+        // Still holding an attempt: Pingora retries after a reused (pooled)
         // connection failed mid-request. The upstream is not at fault: try
         // it again on a fresh connection (not another pooled one, which may
         // be as dead) rather than move the session.
-        if let Some(previous) = ctx.upstream.take() {
-            if let Some(u) = state.upstreams.get(previous) {
-                u.end_request();
-                if u.is_usable(now) {
-                    ctx.upstream = Some(previous);
-                    ctx.connect_started = Instant::now();
-                    u.start_request();
-                    return Ok(u.fresh_peer());
-                }
+        if let Some(previous) = ctx.attempts.current.take() {
+            if previous.upstream().is_usable(now) {
+                let again = attempt::Attempt::again(previous);
+                let peer = again.upstream().fresh_peer();
+                ctx.attempts.current = Some(again);
+                return Ok(peer);
             }
         }
         let index = route::choose(&self.edge, &state, ctx, now).await?;
-        let upstream = state.upstreams.get(index).ok_or_else(route::no_upstream)?;
-        ctx.tried.add(index);
-        ctx.upstream = Some(index);
-        ctx.connect_started = Instant::now();
-        upstream.start_request();
-        Ok(upstream.peer())
+        let attempt = ctx
+            .attempts
+            .begin(&state.upstreams, index)
+            .ok_or_else(route::no_upstream)?;
+        Ok(attempt.upstream().peer())
     }
 
     async fn connected_to_upstream(
@@ -434,10 +267,8 @@ impl ProxyHttp for EdgeProxy {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) {
-            if let Some(u) = state.upstreams.get(i) {
-                u.note_connection(reused, ctx.connect_started.elapsed());
-            }
+        if let Some(attempt) = &ctx.attempts.current {
+            attempt.connected(reused);
         }
         Ok(())
     }
@@ -449,7 +280,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let may_retry = self.leave_upstream(ctx, RepinReason::ConnectFailure);
+        let state = ctx.state(&self.edge).clone();
+        let may_retry = ctx
+            .attempts
+            .fail(&state, RepinReason::ConnectFailure, &self.edge.metrics);
         e.set_retry(may_retry);
         e
     }
@@ -463,20 +297,22 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if std::mem::take(&mut ctx.abandoning) {
+        if std::mem::take(&mut ctx.attempts.abandoning) {
             // Its answer was left in `upstream_response_filter`.
             e.set_retry(true);
             return e;
         }
-        let req = session.req_header();
-        let attempt = retry::Attempt {
+        let facts = retry::Attempt {
             responded: session.response_written().is_some(),
-            replayable: ctx.replayable && !session.as_ref().retry_buffer_truncated(),
-            idempotent: req.method.is_idempotent(),
+            replayable: replayable(session, ctx),
+            idempotent: session.req_header().method.is_idempotent(),
             reused: client_reused,
-            fresh_retried: ctx.fresh_retried,
+            fresh_retried: ctx.attempts.fresh_retried,
         };
-        let again = self.retry_after_send(ctx, &e, attempt);
+        let state = ctx.state(&self.edge).clone();
+        let again = ctx
+            .attempts
+            .after_send(&state, &e, facts, &self.edge.metrics);
         e.set_retry(again);
         e
     }
@@ -489,15 +325,15 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // The replayed retry-buffer tail of an early-read body: send it whole.
-        if let Some(whole) = &ctx.body {
+        if let Some(whole) = &ctx.body.early {
             if end_of_stream && body.is_some() {
                 *body = Some(whole.bytes.clone());
-                ctx.body_sent = true;
+                ctx.body.sent = true;
             }
             return Ok(());
         }
         // A body that streams through: held to its pace.
-        if let (Some(pace), Some(chunk)) = (&mut ctx.pace, body.as_ref()) {
+        if let (Some(pace), Some(chunk)) = (&mut ctx.body.pace, body.as_ref()) {
             if !pace.note(chunk.len(), Instant::now()) {
                 return Err(body::too_slow());
             }
@@ -517,7 +353,7 @@ impl ProxyHttp for EdgeProxy {
                 forwarded::append(upstream_request.headers.get(forwarded::HEADER), addr.ip());
             upstream_request.insert_header(forwarded::NAME, value)?;
         }
-        if ctx.body.is_some() {
+        if ctx.body.early.is_some() {
             // The client already got its 100 Continue from us.
             upstream_request.remove_header(&http::header::EXPECT);
         }
@@ -530,47 +366,49 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (Some(state), Some(i)) = (&ctx.state, ctx.upstream) else {
+        let Some(state) = ctx.state.clone() else {
             return Ok(());
         };
+        if ctx.attempts.current.is_none() {
+            return Ok(());
+        }
         if self.edge.drain.is_draining() {
             // Heads written after the drain began close their connection too.
             session.set_keepalive(None);
         }
         let code = upstream_response.status.as_u16();
-        if state.config.failover.retry_on_status.contains(&code) {
-            let state = state.clone();
-            if self.may_abandon(session, ctx, &state) {
-                self.abandon(ctx, &state, AbandonReason::Status);
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(code),
-                    "the upstream's answer is tried on another upstream",
-                )
-                .map_err(|e| e.into_up());
-            }
+        if state.config.failover.retry_on_status.contains(&code)
+            && abandon_if_allowed(&self.edge, session, ctx, &state, AbandonReason::Status)
+        {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(code),
+                "the upstream's answer is tried on another upstream",
+            )
+            .map_err(|e| e.into_up());
         }
-        ctx.upstream_answered = true;
-        ctx.upstream_head = Some(ctx.started.elapsed());
+        ctx.seen.answered = true;
+        ctx.seen.upstream_head = Some(ctx.elapsed());
         let content_type = upstream_response
             .headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.as_bytes());
-        ctx.sse = content_type.is_some_and(|t| t.starts_with(b"text/event-stream"));
+        ctx.seen.sse = content_type.is_some_and(|t| t.starts_with(b"text/event-stream"));
         let json = content_type.is_some_and(|t| t.starts_with(b"application/json"));
         // Token usage comes in answers to Messages calls, which are POSTs.
         if json && code == 200 && session.req_header().method == http::Method::POST {
-            ctx.json_tail = Some(sse::JsonTail::default());
+            ctx.seen.json_tail = Some(sse::JsonTail::default());
         }
-        if ctx.body_sent {
+        if ctx.body.sent {
             // Nothing is retried once the upstream answered: an SSE stream
             // need not hold its request body (or the budget) for minutes.
-            ctx.body = None;
+            ctx.body.early = None;
         }
-        if state.upstreams.passive().failure_codes.contains(&code) {
-            ctx.failed_upstream = true;
-            state.upstreams.record_failure(i);
+        if let Some(attempt) = &ctx.attempts.current {
+            if attempt.answered(&state.upstreams, code) {
+                ctx.seen.failed_upstream = true;
+            }
         }
-        note_answer_kept(ctx);
+        ctx.answer_kept();
         Ok(())
     }
 
@@ -590,20 +428,18 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if ctx.sse && ctx.first_event.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
-            ctx.first_event = Some(ctx.started.elapsed());
+        let elapsed = ctx.elapsed();
+        let seen = &mut ctx.seen;
+        if seen.sse && seen.first_event.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            seen.first_event = Some(elapsed);
         }
-        if let Some(tail) = &mut ctx.json_tail {
+        if let Some(tail) = &mut seen.json_tail {
             if let Some(chunk) = body {
                 tail.feed(chunk);
             }
             if end_of_stream {
-                ctx.usage = ctx.json_tail.take().and_then(|t| t.usage());
-                let upstream = ctx
-                    .upstream
-                    .and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
-                if let (Some(usage), Some(u)) = (&ctx.usage, upstream) {
-                    u.metrics.count_usage(usage);
+                if let Some(usage) = seen.json_tail.take().and_then(|t| t.usage()) {
+                    ctx.count_usage(usage);
                 }
             }
         }
@@ -649,41 +485,25 @@ impl ProxyHttp for EdgeProxy {
         if let Some(reason) = client_error {
             self.edge.metrics.client_error(reason);
         }
-        let cut = upstream_error && ctx.upstream_answered;
+        let cut = upstream_error && ctx.seen.answered;
         let code = match (client_error, cut) {
             (Some(ClientError::ClosedEarly), _) => errors::CLIENT_CLOSED,
             (_, true) => 502,
             _ => written.unwrap_or(0),
         };
-        if let (true, Some(state), Some(i)) = (cut, &ctx.state, ctx.upstream) {
-            state.upstreams.record_failure(i);
-        }
-        let failed = upstream_error || code >= 500 || ctx.failed_upstream;
-        let upstream = ctx
-            .upstream
-            .take()
-            .and_then(|i| ctx.state.as_ref()?.upstreams.get(i).cloned());
-        match &upstream {
-            Some(u) => {
-                u.end_request();
-                u.stats.requests.fetch_add(1, Ordering::Relaxed);
-                if failed {
-                    u.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let failed = upstream_error || code >= 500 || ctx.seen.failed_upstream;
+        let attempt = ctx.attempts.current.take();
+        let upstream = attempt.as_ref().map(|a| a.upstream().id.clone());
+        match attempt {
+            Some(attempt) => {
+                if let (true, Some(state)) = (cut, &ctx.state) {
+                    attempt.cut(&state.upstreams);
                 }
-                if let Some(outcome) = ctx.affinity {
-                    u.stats.keyed.fetch_add(1, Ordering::Relaxed);
-                    if outcome == AffinityOutcome::Hit {
-                        u.stats.affinity_hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                u.metrics.count_response(code);
-                u.metrics
-                    .duration
-                    .observe(ctx.started.elapsed().as_secs_f64());
+                attempt.finish(code, failed, ctx.seen.affinity, ctx.elapsed());
             }
             None => self.edge.metrics.count_unrouted(code),
         }
-        if let Some(outcome) = ctx.affinity {
+        if let Some(outcome) = ctx.seen.affinity {
             self.edge.metrics.affinity_request(outcome);
             if outcome == AffinityOutcome::Moved {
                 self.edge.metrics.cold_moves.inc();
@@ -692,7 +512,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(state) = &ctx.state {
             let spec = &state.config.access_log;
             if crate::access_log::AccessLog::wants(spec) {
-                let entry = access::entry(session, ctx, code, upstream.map(|u| u.id.clone()), spec);
+                let entry = access::entry(session, ctx, code, upstream, spec);
                 self.edge.access_log.send(entry, spec.format);
             }
         }

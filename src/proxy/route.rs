@@ -40,10 +40,14 @@ fn place(
     let aff = &state.config.affinity;
     let consistent = aff.balance == Balance::Consistent || edge.store.degraded();
     match id {
-        Some(id) if consistent => {
-            select::consistent(&state.upstreams, id, aff.load_factor, &ctx.tried, now)
-        }
-        _ => select::least_loaded(&state.upstreams, &ctx.tried, now),
+        Some(id) if consistent => select::consistent(
+            &state.upstreams,
+            id,
+            aff.load_factor,
+            &ctx.attempts.tried,
+            now,
+        ),
+        _ => select::least_loaded(&state.upstreams, &ctx.attempts.tried, now),
     }
 }
 
@@ -59,16 +63,22 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         edge.store.until_settled().await;
     }
 
-    if ctx.keep_pin && !ctx.tried.is_empty() {
+    if ctx.attempts.keep_pin && !ctx.attempts.tried.is_empty() {
         // An answer retried elsewhere whose pin stays (`failover.move_pin`).
-        ctx.affinity = Some(AffinityOutcome::Moved);
-        ctx.moved_reason = Some(ctx.left_because.unwrap_or(RepinReason::ErrorAnswer));
+        ctx.seen.affinity = Some(AffinityOutcome::Moved);
+        ctx.seen.moved_reason = Some(
+            ctx.attempts
+                .left_because
+                .unwrap_or(RepinReason::ErrorAnswer),
+        );
         return place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream);
     }
-    let (from, reason) = if let Some(last) = ctx.tried.last() {
+    let (from, reason) = if let Some(last) = ctx.attempts.tried.last() {
         (
             ups.get(last).map(|u| u.id.clone()),
-            ctx.left_because.unwrap_or(RepinReason::ConnectFailure),
+            ctx.attempts
+                .left_because
+                .unwrap_or(RepinReason::ConnectFailure),
         )
     } else {
         let found = match edge.store.lookup_local(id) {
@@ -85,7 +95,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             }
             None => {
                 edge.metrics.lookup_miss.inc();
-                ctx.affinity = Some(AffinityOutcome::New);
+                ctx.seen.affinity = Some(AffinityOutcome::New);
                 edge.session_created();
                 let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
                 let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
@@ -100,7 +110,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
             Some(i) => match ups.all()[i].unusable(now) {
                 None => {
                     ctx.record = Some(record);
-                    ctx.affinity = Some(AffinityOutcome::Hit);
+                    ctx.seen.affinity = Some(AffinityOutcome::Hit);
                     return Ok(i);
                 }
                 Some(reason) => reason,
@@ -119,13 +129,13 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
     // Another instance may have moved the session first: follow it if we can.
     let landed = ups
         .index_of(&record.upstream)
-        .filter(|&i| !ctx.tried.contains(i) && ups.all()[i].is_usable(now))
+        .filter(|&i| !ctx.attempts.tried.contains(i) && ups.all()[i].is_usable(now))
         .unwrap_or(index);
     if from.is_some() {
-        ctx.affinity = Some(AffinityOutcome::Moved);
-        ctx.moved_reason = Some(reason);
+        ctx.seen.affinity = Some(AffinityOutcome::Moved);
+        ctx.seen.moved_reason = Some(reason);
     } else {
-        ctx.affinity = Some(AffinityOutcome::New);
+        ctx.seen.affinity = Some(AffinityOutcome::New);
         edge.session_created();
     }
     if from.as_deref() != Some(&*ups.all()[landed].id) {

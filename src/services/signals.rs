@@ -194,7 +194,8 @@ mod tests {
     /// start), and the ticks that reload, with a 1-second debounce.
     #[test]
     fn a_change_reloads_once_it_has_stayed_for_the_debounce() {
-        let cases: &[(&str, &[(u64, &[FileStamp])], &[u64])] = &[
+        type Ticks<'a> = &'a [(u64, &'a [FileStamp])];
+        let cases: &[(&str, Ticks, &[u64])] = &[
             (
                 "nothing changes",
                 &[(0, &[stamp(1)]), (2000, &[stamp(1)])],

@@ -15,7 +15,7 @@ pub mod select;
 use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::outcome::RepinReason;
+use crate::outcome::{AffinityOutcome, RepinReason};
 use ejection::{Ejection, Verdict};
 use health::{Check, CheckConnectors, HealthState};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -158,6 +158,31 @@ impl Upstream {
         self.metrics.inflight.dec();
     }
 
+    /// A request ended on this upstream with `code` (`failed`: by its
+    /// fault, or with a 5xx), after `took`; `affinity`: what affinity did
+    /// for it, when it had a session. Counted once per request.
+    pub fn record_response(
+        &self,
+        code: u16,
+        failed: bool,
+        affinity: Option<AffinityOutcome>,
+        took: std::time::Duration,
+    ) {
+        let s = &self.stats;
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(outcome) = affinity {
+            s.keyed.fetch_add(1, Ordering::Relaxed);
+            if outcome == AffinityOutcome::Hit {
+                s.affinity_hits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.metrics.count_response(code);
+        self.metrics.duration.observe(took.as_secs_f64());
+    }
+
     /// Able to serve: healthy and not ejected (a drain is an operator's
     /// choice, not ill health).
     fn is_healthy_at(&self, now_ms: u64) -> bool {
@@ -237,12 +262,9 @@ impl UpstreamSet {
         &self.passive
     }
 
-    /// Record a connect failure or failure-coded answer of upstream `index`,
-    /// ejecting it if the threshold is reached and the cap allows.
-    pub fn record_failure(&self, index: usize) {
-        let Some(u) = self.list.get(index) else {
-            return;
-        };
+    /// Record a failure of `u` (a connect failure, a failure-coded answer,
+    /// a cut), ejecting it if the threshold is reached and the cap allows.
+    pub fn record_failure(&self, u: &Upstream) {
         let Verdict::Eject(duration) = u.ejection.record_failure(&self.passive) else {
             return;
         };
@@ -252,8 +274,7 @@ impl UpstreamSet {
             .iter()
             .filter(|u| u.ejection.is_ejected(now))
             .count();
-        let cap = self.list.len() * usize::from(self.passive.max_ejected_percent) / 100;
-        if ejected < cap {
+        if may_eject(ejected, self.list.len(), self.passive.max_ejected_percent) {
             u.ejection.eject(duration);
             u.metrics.ejections.inc();
             u.refresh_healthy_gauge();
@@ -318,4 +339,11 @@ impl UpstreamSet {
         let healthy = self.list.iter().filter(|u| u.is_healthy_at(now_ms)).count();
         healthy as f64 / self.list.len() as f64
     }
+}
+
+/// May one more of `total` upstreams be ejected, with `ejected` out
+/// already? Never past `passive.max_ejected_percent` of the fleet (rounded
+/// down), so that passive health cannot empty it.
+pub fn may_eject(ejected: usize, total: usize, max_percent: u8) -> bool {
+    ejected < total * usize::from(max_percent) / 100
 }

@@ -1,0 +1,275 @@
+//! One attempt at one relay, and the history of a request's attempts:
+//! the one place where a relay's bookkeeping for a request is done, for
+//! Pingora's path and the held path alike.
+//!
+//! An [`Attempt`] is an RAII value, like [`crate::drain::InFlight`]: it is
+//! made from a route decision ([`Attempt::begin`]) or as the one fresh
+//! retry of the same relay ([`Attempt::again`]), holds the relay's
+//! in-flight count from then until it drops, and ends in one of its verbs:
+//! - [`Attempts::fail`]: the relay failed the request, which leaves it
+//!   (passive health, and whether another relay may be tried);
+//! - [`Attempts::after_send`]: a connection failed before any answer
+//!   ([`super::retry`] decides);
+//! - [`Attempts::abandon`]: its answer is left for another relay, the pin
+//!   moving with it or not ([`pin_stays`], `failover.move_pin`);
+//! - [`Attempt::answered`]: its head came, a failure code or not;
+//! - [`Attempt::finish`]: the request ended on it, counted once by
+//!   [`Upstream::record_response`].
+//!
+//! The per-relay capacity slot (`max_inflight`) belongs here too: taken
+//! with the attempt, given back by its drop, so that no path can leak it.
+
+use super::retry;
+use crate::affinity::store::SessionRecord;
+use crate::budgets::RetryBudget;
+use crate::config::MovePin;
+use crate::metrics::Metrics;
+use crate::outcome::{AbandonReason, AffinityOutcome, RepinReason, StreamOutcome, Usage};
+use crate::state::State;
+use crate::upstream::select::Tried;
+use crate::upstream::{Upstream, UpstreamSet};
+use pingora_core::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One attempt at one relay; its drop ends the relay's in-flight count.
+pub struct Attempt {
+    upstream: Arc<Upstream>,
+    /// Its place in the generation's list (for [`Tried`]).
+    index: usize,
+    connect_started: Instant,
+    // The capacity slot of `max_inflight` will be held here.
+}
+
+impl Attempt {
+    /// The attempt a route decision chose: upstream `index` of `set`.
+    pub fn begin(set: &UpstreamSet, index: usize) -> Option<Attempt> {
+        let upstream = set.get(index)?.clone();
+        upstream.start_request();
+        Some(Attempt {
+            upstream,
+            index,
+            connect_started: Instant::now(),
+        })
+    }
+
+    /// The one retry of the same relay on a fresh connection, after a
+    /// pooled connection failed mid-request (not the relay's fault).
+    pub fn again(previous: Attempt) -> Attempt {
+        previous.upstream.start_request();
+        Attempt {
+            upstream: previous.upstream.clone(),
+            index: previous.index,
+            connect_started: Instant::now(),
+        }
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// A connection to the relay is open (`reused`: from the pool).
+    pub fn connected(&self, reused: bool) {
+        self.upstream
+            .note_connection(reused, self.connect_started.elapsed());
+    }
+
+    /// The relay's answer head came with `code`; a failure code of
+    /// `passive.failure_codes` counts against it. Is it a failure?
+    pub fn answered(&self, set: &UpstreamSet, code: u16) -> bool {
+        let failed = set.passive().failure_codes.contains(&code);
+        if failed {
+            set.record_failure(&self.upstream);
+        }
+        failed
+    }
+
+    /// The relay failed the request after its answer began (a cut, or
+    /// silence): passive health.
+    pub fn cut(&self, set: &UpstreamSet) {
+        set.record_failure(&self.upstream);
+    }
+
+    /// A stream on this relay ended with `outcome`.
+    pub fn stream(&self, outcome: StreamOutcome) {
+        self.upstream.metrics.stream(outcome);
+    }
+
+    /// The answer reported `usage`.
+    pub fn usage(&self, usage: &Usage) {
+        self.upstream.metrics.count_usage(usage);
+    }
+
+    /// The stream's first event came `after` its head.
+    pub fn first_event(&self, after: Duration) {
+        self.upstream
+            .metrics
+            .first_event
+            .observe(after.as_secs_f64());
+    }
+
+    /// The request ended on this attempt, with `code`.
+    pub fn finish(
+        self,
+        code: u16,
+        failed: bool,
+        affinity: Option<AffinityOutcome>,
+        took: Duration,
+    ) {
+        self.upstream.record_response(code, failed, affinity, took);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.upstream.end_request();
+    }
+}
+
+/// A request's attempts: the current one and what the earlier ones left.
+#[derive(Default)]
+pub struct Attempts {
+    /// The attempt under way, holding its relay's in-flight count.
+    pub current: Option<Attempt>,
+    pub tried: Tried,
+    /// Attempts made (the access log's `attempts`).
+    pub made: u32,
+    /// Why the last attempt's relay was left (the re-pin reason).
+    pub left_because: Option<RepinReason>,
+    /// The one retry on a fresh connection after a pooled one failed was used.
+    pub fresh_retried: bool,
+    /// The next attempt is that retry (same relay, fresh); read by the
+    /// held path (Pingora's path knows it by the attempt still held).
+    pub fresh_next: bool,
+    /// The current attempt's answer is being left for another relay (its
+    /// status, before the client saw any of it).
+    pub abandoning: bool,
+    /// An answer of this request was left for another relay.
+    pub answer_retried: bool,
+    /// The next attempt goes elsewhere without moving the session's pin
+    /// (`failover.move_pin`).
+    pub keep_pin: bool,
+}
+
+impl Attempts {
+    /// Begin the attempt a route decision chose.
+    pub fn begin(&mut self, set: &UpstreamSet, index: usize) -> Option<&Attempt> {
+        let attempt = Attempt::begin(set, index)?;
+        self.tried.add(index);
+        Some(self.current.insert(attempt))
+    }
+
+    /// The current relay failed the request, which leaves it (`because`):
+    /// count the failure; may another relay be tried?
+    pub fn fail(&mut self, state: &State, because: RepinReason, metrics: &Metrics) -> bool {
+        if let Some(attempt) = self.current.take() {
+            attempt
+                .upstream
+                .stats
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.upstreams.record_failure(&attempt.upstream);
+        }
+        self.left_because = Some(because);
+        let may_retry = may_retry(
+            &self.tried,
+            state.config.max_retries,
+            state.upstreams.all().len(),
+        );
+        if may_retry {
+            metrics.retries.inc();
+        }
+        may_retry
+    }
+
+    /// After `e` on an established connection, before any answer: retry,
+    /// as [`retry::after_send`] decides? Once on a fresh connection to the
+    /// same relay (`fresh_next`), or elsewhere (the relay is left).
+    pub fn after_send(
+        &mut self,
+        state: &State,
+        e: &Error,
+        facts: retry::Attempt,
+        metrics: &Metrics,
+    ) -> bool {
+        match retry::after_send(e, facts) {
+            retry::AfterSend::Fail => false,
+            retry::AfterSend::SameUpstreamFresh => {
+                self.fresh_retried = true;
+                self.fresh_next = true;
+                self.left_because = Some(RepinReason::ConnectionLost);
+                metrics.retries.inc();
+                true
+            }
+            retry::AfterSend::Elsewhere => self.fail(state, RepinReason::ConnectionLost, metrics),
+        }
+    }
+
+    /// May the current attempt's answer (not yet sent) be left for another
+    /// relay? The request must be `replayable`, within
+    /// `failover.max_retries`, with another usable relay, and within the
+    /// retry budget (taken here).
+    pub fn may_abandon(
+        &self,
+        replayable: bool,
+        state: &State,
+        budget: &RetryBudget,
+        metrics: &Metrics,
+        now: u64,
+    ) -> bool {
+        if !replayable
+            || self.tried.len() > state.config.max_retries
+            || crate::upstream::select::least_loaded(&state.upstreams, &self.tried, now).is_none()
+        {
+            return false;
+        }
+        let f = &state.config.failover;
+        if budget.try_retry(now, f.retry_budget, f.retry_budget_min) {
+            true
+        } else {
+            metrics.retry_budget_exhausted.inc();
+            false
+        }
+    }
+
+    /// Leave the current attempt's answer for another relay: count it
+    /// (`reason`), decide whether the session's pin (`record`) moves with
+    /// it, and feed passive health.
+    pub fn abandon(
+        &mut self,
+        state: &State,
+        record: Option<&SessionRecord>,
+        reason: AbandonReason,
+        metrics: &Metrics,
+    ) {
+        if let Some(attempt) = &self.current {
+            let u = &attempt.upstream;
+            u.metrics.abandoned(reason);
+            // Only a failure of the pinned relay counts towards moving it.
+            let pinned = record.filter(|r| r.upstream == u.id);
+            self.keep_pin = pin_stays(state.config.failover.move_pin, pinned, self.keep_pin);
+        }
+        self.abandoning = true;
+        self.answer_retried = true;
+        self.fail(state, RepinReason::ErrorAnswer, metrics);
+    }
+}
+
+/// After a failure, may another relay be tried? Within
+/// `failover.max_retries`, and while an untried relay is left.
+fn may_retry(tried: &Tried, max_retries: usize, relays: usize) -> bool {
+    tried.len() <= max_retries && tried.len() < relays
+}
+
+/// An answer of the session's relay was left: does the pin stay where it
+/// is (`failover.move_pin`)? `pinned`: the session's record, when the
+/// relay left is the pinned one (each call counts one more failed answer
+/// in a row); `before`: what was decided so far.
+pub fn pin_stays(move_pin: MovePin, pinned: Option<&SessionRecord>, before: bool) -> bool {
+    match (move_pin, pinned) {
+        (_, None) => before,
+        (MovePin::Never, _) => true,
+        (MovePin::AtOnce, _) => false,
+        (MovePin::AfterFailures(n), Some(r)) => r.failed_answer() < n,
+    }
+}
