@@ -8,7 +8,7 @@
 //! the generation they started with. Settings that only a restart or a
 //! graceful upgrade can change are reported, and everything else applies.
 
-use crate::config::{self, AdminSpec, AffinitySpec, Config, ServerSpec};
+use crate::config::{self, AdminSpec, AffinitySpec, Config, ServerSpec, UpstreamSpec};
 use crate::state::{Edge, LastReload, ReloadReport, State};
 use crate::upstream::Upstream;
 use pingora_load_balancing::health_check::HealthCheck;
@@ -118,6 +118,29 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     differed
 }
 
+/// What a reload does with one upstream of the new file.
+#[derive(Debug, PartialEq, Eq)]
+enum Carry {
+    /// Carried over as it is: health, ejection, drain, counters and pooled
+    /// connections.
+    Whole,
+    /// Rebuilt with a new peer, keeping its health verdict and drain flag.
+    Changed,
+    /// New: health-checked once before it takes traffic.
+    Added,
+}
+
+/// How the upstream `spec` of the new file is built, given its spec in the
+/// running generation (`before`) and whether the timeouts and health
+/// settings that shape every peer stayed the same.
+fn carry(before: Option<&UpstreamSpec>, spec: &UpstreamSpec, unchanged_settings: bool) -> Carry {
+    match before {
+        Some(b) if b == spec && unchanged_settings => Carry::Whole,
+        Some(_) => Carry::Changed,
+        None => Carry::Added,
+    }
+}
+
 impl Edge {
     /// Reload the config file; on error nothing changes and every problem
     /// is returned as a `path: message` line.
@@ -213,9 +236,13 @@ impl Edge {
         let mut fresh = Vec::new();
         let mut upstreams = Vec::new();
         for spec in &config.upstreams {
-            match previous.get(spec.id.as_str()) {
-                Some(u) if u.spec == *spec && unchanged_settings => upstreams.push((*u).clone()),
-                Some(u) => {
+            let before = previous.get(spec.id.as_str());
+            match (
+                carry(before.map(|u| &u.spec), spec, unchanged_settings),
+                before,
+            ) {
+                (Carry::Whole, Some(u)) => upstreams.push((*u).clone()),
+                (Carry::Changed, Some(u)) => {
                     changed.push(spec.id.clone());
                     let next = Upstream::new(
                         spec.clone(),
@@ -227,7 +254,7 @@ impl Edge {
                     next.carry_over(u);
                     upstreams.push(Arc::new(next));
                 }
-                None => {
+                _ => {
                     added.push(spec.id.clone());
                     let next = Arc::new(Upstream::new(
                         spec.clone(),
@@ -292,6 +319,124 @@ impl Edge {
                 .tls_certificate_expiry
                 .with_label_values(&[&l.addr])
                 .set(l.current().not_after);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen: [{addr: 127.0.0.1:8080}]\n\
+        upstreams: [{id: a, addr: 127.0.0.1:9001}, {id: b, addr: 127.0.0.1:9002}]\n";
+
+    fn config(extra: &str) -> Config {
+        config::parse(&format!("{BASE}{extra}")).expect("a valid config")
+    }
+
+    /// Each case: the running config's extra lines, the new file's, and
+    /// the settings reported as needing an upgrade. Every one of those is
+    /// kept as it runs; everything else applies.
+    #[test]
+    fn restart_only_settings_are_kept_and_reported_and_the_rest_applies() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("", "", &[]),
+            ("", "affinity: {ttl: 5m}\nfailover: {max_retries: 3}\n", &[]),
+            (
+                "",
+                "server: {threads: 7, log_level: debug, drain_quiet: 3s}\n",
+                &["server.threads"],
+            ),
+            ("", "admin: {listen: 127.0.0.1:9901}\n", &["admin.listen"]),
+            (
+                "",
+                "affinity: {max_sessions: 12}\n",
+                &["affinity.max_sessions"],
+            ),
+            (
+                "",
+                "access_log: {path: /tmp/other.log, sample: 0.5}\n",
+                &["access_log.path"],
+            ),
+            ("", "access_log: {buffer: 17}\n", &["access_log.buffer"]),
+            (
+                "",
+                "redis: {url: redis://127.0.0.1:6379/0}\n",
+                &["redis (adding or removing it)"],
+            ),
+            (
+                "redis: {url: redis://127.0.0.1:6379/0}\n",
+                "",
+                &["redis (adding or removing it)"],
+            ),
+            (
+                "redis: {url: redis://127.0.0.1:6379/0}\n",
+                "redis: {url: redis://127.0.0.1:6379/0, local_cache_size: 9}\n",
+                &["redis.local_cache_size"],
+            ),
+            (
+                "redis: {url: redis://127.0.0.1:6379/0}\n",
+                "redis: {url: redis://127.0.0.1:6380/1, prefix: other}\n",
+                &[],
+            ),
+            (
+                "",
+                "server: {pool_size: 3, grace_period: 9s, thread_model: pingora}\n",
+                &[
+                    "server.thread_model",
+                    "server.pool_size",
+                    "server.grace_period",
+                ],
+            ),
+        ];
+        for (running, file, want) in cases {
+            let old = config(running);
+            let mut new = config(file);
+            let as_written = new.clone();
+            let differed = keep_restart_only(&old, &mut new);
+            assert_eq!(differed, *want, "{file:?} over {running:?}");
+            // What was kept is as it runs; a second pass finds nothing.
+            assert!(
+                keep_restart_only(&old, &mut new.clone()).is_empty(),
+                "{file:?}"
+            );
+            // What applies is as written.
+            assert_eq!(new.affinity.ttl, as_written.affinity.ttl, "{file:?}");
+            assert_eq!(new.max_retries, as_written.max_retries, "{file:?}");
+            assert_eq!(
+                new.server.log_level, as_written.server.log_level,
+                "{file:?}"
+            );
+            assert_eq!(
+                new.access_log.sample, as_written.access_log.sample,
+                "{file:?}"
+            );
+            if let (Some(_), Some(written)) = (&old.redis, &as_written.redis) {
+                let kept = new.redis.as_ref().map(|r| &r.prefix);
+                assert_eq!(kept, Some(&written.prefix), "{file:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_upstream_is_carried_whole_only_when_nothing_that_shapes_it_changed() {
+        let old = config("");
+        let a = &old.upstreams[0];
+        let mut weighted = a.clone();
+        weighted.weight += 1;
+        let cases = [
+            (Some(a), a, true, Carry::Whole),
+            (Some(a), a, false, Carry::Changed),
+            (Some(a), &weighted, true, Carry::Changed),
+            (None, a, true, Carry::Added),
+            (None, a, false, Carry::Added),
+        ];
+        for (before, spec, unchanged, want) in cases {
+            assert_eq!(
+                carry(before, spec, unchanged),
+                want,
+                "{before:?} -> {spec:?} {unchanged}"
+            );
         }
     }
 }

@@ -273,3 +273,158 @@ pub fn pin_stays(move_pin: MovePin, pinned: Option<&SessionRecord>, before: bool
         (MovePin::AfterFailures(n), Some(r)) => r.failed_answer() < n,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn state(extra: &str) -> State {
+        let text = format!(
+            "listen: [{{addr: 127.0.0.1:8080}}]\n\
+             upstreams: [{{id: a, addr: 127.0.0.1:9001}}, {{id: b, addr: 127.0.0.1:9002}}, {{id: c, addr: 127.0.0.1:9003}}]\n\
+             {extra}"
+        );
+        State::build(
+            crate::config::parse(&text).expect("a valid config"),
+            &Metrics::new(),
+            1,
+        )
+    }
+
+    fn inflight(state: &State, i: usize) -> i64 {
+        state.upstreams.all()[i]
+            .stats
+            .inflight
+            .load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn an_attempt_holds_its_relays_in_flight_count_until_it_drops() {
+        let state = state("");
+        let metrics = Metrics::new();
+        let mut attempts = Attempts::default();
+        assert!(
+            attempts.begin(&state.upstreams, 7).is_none(),
+            "no such relay"
+        );
+        assert!(attempts.tried.is_empty());
+        attempts.begin(&state.upstreams, 1).expect("relay b");
+        assert_eq!(inflight(&state, 1), 1);
+        // The fresh retry of the same relay: still one.
+        let again = Attempt::again(attempts.current.take().expect("an attempt"));
+        assert_eq!(inflight(&state, 1), 1);
+        attempts.current = Some(again);
+        // A failure leaves the relay: its count ends, its error is counted.
+        assert!(attempts.fail(&state, RepinReason::ConnectFailure, &metrics));
+        assert_eq!(inflight(&state, 1), 0);
+        let b = &state.upstreams.all()[1];
+        assert_eq!(b.stats.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(attempts.left_because, Some(RepinReason::ConnectFailure));
+        assert_eq!(metrics.retries.get(), 1);
+        // A request that ends on an attempt counts once, then lets go.
+        attempts.begin(&state.upstreams, 2).expect("relay c");
+        let c = attempts.current.take().expect("an attempt");
+        c.finish(
+            200,
+            false,
+            Some(AffinityOutcome::Hit),
+            Duration::from_millis(3),
+        );
+        let c = &state.upstreams.all()[2];
+        assert_eq!(inflight(&state, 2), 0);
+        let s = &c.stats;
+        let counted =
+            [&s.requests, &s.errors, &s.keyed, &s.affinity_hits].map(|n| n.load(Ordering::Relaxed));
+        assert_eq!(counted, [1, 0, 1, 1]);
+        // Dropped without a verb (the request's context went away): no leak.
+        attempts.begin(&state.upstreams, 0).expect("relay a");
+        drop(attempts);
+        assert_eq!(inflight(&state, 0), 0);
+    }
+
+    /// Each case: relays tried, `failover.max_retries`, relays in all, and
+    /// whether another may be tried.
+    #[test]
+    fn another_relay_is_tried_within_the_retries_and_while_one_is_untried() {
+        let cases = [
+            (1, 2, 3, true),
+            (2, 2, 3, true),
+            (3, 2, 3, false),
+            (3, 5, 3, false),
+            (1, 0, 3, false),
+            (1, 1, 1, false),
+            (0, 0, 0, false),
+        ];
+        for (n, max_retries, relays, want) in cases {
+            let mut tried = Tried::default();
+            (0..n).for_each(|i| tried.add(i));
+            assert_eq!(
+                may_retry(&tried, max_retries, relays),
+                want,
+                "{n} tried of {relays}, {max_retries} retries"
+            );
+        }
+    }
+
+    /// The `failover.move_pin` matrix. Each case: the mode, the failed
+    /// answers in a row the session had before (none: the relay left is
+    /// not its pinned one), what was decided before, and whether the pin stays.
+    #[test]
+    fn the_pin_stays_as_move_pin_says() {
+        let cases = [
+            (MovePin::Never, None, false, false),
+            (MovePin::Never, None, true, true),
+            (MovePin::Never, Some(0), false, true),
+            (MovePin::Never, Some(9), false, true),
+            (MovePin::AtOnce, None, true, true),
+            (MovePin::AtOnce, Some(0), true, false),
+            (MovePin::AfterFailures(2), None, false, false),
+            (MovePin::AfterFailures(2), Some(0), false, true),
+            (MovePin::AfterFailures(2), Some(1), true, false),
+            (MovePin::AfterFailures(1), Some(0), true, false),
+            (MovePin::AfterFailures(0), Some(0), true, false),
+        ];
+        for (mode, failures, before, want) in cases {
+            let record = SessionRecord::new("a".into(), 0, 0, 0);
+            (0..failures.unwrap_or(0)).for_each(|_| {
+                record.failed_answer();
+            });
+            let pinned = failures.map(|_| &record);
+            assert_eq!(
+                pin_stays(mode, pinned, before),
+                want,
+                "{mode:?} {failures:?} {before}"
+            );
+        }
+    }
+
+    /// Abandoning an answer: counted on its relay by reason, the relay
+    /// left (an error answer), and the pin decided only when the relay was
+    /// the session's own.
+    #[test]
+    fn an_abandoned_answer_leaves_its_relay_and_moves_the_pin_only_if_pinned_there() {
+        let cases = [
+            ("move_pin: at_once", "a", false),
+            ("move_pin: at_once", "b", true),
+            ("move_pin: never", "a", true),
+            ("move_pin: after_failures\n  move_pin_after: 2", "a", true),
+        ];
+        for (mode, pinned_to, keep_pin) in cases {
+            let state = state(&format!("failover:\n  {mode}\n"));
+            let metrics = Metrics::new();
+            let record = SessionRecord::new(pinned_to.into(), 0, 0, 0);
+            let mut attempts = Attempts {
+                keep_pin: true,
+                ..Attempts::default()
+            };
+            attempts.begin(&state.upstreams, 0).expect("relay a");
+            attempts.abandon(&state, Some(&record), AbandonReason::Status, &metrics);
+            assert_eq!(attempts.keep_pin, keep_pin, "{mode}, pinned to {pinned_to}");
+            assert!(attempts.abandoning && attempts.answer_retried, "{mode}");
+            assert_eq!(attempts.left_because, Some(RepinReason::ErrorAnswer));
+            assert!(attempts.current.is_none());
+            assert_eq!(inflight(&state, 0), 0);
+        }
+    }
+}

@@ -138,3 +138,90 @@ pub async fn respond(session: &mut Session, e: &Error) -> FailToProxy {
         can_reuse_downstream: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ErrorSource::{Downstream as Client, Internal, Upstream as Relay};
+    use ErrorType::*;
+
+    fn error(source: ErrorSource, etype: ErrorType) -> Box<Error> {
+        let mut e = Error::new(etype);
+        e.esource = source;
+        e
+    }
+
+    /// Each error: the status the client gets, why (the failure cause,
+    /// before and after the response head went out), and whether it was
+    /// the client's doing.
+    #[test]
+    fn each_error_has_its_status_cause_and_client_reason() {
+        use ClientError as C;
+        use FailureCause as F;
+        #[rustfmt::skip]
+        let cases: &[(ErrorSource, ErrorType, u16, Option<F>, Option<F>, Option<C>)] = &[
+            // The client went away: nothing to send, nothing to blame.
+            (Client, ConnectionClosed, 0, None, None, Some(C::ClosedEarly)),
+            (Client, ReadError, 0, None, None, Some(C::ClosedEarly)),
+            (Client, WriteError, 0, None, None, Some(C::ClosedEarly)),
+            // The client was too slow, or sent what cannot be served.
+            (Client, ReadTimedout, 408, Some(F::BadRequest), Some(F::BadRequest), Some(C::BodyTimeout)),
+            (Client, HTTPStatus(408), 408, Some(F::BadRequest), Some(F::BadRequest), Some(C::BodyTooSlow)),
+            (Client, InvalidHTTPHeader, 400, Some(F::BadRequest), Some(F::BadRequest), Some(C::Malformed)),
+            (Client, HTTPStatus(400), 400, Some(F::BadRequest), Some(F::BadRequest), Some(C::Malformed)),
+            // No relay could take it.
+            (Relay, HTTPStatus(503), 503, Some(F::NoUpstream), Some(F::NoUpstream), None),
+            (Internal, HTTPStatus(503), 503, Some(F::NoUpstream), Some(F::NoUpstream), None),
+            // The relay failed: before its head, by kind; after it, a cut.
+            (Relay, ConnectRefused, 502, Some(F::Connect), Some(F::Cut), None),
+            (Relay, ConnectTimedout, 504, Some(F::Connect), Some(F::Cut), None),
+            (Relay, TLSHandshakeFailure, 502, Some(F::Connect), Some(F::Cut), None),
+            (Relay, ReadTimedout, 504, Some(F::Timeout), Some(F::Cut), None),
+            (Relay, WriteTimedout, 504, Some(F::Timeout), Some(F::Cut), None),
+            (Relay, ConnectionClosed, 502, Some(F::ConnectionLost), Some(F::Cut), None),
+            (Relay, ReadError, 502, Some(F::ConnectionLost), Some(F::Cut), None),
+            (Relay, InvalidHTTPHeader, 502, Some(F::BadUpstreamResponse), Some(F::Cut), None),
+            (Relay, HTTPStatus(529), 529, Some(F::BadUpstreamResponse), Some(F::Cut), None),
+            // Our own fault.
+            (Internal, InternalError, 500, Some(F::Internal), Some(F::Internal), None),
+            (ErrorSource::Unset, UnknownError, 500, Some(F::Internal), Some(F::Internal), None),
+        ];
+        for (source, etype, status, before, after, client) in cases {
+            let e = error(source.clone(), etype.clone());
+            let case = format!("{source:?} {etype:?}");
+            assert_eq!(status_for(&e), *status, "status of {case}");
+            assert_eq!(cause(&e, false), *before, "cause of {case} before the head");
+            assert_eq!(cause(&e, true), *after, "cause of {case} after the head");
+            assert_eq!(client_error(&e), *client, "client part of {case}");
+        }
+    }
+
+    /// Every status the edge sends has an Anthropic error body whose type
+    /// the SDKs retry or report as the right kind.
+    #[test]
+    fn each_status_has_an_anthropic_error_body() {
+        let cases = [
+            (400, "invalid_request_error"),
+            (408, "invalid_request_error"),
+            (414, "invalid_request_error"),
+            (431, "invalid_request_error"),
+            (502, "api_error"),
+            (503, "overloaded_error"),
+            (504, "api_error"),
+            (500, "api_error"),
+            (418, "api_error"),
+        ];
+        for (code, kind) in cases {
+            let body: serde_json::Value =
+                serde_json::from_str(&body_for(code)).expect("the body is JSON");
+            assert_eq!(body["type"], "error", "{code}");
+            assert_eq!(body["error"]["type"], kind, "{code}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("relay-edge: ")),
+                "{code}"
+            );
+        }
+    }
+}

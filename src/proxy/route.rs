@@ -151,3 +151,208 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
     ctx.record = Some(record);
     Ok(landed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::RepinReason as R;
+    use crate::proxy::RequestCtx;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// What a case does to the fleet (a, b, c) and to the request before it
+    /// is routed.
+    #[derive(Clone, Copy, Debug)]
+    enum Before {
+        Nothing,
+        Pinned(usize),
+        PinnedTo(&'static str),
+        Draining(usize),
+        Ejected(usize),
+        Unhealthy(usize),
+        /// The session's first attempt went to its relay and failed.
+        Failed(usize, R),
+        /// As `Failed`, with the pin kept (`failover.move_pin`).
+        FailedKeepingPin(usize),
+    }
+
+    struct Want {
+        to: Option<&'static str>,
+        outcome: Option<AffinityOutcome>,
+        moved: Option<R>,
+        pinned: Option<&'static str>,
+    }
+
+    fn edge() -> Arc<Edge> {
+        Edge::new(
+            crate::config::parse(
+                "listen: [{addr: 127.0.0.1:8080}]\n\
+                 upstreams: [{id: a, addr: 127.0.0.1:9001}, {id: b, addr: 127.0.0.1:9002}, {id: c, addr: 127.0.0.1:9003}]\n\
+                 affinity: {balance: consistent}\n",
+            )
+            .expect("a valid config"),
+        )
+    }
+
+    /// Each case: the session (or none), what came before, and where the
+    /// request goes, what affinity did, why it moved, and the pin after.
+    #[test]
+    fn each_request_goes_where_its_pin_and_the_fleet_say() {
+        use AffinityOutcome::{Hit, Moved, New};
+        use Before::*;
+        let w = |to, outcome, moved, pinned| Want {
+            to,
+            outcome,
+            moved,
+            pinned,
+        };
+        let cases: Vec<(&str, bool, Before, Want)> = vec![
+            (
+                "no session: any relay, no pin",
+                false,
+                Nothing,
+                w(None, None, None, None),
+            ),
+            (
+                "a new session is placed and pinned",
+                true,
+                Nothing,
+                w(None, Some(New), None, Some("*")),
+            ),
+            (
+                "a pinned session stays",
+                true,
+                Pinned(1),
+                w(Some("b"), Some(Hit), None, Some("b")),
+            ),
+            (
+                "off a draining relay",
+                true,
+                Draining(1),
+                w(None, Some(Moved), Some(R::Draining), Some("*")),
+            ),
+            (
+                "off an ejected relay",
+                true,
+                Ejected(1),
+                w(None, Some(Moved), Some(R::Ejected), Some("*")),
+            ),
+            (
+                "off an unhealthy relay",
+                true,
+                Unhealthy(1),
+                w(None, Some(Moved), Some(R::Unhealthy), Some("*")),
+            ),
+            (
+                "off a relay no longer configured",
+                true,
+                PinnedTo("gone"),
+                w(None, Some(Moved), Some(R::Removed), Some("*")),
+            ),
+            (
+                "after its relay failed",
+                true,
+                Failed(1, R::ConnectFailure),
+                w(None, Some(Moved), Some(R::ConnectFailure), Some("*")),
+            ),
+            (
+                "after its relay's answer was left, pin kept",
+                true,
+                FailedKeepingPin(1),
+                w(None, Some(Moved), Some(R::ErrorAnswer), Some("b")),
+            ),
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        for (name, keyed, before, want) in cases {
+            let edge = edge();
+            let state = edge.state();
+            let ups = state.upstreams.all();
+            let id = SessionId(42);
+            let mut ctx = RequestCtx::new(&edge);
+            ctx.session = keyed.then_some(id);
+            let pin = |to: &str| runtime.block_on(edge.store.claim(id, to.into()));
+            let now = crate::clock::now_ms();
+            let mut avoid = None;
+            match before {
+                Nothing => {}
+                Pinned(i) => drop(pin(&ups[i].id)),
+                PinnedTo(id) => drop(pin(id)),
+                Draining(i) => {
+                    pin(&ups[i].id);
+                    ups[i].set_draining(true);
+                    avoid = Some(i);
+                }
+                Ejected(i) => {
+                    pin(&ups[i].id);
+                    ups[i].ejection.eject(Duration::from_secs(60));
+                    avoid = Some(i);
+                }
+                Unhealthy(i) => {
+                    pin(&ups[i].id);
+                    ups[i].health.set(false);
+                    avoid = Some(i);
+                }
+                Failed(i, why) => {
+                    ctx.record = Some(pin(&ups[i].id));
+                    ctx.attempts.tried.add(i);
+                    ctx.attempts.left_because = Some(why);
+                    avoid = Some(i);
+                }
+                FailedKeepingPin(i) => {
+                    ctx.record = Some(pin(&ups[i].id));
+                    ctx.attempts.tried.add(i);
+                    ctx.attempts.keep_pin = true;
+                    avoid = Some(i);
+                }
+            }
+            let chose = runtime.block_on(choose(&edge, &state, &mut ctx, now));
+            let Ok(index) = chose else {
+                panic!("{name}: no relay");
+            };
+            let to = &ups[index].id;
+            if let Some(want_to) = want.to {
+                assert_eq!(&**to, want_to, "{name}: the relay");
+            }
+            assert_ne!(Some(index), avoid, "{name}: the relay it had to leave");
+            assert_eq!(ctx.seen.affinity, want.outcome, "{name}: the outcome");
+            assert_eq!(ctx.seen.moved_reason, want.moved, "{name}: why it moved");
+            let pinned = edge.store.lookup_local(id).map(|r| r.upstream.to_string());
+            match want.pinned {
+                None => assert_eq!(pinned, None, "{name}: no pin"),
+                // Pinned where it went.
+                Some("*") => assert_eq!(pinned.as_deref(), Some(&**to), "{name}: the pin"),
+                Some(p) => assert_eq!(pinned.as_deref(), Some(p), "{name}: the pin"),
+            }
+            assert_eq!(
+                ctx.record.as_ref().map(|r| r.upstream.to_string()),
+                pinned,
+                "{name}: the request's record is the pin"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fleet_with_no_usable_relay_gets_no_upstream() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        for keyed in [false, true] {
+            let edge = edge();
+            let state = edge.state();
+            state
+                .upstreams
+                .all()
+                .iter()
+                .for_each(|u| u.health.set(false));
+            let mut ctx = RequestCtx::new(&edge);
+            ctx.session = keyed.then_some(SessionId(7));
+            let chose = runtime.block_on(choose(&edge, &state, &mut ctx, crate::clock::now_ms()));
+            let e = chose.expect_err("no relay can take it");
+            assert_eq!(e.etype(), &ErrorType::HTTPStatus(503), "keyed: {keyed}");
+        }
+    }
+}

@@ -347,3 +347,35 @@ impl UpstreamSet {
 pub fn may_eject(ejected: usize, total: usize, max_percent: u8) -> bool {
     ejected < total * usize::from(max_percent) / 100
 }
+
+#[cfg(test)]
+mod cap_tests {
+    use super::may_eject;
+
+    /// Each case: ejected already, upstreams in all, the cap in percent,
+    /// and whether one more may go.
+    #[test]
+    fn ejection_never_takes_more_than_the_cap_of_the_fleet() {
+        let cases = [
+            (0, 10, 50, true),
+            (4, 10, 50, true),
+            (5, 10, 50, false),
+            (0, 3, 50, true),
+            (1, 3, 50, false),
+            (0, 1, 50, false),
+            (0, 1, 100, true),
+            (1, 1, 100, false),
+            (0, 10, 0, false),
+            (9, 10, 100, true),
+            (10, 10, 100, false),
+            (0, 0, 100, false),
+        ];
+        for (ejected, total, percent, want) in cases {
+            assert_eq!(
+                may_eject(ejected, total, percent),
+                want,
+                "{ejected} of {total} at {percent}%"
+            );
+        }
+    }
+}

@@ -1,8 +1,13 @@
 //! Every Prometheus metric relay-edge exports, in one struct, in base units.
 //!
 //! The request path never looks a label set up: per-upstream handles are
-//! resolved once when an upstream is built ([`UpstreamMetrics`]), and the
-//! common status codes of `relay_edge_requests_total` are resolved with them.
+//! resolved once when an upstream is built ([`UpstreamMetrics`], in
+//! [`upstream`]), and the common status codes of `relay_edge_requests_total`
+//! are resolved with them. The words of the labels are [`crate::outcome`]'s.
+
+mod upstream;
+
+pub use upstream::{TokenKind, UpstreamMetrics};
 
 use crate::outcome::{
     AbandonReason, AffinityOutcome, ClientError, FailureCause, RepinReason, StreamOutcome,
@@ -586,72 +591,6 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-/// The `kind` labels of `relay_edge_tokens_total`, in [`Usage`] order.
-pub struct TokenKind;
-
-impl TokenKind {
-    pub const ALL: [&'static str; 4] = [
-        "input",
-        "cache_read_input",
-        "cache_creation_input",
-        "output",
-    ];
-}
-
-/// One upstream's pre-resolved metric handles.
-pub struct UpstreamMetrics {
-    pub healthy: IntGauge,
-    pub inflight: IntGauge,
-    pub sessions: IntGauge,
-    pub duration: Histogram,
-    pub ejections: IntCounter,
-    codes: [(u16, IntCounter); COMMON_CODES.len()],
-    requests: IntCounterVec,
-    id: String,
-    /// Time from a stream's head to its first event.
-    pub first_event: Histogram,
-    /// Time to open a new connection.
-    pub connect: Histogram,
-    streams: [IntCounter; StreamOutcome::ALL.len()],
-    tokens: [IntCounter; 4],
-    abandoned: [IntCounter; AbandonReason::ALL.len()],
-}
-
-impl UpstreamMetrics {
-    /// Count an answered attempt left for another upstream.
-    pub fn abandoned(&self, reason: AbandonReason) {
-        self.abandoned[reason as usize].inc();
-    }
-
-    /// Count one stream's end.
-    pub fn stream(&self, outcome: StreamOutcome) {
-        self.streams[outcome as usize].inc();
-    }
-
-    /// Count the tokens an answer reported.
-    pub fn count_usage(&self, u: &crate::outcome::Usage) {
-        for (counter, n) in
-            self.tokens
-                .iter()
-                .zip([u.input, u.cache_read, u.cache_creation, u.output])
-        {
-            if n > 0 {
-                counter.inc_by(n);
-            }
-        }
-    }
-
-    pub fn count_response(&self, code: u16) {
-        match self.codes.iter().find(|(c, _)| *c == code) {
-            Some((_, counter)) => counter.inc(),
-            None => self
-                .requests
-                .with_label_values(&[&self.id, &code.to_string()])
-                .inc(),
-        }
     }
 }
 
