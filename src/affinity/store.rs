@@ -10,13 +10,14 @@
 //! Redis store puts one in front of the shared table.
 
 use super::SessionId;
+use crate::clock::unix_ms;
 use async_trait::async_trait;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{Lifecycle, OptionsBuilder, UnitWeighter};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A duration that a reload can change while the table is in use.
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     pub(crate) fn new(upstream: Arc<str>, created_ms: u64, requests: u64, errors: u64) -> Self {
-        let now = now_ms();
+        let now = unix_ms();
         SessionRecord {
             upstream,
             created_ms,
@@ -106,7 +107,7 @@ impl SessionRecord {
     pub fn needs_renewal(&self, every_ms: u64) -> bool {
         let renewed = self.renewed_ms.load(Ordering::Relaxed);
         self.last_seen_ms.load(Ordering::Relaxed) > renewed
-            && now_ms().saturating_sub(renewed) >= every_ms
+            && unix_ms().saturating_sub(renewed) >= every_ms
     }
 
     pub fn last_seen_ms(&self) -> u64 {
@@ -123,13 +124,13 @@ impl SessionRecord {
     }
 
     pub fn mark_renewed(&self) {
-        self.renewed_ms.store(now_ms(), Ordering::Relaxed);
+        self.renewed_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     /// The shared table holds this pin as of `ticket` (see [`LocalStore::ticket`]).
     fn confirm(&self, ticket: u64) {
         self.confirmed_at.store(ticket, Ordering::Relaxed);
-        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+        self.confirmed_ms.store(unix_ms(), Ordering::Relaxed);
     }
 }
 
@@ -232,12 +233,6 @@ pub trait SessionStore: Send + Sync {
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "configured": false, "mode": "in-process table" })
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Sessions per upstream, kept in step with inserts and removals.
@@ -351,7 +346,7 @@ impl LocalStore {
             span: refresh.map_or_else(|| ttl.clone(), LiveDuration::new),
             ttl,
             sliding: refresh.is_none(),
-            swept_ms: AtomicU64::new(now_ms()),
+            swept_ms: AtomicU64::new(unix_ms()),
             ticket: AtomicU64::new(1),
             floor: AtomicU64::new(1),
             durations: std::sync::OnceLock::new(),
@@ -445,7 +440,7 @@ impl LocalStore {
     /// Remove expired entries, at most every `span / 8` (and 30 s), so
     /// that counts and lengths drop as sessions expire.
     fn sweep_if_due(&self) {
-        let now = now_ms();
+        let now = unix_ms();
         let every = (self.span.get().as_millis() as u64 / 8).clamp(1, 30_000);
         let last = self.swept_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < every
@@ -474,7 +469,7 @@ impl LocalStore {
         id: u128,
         decide: impl FnOnce(Option<&Arc<SessionRecord>>) -> Option<Arc<SessionRecord>>,
     ) -> Option<Arc<SessionRecord>> {
-        let now = now_ms();
+        let now = unix_ms();
         let mut decide = Some(decide);
         let mut replaced = None;
         let result = self.table.entry(&id, None, |_, current| {
@@ -531,7 +526,7 @@ impl LocalStore {
         ticket: u64,
     ) -> Arc<SessionRecord> {
         if let Some(r) = self.table.get(&id.0) {
-            if r.upstream == upstream && r.created_ms == created_ms && !self.gone(&r, now_ms()) {
+            if r.upstream == upstream && r.created_ms == created_ms && !self.gone(&r, unix_ms()) {
                 self.confirm(&r, ticket);
                 return r;
             }
@@ -570,7 +565,7 @@ impl LocalStore {
     /// gone: for when the shared table cannot answer.
     pub fn stale(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
         let r = self.table.get(&id.0)?;
-        let now = now_ms();
+        let now = unix_ms();
         if self.gone(&r, now) {
             return None;
         }
@@ -597,7 +592,7 @@ impl LocalStore {
     /// Take over sessions a previous process handed over, keeping their
     /// ages; sessions gone since, or unreadable, are skipped. How many.
     pub fn import(&self, sessions: Vec<HandedSession>) -> usize {
-        let now = now_ms();
+        let now = unix_ms();
         let ttl = self.ttl.get().as_millis() as u64;
         let mut taken = 0;
         for h in sessions {
@@ -618,7 +613,7 @@ impl LocalStore {
 
     /// Every cached session that is not gone (a front cache's stale ones too).
     pub fn records(&self) -> Vec<(SessionId, Arc<SessionRecord>)> {
-        let now = now_ms();
+        let now = unix_ms();
         self.table
             .iter()
             .filter(|(_, v)| !self.gone(v, now) && (!self.sliding || !self.expired(v, now)))
@@ -628,7 +623,7 @@ impl LocalStore {
 
     fn info(&self, id: u128, r: &SessionRecord) -> SessionInfo {
         let last = r.last_seen_ms.load(Ordering::Relaxed);
-        let idle = Duration::from_millis(now_ms().saturating_sub(last));
+        let idle = Duration::from_millis(unix_ms().saturating_sub(last));
         SessionInfo {
             id: SessionId(id).to_hex(),
             upstream: r.upstream.to_string(),
@@ -649,7 +644,7 @@ impl LocalStore {
 impl SessionStore for LocalStore {
     fn lookup_local(&self, id: SessionId) -> Option<Arc<SessionRecord>> {
         let r = self.table.get(&id.0)?;
-        let now = now_ms();
+        let now = unix_ms();
         if self.gone(&r, now) || (self.sliding && self.expired(&r, now)) {
             self.remove_exact(id.0, &r);
             return None;
@@ -670,7 +665,7 @@ impl SessionStore for LocalStore {
     }
 
     async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        let fresh = || Arc::new(SessionRecord::new(upstream.clone(), now_ms(), 0, 0));
+        let fresh = || Arc::new(SessionRecord::new(upstream.clone(), unix_ms(), 0, 0));
         self.update(id.0, |current| match current {
             Some(_) => None,
             None => Some(fresh()),
@@ -680,7 +675,7 @@ impl SessionStore for LocalStore {
 
     async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
         let moved = |current: Option<&Arc<SessionRecord>>| {
-            let (created, requests, errors) = current.map_or((now_ms(), 0, 0), |r| {
+            let (created, requests, errors) = current.map_or((unix_ms(), 0, 0), |r| {
                 (
                     r.created_ms,
                     r.requests.load(Ordering::Relaxed),
@@ -698,7 +693,7 @@ impl SessionStore for LocalStore {
 
     async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
         self.update(id.0, |previous| {
-            let (created, requests, errors) = previous.map_or((now_ms(), 0, 0), |r| {
+            let (created, requests, errors) = previous.map_or((unix_ms(), 0, 0), |r| {
                 (
                     r.created_ms,
                     r.requests.load(Ordering::Relaxed),
@@ -717,7 +712,7 @@ impl SessionStore for LocalStore {
         match self.table.remove(&id.0) {
             Some((_, r)) => {
                 self.counts.remove(&r.upstream);
-                !self.expired(&r, now_ms())
+                !self.expired(&r, unix_ms())
             }
             None => false,
         }
@@ -726,12 +721,12 @@ impl SessionStore for LocalStore {
     async fn get(&self, id: SessionId) -> Option<SessionInfo> {
         self.table
             .peek(&id.0)
-            .filter(|r| !self.expired(r, now_ms()))
+            .filter(|r| !self.expired(r, unix_ms()))
             .map(|r| self.info(id.0, &r))
     }
 
     async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
-        let now = now_ms();
+        let now = unix_ms();
         self.table
             .iter()
             .filter(|(_, r)| !self.expired(r, now) && upstream.is_none_or(|u| &*r.upstream == u))
@@ -810,14 +805,14 @@ mod tests {
     #[test]
     fn an_exported_table_is_imported_whole_but_for_gone_sessions() {
         let old = LocalStore::new(100, Duration::from_secs(3600));
-        old.put(SessionId(1), Arc::from("a"), now_ms() - 5_000);
-        old.put(SessionId(2), Arc::from("b"), now_ms());
+        old.put(SessionId(1), Arc::from("a"), unix_ms() - 5_000);
+        old.put(SessionId(2), Arc::from("b"), unix_ms());
         let mut handed = old.export();
         handed.push(HandedSession {
             id: SessionId(3).to_hex(),
             upstream: "a".into(),
             created_ms: 0,
-            last_seen_ms: now_ms() - 7_200_000,
+            last_seen_ms: unix_ms() - 7_200_000,
             requests: 1,
             errors: 0,
         });

@@ -50,9 +50,10 @@ mod scripts;
 mod sync;
 
 use super::store::{
-    now_ms, LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
+    LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
 };
 use super::SessionId;
+use crate::clock::unix_ms;
 use crate::config::RedisSpec;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
@@ -477,7 +478,7 @@ impl RedisStore {
             last_seen_unix_ms: last_seen,
             requests,
             errors,
-            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(now_ms()) / 1000,
+            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(unix_ms()) / 1000,
             metadata: s.metadata.and_then(|m| serde_json::from_str(&m).ok()),
         })
     }
@@ -544,7 +545,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        if let Some(record) = self.claim_shared(id, &upstream, now_ms()).await {
+        if let Some(record) = self.claim_shared(id, &upstream, unix_ms()).await {
             return record;
         }
         self.remember_pending(id, &upstream);
@@ -556,7 +557,7 @@ impl SessionStore for RedisStore {
             let ticket = self.local.ticket();
             let (bucket, value, channel) = (
                 self.bucket(id),
-                Stored::fresh(&to, now_ms()),
+                Stored::fresh(&to, unix_ms()),
                 self.channel(),
             );
             if let Some((moved, value)) = self
@@ -595,7 +596,7 @@ impl SessionStore for RedisStore {
             let mut inv = self.scripts.pin.key(self.bucket(id));
             inv.arg(&id.to_bytes()[..])
                 .arg(&*upstream)
-                .arg(Stored::fresh(&upstream, now_ms()))
+                .arg(Stored::fresh(&upstream, unix_ms()))
                 .arg(self.channel())
                 .arg(id.to_hex())
                 .arg(metadata.as_deref().unwrap_or(""));
