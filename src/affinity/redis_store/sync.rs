@@ -1,5 +1,6 @@
 //! The background loop: connect, keep the table in sync, write back.
 
+use super::calls::Failure;
 use super::link::connect;
 use super::*;
 
