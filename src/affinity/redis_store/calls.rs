@@ -454,8 +454,18 @@ mod tests {
 
     /// A patient call: (case, its attempts' replies; what it returns,
     /// attempts made, record errors and errors counted, Redis still in use).
+    type Patient = (
+        &'static str,
+        &'static [Reply],
+        Option<i64>,
+        u32,
+        u64,
+        u64,
+        bool,
+    );
+
     #[rustfmt::skip]
-    const PATIENT: &[(&str, &[Reply], Option<i64>, u32, u64, u64, bool)] = &[
+    const PATIENT: &[Patient] = &[
         ("answered at once",                         &[Answer(7)],                           Some(7), 1, 0, 0, true),
         ("slow, then answered",                      &[Silent, Answer(7)],                   Some(7), 2, 0, 0, true),
         ("slow twice: an outage",                    &[Silent, Silent],                      None,    2, 0, 1, false),
