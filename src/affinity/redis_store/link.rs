@@ -1,50 +1,21 @@
-//! The connection to Redis (a single server or a cluster), its state, and
-//! what a failed call means.
+//! The connection to Redis (a single server or a cluster), and its state.
 //!
 //! [`Link`] is the state machine: *connecting* until the first connection
 //! is up and subscribed or `connect_wait` has passed (then *settled*); *up*
 //! while calls succeed; *down* after a call fails for a reason that is the
 //! server's (a timeout, a lost connection, a cluster in trouble), until a
-//! probe answers again. A failure that is one record's (a script error on a
-//! malformed value, a key of the wrong type) is [`Failure::Record`]: it
-//! leaves the link up for every other session. A lost connection is
-//! [`Failure::Connection`]: not yet an outage, since the connection manager
+//! probe answers again. Which failures those are is the call policy's
+//! (`calls.rs`): one record's failure leaves the link up, and a lost
+//! connection is not yet an outage, since the connection manager
 //! reconnects at once (after a Redis restart, the first call on the old
 //! connection always fails, however long ago the restart was).
 
 use crate::config::{RedisSpec, RedisTarget};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// What a failed call means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Redis is unreachable, slow or unwell: every session is affected.
-    Outage,
-    /// The call's own key or value is at fault: one session is affected.
-    Record,
-    /// The connection was lost or could not be remade. The connection
-    /// manager reconnects on this error: a call on the new connection tells
-    /// whether Redis is down.
-    Connection,
-}
-
-impl Failure {
-    pub fn of(e: &RedisError) -> Failure {
-        match e.kind() {
-            // A script that failed on a value (`ERR user_script...`), a reply
-            // of the wrong type, a key of the wrong type (`WRONGTYPE`).
-            ErrorKind::ResponseError | ErrorKind::TypeError | ErrorKind::ExtensionError => {
-                Failure::Record
-            }
-            _ if e.is_io_error() || e.is_connection_dropped() => Failure::Connection,
-            _ => Failure::Outage,
-        }
-    }
-}
 
 /// The link's state, shared by the request path and the sync loop.
 #[derive(Debug, Default)]
@@ -190,8 +161,7 @@ pub async fn connect(spec: &RedisSpec) -> RedisResult<Conn> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Failure, Link};
-    use redis::{ErrorKind, RedisError};
+    use super::Link;
 
     #[test]
     fn the_link_goes_down_comes_up_and_asks_for_a_reseed_once() {
@@ -208,21 +178,5 @@ mod tests {
         assert!(!link.is_up());
         assert!(link.came_up());
         assert!(link.take_reseed());
-    }
-
-    #[test]
-    fn failures_have_kinds() {
-        let record = RedisError::from((ErrorKind::ResponseError, "ERR user_script:1: bad"));
-        assert_eq!(Failure::of(&record), Failure::Record);
-        let wrongtype = RedisError::from((ErrorKind::TypeError, "unexpected reply"));
-        assert_eq!(Failure::of(&wrongtype), Failure::Record);
-        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert_eq!(Failure::of(&io), Failure::Connection);
-        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(Failure::of(&refused), Failure::Connection);
-        let loading = RedisError::from((ErrorKind::BusyLoadingError, "LOADING"));
-        assert_eq!(Failure::of(&loading), Failure::Outage);
-        let cluster = RedisError::from((ErrorKind::ClusterDown, "CLUSTERDOWN"));
-        assert_eq!(Failure::of(&cluster), Failure::Outage);
     }
 }

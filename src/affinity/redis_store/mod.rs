@@ -37,32 +37,39 @@
 //!
 //! The parts: [`record`] is the stored value's codec (versioned);
 //! [`scripts`] holds the Lua scripts; [`link`] is the connection and its
-//! state (up, settled, what a failure means); [`sync`] runs the background
-//! loop (connect, renew, sweep, repair, write back); [`pubsub`] receives
-//! invalidations and pings the link; [`cost`] is the cost model and the
+//! state (up, settled); [`calls`] is the call policy (timeouts, the
+//! patient retry, what a failure means, how the store degrades, what
+//! becomes of an unreadable record); [`sync`] runs the background loop
+//! (connect, renew, sweep, repair, write back); [`pubsub`] receives
+//! invalidations and pings the link; [`drains`] shares admin drains with
+//! every edge (they are not sessions); [`cost`] is the cost model and the
 //! paces it rests on.
 
+mod calls;
 pub mod cost;
+mod drains;
 mod link;
 mod pubsub;
 pub mod record;
 mod scripts;
 mod sync;
 
+pub use drains::DrainListener;
+
 use super::store::{
-    now_ms, LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
+    LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
 };
 use super::SessionId;
+use crate::clock::unix_ms;
 use crate::config::RedisSpec;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use link::{Conn, Failure, Link};
-use record::{Stored, Unreadable};
+use link::{Conn, Link};
+use record::Stored;
 use redis::{AsyncCommands, RedisResult};
 use scripts::Scripts;
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -100,9 +107,6 @@ fn pins_channel(prefix: &str) -> String {
     format!("{prefix}pins")
 }
 
-/// Called with the set of drained upstream ids read from Redis.
-pub type DrainListener = Box<dyn Fn(&HashSet<String>) + Send + Sync>;
-
 impl RedisStore {
     pub fn new(spec: RedisSpec, ttl: Duration, metrics: Arc<Metrics>) -> RedisStore {
         RedisStore {
@@ -123,9 +127,6 @@ impl RedisStore {
             scripts: Scripts::new(),
         }
     }
-
-    /// Payload of the message that says the drained set changed.
-    const DRAINS_CHANGED: &'static str = "drains";
 
     /// The settings in force.
     fn spec(&self) -> Arc<RedisSpec> {
@@ -158,33 +159,6 @@ impl RedisStore {
             log::warn!("redis: another table (target, prefix or buckets changed): connecting to it; it will be seeded with the pins cached here");
             self.link.went_down();
             self.table.send_modify(|n| *n += 1);
-        }
-    }
-
-    fn drains_key(&self) -> String {
-        format!("{}draining", self.spec.load().prefix)
-    }
-
-    /// Call `listener` with the drained upstreams each time they are read.
-    pub fn on_drains(&self, listener: DrainListener) {
-        if self.drain_listener.set(listener).is_err() {
-            log::error!("drain listener set twice");
-        }
-    }
-
-    /// Read the shared drained set and hand it to the listener.
-    async fn refresh_drains(&self) {
-        let Some(mut conn) = self.conn() else { return };
-        if let Some(set) = self
-            .call(
-                "drains",
-                conn.smembers::<_, HashSet<String>>(self.drains_key()),
-            )
-            .await
-        {
-            if let Some(listener) = self.drain_listener.get() {
-                listener(&set);
-            }
         }
     }
 
@@ -298,156 +272,6 @@ impl RedisStore {
         self.conn.load_full().map(|c| (*c).clone())
     }
 
-    /// Run one Redis call with the timeout, counting errors and latency. A
-    /// lost connection marks Redis down; a slow answer does not (see
-    /// `call_patiently`, whose timeouts do).
-    async fn call<T>(&self, what: &str, fut: impl Future<Output = RedisResult<T>>) -> Option<T> {
-        self.call_within(what, self.spec.load().timeout, fut).await
-    }
-
-    /// A call whose failure would move a session (a lookup, a claim, a
-    /// re-pin): a slow answer is waited for once more, four times as long,
-    /// before Redis counts as down, and a lost connection is tried once more
-    /// on the new one. A moved session costs a prompt cache; a first request
-    /// that waits 200 ms more costs far less. Each of these calls gives the
-    /// same answer when run twice (a claim or a re-pin that did land finds
-    /// its own pin in force).
-    async fn call_patiently<T, Fut>(&self, what: &str, mut make: impl FnMut() -> Fut) -> Option<T>
-    where
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        let timeout = self.spec.load().timeout;
-        let start = Instant::now();
-        match tokio::time::timeout(timeout, make()).await {
-            // Slow: once more, patiently.
-            Err(_) => {}
-            // The connection was lost (Redis restarted?): once more, on the
-            // connection the manager is making now.
-            Ok(Err(e)) if Failure::of(&e) == Failure::Connection => {
-                log::debug!(
-                    "redis {what}: {} error; trying the new connection",
-                    e.category()
-                );
-            }
-            first => return self.finish(what, timeout, start, first, true).await,
-        }
-        let (start, timeout) = (Instant::now(), timeout.saturating_mul(4));
-        let result = tokio::time::timeout(timeout, make()).await;
-        self.finish(what, timeout, start, result, true).await
-    }
-
-    /// The longer deadline of a background batch.
-    fn batch_timeout(&self) -> Duration {
-        self.spec.load().timeout.saturating_mul(20)
-    }
-
-    async fn call_within<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        fut: impl Future<Output = RedisResult<T>>,
-    ) -> Option<T> {
-        let start = Instant::now();
-        let result = tokio::time::timeout(timeout, fut).await;
-        self.finish(what, timeout, start, result, false).await
-    }
-
-    /// Count and classify the result of a call that began at `start`. Only
-    /// a request-path call (`timeouts_mean_down`) takes a timeout for an
-    /// outage: a slow sweep or renewal in the background must not send every
-    /// request to degraded placement.
-    async fn finish<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        start: Instant,
-        result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
-        timeouts_mean_down: bool,
-    ) -> Option<T> {
-        self.metrics
-            .redis_duration
-            .observe(start.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(v)) => return Some(v),
-            Ok(Err(e)) => self.failed(what, &e).await,
-            Err(_) if !timeouts_mean_down => {
-                // Slow, not down: the next request-path call will tell.
-                log::debug!("redis {what}: no answer within {timeout:?}");
-            }
-            Err(_) => self.outage(what, &format!("timeout after {timeout:?}")),
-        }
-        None
-    }
-
-    /// A call answered with an error: say what it means for the link.
-    async fn failed(&self, what: &str, e: &redis::RedisError) {
-        match Failure::of(e) {
-            Failure::Record => {
-                // One key's problem: Redis stays in use for every other session.
-                self.metrics.redis_record_errors.inc();
-                log::warn!("redis {what}: {} on one record", e.category());
-            }
-            Failure::Connection if self.answers_ping().await => {
-                // A connection that died with a restart of Redis (or idle, in
-                // a middlebox): the manager has made a new one, which works.
-                self.metrics.redis_errors.inc();
-                log::info!(
-                    "redis {what}: the connection was lost ({} error) and is remade",
-                    e.category()
-                );
-            }
-            Failure::Connection | Failure::Outage => {
-                self.outage(what, &format!("{} error", e.category()))
-            }
-        }
-    }
-
-    /// Does Redis answer a PING within the probe's deadline? (After a lost
-    /// connection, on the one the manager makes now.)
-    async fn answers_ping(&self) -> bool {
-        let Some(conn) = self.conn.load_full() else {
-            return false;
-        };
-        let mut conn = (*conn).clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        matches!(
-            tokio::time::timeout(self.spec.load().timeout.saturating_mul(10), ping).await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// Redis is down, slow or unwell: stop using it until a probe answers.
-    fn outage(&self, what: &str, failure: &str) {
-        self.metrics.redis_errors.inc();
-        if self.link.went_down() {
-            log::warn!("redis {what} failed ({failure}): serving from the local cache and consistent hashing until it is back");
-        }
-    }
-
-    /// A record of `id` that cannot be read: a newer format is left alone;
-    /// a malformed one is counted, logged with the session's hash, and
-    /// deleted (if it has not changed meanwhile) so that the session is
-    /// placed anew. Returns true if the record is gone.
-    async fn unreadable(&self, id: SessionId, value: &str, why: &Unreadable) -> bool {
-        self.metrics.redis_record_errors.inc();
-        log::warn!("redis: session {} holds {why}", id.to_hex());
-        if matches!(why, Unreadable::Newer(_)) {
-            return false;
-        }
-        let Some(mut conn) = self.conn() else {
-            return false;
-        };
-        let mut inv = self.scripts.discard.key(self.bucket(id));
-        inv.arg(&id.to_bytes()[..])
-            .arg(value)
-            .arg(self.channel())
-            .arg(id.to_hex());
-        self.call("discard", inv.invoke_async::<i64>(&mut conn))
-            .await
-            .is_some()
-    }
-
     /// Remember a pin to write once Redis is back. Bounded by the local
     /// cache's size; the cache itself is written back on reconnect too.
     fn remember_pending(&self, id: SessionId, upstream: &Arc<str>) {
@@ -477,7 +301,7 @@ impl RedisStore {
             last_seen_unix_ms: last_seen,
             requests,
             errors,
-            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(now_ms()) / 1000,
+            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(unix_ms()) / 1000,
             metadata: s.metadata.and_then(|m| serde_json::from_str(&m).ok()),
         })
     }
@@ -544,7 +368,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        if let Some(record) = self.claim_shared(id, &upstream, now_ms()).await {
+        if let Some(record) = self.claim_shared(id, &upstream, unix_ms()).await {
             return record;
         }
         self.remember_pending(id, &upstream);
@@ -556,7 +380,7 @@ impl SessionStore for RedisStore {
             let ticket = self.local.ticket();
             let (bucket, value, channel) = (
                 self.bucket(id),
-                Stored::fresh(&to, now_ms()),
+                Stored::fresh(&to, unix_ms()),
                 self.channel(),
             );
             if let Some((moved, value)) = self
@@ -595,7 +419,7 @@ impl SessionStore for RedisStore {
             let mut inv = self.scripts.pin.key(self.bucket(id));
             inv.arg(&id.to_bytes()[..])
                 .arg(&*upstream)
-                .arg(Stored::fresh(&upstream, now_ms()))
+                .arg(Stored::fresh(&upstream, unix_ms()))
                 .arg(self.channel())
                 .arg(id.to_hex())
                 .arg(metadata.as_deref().unwrap_or(""));
@@ -703,19 +527,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn share_drain(&self, upstream: &str, on: bool) -> bool {
-        let Some(mut conn) = self.conn() else {
-            return false;
-        };
-        let mut pipe = redis::pipe();
-        if on {
-            pipe.sadd(self.drains_key(), upstream).ignore();
-        } else {
-            pipe.srem(self.drains_key(), upstream).ignore();
-        }
-        pipe.publish(self.channel(), Self::DRAINS_CHANGED).ignore();
-        self.call("drain", pipe.query_async::<()>(&mut conn))
-            .await
-            .is_some()
+        self.write_drain(upstream, on).await
     }
 
     fn degraded(&self) -> bool {

@@ -1,5 +1,6 @@
 //! The background loop: connect, keep the table in sync, write back.
 
+use super::calls::Failure;
 use super::link::connect;
 use super::*;
 
@@ -174,7 +175,7 @@ impl RedisStore {
             _ => return,
         };
         for (i, (id, upstream)) in pending.iter().enumerate() {
-            let Some(record) = self.claim_shared(*id, upstream, now_ms()).await else {
+            let Some(record) = self.claim_shared(*id, upstream, unix_ms()).await else {
                 // Down again: keep what is left for the next round.
                 for (id, up) in &pending[i..] {
                     self.remember_pending(*id, up);
@@ -336,7 +337,7 @@ impl RedisStore {
             return false;
         };
         let mut inv = self.scripts.lease.key(format!("{}sweep", spec.prefix));
-        inv.arg(now_ms())
+        inv.arg(unix_ms())
             .arg(cost::lease_hold_ms(sync_ms))
             .arg(per_round)
             .arg(&self.holder);
@@ -360,7 +361,7 @@ impl RedisStore {
     async fn sweep(&self, visits: impl Iterator<Item = (u64, u32)>) {
         let buckets = self.spec.load().buckets;
         let cutoff = cost::sweep_cutoff_ms(
-            now_ms(),
+            unix_ms(),
             self.ttl_ms(),
             self.spec.load().sync_interval.as_millis() as u64,
         );
