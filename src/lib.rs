@@ -44,6 +44,7 @@ pub mod indicators;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod ready_file;
 pub mod reload;
 pub mod server;
 pub mod state;
