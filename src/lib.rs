@@ -46,6 +46,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod ready_file;
 pub mod reload;
 pub mod server;
 pub mod services;

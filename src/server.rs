@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::downstream::workers::ProxyWorkers;
 use crate::downstream::ClientConnections;
 use crate::proxy::EdgeProxy;
+use crate::ready_file::{Listening, ReadyFile, Role};
 use crate::state::Edge;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -77,13 +78,19 @@ pub fn build(
         // and saved its in-process table just before.
         crate::upgrade::take_table(&edge, &config.server.upgrade_sock);
     }
+    let ready = ReadyFile::from_env();
     match config.server.thread_model {
         ThreadModel::Workers => {
             let conf = server.configuration.clone();
-            server.add_service(ProxyWorkers::new(edge.clone(), conf, &config));
+            server.add_service(ProxyWorkers::new(
+                edge.clone(),
+                conf,
+                &config,
+                ready.clone(),
+            ));
         }
         ThreadModel::Pingora => {
-            let proxy = pingora_proxy_service(&server, &edge, &config);
+            let proxy = pingora_proxy_service(&server, &edge, &config, ready.clone());
             server.add_service(proxy);
         }
     }
@@ -93,6 +100,7 @@ pub fn build(
         AdminService { edge: edge.clone() },
     );
     admin.threads = Some(1);
+    let mut admin = Listening::new(admin, Role::Admin, ready);
     admin.add_tcp(&config.admin.listen.to_string());
 
     server.add_service(admin);
@@ -106,18 +114,20 @@ fn pingora_proxy_service(
     server: &Server,
     edge: &Arc<Edge>,
     config: &Config,
-) -> Service<ClientConnections> {
+    ready: Arc<ReadyFile>,
+) -> Listening<ClientConnections> {
     let mut inner = HttpProxy::new(EdgeProxy::new(edge.clone()), server.configuration.clone());
     inner.handle_init_modules();
-    let mut proxy = Service::new(
+    let proxy = Service::new(
         "relay-edge proxy".to_string(),
         ClientConnections::new(Arc::new(inner), edge.clone(), Arc::default(), 0),
     );
+    let mut proxy = Listening::new(proxy, Role::Proxy, ready);
     for listener in &config.listeners {
         let addr = listener.addr.to_string();
         match edge.certificates.tls_settings(&addr) {
             None => proxy.add_tcp(&addr),
-            Some(settings) => proxy.add_tls_with_settings(&addr, None, settings),
+            Some(settings) => proxy.add_tls_with_settings(&addr, settings),
         }
     }
     proxy

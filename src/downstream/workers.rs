@@ -15,7 +15,8 @@
 //!
 //! The listening sockets are bound once, here, or taken over from the old
 //! process in a graceful upgrade. Both go through Pingora's table of
-//! listening descriptors, which also hands them on to the next process.
+//! listening descriptors, which also hands them on to the next process (a
+//! socket on port 0 under the port it got: [`crate::ready_file`]).
 //! Each worker accepts on its own duplicate of each socket, registered with
 //! its own runtime, and closes it as soon as shutdown begins. The kernel
 //! gives each new connection to one of the workers waiting for one.
@@ -27,6 +28,7 @@ use super::ClientConnections;
 use crate::config::Config;
 use crate::outcome::ClientError;
 use crate::proxy::EdgeProxy;
+use crate::ready_file::{bind, ReadyFile, Role};
 use crate::state::Edge;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -44,10 +46,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Backlog of each listening socket, as Pingora's (the kernel caps it at
-/// `net.core.somaxconn`).
-const BACKLOG: i32 = 65535;
-
 /// One listening socket to serve: its address, and TLS when configured.
 struct Endpoint {
     /// The address as configured: the key of Pingora's descriptor table.
@@ -61,13 +59,20 @@ pub struct ProxyWorkers {
     conf: Arc<ServerConf>,
     endpoints: Vec<Endpoint>,
     threads: usize,
+    ready: Arc<ReadyFile>,
 }
 
 impl ProxyWorkers {
     /// The service for `config`'s listeners. TLS listeners serve the
     /// certificates of `edge.certificates`, read (and checked, so that a bad
-    /// one stops the start) before the edge was built.
-    pub fn new(edge: Arc<Edge>, conf: Arc<ServerConf>, config: &Config) -> ProxyWorkers {
+    /// one stops the start) before the edge was built. The addresses bound
+    /// are reported to `ready`.
+    pub fn new(
+        edge: Arc<Edge>,
+        conf: Arc<ServerConf>,
+        config: &Config,
+        ready: Arc<ReadyFile>,
+    ) -> ProxyWorkers {
         let mut endpoints = Vec::new();
         for listener in &config.listeners {
             let addr = listener.addr.to_string();
@@ -82,6 +87,7 @@ impl ProxyWorkers {
             conf,
             endpoints,
             threads: config.server.threads,
+            ready,
         }
     }
 
@@ -100,9 +106,8 @@ impl ProxyWorkers {
                         let listener = bind(&endpoint.addr)
                             .map_err(|e| format!("listener {}: cannot bind: {e}", endpoint.addr))?;
                         if let Some(table) = fds {
-                            table
-                                .lock()
-                                .add(endpoint.addr.clone(), listener.as_raw_fd());
+                            let key = crate::ready_file::table_key(&endpoint.addr, &listener);
+                            table.lock().add(key, listener.as_raw_fd());
                         }
                         listener
                     }
@@ -114,18 +119,6 @@ impl ProxyWorkers {
             })
             .collect()
     }
-}
-
-fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
 }
 
 #[async_trait]
@@ -144,6 +137,9 @@ impl Service for ProxyWorkers {
                 std::process::exit(1);
             }
         };
+        let bound = listeners.iter().zip(&self.endpoints);
+        let bound = bound.map(|(l, e)| l.local_addr().map_or(e.addr.clone(), |a| a.to_string()));
+        self.ready.bound(Role::Proxy, bound.collect());
         let open = Arc::new(AtomicUsize::new(0));
         let mut finished = Vec::new();
         for i in 0..self.threads {

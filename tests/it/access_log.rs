@@ -31,11 +31,12 @@ async fn each_request_is_one_json_line_and_sigusr1_reopens_the_file() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\naccess_log: {{path: {}, query: true}}\n",
         upstreams_yaml(&ups),
         log.display()
     ))
+    .start()
     .await;
     let key = [("x-session-id", "alice")];
     let first = edge.post("/v1/messages", &key, b"{}").await;
@@ -129,11 +130,12 @@ async fn the_combined_format_is_nginx_combined_then_the_edge_fields() {
     let ups = upstreams(&["relay-a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\naccess_log: {{path: {}, format: combined}}\n",
         upstreams_yaml(&ups),
         log.display()
     ))
+    .start()
     .await;
     let r = edge
         .post(
@@ -170,11 +172,12 @@ async fn sampling_at_zero_logs_nothing_and_a_reload_turns_it_on() {
     let ups = upstreams(&["relay-a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}access_log: {{path: {}, sample: 0}}\n",
         upstreams_yaml(&ups),
         log.display()
     ))
+    .start()
     .await;
     for _ in 0..20 {
         assert_eq!(edge.get("/v1/models", &[]).await.status, 200);
@@ -232,14 +235,15 @@ async fn the_last_requests_lines_are_written_before_a_graceful_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
     // No quiet time after the drain: the exit follows the last request.
-    let mut edge = Edge::start_with_server(
-        &format!(
-            "{}access_log: {{path: {}}}\n",
-            upstreams_yaml(&ups),
-            log.display()
-        ),
-        "drain_quiet: 0s",
-    )
+    let mut edge = TestEdge::new(&format!(
+        "{}access_log: {{path: {}}}\n",
+        upstreams_yaml(&ups),
+        log.display()
+    ))
+    .threads(1)
+    .grace("10s")
+    .server("drain_quiet: 0s")
+    .start()
     .await;
     for _ in 0..50 {
         assert_eq!(edge.get("/v1/models", &[]).await.status, 200);

@@ -18,10 +18,11 @@ const METRIC_NAMES: [&str; 10] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_show_and_change_state() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     assert_eq!(edge.admin_json("GET", "/healthz", b"").await.0, 200);
     assert_eq!(edge.admin_json("GET", "/readyz", b"").await.0, 200);
@@ -150,10 +151,11 @@ async fn admin_endpoints_show_and_change_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_carry_every_contract_name_with_help() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     edge.get("/v1/x", &[("x-session-id", "m")]).await;
     edge.get("/v1/x", &[("x-session-id", "m")]).await;
@@ -204,13 +206,11 @@ async fn a_configured_token_guards_every_admin_route() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").expect("write token");
-    let port = free_port();
-    let admin_port = free_port();
     let conf = dir.path().join("c.yaml");
     std::fs::write(
         &conf,
         format!(
-            "listen: [{{addr: 127.0.0.1:{port}}}]\n{}admin: {{listen: 127.0.0.1:{admin_port}, token_file: {}}}\nserver: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
+            "listen: [{{addr: 127.0.0.1:0}}]\n{}admin: {{listen: 127.0.0.1:0, token_file: {}}}\nserver: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
             upstreams_yaml(&ups),
             token_file.display(),
             d = dir.path().display()
@@ -218,7 +218,9 @@ async fn a_configured_token_guards_every_admin_route() {
     )
     .expect("write config");
     let mut child = spawn_on(&conf);
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let (_, admin) = ready_addresses(&ready_file(&conf), &mut child)
+        .await
+        .expect("relay-edge binds its sockets");
     eventually(std::time::Duration::from_secs(20), "admin up", || async {
         request(admin, "GET", "/healthz", &[], b"").await.is_ok()
     })
@@ -397,12 +399,19 @@ fn a_world_readable_token_file_is_warned_about() {
 }
 
 /// relay-edge on a config file of the test's own (its admin section is the
-/// test's subject), its log discarded.
+/// test's subject), its log discarded; it says where it listens in
+/// [`ready_file`].
 fn spawn_on(conf: &std::path::Path) -> std::process::Child {
     std::process::Command::new(BIN)
         .arg("-c")
         .arg(conf)
+        .env(relay_edge::ready_file::ENV, ready_file(conf))
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start")
+}
+
+/// The ready file of the edge [`spawn_on`] starts on `conf`.
+fn ready_file(conf: &std::path::Path) -> std::path::PathBuf {
+    conf.with_file_name("ready.json")
 }

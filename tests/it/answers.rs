@@ -42,7 +42,10 @@ fn counter(metrics: &str, line_start: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_answer_is_served_elsewhere_and_the_pin_moves_after_three_in_a_row() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&config(&ups, "max_retries: 2")).await;
+    let edge = TestEdge::new(&config(&ups, "max_retries: 2"))
+        .own_health_check()
+        .start()
+        .await;
     let (home, other) = home_of(&edge, &ups, "busy").await;
     // Two 529s in a row: each answer comes from the other relay, and the
     // session stays pinned home (its prompt cache is there).
@@ -133,7 +136,10 @@ async fn an_overloaded_answer_is_served_elsewhere_and_the_pin_moves_after_three_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_pin_at_once_and_never() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let at_once = Edge::start(&config(&ups, "move_pin: at_once")).await;
+    let at_once = TestEdge::new(&config(&ups, "move_pin: at_once"))
+        .own_health_check()
+        .start()
+        .await;
     let (home, other) = home_of(&at_once, &ups, "k").await;
     home.fail_next(1, Fault::Status(503));
     let r = at_once
@@ -149,7 +155,10 @@ async fn move_pin_at_once_and_never() {
     let keyless = at_once.get("/v1/x", &[]).await;
     assert_eq!(keyless.header("x-relay-edge-affinity"), None, "no session");
 
-    let never = Edge::start(&config(&ups, "move_pin: never")).await;
+    let never = TestEdge::new(&config(&ups, "move_pin: never"))
+        .own_health_check()
+        .start()
+        .await;
     let (home, other) = home_of(&never, &ups, "k2").await;
     for _ in 0..4 {
         home.fail_next(1, Fault::Status(429));
@@ -170,7 +179,10 @@ async fn move_pin_at_once_and_never() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_relay_is_overloaded_the_client_gets_the_last_529_as_it_was() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&config(&ups, "max_retries: 2")).await;
+    let edge = TestEdge::new(&config(&ups, "max_retries: 2"))
+        .own_health_check()
+        .start()
+        .await;
     for u in &ups {
         u.fail_next(1, Fault::Status(529));
     }
@@ -192,10 +204,12 @@ async fn when_every_relay_is_overloaded_the_client_gets_the_last_529_as_it_was()
 async fn the_retry_budget_bounds_retries_in_a_fleet_wide_overload() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     // 10% of recent requests, at least 2 in any ten seconds.
-    let edge = Edge::start(&config(
+    let edge = TestEdge::new(&config(
         &ups,
         "max_retries: 2, retry_budget: 0.1, retry_budget_min: 2",
     ))
+    .own_health_check()
+    .start()
     .await;
     for u in &ups {
         u.fail_next(1000, Fault::Status(529));
@@ -223,7 +237,10 @@ async fn the_retry_budget_bounds_retries_in_a_fleet_wide_overload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claude_code_sized_body_is_replayed_whole_to_the_next_relay() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&config(&ups, "max_retries: 1")).await;
+    let edge = TestEdge::new(&config(&ups, "max_retries: 1"))
+        .own_health_check()
+        .start()
+        .await;
     let (home, other) = home_of(&edge, &ups, "big").await;
     let body = messages_body(300 * 1024, "u");
     home.fail_next(1, Fault::Status(500));
@@ -280,7 +297,10 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     // `timeouts.read` is far longer than `first_event_timeout` (500 ms): a
     // relay that sends no head at all is left within the latter.
-    let edge = Edge::start(&format!("{}timeouts: {{read: 60s}}\n", stream_config(&ups))).await;
+    let edge = TestEdge::new(&format!("{}timeouts: {{read: 60s}}\n", stream_config(&ups)))
+        .own_health_check()
+        .start()
+        .await;
     let (home, other) = home_of(&edge, &ups, "s").await;
     let faults = [
         (
@@ -385,7 +405,10 @@ async fn a_stream_whose_relay_fails_before_its_first_event_is_served_whole_by_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_after_its_first_event_ends_with_an_error_event_and_is_not_retried() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&stream_config(&ups)).await;
+    let edge = TestEdge::new(&stream_config(&ups))
+        .own_health_check()
+        .start()
+        .await;
     let (home, _) = home_of(&edge, &ups, "c").await;
     let cases = [
         (
@@ -497,7 +520,10 @@ async fn sdk_call(edge: &Edge, session: &str, mode: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_anthropic_sdk_gets_clean_streams_and_the_errors_it_expects() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&stream_config(&ups)).await;
+    let edge = TestEdge::new(&stream_config(&ups))
+        .own_health_check()
+        .start()
+        .await;
     let (home, other) = home_of(&edge, &ups, "sdk").await;
     // An overloaded first event never reaches the SDK: the stream comes whole
     // from the other relay.
@@ -562,7 +588,10 @@ async fn the_anthropic_sdk_gets_clean_streams_and_the_errors_it_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_usage_is_read_from_json_answers_and_streams_alike() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&stream_config(&ups)).await;
+    let edge = TestEdge::new(&stream_config(&ups))
+        .own_health_check()
+        .start()
+        .await;
     // The demo relay reports 100 input tokens, 900 read from the cache and
     // 10 output tokens, in a JSON answer's tail and in a stream's events.
     let json = edge
@@ -596,10 +625,12 @@ async fn token_usage_is_read_from_json_answers_and_streams_alike() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_a_stream_and_a_relay_with_no_head_are_told_apart() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}timeouts: {{read: 300ms}}\n",
         stream_config(&ups)
     ))
+    .own_health_check()
+    .start()
     .await;
     // The client reads the first event of a slow stream, then leaves.
     let reader = open_stream_with(
@@ -649,10 +680,12 @@ async fn a_client_that_leaves_a_stream_and_a_relay_with_no_head_are_told_apart()
 async fn streams_of_every_protocol_that_end_cleanly_keep_their_session_and_their_relay() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     // Passive health as shipped: three failures eject a relay.
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: session-id}}]}}\nhealth_check: {{interval: 60s}}\n",
         upstreams_yaml(&ups)
     ))
+    .own_health_check()
+    .start()
     .await;
     let body = br#"{"model":"gpt-x","stream":true,"input":"hi"}"#;
     let mut served = Vec::new();

@@ -27,10 +27,11 @@ async fn raw_exchange(edge: &Edge, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_huge_headers_and_truncated_bodies() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start(&format!(
+    let mut edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
 
     let garbage = raw_exchange(&edge, b"\x16\x03\x01 not http at all\r\n\r\n").await;
@@ -75,7 +76,7 @@ async fn malformed_requests_huge_headers_and_truncated_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_and_upstreams_that_vanish_mid_stream() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start(&upstreams_yaml(&ups)).await;
+    let mut edge = TestEdge::new(&upstreams_yaml(&ups)).start().await;
 
     // A client that disconnects in the middle of a slow SSE stream.
     for _ in 0..5 {
@@ -145,7 +146,11 @@ async fn clients_and_upstreams_that_vanish_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_is_survived_and_sigterm_lets_open_streams_finish() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 2, None, "20s").await;
+    let mut edge = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(2)
+        .grace("20s")
+        .start()
+        .await;
     // SIGHUP's default action would kill the process.
     edge.signal("HUP");
     eventually(Duration::from_secs(5), "SIGHUP logged", || async {

@@ -6,7 +6,9 @@ const SID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
 
 async fn two_upstreams_edge(extra: &str) -> (Vec<relay_edge::demo::DemoUpstream>, Edge) {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!("{}{extra}", upstreams_yaml(&ups))).await;
+    let edge = TestEdge::new(&format!("{}{extra}", upstreams_yaml(&ups)))
+        .start()
+        .await;
     (ups, edge)
 }
 

@@ -55,10 +55,11 @@ fn counter(metrics: &str, series: &str) -> u64 {
 async fn the_codex_cli_keeps_its_session_on_one_relay_and_ejects_none() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     // Passive health as shipped: three failures eject a relay.
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: session-id}}, {{header: session_id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let home = tempfile::tempdir().expect("tempdir");
     tokio::task::block_in_place(|| {

@@ -34,13 +34,14 @@ fn ok(config: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_shows_and_changes_a_running_edge_with_its_token() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start_with_admin_token(
-        &format!(
-            "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
-            upstreams_yaml(&ups)
-        ),
-        "ctl-token",
-    )
+    let edge = TestEdge::new(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .threads(1)
+    .token("ctl-token")
+    .ports_in_config()
+    .start()
     .await;
     let conf = edge.config_path();
     let home = edge

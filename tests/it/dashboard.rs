@@ -45,13 +45,13 @@ fn browser_is_installed() {
 async fn the_dashboard_signs_in_shows_the_edge_and_drains_from_a_real_browser() {
     browser_is_installed();
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start_with_admin_token(
-        &format!(
-            "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
-            upstreams_yaml(&ups)
-        ),
-        TOKEN,
-    )
+    let edge = TestEdge::new(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .threads(1)
+    .token(TOKEN)
+    .start()
     .await;
 
     // The page itself holds no data: it loads without the token, and asks

@@ -24,8 +24,11 @@ async fn reload_with(edge: &Edge, extra: &str, generation: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_after_a_reload_that_rebuilt_upstreams_cuts_no_stream() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let mut edge =
-        Edge::start_opts(&format!("{}{KEYED}", upstreams_yaml(&ups)), 2, None, "30s").await;
+    let mut edge = TestEdge::new(&format!("{}{KEYED}", upstreams_yaml(&ups)))
+        .threads(2)
+        .grace("30s")
+        .start()
+        .await;
     let mut streams = Vec::new();
     for i in 0..4 {
         let key = format!("stream-{i}");
@@ -55,7 +58,11 @@ async fn a_drain_after_a_reload_that_rebuilt_upstreams_cuts_no_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_client_idle_when_the_drain_starts_is_served_and_told_to_leave() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 1, None, "30s").await;
+    let mut edge = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .grace("30s")
+        .start()
+        .await;
     let mut conn = Conn::open(edge.addr).await.expect("connect");
     let first = conn.request("GET", "/v1/x", &[], b"").await.expect("first");
     assert_eq!(first.header("connection"), Some("keep-alive"));
@@ -82,10 +89,11 @@ async fn a_keep_alive_client_idle_when_the_drain_starts_is_served_and_told_to_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_client_idle() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}timeouts: {{client_idle: 1s}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let mut conn = Conn::open(edge.addr).await.expect("connect");
     // Pingora's own bound applies to the first request only: the wait after
@@ -107,7 +115,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_client_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_request_after_a_long_stream_on_its_connection_is_served() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 1, None, "30s").await;
+    let mut edge = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .grace("30s")
+        .start()
+        .await;
     let mut conn = Conn::open(edge.addr).await.expect("connect");
     conn.send_raw(&raw_request(
         "GET",

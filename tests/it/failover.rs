@@ -40,10 +40,12 @@ async fn pin_sessions(edge: &Edge, n: usize) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_upstream_fails_over_without_client_errors_and_never_moves_back() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}{KEYED}health_check: {{path: /health, interval: 5s, timeout: 500ms}}\n",
         upstreams_yaml(&ups)
     ))
+    .own_health_check()
+    .start()
     .await;
     let pins = pin_sessions(&edge, 60).await;
     assert!(pins.values().any(|u| u == "relay-a"));
@@ -92,10 +94,12 @@ async fn killed_upstream_fails_over_without_client_errors_and_never_moves_back()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_health_checks_take_an_upstream_out_and_back() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}{KEYED}health_check: {{path: /health, interval: 100ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2}}\n",
         upstreams_yaml(&ups)
     ))
+    .own_health_check()
+    .start()
     .await;
     ups[0].set_healthy(false);
     eventually(Duration::from_secs(10), "relay-a unhealthy", || async {
@@ -139,12 +143,13 @@ async fn failed_health_checks_take_an_upstream_out_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ejection_backs_off_and_respects_the_cap() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         // Failure statuses pass through here (no retry on them), to see
         // passive health alone.
         "{}{KEYED}passive_health: {{max_failures: 3, failure_window: 10s, recovery_time: 3s, max_recovery_time: 30s, max_ejected_percent: 50}}\nfailover: {{retry_on_status: []}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     // Without a key, requests spread; 503s from both would eject both without the cap.
     for _ in 0..40 {
@@ -217,7 +222,9 @@ async fn passive_ejection_backs_off_and_respects_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_moves_sessions_off_and_takes_no_new_ones() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!("{}{KEYED}", upstreams_yaml(&ups))).await;
+    let edge = TestEdge::new(&format!("{}{KEYED}", upstreams_yaml(&ups)))
+        .start()
+        .await;
     let pins = pin_sessions(&edge, 40).await;
     let on_a: Vec<&String> = pins
         .iter()
@@ -268,10 +275,11 @@ async fn draining_moves_sessions_off_and_takes_no_new_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_upstream_gives_a_fast_json_error() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}{KEYED}timeouts: {{connect: 1s}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     for u in &ups {
         u.kill();
@@ -302,7 +310,9 @@ async fn no_upstream_gives_a_fast_json_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_that_failed_after_reaching_the_upstream_is_not_retried() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!("{}{KEYED}", upstreams_yaml(&ups))).await;
+    let edge = TestEdge::new(&format!("{}{KEYED}", upstreams_yaml(&ups)))
+        .start()
+        .await;
     let r = edge
         .post("/close", &[("x-session-id", "once")], b"{\"x\":1}")
         .await;
@@ -333,7 +343,7 @@ async fn health_checks_of_500_upstreams_run_in_parallel() {
         "health_check: {path: /health, interval: 30s, timeout: 1s, unhealthy_after: 1}\n",
     );
     let start = Instant::now();
-    let edge = Edge::start(&yaml).await;
+    let edge = TestEdge::new(&yaml).own_health_check().start().await;
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "first round took {:?}",
@@ -353,7 +363,10 @@ async fn health_checks_of_500_upstreams_run_in_parallel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_on_a_pooled_connection_does_not_move_the_session() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
+    let edge = TestEdge::new(&format!("{}{KEYED}", upstreams_yaml(&ups)))
+        .threads(1)
+        .start()
+        .await;
     let (home, home_up, other_up) = pin_on_one_of_two(&edge, &ups, "steady").await;
     let connections = home_up.connections();
     // The relay closes the pooled connection as it is reused: the request
@@ -402,7 +415,10 @@ async fn a_failure_on_a_pooled_connection_does_not_move_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_its_relay_took_and_lost_gets_a_502_and_is_not_run_twice() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
+    let edge = TestEdge::new(&format!("{}{KEYED}", upstreams_yaml(&ups)))
+        .threads(1)
+        .start()
+        .await;
     let (_, home_up, other_up) = pin_on_one_of_two(&edge, &ups, "billed").await;
     // The relay reads the POST on its pooled connection, then on a fresh
     // one, and drops both: it may have run it, so it is not sent elsewhere.
@@ -438,7 +454,10 @@ async fn a_post_its_relay_took_and_lost_gets_a_502_and_is_not_run_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_its_relay_reset_unanswered_is_sent_again_byte_for_byte() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start_with_threads(&format!("{}{KEYED}", upstreams_yaml(&ups)), 1).await;
+    let edge = TestEdge::new(&format!("{}{KEYED}", upstreams_yaml(&ups)))
+        .threads(1)
+        .start()
+        .await;
     let (home, home_up, other_up) = pin_on_one_of_two(&edge, &ups, "resent").await;
     let body = messages_body(20_000, "resent");
     // A reset without a byte of answer: the relay never had the whole

@@ -31,7 +31,7 @@ fn statuses(answers: &[u8]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_both_lengths_is_refused_and_what_follows_it_is_never_a_request() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&upstreams_yaml(&ups)).await;
+    let edge = TestEdge::new(&upstreams_yaml(&ups)).start().await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
     let heads = [
         "POST /v1/x HTTP/1.1\r\nhost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -81,10 +81,11 @@ async fn a_request_with_both_lengths_is_refused_and_what_follows_it_is_never_a_r
 async fn http_1_0_is_one_request_a_connection_unless_it_asks_for_more() {
     let ups = upstreams(&["relay-a"]).await;
     // A long idle bound, so that "closed" can only be the edge's decision.
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}timeouts: {{client_idle: 300s}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let open_after = |head: &'static str| async move {
         let mut conn = TcpStream::connect(edge.addr).await.expect("connect");
@@ -154,10 +155,11 @@ async fn cut_answer(edge: &Edge, path: &str, body: &[u8]) -> (u16, Vec<u8>, bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_its_relay_cut_reaches_the_client_as_far_as_it_came() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}failover: {{retry_on_status: []}}\npassive_health: {{max_failures: 1000}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let stream = br#"{"model":"m","stream":true,"messages":[]}"#;
     // Below and above the gate's write buffer (4 KiB), on Pingora's path

@@ -37,10 +37,11 @@ fn error_lines(log: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_targets_are_refused_as_they_arrive() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}limits: {{max_header_bytes: 16384, max_uri_bytes: 4096}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
 
     // A complete 100 KiB header, and a 60,000-byte URI.
@@ -99,10 +100,11 @@ async fn oversized_heads_and_targets_are_refused_as_they_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_heads_and_slow_bodies_are_cut_with_408() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\ntimeouts: {{client_header: 1s, client_body: 3s}}\nlimits: {{min_body_rate: 100}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
 
     // Slowloris: a header byte every 100 ms never completes the head.
@@ -206,10 +208,11 @@ async fn slow_heads_and_slow_bodies_are_cut_with_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed_at_once_and_counted() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}limits: {{max_connections: 3}}\ntimeouts: {{client_header: 30s}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -256,10 +259,11 @@ async fn connections_past_the_limit_are_closed_at_once_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     for count in [3usize, 30] {
         let mut packet = Vec::new();
@@ -320,10 +324,11 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_tell_client_leaves_and_cut_responses_apart_and_logs_stay_quiet() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\npassive_health: {{max_failures: 100}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
 
     // The relay cuts its stream after the head: a 502 and a failure, not a 200.
@@ -414,10 +419,11 @@ async fn metrics_tell_client_leaves_and_cut_responses_apart_and_logs_stay_quiet(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_the_read_budget_stream_through_intact() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{json: /metadata/user_id}}, {{header: x-session-id}}]}}\nlimits: {{body_read_memory: 500000}}\ntimeouts: {{client_body: 30s}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     // One client takes 400 kB of the budget and stalls.
     let mut staller = TcpStream::connect(edge.addr).await.expect("connect");
@@ -480,10 +486,11 @@ async fn bodies_past_the_read_budget_stream_through_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sends_is_closed_at_the_head_deadline() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}timeouts: {{client_header: 500ms}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let mut silent = TcpStream::connect(edge.addr).await.expect("connect");
     assert_eq!(
@@ -518,10 +525,11 @@ async fn a_connection_that_never_sends_is_closed_at_the_head_deadline() {
 async fn clients_that_leave_mid_request_neither_move_their_session_nor_eject_its_relay() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     // Passive health as shipped: three failures eject a relay.
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let home = edge
         .get("/v1/x", &[("x-session-id", "esc")])

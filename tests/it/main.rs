@@ -18,6 +18,7 @@ mod framing;
 mod hostile;
 mod operations_guide;
 mod package;
+mod ready_file;
 mod redis_cost;
 pub mod reload;
 mod routing;

@@ -38,13 +38,14 @@ async fn every_ctl_example_in_the_operations_guide_runs() {
         "the guide shows every ctl command: {examples:#?}"
     );
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start_with_admin_token(
-        &format!(
-            "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
-            upstreams_yaml(&ups)
-        ),
-        "guide-token",
-    )
+    let edge = TestEdge::new(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .threads(1)
+    .token("guide-token")
+    .ports_in_config()
+    .start()
     .await;
     edge.post("/v1/messages", &[("x-session-id", "alice")], b"{}")
         .await;

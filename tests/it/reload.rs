@@ -12,7 +12,7 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
         upstreams_yaml(&ups[..2]),
         upstreams_yaml([&ups[0], &ups[2]]),
     );
-    let edge = Edge::start(&format!("{ab}{KEYED}")).await;
+    let edge = TestEdge::new(&format!("{ab}{KEYED}")).start().await;
     let mut on_b = Vec::new();
     for i in 0..40 {
         let key = format!("r{i}");
@@ -106,7 +106,7 @@ async fn reload_adds_and_removes_upstreams_and_rejects_a_bad_file_whole() {
 async fn sighup_reloads_and_listener_changes_are_reported_as_needing_an_upgrade() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let a_only = upstreams_yaml(&ups[..1]);
-    let edge = Edge::start(&format!("{a_only}{KEYED}")).await;
+    let edge = TestEdge::new(&format!("{a_only}{KEYED}")).start().await;
     edge.rewrite(&a_only, &upstreams_yaml(&ups));
     edge.signal("HUP");
     eventually(
@@ -116,8 +116,9 @@ async fn sighup_reloads_and_listener_changes_are_reported_as_needing_an_upgrade(
     )
     .await;
     let new_port = free_port();
+    // The file names port 0, as every test edge's: it binds the port it gets.
     edge.rewrite(
-        &format!("addr: {}}}]\nadmin", edge.addr),
+        "addr: 127.0.0.1:0}]\nadmin",
         &format!("addr: 127.0.0.1:{new_port}}}]\nadmin"),
     );
     let (code, report) = edge.admin_json("POST", "/api/reload", b"").await;
@@ -134,7 +135,7 @@ async fn sighup_reloads_and_listener_changes_are_reported_as_needing_an_upgrade(
 async fn an_open_stream_to_a_removed_relay_finishes() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let both = upstreams_yaml(&ups);
-    let edge = Edge::start(&format!("{both}{KEYED}")).await;
+    let edge = TestEdge::new(&format!("{both}{KEYED}")).start().await;
     let home = edge
         .get("/v1/x", &[("x-session-id", "streamer")])
         .await
@@ -161,9 +162,10 @@ async fn an_open_stream_to_a_removed_relay_finishes() {
 async fn a_watched_file_reloads_by_itself() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let a_only = upstreams_yaml(&ups[..1]);
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{a_only}{KEYED}reload: {{watch: true, debounce: 200ms}}\n"
     ))
+    .start()
     .await;
     edge.rewrite(&a_only, &upstreams_yaml(&ups));
     eventually(
@@ -323,7 +325,7 @@ async fn twenty_reloads_under_load_drop_nothing() {
         )
     };
     let first = set(false);
-    let edge = Edge::start(&format!("{first}{KEYED}")).await;
+    let edge = TestEdge::new(&format!("{first}{KEYED}")).start().await;
     let path = edge.config_path();
     let admin = edge.admin;
     let load = under_load(edge.addr, &["relay-a", "relay-b"], || async {

@@ -68,10 +68,11 @@ fn assert_sticky_and_spread(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_over_1000_keys_from_every_key_source() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity:\n  keys:\n    - header: x-session-id\n    - cookie: session_id\n    - query: sid\n    - json: /metadata/user_id\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
     let by_header = route_keys(&edge, &keys, |k| {
@@ -124,10 +125,11 @@ async fn sticky_over_1000_keys_from_every_key_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_requests_are_balanced_across_healthy_upstreams() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\n",
         upstreams_yaml(&ups)
     ))
+    .start()
     .await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..100 {
@@ -154,7 +156,10 @@ async fn consistent_balance_lets_edges_without_a_shared_table_agree() {
         "{}affinity: {{keys: [{{header: x-session-id}}], balance: consistent}}\n",
         upstreams_yaml(&ups)
     );
-    let (one, two) = (Edge::start(&body).await, Edge::start(&body).await);
+    let (one, two) = (
+        TestEdge::new(&body).start().await,
+        TestEdge::new(&body).start().await,
+    );
     let mut agree = 0;
     let mut per_upstream: HashMap<String, usize> = HashMap::new();
     for i in 0..200 {
@@ -176,7 +181,10 @@ async fn consistent_balance_lets_edges_without_a_shared_table_agree() {
 async fn pooled_connections_are_reused_at_any_thread_count() {
     for threads in [1, 2, 4] {
         let ups = upstreams(&["relay-a"]).await;
-        let edge = Edge::start_with_threads(&upstreams_yaml(&ups), threads).await;
+        let edge = TestEdge::new(&upstreams_yaml(&ups))
+            .threads(threads)
+            .start()
+            .await;
         let mut client = Conn::open(edge.addr).await.expect("connect");
         for i in 0..300 {
             let r = client
@@ -227,7 +235,7 @@ async fn pooled_connections_are_reused_at_any_thread_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_event_by_event() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&upstreams_yaml(&ups)).await;
+    let edge = TestEdge::new(&upstreams_yaml(&ups)).start().await;
     let mut conn = Conn::open(edge.addr).await.expect("connect");
     conn.send_raw(&raw_request(
         "POST",
@@ -274,7 +282,7 @@ async fn sse_streams_event_by_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_bytes_and_headers_but_not_hop_by_hop_or_host_choice() {
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start(&upstreams_yaml(&ups)).await;
+    let edge = TestEdge::new(&upstreams_yaml(&ups)).start().await;
     // Pingora's path, and the held path of a streaming request.
     for body in [&b"{\"a\":1}"[..], b"{\"stream\":true}"] {
         forwards_without_hop_by_hop(&edge, &ups[0], body).await;

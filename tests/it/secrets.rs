@@ -16,10 +16,9 @@ async fn no_output_holds_a_planted_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
-    let (port, admin_port) = (free_port(), free_port());
     let d = dir.path().display();
     let head = format!(
-        "listen: [{{addr: 127.0.0.1:{port}}}]\n{}admin: {{listen: 127.0.0.1:{admin_port}, token_file: {}}}\nserver: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
+        "listen: [{{addr: 127.0.0.1:0}}]\n{}admin: {{listen: 127.0.0.1:0, token_file: {}}}\nserver: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
         upstreams_yaml(&ups),
         token_file.display(),
     );
@@ -30,14 +29,18 @@ async fn no_output_holds_a_planted_secret() {
     let conf = dir.path().join("c.yaml");
     std::fs::write(&conf, &good).expect("write config");
     let log = dir.path().join("log");
+    let ready_file = dir.path().join("ready.json");
     let mut child = std::process::Command::new(BIN)
         .arg("-c")
         .arg(&conf)
         .env("RUST_LOG", "debug")
+        .env(relay_edge::ready_file::ENV, &ready_file)
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("start");
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let (proxy, admin) = ready_addresses(&ready_file, &mut child)
+        .await
+        .expect("relay-edge binds its sockets");
     let auth = format!("Bearer {TOKEN}");
     let get = |path: &'static str| {
         let auth = auth.clone();
@@ -51,7 +54,6 @@ async fn no_output_holds_a_planted_secret() {
         matches!(get("/readyz").await, Ok((200, _)))
     })
     .await;
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     for key in ["alice", "bob"] {
         let r = request(proxy, "GET", "/v1/x", &[("x-session-id", key)], b"")
             .await

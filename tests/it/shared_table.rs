@@ -14,7 +14,7 @@ fn config(ups: &[relay_edge::demo::DemoUpstream], redis: &RedisServer) -> String
 
 /// An edge on a reachable Redis: ready means connected to it.
 pub(crate) async fn shared_edge(conf: &str) -> Edge {
-    let edge = Edge::start(conf).await;
+    let edge = TestEdge::new(conf).start().await;
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     assert_eq!(stats["redis"]["connected"], true, "ready before connected");
     edge
@@ -302,11 +302,12 @@ async fn a_password_in_the_url_works_and_is_never_logged() {
     );
 
     // A wrong password: the edge still serves, and says nothing of the secret.
-    let wrong = Edge::start(&format!(
+    let wrong = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: 'redis://:wrong-pw-9@127.0.0.1:{}/0'}}\n",
         upstreams_yaml(&ups),
         redis.port
     ))
+    .start()
     .await;
     assert_eq!(
         wrong.get("/v1/x", &[("x-session-id", "w")]).await.status,
@@ -589,8 +590,8 @@ async fn restarted_edges_serve_every_known_session_from_their_first_request() {
     // Both edges start anew. Ready is the first moment they serve; from
     // there on every known session goes to its pin, none is placed anew.
     let (a, b) = (
-        Edge::start(&config(&ups, &redis)).await,
-        Edge::start(&config(&ups, &redis)).await,
+        TestEdge::new(&config(&ups, &redis)).start().await,
+        TestEdge::new(&config(&ups, &redis)).start().await,
     );
     for (i, key) in keys.iter().enumerate() {
         let edge = if i % 2 == 0 { &a } else { &b };
@@ -616,7 +617,7 @@ async fn an_edge_is_not_ready_until_redis_answers_and_then_places_through_it() {
         upstreams_yaml(&ups),
         redis.url()
     );
-    let edge = Edge::spawn_unready(&conf);
+    let edge = TestEdge::new(&conf).threads(1).start_unready().await;
     // The admin service answers, and says not ready, while Redis is away.
     eventually(
         Duration::from_secs(20),
@@ -661,11 +662,12 @@ async fn an_edge_is_not_ready_until_redis_answers_and_then_places_through_it() {
 async fn without_redis_an_edge_serves_degraded_after_connect_wait_and_says_so() {
     let redis = RedisServer::unstarted();
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = Edge::start(&format!(
+    let edge = TestEdge::new(&format!(
         "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', connect_wait: 300ms}}\n",
         upstreams_yaml(&ups),
         redis.url()
     ))
+    .start()
     .await;
     let r = edge.get("/v1/x", &[("x-session-id", "alone")]).await;
     assert_eq!(r.status, 200);

@@ -68,7 +68,7 @@ fn the_unit_verifies_and_is_hardened() {
 /// `journalctl -p warning` selects by level. Outside it, lines keep theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_carry_syslog_priorities_for_the_journal() {
-    use crate::common::{upstreams, upstreams_yaml, Edge};
+    use crate::common::{upstreams, upstreams_yaml, TestEdge};
     let ups = upstreams(&["relay-a"]).await;
     // An upstream that refuses connections: its health check logs a warning.
     let dead = format!(
@@ -76,8 +76,8 @@ async fn log_lines_carry_syslog_priorities_for_the_journal() {
         upstreams_yaml(&ups),
         crate::common::free_port()
     );
-    let journal = Edge::start_as_journal_writer(&dead).await;
-    let plain = Edge::start(&dead).await;
+    let journal = TestEdge::new(&dead).threads(1).journal().start().await;
+    let plain = TestEdge::new(&dead).start().await;
     crate::common::eventually(
         std::time::Duration::from_secs(10),
         "a warning and an info line in the journal's log",

@@ -47,12 +47,19 @@ async fn tls_listener_and_tls_upstream_with_sni() {
     let (cert, key) = self_signed(dir.path());
     let ups = upstreams(&["relay-a"]).await;
     // The TLS "relay": relay-edge terminating TLS in front of the demo relay.
-    let tls_relay = Edge::start_full(&upstreams_yaml(&ups), 1, Some((&cert, &key))).await;
+    let tls_relay = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .tls(&cert, &key)
+        .start()
+        .await;
     // One worker thread: see the pooling note in README.
-    let front = Edge::start_with_threads(&format!(
+    let front = TestEdge::new(&format!(
         "upstreams:\n  - {{id: relay-tls, addr: '{}', tls: {{sni: localhost, verify: false}}}}\nhealth_check: {{interval: 200ms}}\naffinity: {{keys: [{{header: x-session-id}}]}}\n",
         tls_relay.addr
-    ), 1)
+    ))
+    .threads(1)
+    .own_health_check()
+    .start()
     .await;
     for i in 0..5 {
         let r = front
@@ -130,7 +137,12 @@ async fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
     let (second_cert, second_key) = self_signed_named(dir.path(), "second.test", "2-");
     let (third_cert, _) = self_signed_named(dir.path(), "third.test", "3-");
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start_full(&upstreams_yaml(&ups), 1, Some((&cert, &key))).await;
+    let edge = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .tls(&cert, &key)
+        .listen_port(free_port())
+        .start()
+        .await;
     assert!(served_subject(edge.addr).contains("CN = first.test"));
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     assert_eq!(stats["certificates"][0]["listener"], edge.addr.to_string());
@@ -216,14 +228,13 @@ async fn a_watched_certificate_is_served_once_its_files_change() {
     let (cert, key) = self_signed_named(dir.path(), "first.test", "");
     let (second_cert, second_key) = self_signed_named(dir.path(), "second.test", "2-");
     let ups = upstreams(&["relay-a"]).await;
-    let edge = Edge::start_full(
-        &format!(
-            "{}reload: {{watch: true, debounce: 100ms}}\n",
-            upstreams_yaml(&ups)
-        ),
-        1,
-        Some((&cert, &key)),
-    )
+    let edge = TestEdge::new(&format!(
+        "{}reload: {{watch: true, debounce: 100ms}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .threads(1)
+    .tls(&cert, &key)
+    .start()
     .await;
     assert!(served_subject(edge.addr).contains("CN = first.test"));
     replace_file(&second_key, &key);

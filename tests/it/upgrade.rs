@@ -6,7 +6,12 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_the_sockets_while_the_old_one_finishes_its_streams() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut old = Edge::start_opts(&upstreams_yaml(&ups), 1, None, "30s").await;
+    let mut old = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .grace("30s")
+        .ports_in_config()
+        .start()
+        .await;
     let mut new = old.start_upgrade().await;
 
     // A stream that runs across the hand-over, on the old process.
@@ -49,7 +54,12 @@ async fn an_upgrade_under_load_fails_no_request() {
         upstreams_yaml(&ups),
         redis.url()
     );
-    let mut old = Edge::start_opts(&conf, 1, None, "30s").await;
+    let mut old = TestEdge::new(&conf)
+        .threads(1)
+        .grace("30s")
+        .ports_in_config()
+        .start()
+        .await;
     eventually(Duration::from_secs(20), "redis connected", || async {
         old.admin_json("GET", "/api/stats", b"").await.1["redis"]["connected"] == true
     })
@@ -121,12 +131,13 @@ async fn sigusr2_upgrades_from_inside_and_tells_systemd_the_new_main_pid() {
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
     notify.set_nonblocking(true).expect("nonblocking");
-    let mut old = Edge::start_with_env(
-        &upstreams_yaml(&ups),
-        "30s",
-        &[("NOTIFY_SOCKET", notify_path.as_os_str())],
-    )
-    .await;
+    let mut old = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .grace("30s")
+        .env("NOTIFY_SOCKET", notify_path.as_os_str())
+        .ports_in_config()
+        .start()
+        .await;
     let old_pid = old.pid();
     eventually(
         Duration::from_secs(5),
@@ -189,7 +200,11 @@ async fn sigusr2_upgrades_from_inside_and_tells_systemd_the_new_main_pid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_that_cannot_start_hands_nothing_over() {
     let ups = upstreams(&["relay-a"]).await;
-    let mut edge = Edge::start_opts(&upstreams_yaml(&ups), 1, None, "30s").await;
+    let mut edge = TestEdge::new(&upstreams_yaml(&ups))
+        .threads(1)
+        .grace("30s")
+        .start()
+        .await;
     // The file is broken now: the successor refuses it and exits.
     std::fs::write(edge.config_path(), "listen: nowhere\n").expect("write config");
     edge.signal("USR2");
@@ -212,15 +227,14 @@ async fn a_successor_that_cannot_start_hands_nothing_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_without_redis_hands_the_session_table_over() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
-    let mut old = Edge::start_opts(
-        &format!(
-            "{}affinity: {{keys: [{{header: x-session-id}}], outcome_header: x-affinity}}\n",
-            upstreams_yaml(&ups)
-        ),
-        1,
-        None,
-        "30s",
-    )
+    let mut old = TestEdge::new(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}], outcome_header: x-affinity}}\n",
+        upstreams_yaml(&ups)
+    ))
+    .threads(1)
+    .grace("30s")
+    .ports_in_config()
+    .start()
     .await;
     let keys: Vec<String> = (0..30).map(|i| format!("handed-{i}")).collect();
     let mut homes = Vec::new();

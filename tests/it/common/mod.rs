@@ -1,0 +1,58 @@
+//! Test support: real relay-edge child processes on ports they bind
+//! themselves ([`edge`]), demo upstreams in-process (here), a raw HTTP/1.1
+//! client ([`http`]), real `redis-server` children ([`redis`]), and
+//! polling with deadlines ([`wait`]).
+
+#![allow(dead_code)]
+
+pub mod edge;
+pub mod http;
+pub mod redis;
+pub mod wait;
+
+pub use edge::{finishes_its_stream_and_exits, ready_addresses, Edge, TestEdge, BIN};
+pub use http::{messages_body, open_stream, open_stream_with, raw_request, request, Conn};
+pub use redis::{RedisCluster, RedisServer};
+pub use wait::eventually;
+
+use relay_edge::demo::DemoUpstream;
+use std::net::TcpListener;
+
+/// A free loopback port, never handed out twice in this test process (the
+/// kernel may offer a just-released port again before its new owner binds
+/// it). Only for what cannot take port 0: a `redis-server`, an address
+/// nothing listens on, or a port a test must know before the start.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+pub async fn upstreams(names: &[&str]) -> Vec<DemoUpstream> {
+    let mut ups = Vec::new();
+    for name in names {
+        ups.push(
+            DemoUpstream::start(name, "127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("upstream listens"),
+        );
+    }
+    ups
+}
+
+pub fn upstreams_yaml<'a>(ups: impl IntoIterator<Item = &'a DemoUpstream>) -> String {
+    let mut y = String::from("upstreams:\n");
+    for u in ups {
+        y.push_str(&format!("  - {{id: {}, addr: {}}}\n", u.name, u.addr));
+    }
+    y
+}
