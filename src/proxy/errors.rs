@@ -159,7 +159,8 @@ mod tests {
         use ClientError as C;
         use FailureCause as F;
         #[rustfmt::skip]
-        let cases: &[(ErrorSource, ErrorType, u16, Option<F>, Option<F>, Option<C>)] = &[
+        type Row = (ErrorSource, ErrorType, u16, Option<F>, Option<F>, Option<C>);
+        let cases: &[Row] = &[
             // The client went away: nothing to send, nothing to blame.
             (Client, ConnectionClosed, 0, None, None, Some(C::ClosedEarly)),
             (Client, ReadError, 0, None, None, Some(C::ClosedEarly)),
