@@ -10,11 +10,11 @@
 //! same samples give the indicators their 15-minute window
 //! ([`crate::indicators`]).
 
+use crate::admin::views::{HistoryPointView, HistoryView, UpstreamHistoryView};
 use crate::metrics::AffinityOutcome;
 use crate::state::Edge;
 use crate::upstream::Upstream;
 use prometheus::core::Metric;
-use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -248,45 +248,41 @@ impl History {
 
     /// `GET /api/history`: per upstream, one point per interval, oldest
     /// first, the last one the interval under way.
-    pub fn json(&self, edge: &Edge) -> Value {
+    pub fn view(&self, edge: &Edge) -> HistoryView {
         let intervals = self.intervals(edge);
-        let upstreams: Vec<Value> = edge
+        let upstreams = edge
             .state()
             .upstreams
             .all()
             .iter()
-            .map(|u| {
-                let points: Vec<Value> = intervals
+            .map(|u| UpstreamHistoryView {
+                id: u.id.to_string(),
+                points: intervals
                     .iter()
                     .filter_map(|i| {
                         let (d, p99) = i.upstreams.get(&u.id)?;
-                        Some(json!({
-                            "t_ms": i.end_ms,
-                            "requests": d.requests,
-                            "errors": d.errors,
-                            "p99_ms": p99,
-                            "affinity_hit_rate": ratio(d.affinity_hits, d.keyed),
-                        }))
+                        Some(HistoryPointView {
+                            t_ms: i.end_ms,
+                            requests: d.requests,
+                            errors: d.errors,
+                            p99_ms: *p99,
+                            affinity_hit_rate: ratio(d.affinity_hits, d.keyed),
+                        })
                     })
-                    .collect();
-                json!({ "id": &*u.id, "points": points })
+                    .collect(),
             })
             .collect();
-        json!({
-            "resolution_seconds": RESOLUTION.as_secs(),
-            "window_seconds": WINDOW.as_secs(),
-            "upstreams": upstreams,
-        })
+        HistoryView {
+            resolution_seconds: RESOLUTION.as_secs(),
+            window_seconds: WINDOW.as_secs(),
+            upstreams,
+        }
     }
 }
 
-/// `part / whole`, or null when there is no whole.
-pub fn ratio(part: u64, whole: u64) -> Value {
-    if whole == 0 {
-        Value::Null
-    } else {
-        json!(part as f64 / whole as f64)
-    }
+/// `part / whole`, or none when there is no whole.
+pub fn ratio(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
 }
 
 #[cfg(test)]
@@ -326,19 +322,13 @@ mod tests {
         serve(10, 0.02);
         edge.history.record(&edge);
         serve(4, 2.0);
-        let h = edge.history.json(&edge);
-        let a = &h["upstreams"][0]["points"];
-        assert_eq!(a.as_array().map(Vec::len), Some(2), "{h}");
-        assert_eq!(
-            (a[0]["requests"].clone(), a[0]["p99_ms"].clone()),
-            (json!(10), json!(25.0))
-        );
-        assert_eq!(a[0]["affinity_hit_rate"], json!(0.9));
-        assert_eq!(
-            (a[1]["requests"].clone(), a[1]["p99_ms"].clone()),
-            (json!(4), json!(2500.0))
-        );
-        assert_eq!(h["upstreams"][1]["points"][0]["requests"], 0);
+        let h = edge.history.view(&edge);
+        let a = &h.upstreams[0].points;
+        assert_eq!(a.len(), 2, "{h:?}");
+        assert_eq!((a[0].requests, a[0].p99_ms), (10, Some(25.0)));
+        assert_eq!(a[0].affinity_hit_rate, Some(0.9));
+        assert_eq!((a[1].requests, a[1].p99_ms), (4, Some(2500.0)));
+        assert_eq!(h.upstreams[1].points[0].requests, 0);
         let w = edge.history.window(&edge);
         assert_eq!(
             (w.total.requests, w.total.keyed, w.total.affinity_hits),

@@ -6,10 +6,10 @@
 //! values. Rates are taken over the dashboard's 15-minute window
 //! ([`crate::history`]); states (pool use, health) are taken now.
 
+use crate::admin::views::IndicatorView;
 use crate::history::ratio;
 use crate::metrics::AffinityOutcome;
 use crate::state::Edge;
-use serde_json::{json, Value};
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +152,8 @@ pub fn session_survival(live: u64, created: u64) -> f64 {
     }
 }
 
-/// Every indicator's value now; null where there is nothing to measure.
-fn values(edge: &Edge) -> [Value; 8] {
+/// Every indicator's value now; none where there is nothing to measure.
+fn values(edge: &Edge) -> [Option<f64>; 8] {
     let crate::history::Window {
         total: window,
         affinity,
@@ -168,47 +168,50 @@ fn values(edge: &Edge) -> [Value; 8] {
     let written = m.recovery_written.get();
     let recovery = ratio(written, written + m.recovery_failed.get());
     let mean_connect = match window.connects {
-        0 => Value::Null,
-        n => json!(window.connect_micros as f64 / n as f64 / 1e6),
+        0 => None,
+        n => Some(window.connect_micros as f64 / n as f64 / 1e6),
     };
     [
         ratio(window.errors, window.requests),
         ratio(cache_read, input + cache_read + cache_creation),
-        json!(m.pool_utilisation.get()),
+        Some(m.pool_utilisation.get()),
         mean_connect,
-        json!(m.upstream_healthy_ratio.get()),
-        json!(m.session_survival.get()),
+        Some(m.upstream_healthy_ratio.get()),
+        Some(m.session_survival.get()),
         recovery,
         affinity,
     ]
 }
 
 /// The indicators for `/api/stats`: value, threshold and verdict
-/// (`ok`: null when there is no value yet).
-pub fn json(edge: &Edge) -> Value {
+/// (`ok`: none when there is no value yet).
+pub fn views(edge: &Edge) -> Vec<IndicatorView> {
     edge.refresh_scrape_gauges();
     let values = values(edge);
-    Value::Array(
-        INDICATORS
-            .iter()
-            .zip(values)
-            .map(|(i, value)| {
-                let ok = value.as_f64().map(|v| match i.bad_when {
+    INDICATORS
+        .iter()
+        .zip(values)
+        .map(|(i, value)| {
+            // JSON has no NaN or infinity: such a value is no value.
+            let value = value.filter(|v| v.is_finite());
+            IndicatorView {
+                name: i.name.to_string(),
+                title: i.title.to_string(),
+                value,
+                threshold: i.threshold,
+                bad_when: match i.bad_when {
+                    BadWhen::Above => "above",
+                    BadWhen::Below => "below",
+                }
+                .to_string(),
+                unit: i.unit.to_string(),
+                ok: value.map(|v| match i.bad_when {
                     BadWhen::Above => v <= i.threshold,
                     BadWhen::Below => v >= i.threshold,
-                });
-                json!({
-                    "name": i.name,
-                    "title": i.title,
-                    "value": value,
-                    "threshold": i.threshold,
-                    "bad_when": match i.bad_when { BadWhen::Above => "above", BadWhen::Below => "below" },
-                    "unit": i.unit,
-                    "ok": ok,
-                })
-            })
-            .collect(),
-    )
+                }),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

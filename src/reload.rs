@@ -12,36 +12,11 @@ use crate::config::{self, AdminSpec, AffinitySpec, Config, ServerSpec};
 use crate::state::{Edge, State};
 use crate::upstream::Upstream;
 use pingora_load_balancing::health_check::HealthCheck;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// What a successful reload did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadReport {
-    pub generation: u64,
-    /// From the start of the reload (signal, request or file change) to the swap.
-    pub took_ms: f64,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    /// Settings that differ but need a restart or a graceful upgrade.
-    pub needs_upgrade: Vec<String>,
-    /// TLS listeners whose certificate files now hold another certificate,
-    /// served to new handshakes from now on.
-    pub certificates_renewed: Vec<String>,
-}
-
-/// The last reload, whatever its result: for the dashboard.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastReload {
-    pub at_ms: u64,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report: Option<ReloadReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<String>>,
-}
+// What a reload reports is an admin answer: its shape is defined with the others.
+pub use crate::admin::views::{LastReload, ReloadReport};
 
 /// Keep in `new` the settings that only a restart or a graceful upgrade can
 /// change, as `old` has them, so that the running process stays coherent
