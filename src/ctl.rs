@@ -5,11 +5,17 @@
 //! own config file (`-c`, else `$RELAY_EDGE_CONFIG`, else
 //! [`DEFAULT_CONFIG`]); the rest of the file is not read, so a file being
 //! edited still serves `ctl reload`, which reports what is wrong with it. Each command is one
-//! admin request; the answer is printed as a table for people, or as the
-//! API's JSON with `--json`. Every error says what to do next.
+//! admin request; the answer is read as its view ([`crate::admin::views`])
+//! and printed as a table for people, or printed as the API's JSON with
+//! `--json`. Every error says what to do next.
 
+use crate::admin::views::{
+    DrainView, ErrorView, IndicatorView, PinRequest, ReloadReport, SessionView, StatsView,
+    UpstreamView,
+};
 use crate::config;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -86,15 +92,19 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
             None,
         ),
         Command::Session { key } => ("GET", key_path(key), None),
-        Command::Pin { key, id } => (
-            "PUT",
-            key_path(key),
-            Some(serde_json::json!({ "upstream": id }).to_string()),
-        ),
+        Command::Pin { key, id } => {
+            let pin = PinRequest {
+                upstream: id.clone(),
+                metadata: None,
+            };
+            let body = serde_json::to_string(&pin)
+                .map_err(|e| Failure(format!("cannot write the pin's body: {e}")))?;
+            ("PUT", key_path(key), Some(body))
+        }
         Command::Forget { key } => ("DELETE", key_path(key), None),
         Command::Reload => ("POST", "/api/reload".to_string(), None),
     };
-    let (status, value) = admin.call(method, &route, body.as_deref())?;
+    let (status, body) = admin.call(method, &route, body.as_deref())?;
     if status == 401 {
         return Err(Failure(format!(
             "the admin API at {} refused the token. admin.token_file in {} must hold the running edge's token; after changing the file, reload the edge (systemctl reload relay-edge) so that it reads it too.",
@@ -103,28 +113,37 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
         )));
     }
     if !(200..300).contains(&status) {
-        return Err(Failure(refusal(&args.command, status, &value)));
+        return Err(Failure(refusal(&args.command, status, &body)));
     }
     if args.json {
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         return Ok(format!("{}\n", pretty(&value)));
     }
     Ok(match &args.command {
-        Command::Status => status_text(&value),
-        Command::Upstreams => upstreams_table(value.as_array().map_or(&[][..], Vec::as_slice)),
+        Command::Status => status_text(&admin.read(&body)?),
+        Command::Upstreams => upstreams_table(&admin.read::<Vec<UpstreamView>>(&body)?),
         Command::Drain { id } => format!(
             "{id}: draining; it takes no new sessions and its sessions move off{}\n",
-            shared_note(&value)
+            shared_note(&admin.read(&body)?)
         ),
-        Command::Undrain { id } => format!("{id}: takes sessions again{}\n", shared_note(&value)),
-        Command::Session { key } | Command::Pin { key, .. } => session_text(key, &value),
+        Command::Undrain { id } => format!(
+            "{id}: takes sessions again{}\n",
+            shared_note(&admin.read(&body)?)
+        ),
+        Command::Session { key } | Command::Pin { key, .. } => {
+            session_text(key, &admin.read(&body)?)
+        }
         Command::Forget { key } => format!("{key}: forgotten; its next request is placed anew\n"),
-        Command::Reload => reload_text(&value),
+        Command::Reload => reload_text(&admin.read(&body)?),
     })
 }
 
 /// What the API's refusal means for this command, and what to do.
-fn refusal(command: &Command, status: u16, value: &Value) -> String {
-    let said = value["error"].as_str().unwrap_or("no reason given");
+fn refusal(command: &Command, status: u16, body: &[u8]) -> String {
+    let error = serde_json::from_slice::<ErrorView>(body).ok();
+    let said = error
+        .as_ref()
+        .map_or("no reason given", |e| e.error.as_str());
     match (command, status) {
         (Command::Drain { id } | Command::Undrain { id } | Command::Pin { id, .. }, 404 | 400)
             if said.contains("upstream") =>
@@ -140,8 +159,8 @@ fn refusal(command: &Command, status: u16, value: &Value) -> String {
             let mut text = String::from(
                 "the config file was rejected; the running config stays. Fix these and run `relay-edge ctl reload` again:",
             );
-            for e in value["errors"].as_array().into_iter().flatten() {
-                let _ = write!(text, "\n  {}", e.as_str().unwrap_or_default());
+            for e in error.iter().flat_map(|e| e.errors.iter().flatten()) {
+                let _ = write!(text, "\n  {e}");
             }
             text
         }
@@ -179,8 +198,13 @@ impl Admin {
         })
     }
 
-    /// One request on its own connection: the status and the JSON body.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value), Failure> {
+    /// One request on its own connection: the status and the body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Vec<u8>), Failure> {
         let unreachable = |e: std::io::Error| {
             Failure(format!(
                 "cannot reach the admin API at {}: {e}. Is relay-edge running (systemctl status relay-edge), and is this its config (admin.listen)?",
@@ -225,8 +249,18 @@ impl Admin {
             }
         };
         let status = response.code.unwrap_or(0);
-        let value = serde_json::from_slice(&reply[head_len..]).unwrap_or(Value::Null);
-        Ok((status, value))
+        reply.drain(..head_len);
+        Ok((status, reply))
+    }
+
+    /// A successful answer, read as the view its route answers with.
+    fn read<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, Failure> {
+        serde_json::from_slice(body).map_err(|e| {
+            Failure(format!(
+                "the admin API at {} answered in a shape this ctl cannot read ({e}); `relay-edge ctl --json` prints it as it came",
+                self.addr
+            ))
+        })
     }
 }
 
@@ -246,18 +280,23 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn shared_note(v: &Value) -> &'static str {
-    match v["shared"].as_bool() {
-        Some(true) => " (every edge on this Redis follows)",
-        _ => "",
+fn shared_note(v: &DrainView) -> &'static str {
+    match v.shared {
+        true => " (every edge on this Redis follows)",
+        false => "",
     }
 }
 
-fn percent(v: &Value) -> String {
-    v.as_f64()
-        .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0))
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0))
 }
 
+/// A measure with two decimals; `-` for none.
+fn decimal(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |f| format!("{f:.2}"))
+}
+
+/// A JSON value of the `redis` section, whose shape is the store's own.
 fn num(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -304,32 +343,29 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The edge's verdict on an upstream, as the dashboard words it.
-fn upstream_state(u: &Value) -> String {
-    match u["unusable"].as_str() {
+fn upstream_state(u: &UpstreamView) -> String {
+    match u.unusable.as_deref() {
         None => "healthy".into(),
-        Some("ejected") => format!(
-            "ejected {:.0}s",
-            u["ejected_for_seconds"].as_f64().unwrap_or(0.0)
-        ),
+        Some("ejected") => format!("ejected {:.0}s", u.ejected_for_seconds),
         Some(other) => other.into(),
     }
 }
 
-fn upstreams_table(list: &[Value]) -> String {
+fn upstreams_table(list: &[UpstreamView]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|u| {
             vec![
-                num(&u["id"]),
-                num(&u["addr"]),
+                u.id.clone(),
+                u.addr.clone(),
                 upstream_state(u),
-                num(&u["inflight"]),
-                num(&u["sessions"]),
-                num(&u["requests"]),
-                num(&u["errors"]),
-                num(&u["mean_connect_ms"]),
-                percent(&u["pooled_reuse_ratio"]),
-                percent(&u["tokens"]["cache_read_ratio"]),
+                u.inflight.to_string(),
+                u.sessions.to_string(),
+                u.requests.to_string(),
+                u.errors.to_string(),
+                decimal(u.mean_connect_ms),
+                percent(u.pooled_reuse_ratio),
+                percent(u.tokens.cache_read_ratio),
             ]
         })
         .collect();
@@ -350,25 +386,25 @@ fn upstreams_table(list: &[Value]) -> String {
     )
 }
 
-fn status_text(s: &Value) -> String {
+fn status_text(s: &StatsView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "relay-edge {}, up {}, config generation {}, {}",
-        num(&s["version"]),
-        duration(s["uptime_seconds"].as_u64().unwrap_or(0)),
-        num(&s["config"]["generation"]),
-        if s["ready"].as_bool() == Some(true) {
+        s.version,
+        duration(s.uptime_seconds),
+        s.config.generation,
+        if s.ready {
             "ready"
         } else {
             "NOT READY (first health round or Redis pending)"
         }
     );
-    let a = &s["affinity"];
-    let ups = s["upstreams"].as_array().map_or(&[][..], Vec::as_slice);
-    let healthy = ups.iter().filter(|u| u["unusable"].is_null()).count();
-    let draining = ups.iter().filter(|u| u["draining"] == true).count();
-    let r = &s["redis"];
+    let a = &s.affinity;
+    let ups = &s.upstreams;
+    let healthy = ups.iter().filter(|u| u.unusable.is_none()).count();
+    let draining = ups.iter().filter(|u| u.draining).count();
+    let r = &s.redis;
     let redis = if r["configured"] == true {
         format!(
             "{}, {}; {} errors, {} pending pins, {} cached",
@@ -389,12 +425,17 @@ fn status_text(s: &Value) -> String {
     } else {
         "not configured (in-process table)".into()
     };
-    let reload = match &s["last_reload"] {
-        Value::Null => "none since start".to_string(),
-        r if r["ok"] == true => format!("ok, generation {}", num(&r["report"]["generation"])),
-        r => format!(
+    let reload = match &s.last_reload {
+        None => "none since start".to_string(),
+        Some(r) if r.ok => format!(
+            "ok, generation {}",
+            r.report
+                .as_ref()
+                .map_or_else(|| "-".into(), |r| r.generation.to_string())
+        ),
+        Some(r) => format!(
             "REJECTED ({}), the running config stays",
-            r["errors"].as_array().map_or(0, Vec::len)
+            r.errors.as_ref().map_or(0, Vec::len)
         ),
     };
     let rows = [
@@ -404,21 +445,17 @@ fn status_text(s: &Value) -> String {
         ),
         (
             "sessions",
-            format!(
-                "{} (max {})",
-                num(&s["sessions"]["count"]),
-                num(&s["sessions"]["max"])
-            ),
+            format!("{} (max {})", s.sessions.count, s.sessions.max),
         ),
         (
             "affinity",
             format!(
                 "hit rate {} (local {}, redis {}, miss {}), re-pins {}",
-                percent(&a["hit_rate"]),
-                num(&a["local_hits"]),
-                num(&a["redis_hits"]),
-                num(&a["misses"]),
-                num(&a["repins"])
+                percent(a.hit_rate),
+                a.local_hits,
+                a.redis_hits,
+                a.misses,
+                a.repins
             ),
         ),
         ("redis", redis),
@@ -428,90 +465,75 @@ fn status_text(s: &Value) -> String {
         let _ = writeln!(out, "{k:<12} {v}");
     }
     out.push('\n');
-    let indicators: Vec<Vec<String>> = s["indicators"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| {
-            let seconds = i["unit"] == "seconds";
-            let show = |v: &Value| match (seconds, v.as_f64()) {
-                (false, _) => percent(v),
-                (true, None) => "-".into(),
-                (true, Some(s)) if s < 1.0 => format!("{:.1} ms", s * 1000.0),
-                (true, Some(s)) => format!("{s:.2} s"),
-            };
-            let bound = if i["bad_when"] == "above" { "<=" } else { ">=" };
-            vec![
-                num(&i["title"]),
-                show(&i["value"]),
-                format!("{bound} {}", show(&i["threshold"])),
-                match i["ok"].as_bool() {
-                    Some(true) => "ok".into(),
-                    Some(false) => "ALERT".into(),
-                    None => "no data".into(),
-                },
-            ]
-        })
-        .collect();
+    let indicators: Vec<Vec<String>> = s.indicators.iter().map(indicator_row).collect();
     out.push_str(&table(&["INDICATOR", "NOW", "TARGET", ""], &indicators));
     out
 }
 
-fn session_text(key: &str, s: &Value) -> String {
-    let ago = |ms: &Value| {
-        let then = ms.as_u64().unwrap_or(0);
+fn indicator_row(i: &IndicatorView) -> Vec<String> {
+    let seconds = i.unit == "seconds";
+    let show = |v: Option<f64>| match (seconds, v) {
+        (false, _) => percent(v),
+        (true, None) => "-".into(),
+        (true, Some(s)) if s < 1.0 => format!("{:.1} ms", s * 1000.0),
+        (true, Some(s)) => format!("{s:.2} s"),
+    };
+    let bound = if i.bad_when == "above" { "<=" } else { ">=" };
+    vec![
+        i.title.clone(),
+        show(i.value),
+        format!("{bound} {}", show(Some(i.threshold))),
+        match i.ok {
+            Some(true) => "ok".into(),
+            Some(false) => "ALERT".into(),
+            None => "no data".into(),
+        },
+    ]
+}
+
+fn session_text(key: &str, s: &SessionView) -> String {
+    let ago = |then: u64| {
         let now = crate::clock::unix_ms();
         format!("{} ago", duration(now.saturating_sub(then) / 1000))
     };
     let mut out = String::new();
-    let status = s["status"]
-        .as_str()
+    let status = s
+        .status
+        .as_ref()
         .map_or(String::new(), |st| format!(" ({st})"));
     for (k, v) in [
         ("key", key.to_string()),
-        ("id", num(&s["id"])),
-        ("upstream", format!("{}{status}", num(&s["upstream"]))),
-        ("created", ago(&s["created_unix_ms"])),
-        ("last seen", ago(&s["last_seen_unix_ms"])),
-        ("requests", num(&s["requests"])),
-        ("errors", num(&s["errors"])),
-        (
-            "ttl left",
-            duration(s["ttl_left_seconds"].as_u64().unwrap_or(0)),
-        ),
+        ("id", s.id.clone()),
+        ("upstream", format!("{}{status}", s.upstream)),
+        ("created", ago(s.created_unix_ms)),
+        ("last seen", ago(s.last_seen_unix_ms)),
+        ("requests", s.requests.to_string()),
+        ("errors", s.errors.to_string()),
+        ("ttl left", duration(s.ttl_left_seconds)),
     ] {
         let _ = writeln!(out, "{k:<10} {v}");
     }
     out
 }
 
-fn reload_text(r: &Value) -> String {
-    let list = |k: &str| {
-        let items: Vec<&str> = r[k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            items.join(", ")
-        }
+fn reload_text(r: &ReloadReport) -> String {
+    let list = |items: &[String]| match items {
+        [] => "-".to_string(),
+        items => items.join(", "),
     };
     let mut out = format!(
         "reloaded: generation {} in {} ms\nadded      {}\nremoved    {}\nchanged    {}\n",
-        num(&r["generation"]),
-        num(&r["took_ms"]),
-        list("added"),
-        list("removed"),
-        list("changed"),
+        r.generation,
+        decimal(Some(r.took_ms)),
+        list(&r.added),
+        list(&r.removed),
+        list(&r.changed),
     );
-    if r["needs_upgrade"].as_array().is_some_and(|a| !a.is_empty()) {
+    if !r.needs_upgrade.is_empty() {
         let _ = writeln!(
             out,
             "NOT APPLIED {} (needs a graceful upgrade: kill -USR2 \"$(systemctl show -p MainPID --value relay-edge)\")",
-            list("needs_upgrade")
+            list(&r.needs_upgrade)
         );
     }
     out
@@ -531,6 +553,19 @@ mod tests {
             ],
         );
         assert_eq!(t, "ID       STATE\nrelay-a  healthy\nb        draining\n");
+    }
+
+    #[test]
+    fn a_reload_report_is_read_as_its_view() {
+        let report: ReloadReport = serde_json::from_str(
+            r#"{"generation": 3, "took_ms": 12.3456, "added": ["x", "y"], "removed": [],
+                "changed": ["z"], "needs_upgrade": ["listen"], "certificates_renewed": []}"#,
+        )
+        .expect("a reload's answer");
+        let text = reload_text(&report);
+        assert!(text.starts_with(
+            "reloaded: generation 3 in 12.35 ms\nadded      x, y\nremoved    -\nchanged    z\nNOT APPLIED listen "
+        ), "{text}");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use crate::metrics::Metrics;
 use crate::outcome::AffinityOutcome;
 use crate::upstream::Upstream;
 use prometheus::core::Metric;
-use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -246,45 +245,47 @@ impl History {
         w
     }
 
-    /// `GET /api/history`: per upstream, one point per interval, oldest
-    /// first, the last one the interval under way (up to `now`).
-    pub fn json(&self, now: &Sample) -> Value {
+    /// `GET /api/history`: per upstream (in the config's order), one point
+    /// per interval, oldest first, the last one the interval under way (up
+    /// to `now`).
+    pub fn points(&self, now: &Sample) -> Vec<(Arc<str>, Vec<Point>)> {
         let intervals = self.intervals(now);
-        let upstreams: Vec<Value> = now
-            .order
+        now.order
             .iter()
             .map(|id| {
-                let points: Vec<Value> = intervals
+                let points = intervals
                     .iter()
                     .filter_map(|i| {
                         let (d, p99) = i.upstreams.get(id)?;
-                        Some(json!({
-                            "t_ms": i.end_ms,
-                            "requests": d.requests,
-                            "errors": d.errors,
-                            "p99_ms": p99,
-                            "affinity_hit_rate": ratio(d.affinity_hits, d.keyed),
-                        }))
+                        Some(Point {
+                            t_ms: i.end_ms,
+                            requests: d.requests,
+                            errors: d.errors,
+                            p99_ms: *p99,
+                            affinity_hit_rate: ratio(d.affinity_hits, d.keyed),
+                        })
                     })
                     .collect();
-                json!({ "id": &**id, "points": points })
+                (id.clone(), points)
             })
-            .collect();
-        json!({
-            "resolution_seconds": RESOLUTION.as_secs(),
-            "window_seconds": WINDOW.as_secs(),
-            "upstreams": upstreams,
-        })
+            .collect()
     }
 }
 
-/// `part / whole`, or null when there is no whole.
-pub fn ratio(part: u64, whole: u64) -> Value {
-    if whole == 0 {
-        Value::Null
-    } else {
-        json!(part as f64 / whole as f64)
-    }
+/// One upstream's interval, as the dashboard draws it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The interval's end.
+    pub t_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_ms: Option<f64>,
+    pub affinity_hit_rate: Option<f64>,
+}
+
+/// `part / whole`, or none when there is no whole.
+pub fn ratio(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
 }
 
 #[cfg(test)]
@@ -325,19 +326,13 @@ mod tests {
         serve(10, 0.02);
         edge.history.record(edge.sample());
         serve(4, 2.0);
-        let h = edge.history.json(&edge.sample());
-        let a = &h["upstreams"][0]["points"];
-        assert_eq!(a.as_array().map(Vec::len), Some(2), "{h}");
-        assert_eq!(
-            (a[0]["requests"].clone(), a[0]["p99_ms"].clone()),
-            (json!(10), json!(25.0))
-        );
-        assert_eq!(a[0]["affinity_hit_rate"], json!(0.9));
-        assert_eq!(
-            (a[1]["requests"].clone(), a[1]["p99_ms"].clone()),
-            (json!(4), json!(2500.0))
-        );
-        assert_eq!(h["upstreams"][1]["points"][0]["requests"], 0);
+        let h = edge.history.points(&edge.sample());
+        let a = &h[0].1;
+        assert_eq!(a.len(), 2, "{h:?}");
+        assert_eq!((a[0].requests, a[0].p99_ms), (10, Some(25.0)));
+        assert_eq!(a[0].affinity_hit_rate, Some(0.9));
+        assert_eq!((a[1].requests, a[1].p99_ms), (4, Some(2500.0)));
+        assert_eq!(h[1].1[0].requests, 0);
         let w = edge.history.window(&edge.sample());
         assert_eq!(
             (w.total.requests, w.total.keyed, w.total.affinity_hits),

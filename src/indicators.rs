@@ -10,7 +10,6 @@ use crate::history::ratio;
 use crate::history::Window;
 use crate::metrics::Metrics;
 use crate::outcome::AffinityOutcome;
-use serde_json::{json, Value};
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +152,8 @@ pub fn session_survival(live: u64, created: u64) -> f64 {
     }
 }
 
-/// Every indicator's value now; null where there is nothing to measure.
-fn values(window: &Window, m: &Metrics) -> [Value; 8] {
+/// Every indicator's value now; none where there is nothing to measure.
+fn values(window: &Window, m: &Metrics) -> [Option<f64>; 8] {
     let Window {
         total: window,
         affinity,
@@ -168,48 +167,48 @@ fn values(window: &Window, m: &Metrics) -> [Value; 8] {
     let written = m.recovery_written.get();
     let recovery = ratio(written, written + m.recovery_failed.get());
     let mean_connect = match window.connects {
-        0 => Value::Null,
-        n => json!(window.connect_micros as f64 / n as f64 / 1e6),
+        0 => None,
+        n => Some(window.connect_micros as f64 / n as f64 / 1e6),
     };
     [
         ratio(window.errors, window.requests),
         ratio(cache_read, input + cache_read + cache_creation),
-        json!(m.pool_utilisation.get()),
+        Some(m.pool_utilisation.get()),
         mean_connect,
-        json!(m.upstream_healthy_ratio.get()),
-        json!(m.session_survival.get()),
+        Some(m.upstream_healthy_ratio.get()),
+        Some(m.session_survival.get()),
         recovery,
         affinity,
     ]
 }
 
-/// The indicators for `/api/stats`: value, threshold and verdict
-/// (`ok`: null when there is no value yet).
-/// Each indicator with its value: rates over `window`, states from the
-/// gauges of `metrics` (refreshed by the caller).
-pub fn json(window: &Window, metrics: &Metrics) -> Value {
-    let values = values(window, metrics);
-    Value::Array(
-        INDICATORS
-            .iter()
-            .zip(values)
-            .map(|(i, value)| {
-                let ok = value.as_f64().map(|v| match i.bad_when {
+/// One indicator now: its value (none where there is nothing to measure,
+/// or no finite value) and its verdict (none without a value).
+pub struct Reading {
+    pub indicator: &'static Indicator,
+    pub value: Option<f64>,
+    pub ok: Option<bool>,
+}
+
+/// Every indicator: rates over `window`, states from the gauges of
+/// `metrics` (refreshed by the caller).
+pub fn readings(window: &Window, metrics: &Metrics) -> Vec<Reading> {
+    INDICATORS
+        .iter()
+        .zip(values(window, metrics))
+        .map(|(i, value)| {
+            // JSON has no NaN or infinity: such a value is no value.
+            let value = value.filter(|v| v.is_finite());
+            Reading {
+                indicator: i,
+                value,
+                ok: value.map(|v| match i.bad_when {
                     BadWhen::Above => v <= i.threshold,
                     BadWhen::Below => v >= i.threshold,
-                });
-                json!({
-                    "name": i.name,
-                    "title": i.title,
-                    "value": value,
-                    "threshold": i.threshold,
-                    "bad_when": match i.bad_when { BadWhen::Above => "above", BadWhen::Below => "below" },
-                    "unit": i.unit,
-                    "ok": ok,
-                })
-            })
-            .collect(),
-    )
+                }),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

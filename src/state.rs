@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::upstream::health::CheckConnectors;
 use crate::upstream::{Upstream, UpstreamSet};
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -77,7 +77,8 @@ impl State {
 }
 
 /// What a successful reload did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReloadReport {
     pub generation: u64,
     /// From the start of the reload (signal, request or file change) to the swap.
@@ -93,7 +94,8 @@ pub struct ReloadReport {
 }
 
 /// The last reload, whatever its result: for the dashboard.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LastReload {
     pub at_ms: u64,
     pub ok: bool,
@@ -256,10 +258,10 @@ impl Edge {
     }
 
     /// The indicators against their thresholds, now (`/api/stats`).
-    pub fn indicators(&self) -> serde_json::Value {
+    pub fn indicators(&self) -> Vec<crate::indicators::Reading> {
         self.refresh_scrape_gauges();
         let window = self.history.window(&self.sample());
-        crate::indicators::json(&window, &self.metrics)
+        crate::indicators::readings(&window, &self.metrics)
     }
 
     /// Requests in flight in this process, on any generation.

@@ -20,14 +20,23 @@
 //!
 //! With a token configured, every route but the dashboard's page needs
 //! `Authorization: Bearer <token>`, compared in constant time. Errors share one JSON shape:
-//! `{"error": "..."}`.
+//! `{"error": "..."}`. Every JSON answer is a view of [`super::views`].
 
+use crate::indicators::BadWhen;
+use super::views::{HistoryPointView, HistoryView, IndicatorView, UpstreamHistoryView, 
+    AffinityView, CertificateView, ConfigView, DeletedView, DrainView, ErrorView, HealthView,
+    ListenerView, PinRequest, ReadyView, SessionCountView, SessionListView, SessionView, StatsView,
+    TokensView, UpstreamView,
+};
+use crate::affinity::store::SessionInfo;
 use crate::clock;
 use crate::outcome::RepinReason;
 use crate::state::Edge;
 use crate::upstream::Upstream;
+use http::StatusCode;
 use percent_encoding::percent_decode_str;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::sync::atomic::Ordering;
 use subtle::ConstantTimeEq;
 
@@ -41,22 +50,38 @@ pub struct AdminRequest<'a> {
 
 #[derive(Debug)]
 pub struct AdminResponse {
-    pub status: u16,
+    pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Vec<u8>,
 }
 
 impl AdminResponse {
-    fn json(status: u16, value: &Value) -> Self {
+    /// A view, pretty-printed. It goes through a [`Value`], whose objects
+    /// sort their keys: every answer lists its fields in alphabetical
+    /// order, whatever order its view declares them in.
+    fn json<T: Serialize>(status: StatusCode, view: &T) -> Self {
+        let body = serde_json::to_value(view)
+            .and_then(|value| serde_json::to_vec_pretty(&value))
+            .unwrap_or_default();
         AdminResponse {
             status,
             content_type: "application/json",
-            body: serde_json::to_vec_pretty(value).unwrap_or_default(),
+            body,
         }
     }
 
-    pub fn error(status: u16, message: &str) -> Self {
-        Self::json(status, &json!({ "error": message }))
+    fn ok<T: Serialize>(view: &T) -> Self {
+        Self::json(StatusCode::OK, view)
+    }
+
+    pub fn error(status: StatusCode, message: &str) -> Self {
+        Self::json(
+            status,
+            &ErrorView {
+                error: message.to_string(),
+                errors: None,
+            },
+        )
     }
 
     /// The body as JSON (for tests and callers that inspect replies).
@@ -83,7 +108,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
     // call it makes presents it.
     let page = req.method == "GET" && req.path.trim_matches('/').is_empty();
     if !page && !authorized(edge, req.authorization) {
-        return AdminResponse::error(401, "missing or wrong bearer token");
+        return AdminResponse::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let segments: Vec<&str> = req
         .path
@@ -93,39 +118,50 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         .collect();
     match (req.method, segments.as_slice()) {
         ("GET", []) => AdminResponse {
-            status: 200,
+            status: StatusCode::OK,
             content_type: "text/html; charset=utf-8",
             body: DASHBOARD.as_bytes().to_vec(),
         },
-        ("GET", ["healthz"]) => AdminResponse::json(200, &json!({ "status": "ok" })),
+        ("GET", ["healthz"]) => AdminResponse::ok(&HealthView {
+            status: "ok".into(),
+        }),
         ("GET", ["readyz"]) => match edge.is_ready() {
-            true => AdminResponse::json(200, &json!({ "ready": true })),
+            true => AdminResponse::ok(&ReadyView {
+                ready: true,
+                reason: None,
+            }),
             false => AdminResponse::json(
-                503,
-                &json!({ "ready": false, "reason": "first health-check round not finished" }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ReadyView {
+                    ready: false,
+                    reason: Some("first health-check round not finished".into()),
+                },
             ),
         },
         ("GET", ["metrics"]) => {
             edge.refresh_scrape_gauges();
             AdminResponse {
-                status: 200,
+                status: StatusCode::OK,
                 content_type: "text/plain; version=0.0.4",
                 body: edge.metrics.render(),
             }
         }
-        ("GET", ["api", "stats"]) => AdminResponse::json(200, &stats(edge)),
-        ("GET", ["api", "history"]) => AdminResponse::json(200, &edge.history.json(&edge.sample())),
-        ("GET", ["api", "upstreams"]) => AdminResponse::json(200, &Value::Array(upstreams(edge))),
+        ("GET", ["api", "stats"]) => AdminResponse::ok(&stats(edge)),
+        ("GET", ["api", "history"]) => AdminResponse::ok(&history(edge)),
+        ("GET", ["api", "upstreams"]) => AdminResponse::ok(&upstreams(edge)),
         ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
             drain(edge, id, *action == "drain").await
         }
         ("GET", ["api", "sessions"]) => list_sessions(edge, req.query).await,
         (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
         ("POST", ["api", "reload"]) => match edge.reload().await {
-            Ok(report) => AdminResponse::json(200, &json!(report)),
+            Ok(report) => AdminResponse::ok(&report),
             Err(errors) => AdminResponse::json(
-                400,
-                &json!({ "error": "config rejected; the running config stays", "errors": errors }),
+                StatusCode::BAD_REQUEST,
+                &ErrorView {
+                    error: "config rejected; the running config stays".into(),
+                    errors: Some(errors),
+                },
             ),
         },
         (
@@ -135,60 +171,59 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
             | ["api", "stats" | "history" | "upstreams" | "sessions" | "reload"],
         )
         | (_, ["api", "upstreams", _, "drain" | "undrain"]) => {
-            AdminResponse::error(405, "method not allowed")
+            AdminResponse::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        _ => AdminResponse::error(404, "no such route"),
+        _ => AdminResponse::error(StatusCode::NOT_FOUND, "no such route"),
     }
 }
 
-/// What an upstream's answers reported of tokens, and the share of prompt
-/// tokens read from its cache: the proof that affinity keeps caches warm.
-fn tokens_json([input, cache_read, cache_creation, output]: [u64; 4]) -> Value {
+/// An upstream's token counts (input, cache_read, cache_creation, output).
+fn tokens_view([input, cache_read, cache_creation, output]: [u64; 4]) -> TokensView {
     let prompt = input + cache_read + cache_creation;
-    json!({
-        "input": input,
-        "cache_read_input": cache_read,
-        "cache_creation_input": cache_creation,
-        "output": output,
-        "cache_read_ratio": if prompt == 0 { Value::Null } else { json!(cache_read as f64 / prompt as f64) },
-    })
+    TokensView {
+        input,
+        cache_read_input: cache_read,
+        cache_creation_input: cache_creation,
+        output,
+        cache_read_ratio: (prompt > 0).then(|| cache_read as f64 / prompt as f64),
+    }
 }
 
-fn upstream_json(u: &Upstream, sessions: u64, now: u64, tokens: [u64; 4]) -> Value {
+fn upstream_view(u: &Upstream, sessions: u64, now: u64, tokens: [u64; 4]) -> UpstreamView {
     let s = &u.stats;
     let connects = s.connects.load(Ordering::Relaxed);
     let reused = s.reused.load(Ordering::Relaxed);
     let mean_connect_ms = match connects {
-        0 => Value::Null,
-        n => json!(s.connect_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0),
+        0 => None,
+        n => Some(s.connect_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0),
     };
-    let reuse_ratio = match connects + reused {
-        0 => Value::Null,
-        n => json!(reused as f64 / n as f64),
+    let pooled_reuse_ratio = match connects + reused {
+        0 => None,
+        n => Some(reused as f64 / n as f64),
     };
-    json!({
-        "id": &*u.id,
-        "addr": u.spec.addr.to_string(),
-        "weight": u.spec.weight,
-        "tls": u.spec.tls.is_some(),
-        "healthy": u.health.is_healthy(),
-        "ejected": u.ejection.is_ejected(now),
-        "ejected_for_seconds": u.ejection.remaining_ms(now) as f64 / 1000.0,
-        "ejections": u.ejection.ejections(),
-        "draining": u.is_draining(),
-        "unusable": u.unusable(now).map(|r| r.label()),
-        "inflight": u.inflight(),
-        "sessions": sessions,
-        "requests": s.requests.load(Ordering::Relaxed),
-        "errors": s.errors.load(Ordering::Relaxed),
-        "connections_opened": connects,
-        "mean_connect_ms": mean_connect_ms,
-        "pooled_reuse_ratio": reuse_ratio,
-        "tokens": tokens_json(tokens),
-    })
+    UpstreamView {
+        id: u.id.to_string(),
+        addr: u.spec.addr.to_string(),
+        weight: u.spec.weight,
+        tls: u.spec.tls.is_some(),
+        healthy: u.health.is_healthy(),
+        ejected: u.ejection.is_ejected(now),
+        ejected_for_seconds: u.ejection.remaining_ms(now) as f64 / 1000.0,
+        ejections: u.ejection.ejections(),
+        draining: u.is_draining(),
+        unusable: u.unusable(now).map(|r| r.label().to_string()),
+        inflight: u.inflight(),
+        sessions,
+        requests: s.requests.load(Ordering::Relaxed),
+        errors: s.errors.load(Ordering::Relaxed),
+        connections_opened: connects,
+        mean_connect_ms,
+        pooled_reuse_ratio,
+        tokens: tokens_view(tokens),
+    }
 }
 
-fn upstreams(edge: &Edge) -> Vec<Value> {
+fn upstreams(edge: &Edge) -> Vec<UpstreamView> {
     let counts = edge.store.counts();
     let now = clock::now_ms();
     edge.state()
@@ -197,12 +232,59 @@ fn upstreams(edge: &Edge) -> Vec<Value> {
         .iter()
         .map(|u| {
             let sessions = counts.get(&u.id).copied().unwrap_or(0);
-            upstream_json(u, sessions, now, edge.metrics.tokens_of(&u.id))
+            upstream_view(u, sessions, now, edge.metrics.tokens_of(&u.id))
         })
         .collect()
 }
 
-fn stats(edge: &Edge) -> Value {
+/// `GET /api/history`, from a sample taken now.
+fn history(edge: &Edge) -> HistoryView {
+    let upstreams = edge
+        .history
+        .points(&edge.sample())
+        .into_iter()
+        .map(|(id, points)| UpstreamHistoryView {
+            id: id.to_string(),
+            points: points
+                .into_iter()
+                .map(|p| HistoryPointView {
+                    t_ms: p.t_ms,
+                    requests: p.requests,
+                    errors: p.errors,
+                    p99_ms: p.p99_ms,
+                    affinity_hit_rate: p.affinity_hit_rate,
+                })
+                .collect(),
+        })
+        .collect();
+    HistoryView {
+        resolution_seconds: crate::history::RESOLUTION.as_secs(),
+        window_seconds: crate::history::WINDOW.as_secs(),
+        upstreams,
+    }
+}
+
+/// The indicators for `/api/stats`: value, threshold and verdict.
+fn indicators(edge: &Edge) -> Vec<IndicatorView> {
+    edge.indicators()
+        .into_iter()
+        .map(|r| IndicatorView {
+            name: r.indicator.name.to_string(),
+            title: r.indicator.title.to_string(),
+            value: r.value,
+            threshold: r.indicator.threshold,
+            bad_when: match r.indicator.bad_when {
+                BadWhen::Above => "above",
+                BadWhen::Below => "below",
+            }
+            .to_string(),
+            unit: r.indicator.unit.to_string(),
+            ok: r.ok,
+        })
+        .collect()
+}
+
+fn stats(edge: &Edge) -> StatsView {
     let state = edge.state();
     let m = &edge.metrics;
     let (local, shared, miss) = (
@@ -211,53 +293,65 @@ fn stats(edge: &Edge) -> Value {
         m.lookup_miss.get(),
     );
     let lookups = local + shared + miss;
-    let repins = m.repins_total();
     let c = &state.config;
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": edge.started.elapsed().map_or(0, |d| d.as_secs()),
-        "ready": edge.is_ready(),
-        "upstreams": upstreams(edge),
-        "sessions": { "count": edge.store.len(), "max": c.affinity.max_sessions },
-        "affinity": {
-            "lookups": lookups,
-            "local_hits": local,
-            "redis_hits": shared,
-            "misses": miss,
-            "hit_rate": if lookups == 0 { Value::Null } else { json!((local + shared) as f64 / lookups as f64) },
-            "repins": repins,
+    StatsView {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: edge.started.elapsed().map_or(0, |d| d.as_secs()),
+        ready: edge.is_ready(),
+        upstreams: upstreams(edge),
+        sessions: SessionCountView {
+            count: edge.store.len(),
+            max: c.affinity.max_sessions,
         },
-        "redis": edge.store.describe(),
-        "certificates": certificates(edge),
-        "indicators": edge.indicators(),
-        "last_reload": edge.last_reload.load_full().map(|r| json!(*r)),
-        "config": {
-            "generation": state.generation,
-            "listeners": c.listeners.iter().map(|l| json!({"addr": l.addr.to_string(), "tls": l.tls.is_some()})).collect::<Vec<_>>(),
-            "upstreams": c.upstreams.len(),
-            "key_sources": c.affinity.keys.len(),
-            "ttl_seconds": c.affinity.ttl.as_secs(),
-            "balance": format!("{:?}", c.affinity.balance),
-            "max_retries": c.max_retries,
-            "last_reload_error": edge.last_reload_error.load_full().map(|e| json!(*e)),
+        affinity: AffinityView {
+            lookups,
+            local_hits: local,
+            redis_hits: shared,
+            misses: miss,
+            hit_rate: (lookups > 0).then(|| (local + shared) as f64 / lookups as f64),
+            repins: m.repins_total(),
         },
-    })
+        redis: edge.store.describe(),
+        certificates: certificates(edge),
+        indicators: indicators(edge),
+        last_reload: edge.last_reload.load_full().map(|r| (*r).clone()),
+        config: ConfigView {
+            generation: state.generation,
+            listeners: c
+                .listeners
+                .iter()
+                .map(|l| ListenerView {
+                    addr: l.addr.to_string(),
+                    tls: l.tls.is_some(),
+                })
+                .collect(),
+            upstreams: c.upstreams.len(),
+            key_sources: c.affinity.keys.len(),
+            ttl_seconds: c.affinity.ttl.as_secs(),
+            balance: format!("{:?}", c.affinity.balance),
+            max_retries: c.max_retries,
+            last_reload_error: edge.last_reload_error.load_full().map(|e| (*e).clone()),
+        },
+    }
 }
 
 /// The certificate each TLS listener serves: its subject and expiry.
-fn certificates(edge: &Edge) -> Value {
+fn certificates(edge: &Edge) -> Vec<CertificateView> {
     let now = crate::clock::unix_ms() as i64 / 1000;
-    let listeners = edge.certificates.all().iter().map(|l| {
-        let c = l.current();
-        json!({
-            "listener": l.addr,
-            "cert_file": l.files.cert.display().to_string(),
-            "subject": c.subject,
-            "not_after": crate::certificates::expiry_text(c.not_after),
-            "expires_in_days": (c.not_after - now) as f64 / 86_400.0,
+    edge.certificates
+        .all()
+        .iter()
+        .map(|l| {
+            let c = l.current();
+            CertificateView {
+                listener: l.addr.clone(),
+                cert_file: l.files.cert.display().to_string(),
+                subject: c.subject.clone(),
+                not_after: crate::certificates::expiry_text(c.not_after),
+                expires_in_days: (c.not_after - now) as f64 / 86_400.0,
+            }
         })
-    });
-    Value::Array(listeners.collect())
+        .collect()
 }
 
 async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
@@ -267,7 +361,7 @@ async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
         .index_of(id)
         .and_then(|i| state.upstreams.get(i))
     else {
-        return AdminResponse::error(404, "no such upstream");
+        return AdminResponse::error(StatusCode::NOT_FOUND, "no such upstream");
     };
     u.set_draining(on);
     let shared = edge.store.share_drain(&u.id, on).await;
@@ -276,10 +370,11 @@ async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
         u.id,
         if on { "draining" } else { "undrained" }
     );
-    AdminResponse::json(
-        200,
-        &json!({ "id": &*u.id, "draining": on, "shared": shared }),
-    )
+    AdminResponse::ok(&DrainView {
+        id: u.id.to_string(),
+        draining: on,
+        shared,
+    })
 }
 
 /// What happens to a session on its next request, as this edge sees it.
@@ -312,63 +407,104 @@ async fn list_sessions(edge: &Edge, query: Option<&str>) -> AdminResponse {
     let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) => n.min(10_000),
-        Some(Err(_)) => return AdminResponse::error(400, "limit must be a number"),
+        Some(Err(_)) => {
+            return AdminResponse::error(StatusCode::BAD_REQUEST, "limit must be a number")
+        }
     };
     let sessions = edge.store.list(upstream.as_deref(), limit).await;
-    AdminResponse::json(200, &json!({ "sessions": sessions }))
+    AdminResponse::ok(&SessionListView {
+        sessions: sessions
+            .into_iter()
+            .map(|info| session_view(info, None))
+            .collect(),
+    })
+}
+
+/// A session as the API shows it; `status` for a `GET` of that one session.
+fn session_view(info: SessionInfo, status: Option<&str>) -> SessionView {
+    let SessionInfo {
+        id,
+        upstream,
+        created_unix_ms,
+        last_seen_unix_ms,
+        requests,
+        errors,
+        ttl_left_seconds,
+        metadata,
+    } = info;
+    SessionView {
+        id,
+        upstream,
+        created_unix_ms,
+        last_seen_unix_ms,
+        requests,
+        errors,
+        ttl_left_seconds,
+        metadata,
+        status: status.map(String::from),
+    }
 }
 
 async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResponse {
     let raw = percent_decode_str(key).collect::<Vec<u8>>();
     if raw.is_empty() {
-        return AdminResponse::error(400, "empty session key");
+        return AdminResponse::error(StatusCode::BAD_REQUEST, "empty session key");
     }
     let state = edge.state();
     let id = state.keys.hasher().id(&raw);
     match method {
         "GET" => match edge.store.get(id).await {
             Some(info) => {
-                let mut body = json!(info);
-                body["status"] = json!(session_status(edge, &info.upstream));
-                AdminResponse::json(200, &body)
+                let status = session_status(edge, &info.upstream);
+                AdminResponse::ok(&session_view(info, Some(status)))
             }
-            None => AdminResponse::error(404, "no such session"),
+            None => AdminResponse::error(StatusCode::NOT_FOUND, "no such session"),
         },
         "PUT" => {
             const SHAPE: &str =
                 r#"body must be {"upstream": "ID", "metadata": {...}} (metadata optional)"#;
-            let Some(body) = serde_json::from_slice::<Value>(body).ok() else {
-                return AdminResponse::error(400, SHAPE);
+            let bad = |message| AdminResponse::error(StatusCode::BAD_REQUEST, message);
+            // Read as a `Value` first: only an object is a pin (serde would
+            // also read the struct from an array), and a repeated key counts
+            // once, with its last value.
+            let Ok(body @ Value::Object(_)) = serde_json::from_slice::<Value>(body) else {
+                return bad(SHAPE);
             };
-            let Some(target) = body.get("upstream").and_then(Value::as_str) else {
-                return AdminResponse::error(400, SHAPE);
+            let Ok(PinRequest {
+                upstream: target,
+                metadata,
+            }) = serde_json::from_value::<PinRequest>(body)
+            else {
+                return bad(SHAPE);
             };
-            let metadata = match body.get("metadata") {
+            let metadata = match metadata {
                 None => None,
                 Some(m @ Value::Object(_)) => Some(m.to_string()),
-                Some(_) => return AdminResponse::error(400, "metadata must be a JSON object"),
+                Some(_) => return bad("metadata must be a JSON object"),
             };
             if metadata.as_ref().is_some_and(|m| m.len() > 4096) {
-                return AdminResponse::error(400, "metadata must stay under 4 KiB");
+                return bad("metadata must stay under 4 KiB");
             }
             let Some(u) = state
                 .upstreams
-                .index_of(target)
+                .index_of(&target)
                 .and_then(|i| state.upstreams.get(i))
             else {
-                return AdminResponse::error(400, "no such upstream");
+                return bad("no such upstream");
             };
             edge.store.set(id, u.id.clone(), metadata).await;
             match edge.store.get(id).await {
-                Some(info) => AdminResponse::json(200, &json!(info)),
-                None => AdminResponse::error(500, "pin was not stored"),
+                Some(info) => AdminResponse::ok(&session_view(info, None)),
+                None => {
+                    AdminResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "pin was not stored")
+                }
             }
         }
         "DELETE" => match edge.store.forget(id).await {
-            true => AdminResponse::json(200, &json!({ "deleted": true })),
-            false => AdminResponse::error(404, "no such session"),
+            true => AdminResponse::ok(&DeletedView { deleted: true }),
+            false => AdminResponse::error(StatusCode::NOT_FOUND, "no such session"),
         },
-        _ => AdminResponse::error(405, "method not allowed"),
+        _ => AdminResponse::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
     }
 }
 
@@ -376,6 +512,7 @@ async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResp
 mod tests {
     use super::*;
     use crate::config;
+    use serde_json::json;
     use std::sync::Arc;
 
     fn edge(extra: &str) -> Arc<Edge> {
@@ -485,6 +622,54 @@ mod tests {
         );
         let metrics = call(&e, "GET", "/metrics", None, "");
         assert!(String::from_utf8_lossy(&metrics.body).contains("relay_edge_config_generation 1"));
+    }
+
+    /// What the handler writes is what `ctl` reads: the answer reads as its
+    /// view, and the view writes the same bytes again (no field lost or added).
+    fn reads_back<T: serde::de::DeserializeOwned + Serialize>(what: &str, r: AdminResponse) {
+        let view: T = match serde_json::from_slice(&r.body) {
+            Ok(view) => view,
+            Err(e) => panic!("{what}: {e}: {}", String::from_utf8_lossy(&r.body)),
+        };
+        let again = AdminResponse::json(r.status, &view).body;
+        assert_eq!(
+            String::from_utf8_lossy(&again),
+            String::from_utf8_lossy(&r.body),
+            "{what}"
+        );
+    }
+
+    #[test]
+    fn every_answer_reads_back_as_its_view() {
+        use crate::admin::views::*;
+        let e = edge("");
+        reads_back::<ReadyView>("not ready", call(&e, "GET", "/readyz", None, ""));
+        let _ = e.mark_ready();
+        e.history.record(&e);
+        let pin = r#"{"upstream":"b","metadata":{"team":"red"}}"#;
+        let answers: [(&str, &str, &str); 4] = [
+            ("PUT", "/api/sessions/alice", pin),
+            ("GET", "/api/sessions/alice", ""),
+            ("POST", "/api/upstreams/a/drain", ""),
+            ("GET", "/api/upstreams/a/drain", ""),
+        ];
+        let [put, get, drain, wrong] = answers.map(|(m, p, b)| call(&e, m, p, None, b));
+        reads_back::<SessionView>("PUT session", put);
+        reads_back::<SessionView>("GET session", get);
+        reads_back::<DrainView>("drain", drain);
+        reads_back::<ErrorView>("405", wrong);
+        let get = |path| call(&e, "GET", path, None, "");
+        reads_back::<ReadyView>("ready", get("/readyz"));
+        reads_back::<HealthView>("healthz", get("/healthz"));
+        reads_back::<SessionListView>("sessions", get("/api/sessions"));
+        reads_back::<Vec<UpstreamView>>("upstreams", get("/api/upstreams"));
+        reads_back::<HistoryView>("history", get("/api/history"));
+        reads_back::<StatsView>("stats", get("/api/stats"));
+        reads_back::<ErrorView>("reload", call(&e, "POST", "/api/reload", None, ""));
+        reads_back::<DeletedView>(
+            "DELETE session",
+            call(&e, "DELETE", "/api/sessions/alice", None, ""),
+        );
     }
 
     #[test]

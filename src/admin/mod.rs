@@ -2,14 +2,16 @@
 //!
 //! [`handler`] holds the routes as a pure async function from an
 //! [`handler::AdminRequest`] to an [`handler::AdminResponse`], tested
-//! without sockets; [`AdminService`] adapts it to Pingora's `ServeHttp`.
+//! without sockets; [`views`] holds the JSON shapes it answers with (and
+//! `relay-edge ctl` reads); [`AdminService`] adapts it to Pingora's `ServeHttp`.
 
 pub mod handler;
+pub mod views;
 
 use crate::state::Edge;
 use async_trait::async_trait;
 use handler::{AdminRequest, AdminResponse};
-use http::Response;
+use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use std::sync::Arc;
@@ -28,11 +30,19 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, AdminResponse
             Ok(Some(chunk)) => {
                 body.extend_from_slice(&chunk);
                 if body.len() > MAX_ADMIN_BODY {
-                    return Err(AdminResponse::error(413, "request body too large"));
+                    return Err(AdminResponse::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                    ));
                 }
             }
             Ok(None) => return Ok(body),
-            Err(_) => return Err(AdminResponse::error(400, "unreadable request body")),
+            Err(_) => {
+                return Err(AdminResponse::error(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable request body",
+                ))
+            }
         }
     }
 }
