@@ -4,15 +4,17 @@
 //! Pingora's own `ServerConf` is derived from our config, so one YAML file
 //! is all an operator writes.
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminService;
 use crate::affinity::redis_store::RedisStore;
 use crate::config::model::ThreadModel;
 use crate::config::Config;
 use crate::downstream::workers::ProxyWorkers;
 use crate::downstream::ClientConnections;
+use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::ready_file::{Listening, ReadyFile, Role};
-use crate::state::Edge;
+use crate::state::{Edge, Parts};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
@@ -71,7 +73,20 @@ pub fn build(
 
     let certificates = crate::certificates::Certificates::load(&config.listeners)
         .map_err(|(addr, source)| BuildError::Tls { addr, source })?;
-    let edge = Edge::with_path(config.clone(), config_path, certificates);
+    let metrics = Arc::new(Metrics::new());
+    // The access log's writer thread starts with the server's, here.
+    let access_log = AccessLog::start(
+        &config.access_log,
+        metrics.access_log_lines.clone(),
+        metrics.access_log_dropped.clone(),
+    );
+    let parts = Parts {
+        config_path,
+        certificates,
+        metrics,
+        access_log,
+    };
+    let edge = Edge::with_parts(config.clone(), parts);
     edge.export_certificates();
     if upgrade {
         // `bootstrap` returned: the old process has handed over its sockets,

@@ -6,6 +6,7 @@
 //! and swap it in one store), plus what outlives a generation: the affinity
 //! table, the metrics, the in-flight count and the readiness latch.
 
+use crate::access_log::AccessLog;
 use crate::affinity::keys::KeyChain;
 use crate::affinity::redis_store::RedisStore;
 use crate::affinity::store::{LocalStore, SessionStore};
@@ -105,6 +106,16 @@ pub struct LastReload {
     pub errors: Option<Vec<String>>,
 }
 
+/// What the process gives its edge: the file a reload reads, the TLS
+/// listeners' certificates, the metrics, and the access log with its
+/// writer thread started (by `server::build`, not by a constructor).
+pub struct Parts {
+    pub config_path: Option<std::path::PathBuf>,
+    pub certificates: Certificates,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+}
+
 pub struct Edge {
     current: ArcSwap<State>,
     /// The file `reload` reads; set once at start-up.
@@ -115,7 +126,7 @@ pub struct Edge {
     /// The last reload, whatever its result (for the dashboard).
     pub last_reload: arc_swap::ArcSwapOption<LastReload>,
     /// One line per request, written off the request path.
-    pub access_log: crate::access_log::AccessLog,
+    pub access_log: AccessLog,
     /// The last 15 minutes, for the dashboard and the indicators.
     pub history: crate::history::History,
     /// Sessions created within the last TTL (session survival).
@@ -144,18 +155,32 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// An edge on `config` alone, as a test builds it: its own metrics, an
+    /// access log with no writer thread, no config file to reload and no
+    /// TLS listener. With no `redis` its table is in-process.
     pub fn new(config: Config) -> Arc<Edge> {
-        Edge::with_path(config, None, Certificates::default())
+        let metrics = Arc::new(Metrics::new());
+        let access_log =
+            AccessLog::unwritten(&config.access_log, metrics.access_log_dropped.clone());
+        Edge::with_parts(
+            config,
+            Parts {
+                config_path: None,
+                certificates: Certificates::default(),
+                metrics,
+                access_log,
+            },
+        )
     }
 
-    /// An edge that can reload `config_path`, its TLS listeners serving
-    /// `certificates` (read from `config`'s listeners).
-    pub fn with_path(
-        config: Config,
-        config_path: Option<std::path::PathBuf>,
-        certificates: Certificates,
-    ) -> Arc<Edge> {
-        let metrics = Arc::new(Metrics::new());
+    /// An edge on `config` with what the server gives it (`server::build`).
+    pub fn with_parts(config: Config, parts: Parts) -> Arc<Edge> {
+        let Parts {
+            config_path,
+            certificates,
+            metrics,
+            access_log,
+        } = parts;
         let redis = config
             .redis
             .clone()
@@ -170,11 +195,6 @@ impl Edge {
             }
         };
         let checks = CheckConnectors::new();
-        let access_log = crate::access_log::AccessLog::start(
-            &config.access_log,
-            metrics.access_log_lines.clone(),
-            metrics.access_log_dropped.clone(),
-        );
         let state = State::build_with(config, &metrics, &checks, 1);
         metrics.config_generation.set(1);
         let edge = Arc::new(Edge {

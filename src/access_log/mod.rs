@@ -29,8 +29,8 @@ pub use writer::check_path;
 
 use crate::affinity::SessionId;
 use crate::config::model::AccessLogFormat;
-use crate::outcome::{AffinityOutcome, RepinReason, StreamOutcome};
 use crate::outcome::Usage;
+use crate::outcome::{AffinityOutcome, RepinReason, StreamOutcome};
 use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::Arc;

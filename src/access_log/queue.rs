@@ -22,6 +22,13 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// A log with no writer: lines queue until the buffer is full, then
+    /// are dropped and counted. For an edge built without a server (tests,
+    /// fuzzing), which starts no thread.
+    pub fn unwritten(spec: &AccessLogSpec, dropped: IntCounter) -> AccessLog {
+        AccessLog::queue(spec.buffer, dropped).0
+    }
+
     /// Start the writer thread. A file that cannot be opened is reported
     /// by the writer and tried again on every reopen; `main` checks it
     /// first ([`super::check_path`]), so that the edge does not start without its log.

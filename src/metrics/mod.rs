@@ -10,7 +10,7 @@ mod upstream;
 pub use upstream::{TokenKind, UpstreamMetrics};
 
 use crate::outcome::{
-    AbandonReason, AffinityOutcome, ClientError, FailureCause, RepinReason, StreamOutcome,
+    AffinityOutcome, ClientError, FailureCause, RepinReason,
 };
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -530,56 +530,6 @@ impl Metrics {
         out
     }
 
-    /// Resolve one upstream's handles.
-    pub fn for_upstream(&self, id: &str) -> UpstreamMetrics {
-        UpstreamMetrics {
-            healthy: self.upstream_healthy.with_label_values(&[id]),
-            inflight: self.upstream_inflight.with_label_values(&[id]),
-            sessions: self.upstream_sessions.with_label_values(&[id]),
-            duration: self.request_duration.with_label_values(&[id]),
-            ejections: self.ejections.with_label_values(&[id]),
-            codes: COMMON_CODES
-                .map(|c| (c, self.requests.with_label_values(&[id, &c.to_string()]))),
-            requests: self.requests.clone(),
-            id: id.to_string(),
-            first_event: self.first_event.with_label_values(&[id]),
-            connect: self.connect.with_label_values(&[id]),
-            streams: StreamOutcome::ALL.map(|o| self.streams.with_label_values(&[id, o.label()])),
-            tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
-            abandoned: AbandonReason::ALL
-                .map(|r| self.abandoned.with_label_values(&[id, r.label()])),
-        }
-    }
-
-    /// Drop the per-upstream series of an upstream that is gone.
-    pub fn forget_upstream(&self, id: &str) {
-        let _ = self.upstream_healthy.remove_label_values(&[id]);
-        let _ = self.upstream_inflight.remove_label_values(&[id]);
-        let _ = self.upstream_sessions.remove_label_values(&[id]);
-        let _ = self.request_duration.remove_label_values(&[id]);
-        let _ = self.ejections.remove_label_values(&[id]);
-        let _ = self.first_event.remove_label_values(&[id]);
-        let _ = self.connect.remove_label_values(&[id]);
-        for outcome in StreamOutcome::ALL {
-            let _ = self.streams.remove_label_values(&[id, outcome.label()]);
-        }
-        for kind in TokenKind::ALL {
-            let _ = self.tokens.remove_label_values(&[id, kind]);
-        }
-        for reason in AbandonReason::ALL {
-            let _ = self.abandoned.remove_label_values(&[id, reason.label()]);
-        }
-    }
-
-    /// Tokens each upstream reported, by kind (for `/api/stats`).
-    pub fn tokens_of(&self, upstream: &str) -> [u64; 4] {
-        TokenKind::ALL.map(|k| {
-            self.tokens
-                .get_metric_with_label_values(&[upstream, k])
-                .map_or(0, |c| c.get())
-        })
-    }
-
     /// Count a request that reached no upstream.
     pub fn count_unrouted(&self, code: u16) {
         self.requests
@@ -597,6 +547,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{AbandonReason, StreamOutcome};
 
     /// Every labelled family whose label values are known when an upstream
     /// is configured has its series from the start, at 0, so that alert

@@ -2,7 +2,7 @@
 //! ([`super::Metrics::for_upstream`]), so that the request path never looks
 //! a label set up; and the token kinds of `relay_edge_tokens_total`.
 
-use super::COMMON_CODES;
+use super::{Metrics, COMMON_CODES};
 use crate::outcome::{AbandonReason, StreamOutcome, Usage};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
@@ -69,5 +69,58 @@ impl UpstreamMetrics {
                 .with_label_values(&[&self.id, &code.to_string()])
                 .inc(),
         }
+    }
+}
+
+/// The per-upstream series of the registry.
+impl Metrics {
+    /// Resolve one upstream's handles.
+    pub fn for_upstream(&self, id: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            healthy: self.upstream_healthy.with_label_values(&[id]),
+            inflight: self.upstream_inflight.with_label_values(&[id]),
+            sessions: self.upstream_sessions.with_label_values(&[id]),
+            duration: self.request_duration.with_label_values(&[id]),
+            ejections: self.ejections.with_label_values(&[id]),
+            codes: COMMON_CODES
+                .map(|c| (c, self.requests.with_label_values(&[id, &c.to_string()]))),
+            requests: self.requests.clone(),
+            id: id.to_string(),
+            first_event: self.first_event.with_label_values(&[id]),
+            connect: self.connect.with_label_values(&[id]),
+            streams: StreamOutcome::ALL.map(|o| self.streams.with_label_values(&[id, o.label()])),
+            tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
+            abandoned: AbandonReason::ALL
+                .map(|r| self.abandoned.with_label_values(&[id, r.label()])),
+        }
+    }
+
+    /// Drop the per-upstream series of an upstream that is gone.
+    pub fn forget_upstream(&self, id: &str) {
+        let _ = self.upstream_healthy.remove_label_values(&[id]);
+        let _ = self.upstream_inflight.remove_label_values(&[id]);
+        let _ = self.upstream_sessions.remove_label_values(&[id]);
+        let _ = self.request_duration.remove_label_values(&[id]);
+        let _ = self.ejections.remove_label_values(&[id]);
+        let _ = self.first_event.remove_label_values(&[id]);
+        let _ = self.connect.remove_label_values(&[id]);
+        for outcome in StreamOutcome::ALL {
+            let _ = self.streams.remove_label_values(&[id, outcome.label()]);
+        }
+        for kind in TokenKind::ALL {
+            let _ = self.tokens.remove_label_values(&[id, kind]);
+        }
+        for reason in AbandonReason::ALL {
+            let _ = self.abandoned.remove_label_values(&[id, reason.label()]);
+        }
+    }
+
+    /// Tokens each upstream reported, by kind (for `/api/stats`).
+    pub fn tokens_of(&self, upstream: &str) -> [u64; 4] {
+        TokenKind::ALL.map(|k| {
+            self.tokens
+                .get_metric_with_label_values(&[upstream, k])
+                .map_or(0, |c| c.get())
+        })
     }
 }
