@@ -4,7 +4,12 @@
 //! config, the upstream set and the key chain. [`Edge`] holds the current
 //! `State` behind an `ArcSwap` (so a reload can build a new one to the side
 //! and swap it in one store), plus what outlives a generation: the affinity
-//! table, the metrics, the in-flight count and the readiness latch.
+//! table, the metrics, the in-flight count, the budgets, the history, the
+//! readiness latch and what the last reload did ([`LastReload`]).
+//!
+//! [`Edge::new`] builds one from a config alone (no thread, no file, the
+//! in-process table): the seam the unit tests of routing and the attempt
+//! stand on. The server builds its own with [`Edge::with_parts`].
 
 use crate::access_log::AccessLog;
 use crate::affinity::keys::KeyChain;
