@@ -9,9 +9,7 @@ mod upstream;
 
 pub use upstream::{TokenKind, UpstreamMetrics};
 
-use crate::outcome::{
-    AffinityOutcome, ClientError, FailureCause, RepinReason,
-};
+use crate::outcome::{AffinityOutcome, ClientError, FailureCause, RepinReason};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
