@@ -33,6 +33,7 @@ pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod budgets;
+pub mod capacity;
 pub mod certificates;
 pub mod clock;
 pub mod config;
