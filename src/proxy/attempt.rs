@@ -38,7 +38,8 @@ pub struct Attempt {
     /// Its place in the generation's list (for [`Tried`]).
     index: usize,
     connect_started: Instant,
-    // The capacity slot of `max_inflight` will be held here.
+    // The relay's capacity slot (`crate::capacity::queue::Slot`) will be
+    // held here, so that the attempt's drop gives it back.
 }
 
 impl Attempt {
