@@ -491,13 +491,14 @@ fn indicator_row(i: &IndicatorView) -> Vec<String> {
     ]
 }
 
-fn session_text(key: &str, s: &SessionView) -> String {
+fn session_text(key: &str, view: &SessionView) -> String {
+    let s = &view.session;
     let ago = |then: u64| {
         let now = crate::clock::unix_ms();
         format!("{} ago", duration(now.saturating_sub(then) / 1000))
     };
     let mut out = String::new();
-    let status = s
+    let status = view
         .status
         .as_ref()
         .map_or(String::new(), |st| format!(" ({st})"));

@@ -422,26 +422,9 @@ async fn list_sessions(edge: &Edge, query: Option<&str>) -> AdminResponse {
 }
 
 /// A session as the API shows it; `status` for a `GET` of that one session.
-fn session_view(info: SessionInfo, status: Option<&str>) -> SessionView {
-    let SessionInfo {
-        id,
-        upstream,
-        created_unix_ms,
-        last_seen_unix_ms,
-        requests,
-        errors,
-        ttl_left_seconds,
-        metadata,
-    } = info;
+fn session_view(session: SessionInfo, status: Option<&str>) -> SessionView {
     SessionView {
-        id,
-        upstream,
-        created_unix_ms,
-        last_seen_unix_ms,
-        requests,
-        errors,
-        ttl_left_seconds,
-        metadata,
+        session,
         status: status.map(String::from),
     }
 }

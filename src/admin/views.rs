@@ -10,6 +10,7 @@
 //! another version (a package upgraded before its restart), and a field that
 //! edge does not send reads as its default rather than failing the command.
 
+use crate::affinity::store::SessionInfo;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -218,17 +219,9 @@ pub struct DrainView {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SessionView {
-    /// The key's hash, in hex: the key itself is never kept.
-    pub id: String,
-    pub upstream: String,
-    pub created_unix_ms: u64,
-    pub last_seen_unix_ms: u64,
-    pub requests: u64,
-    pub errors: u64,
-    pub ttl_left_seconds: u64,
-    /// What an admin `PUT` attached to the session, if anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    /// The session as the table keeps it.
+    #[serde(flatten)]
+    pub session: SessionInfo,
     /// `GET` of one session only: what its next request does, as this edge
     /// sees it (`active`, `moving: upstream draining`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,9 +354,11 @@ mod tests {
 
     fn session(status: Option<&str>) -> SessionView {
         SessionView {
-            metadata: Some(json!({"team": "red"})),
+            session: SessionInfo {
+                metadata: Some(json!({"team": "red"})),
+                ..SessionInfo::default()
+            },
             status: status.map(String::from),
-            ..SessionView::default()
         }
     }
 

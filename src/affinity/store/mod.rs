@@ -138,8 +138,9 @@ impl SessionRecord {
     }
 }
 
-/// A session as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A session as the admin API shows it (and `relay-edge ctl` reads it).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SessionInfo {
     pub id: String,
     pub upstream: String,
