@@ -4,6 +4,7 @@
 //! of virtual nodes per unit of weight) can overflow.
 
 mod affinity;
+mod capacity;
 mod fleet;
 mod process;
 mod shared_table;
@@ -14,6 +15,7 @@ use super::model::*;
 use super::FieldError;
 pub use affinity::json_pointer;
 use affinity::*;
+use capacity::*;
 use fleet::*;
 pub use process::admin_only;
 use process::*;
@@ -98,11 +100,19 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         reload,
         limits,
         access_log,
+        capacity,
     } = raw;
     let mut errs = Errors::default();
 
     let listeners = listeners(listen, &mut errs);
-    let upstreams = upstream_specs(upstreams, &mut errs);
+    let default_cap = match capacity.max_inflight {
+        Some(0) => {
+            errs.push("capacity.max_inflight", "must be from 1 to 1000000");
+            None
+        }
+        cap => cap,
+    };
+    let upstreams = upstream_specs(upstreams, default_cap, &mut errs);
     let health = health(health_check, &mut errs);
     let passive = passive(passive_health, &mut errs);
     let affinity = affinity_spec(affinity.unwrap_or_default(), &mut errs);
@@ -121,6 +131,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let server = server_spec(server, &mut errs);
     let limits = limits_spec(limits, &mut errs);
     let access_log = access_log_spec(access_log, &mut errs);
+    let capacity = capacity_spec(capacity, &mut errs);
     let ReloadFile { watch, debounce } = reload;
     let reload = ReloadSpec {
         watch,
@@ -150,6 +161,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             reload,
             limits,
             access_log,
+            capacity,
         })
     } else {
         Err(errs.0)
