@@ -16,6 +16,9 @@
 //!   `response.completed`), on `/v1/chat/completions` a Chat Completions
 //!   stream (ending with `data: [DONE]`), on `/v1/other` events of no known
 //!   protocol; each ends with the chunked terminator.
+//! - `?hold_ms=N`: the answer starts N ms after the request (a relay busy
+//!   with it); [`DemoUpstream::max_in_flight`] is the most requests it had
+//!   in hand at once (read, answer not begun), as a capped relay's own count.
 //! - `?overloaded=NAME`: the relay called NAME answers as an overloaded one
 //!   does (a stream's first event is `overloaded_error`; else a 529).
 //! - anything else: 200 JSON naming this upstream.
@@ -74,6 +77,9 @@ struct Inner {
     connections: AtomicUsize,
     proxied_connections: AtomicUsize,
     requests: AtomicUsize,
+    /// Requests (health checks excluded) in hand now, and the most at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     unhealthy: AtomicBool,
     /// This many more requests (health checks excluded) are read and then
     /// dropped with their connection, unanswered.
@@ -84,6 +90,23 @@ struct Inner {
     faults: Mutex<Option<(usize, Fault)>>,
     recorded: Mutex<Vec<Recorded>>,
     tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// A request in hand, counted until it drops.
+struct InHand(Arc<Inner>);
+
+impl InHand {
+    fn new(inner: &Arc<Inner>) -> InHand {
+        let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InHand(inner.clone())
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How a relay misbehaves (see [`DemoUpstream::fail_next`]).
@@ -163,6 +186,17 @@ impl DemoUpstream {
     /// Requests (health checks excluded) answered or started so far.
     pub fn requests(&self) -> usize {
         self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests (health checks excluded) in hand now: read, their answer
+    /// not begun.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests it had in hand at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Read the next `n` requests (health checks excluded), then close their
@@ -353,6 +387,13 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
                 });
             }
         }
+        let in_hand = (!health).then(|| InHand::new(&inner));
+        if let Some(ms) = query_num(&req.query, "hold_ms").filter(|_| !health) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        // Counted until its answer begins: once the last byte is written,
+        // the edge may send the next request before this task runs again.
+        drop(in_hand);
         let take = |n: &AtomicUsize| {
             n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()

@@ -23,8 +23,8 @@
 //! `{"error": "..."}`. Every JSON answer is a view of [`super::views`].
 
 use super::views::{
-    AffinityView, CertificateView, ConfigView, DeletedView, DrainView, ErrorView, HealthView,
-    HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
+    AffinityView, CapacityView, CertificateView, ConfigView, DeletedView, DrainView, ErrorView,
+    HealthView, HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
     SessionCountView, SessionListView, SessionView, StatsView, TokensView, UpstreamHistoryView,
     UpstreamView,
 };
@@ -221,6 +221,20 @@ fn upstream_view(u: &Upstream, sessions: u64, now: u64, tokens: [u64; 4]) -> Ups
         mean_connect_ms,
         pooled_reuse_ratio,
         tokens: tokens_view(tokens),
+        capacity: u.capacity.as_ref().and_then(|c| {
+            let (inflight, queued) = c.work();
+            let lease = c.lease();
+            Some(CapacityView {
+                max_inflight: u.spec.max_inflight?,
+                grant: u64::try_from(c.limit()).ok().filter(|&n| n != u64::MAX),
+                inflight: inflight as u64,
+                queued: queued as u64,
+                recent_wait_p90_ms: c.gate.recent_p90().as_secs_f64() * 1000.0,
+                edges: lease.last.map(|g| g.edges),
+                redis_failing: lease.failing,
+                lease_left_ms: lease.last.map(|g| g.until_ms.saturating_sub(now)),
+            })
+        }),
     }
 }
 

@@ -159,6 +159,28 @@ pub struct UpstreamView {
     /// Null before the first request.
     pub pooled_reuse_ratio: Option<f64>,
     pub tokens: TokensView,
+    /// Its cap and queue (`max_inflight`); null when it is not capped.
+    pub capacity: Option<CapacityView>,
+}
+
+/// A capped upstream on this edge: its cap (across every edge), what this
+/// edge may have in flight there now (its grant), and its work there.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CapacityView {
+    pub max_inflight: u32,
+    /// Null for no limit (`on_redis_down: open` with Redis down).
+    pub grant: Option<u64>,
+    pub inflight: u64,
+    pub queued: u64,
+    /// The 90th percentile of the recent waits in its queue.
+    pub recent_wait_p90_ms: f64,
+    /// With Redis: the edges that wanted some of it at the last sync, and
+    /// whether that sync failed.
+    pub edges: Option<u32>,
+    pub redis_failing: bool,
+    /// How long the last grant lasts unrenewed (0 once it has lapsed).
+    pub lease_left_ms: Option<u64>,
 }
 
 /// What an upstream's answers reported of tokens, and the share of prompt

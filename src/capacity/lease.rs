@@ -41,7 +41,26 @@ pub struct Held {
     pub failing: bool,
     /// This edge has a field in the relay's hash (it last wanted some).
     pub listed: bool,
+    /// What the last sync asked for, and when it was sent.
+    pub want_sent: u32,
+    pub sent_ms: u64,
 }
+
+/// Is a sync due now for a relay with `want` (see [`want`]) and `limit`?
+/// `tick`: the regular round (each `capacity.sync_interval`), which renews
+/// every lease in use and says once that an edge went idle; otherwise a
+/// wake-up because work queued, which syncs only when the want grew since
+/// the last sync, at once if nothing can be admitted, else at most every
+/// [`WAKE_EVERY_MS`].
+pub fn due(held: &Held, want: u32, limit: usize, tick: bool, now_ms: u64) -> bool {
+    if tick {
+        return want > 0 || held.listed || held.failing;
+    }
+    want > held.want_sent && (limit == 0 || now_ms >= held.sent_ms + WAKE_EVERY_MS)
+}
+
+/// The shortest gap between two syncs of one relay woken by queued work.
+pub const WAKE_EVERY_MS: u64 = 50;
 
 /// How many requests this edge may have in flight at a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +121,7 @@ mod tests {
         let held = |last, failing| Held {
             last,
             failing,
-            listed: false,
+            ..Held::default()
         };
         let cases = [
             (
@@ -207,6 +226,96 @@ mod tests {
         ];
         for (name, cap, shared, held, now, policy, expected) in cases {
             assert_eq!(limit(cap, shared, &held, now, policy), expected, "{name}");
+        }
+    }
+
+    /// Each case: what was last sent, the want and limit now, whether it
+    /// is the regular round, the time, and whether a sync is due.
+    #[test]
+    fn a_sync_is_due_when_a_lease_is_in_use_or_the_want_grew() {
+        let held = |listed, failing, want_sent, sent_ms| Held {
+            last: None,
+            failing,
+            listed,
+            want_sent,
+            sent_ms,
+        };
+        let cases = [
+            (
+                "round, idle and unlisted: nothing",
+                held(false, false, 0, 0),
+                0,
+                4,
+                true,
+                1000,
+                false,
+            ),
+            (
+                "round, busy: renew",
+                held(true, false, 3, 0),
+                3,
+                4,
+                true,
+                1000,
+                true,
+            ),
+            (
+                "round, gone idle: say so once",
+                held(true, false, 3, 0),
+                0,
+                4,
+                true,
+                1000,
+                true,
+            ),
+            (
+                "round, Redis failing: try again",
+                held(false, true, 0, 0),
+                0,
+                4,
+                true,
+                1000,
+                true,
+            ),
+            (
+                "woken, want grew, nothing admitted: at once",
+                held(true, false, 1, 990),
+                2,
+                0,
+                false,
+                1000,
+                true,
+            ),
+            (
+                "woken, want grew, some admitted: not yet",
+                held(true, false, 1, 990),
+                2,
+                1,
+                false,
+                1000,
+                false,
+            ),
+            (
+                "woken, want grew, a while since: sync",
+                held(true, false, 1, 900),
+                2,
+                1,
+                false,
+                1000,
+                true,
+            ),
+            (
+                "woken, saturated (want as sent): wait for the round",
+                held(true, false, 8, 0),
+                8,
+                4,
+                false,
+                1000,
+                false,
+            ),
+        ];
+        for (name, held, want, limit, tick, now, expected) in cases {
+            assert_eq!(due(&held, want, limit, tick, now), expected, "{name}");
         }
     }
 

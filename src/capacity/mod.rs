@@ -18,7 +18,7 @@ use crate::metrics::CapacityMetrics;
 use lease::{Grant, Held, Limit};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use queue::{Gate, Refused, Slot};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -32,6 +32,12 @@ pub struct RelayCapacity {
     pub gate: Arc<Gate>,
     cap: AtomicU32,
     held: Mutex<Held>,
+    /// Shared through Redis, and `on_redis_down` (set by `configure`).
+    settings: Mutex<(bool, OnRedisDown)>,
+    /// When the live grant lapses ([`crate::clock::now_ms`]); an admission
+    /// at or past it sets the limit anew first, so that a lapsed grant is
+    /// never used (Redis reaps it a little later).
+    lapses_ms: AtomicU64,
     /// `on_redis_down: closed` and no live grant: refuse at once.
     refusing: AtomicBool,
     grant: IntGauge,
@@ -54,6 +60,8 @@ impl RelayCapacity {
             gate,
             cap: AtomicU32::new(cap),
             held: Mutex::new(Held::default()),
+            settings: Mutex::new((false, OnRedisDown::Share)),
+            lapses_ms: AtomicU64::new(u64::MAX),
             refusing: AtomicBool::new(false),
             grant: metrics.grant,
             wait: metrics.queue_wait,
@@ -69,7 +77,8 @@ impl RelayCapacity {
     pub fn configure(&self, cap: u32, queue_max: usize, shared: bool, on_down: OnRedisDown) {
         self.cap.store(cap, Ordering::Relaxed);
         self.gate.set_max_queue(queue_max);
-        self.refresh(shared, on_down, crate::clock::now_ms());
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = (shared, on_down);
+        self.refresh(crate::clock::now_ms());
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -83,8 +92,14 @@ impl RelayCapacity {
     }
 
     /// Set the gate's limit from the cap and the lease.
-    pub fn refresh(&self, shared: bool, on_down: OnRedisDown, now_ms: u64) {
+    pub fn refresh(&self, now_ms: u64) {
+        let (shared, on_down) = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let held = self.lease();
+        let lapses = match held.last {
+            Some(g) if shared && now_ms < g.until_ms => g.until_ms,
+            _ => u64::MAX,
+        };
+        self.lapses_ms.store(lapses, Ordering::Relaxed);
         match lease::limit(self.cap(), shared, &held, now_ms, on_down) {
             Limit::Slots(n) => {
                 self.refusing.store(false, Ordering::Relaxed);
@@ -99,20 +114,29 @@ impl RelayCapacity {
         }
     }
 
-    /// A sync's answer (`None`: it failed), then the limit it gives.
-    pub fn synced(&self, answer: Option<Grant>, shared: bool, on_down: OnRedisDown, now_ms: u64) {
+    /// A sync's answer to asking for `want` at `sent_ms` (`None`: it
+    /// failed), then the limit it gives.
+    pub fn synced(&self, want: u32, sent_ms: u64, answer: Option<Grant>) {
         {
             let mut held = self.held();
+            held.want_sent = want;
+            held.sent_ms = sent_ms;
             match answer {
                 Some(g) => {
-                    held.listed = g.grant > 0 || g.fair > 0;
+                    // The script lists an edge that wants some, and only it.
+                    held.listed = want > 0;
                     held.last = Some(g);
                     held.failing = false;
                 }
                 None => held.failing = true,
             }
         }
-        self.refresh(shared, on_down, now_ms);
+        self.refresh(crate::clock::now_ms());
+    }
+
+    /// The limit in force now.
+    pub fn limit(&self) -> usize {
+        self.gate.limit()
     }
 
     /// Work this edge has for the relay: (in flight, queued).
@@ -122,6 +146,10 @@ impl RelayCapacity {
 
     /// A slot at once, if one is free and nobody waits.
     pub fn try_admit(&self) -> Option<Slot> {
+        let now = crate::clock::now_ms();
+        if now >= self.lapses_ms.load(Ordering::Relaxed) {
+            self.refresh(now);
+        }
         if self.refusing.load(Ordering::Relaxed) {
             return None;
         }
@@ -155,14 +183,14 @@ impl RelayCapacity {
         timeout: Duration,
         fast_fail: Duration,
     ) -> Result<Admitted, Refused> {
-        if self.refusing.load(Ordering::Relaxed) {
-            return Err(Refused::RedisDown);
-        }
         if let Some(slot) = self.try_admit() {
             return Ok(Admitted {
                 slot,
                 waited: Duration::ZERO,
             });
+        }
+        if self.refusing.load(Ordering::Relaxed) {
+            return Err(Refused::RedisDown);
         }
         if self.gate.recent_p90() > fast_fail {
             return Err(Refused::FastFail);
@@ -180,11 +208,11 @@ impl RelayCapacity {
     /// elsewhere (a pin's wait): nothing is refused or counted; `None` when
     /// no slot came (or the queue is full).
     pub async fn wait_for(&self, tenant: u64, timeout: Duration) -> Option<Slot> {
-        if self.refusing.load(Ordering::Relaxed) {
-            return None;
-        }
         if let Some(slot) = self.try_admit() {
             return Some(slot);
+        }
+        if self.refusing.load(Ordering::Relaxed) {
+            return None;
         }
         SYNC_DUE.notify_one();
         let started = tokio::time::Instant::now();

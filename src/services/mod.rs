@@ -9,10 +9,13 @@
 //!   file is written and systemd is told `READY=1`;
 //! - [`HistorySampler`] samples the counters for the dashboard's history;
 //! - [`RedisSync`] keeps the shared table in sync with Redis;
+//! - [`capacity::CapacitySync`] renews this edge's grants of capped relays
+//!   (with Redis);
 //! - [`signals::SignalService`] answers the signals Pingora leaves to us.
 //!
 //! [`add_all`] adds them to a server; what they share is the [`Edge`].
 
+pub mod capacity;
 pub mod signals;
 
 use crate::affinity::redis_store::RedisStore;
@@ -46,6 +49,13 @@ pub fn add_all(server: &mut Server, edge: &Arc<Edge>) {
             "relay-edge redis",
             RedisSync {
                 store: redis.clone(),
+            },
+        ));
+        server.add_service(background_service(
+            "relay-edge capacity",
+            capacity::CapacitySync {
+                edge: e(),
+                redis: redis.clone(),
             },
         ));
     }

@@ -6,6 +6,7 @@ mod admin;
 mod answers;
 mod bad_input;
 mod bodies;
+mod capacity;
 mod codex;
 mod common;
 mod config_files;

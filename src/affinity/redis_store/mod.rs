@@ -42,10 +42,12 @@
 //! becomes of an unreadable record); [`sync`] runs the background loop
 //! (connect, renew, sweep, repair, write back); [`pubsub`] receives
 //! invalidations and pings the link; [`drains`] shares admin drains with
-//! every edge (they are not sessions); [`cost`] is the cost model and the
-//! paces it rests on.
+//! every edge (they are not sessions); [`capacity`] renews this edge's
+//! grants of capped relays on the same connection; [`cost`] is the cost
+//! model and the paces it rests on.
 
 mod calls;
+mod capacity;
 pub mod cost;
 mod drains;
 mod link;

@@ -135,6 +135,8 @@ pub struct Scripts {
     pub sweep: Script,
     pub discard: Script,
     pub lease: Script,
+    /// A capped relay's grant to this edge ([`crate::capacity::lease`]).
+    pub capacity: Script,
 }
 
 impl Scripts {
@@ -148,6 +150,7 @@ impl Scripts {
             sweep: Script::new(SWEEP),
             discard: Script::new(DISCARD),
             lease: Script::new(LEASE),
+            capacity: Script::new(crate::capacity::lease::SCRIPT),
         }
     }
 }

@@ -1,0 +1,473 @@
+//! Relay capacity (`max_inflight`): a cap the relay itself never sees
+//! exceeded, a fair queue in front of it, 529 past it, pins that yield, and
+//! the cap held across edges by leased grants in a real redis-server.
+
+use crate::common::http::Response;
+use crate::common::*;
+use relay_edge::demo::DemoUpstream;
+use std::time::{Duration, Instant};
+
+/// The fleet's upstreams with `max_inflight` set on the first of them.
+fn capped_yaml(ups: &[DemoUpstream], cap: u32) -> String {
+    let mut y = String::from("upstreams:\n");
+    for (i, u) in ups.iter().enumerate() {
+        let cap = if i == 0 {
+            format!(", max_inflight: {cap}")
+        } else {
+            String::new()
+        };
+        y.push_str(&format!("  - {{id: {}, addr: {}{cap}}}\n", u.name, u.addr));
+    }
+    y
+}
+
+/// `n` GETs at once through `edge`, each held `hold_ms` by the relay; the
+/// answers, in the order sent.
+async fn burst(edge: &Edge, n: usize, hold_ms: u64, headers: &[(&str, &str)]) -> Vec<Response> {
+    let path = format!("/v1/x?hold_ms={hold_ms}");
+    let sent = (0..n).map(|_| {
+        let (addr, path) = (edge.addr, path.clone());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (&**k, &**v)).collect();
+            request(addr, "GET", &path, &h, b"")
+                .await
+                .expect("an answer")
+        })
+    });
+    let mut answers = Vec::new();
+    for task in sent.collect::<Vec<_>>() {
+        answers.push(task.await.expect("joined"));
+    }
+    answers
+}
+
+fn statuses(answers: &[Response]) -> Vec<u16> {
+    answers.iter().map(|r| r.status).collect()
+}
+
+/// The value of one series in Prometheus text (0 when absent).
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_capped_relay_never_has_more_than_its_cap_and_a_burst_within_the_queue_is_served_whole() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = TestEdge::new(&format!(
+        "{}capacity: {{queue_max: 32}}\n",
+        capped_yaml(&ups, 4)
+    ))
+    .threads(2)
+    .start()
+    .await;
+    let answers = burst(&edge, 16, 300, &[]).await;
+    assert_eq!(statuses(&answers), vec![200; 16], "the whole burst served");
+    assert_eq!(ups[0].requests(), 16);
+    assert_eq!(ups[0].max_in_flight(), 4, "at its cap, never past it");
+    let view = edge.upstream("relay-a").await;
+    assert_eq!(view["capacity"]["max_inflight"], 4);
+    assert_eq!(view["capacity"]["grant"], 4);
+    assert_eq!(view["capacity"]["inflight"], 0, "every slot given back");
+    assert_eq!(view["capacity"]["queued"], 0);
+    let m = edge.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "relay_edge_upstream_queue_wait_seconds_count{upstream=\"relay-a\"}"
+        ),
+        16.0
+    );
+    assert_eq!(
+        series(&m, "relay_edge_upstream_queue_length{upstream=\"relay-a\"}"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn beyond_the_queue_or_its_deadline_clients_get_529_with_retry_after() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = TestEdge::new(&format!(
+        "{}capacity: {{queue_max: 2, queue_timeout: 20s}}\n",
+        capped_yaml(&ups, 1)
+    ))
+    .start()
+    .await;
+    // One in hand, two queued: the fourth to sixth are refused at once.
+    let held = tokio::spawn({
+        let addr = edge.addr;
+        async move { request(addr, "GET", "/v1/x?hold_ms=3000", &[], b"").await }
+    });
+    eventually(Duration::from_secs(5), "the first is in hand", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = edge.addr;
+            tokio::spawn(async move { request(addr, "GET", "/v1/x", &[], b"").await })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "two queued", || async {
+        edge.upstream("relay-a").await["capacity"]["queued"] == 2
+    })
+    .await;
+    for _ in 0..3 {
+        let refused = edge.get("/v1/x", &[]).await;
+        assert_eq!(refused.status, 529, "{}", refused.text());
+        assert!(
+            refused
+                .header("retry-after")
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s >= 1),
+            "Retry-After: {:?}",
+            refused.header("retry-after")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&refused.body).expect("JSON");
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "overloaded_error");
+    }
+    assert_eq!(held.await.expect("joined").expect("answer").status, 200);
+    for q in queued {
+        assert_eq!(q.await.expect("joined").expect("answer").status, 200);
+    }
+    assert_eq!(ups[0].max_in_flight(), 1);
+    let m = edge.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "relay_edge_capacity_rejections_total{reason=\"queue_full\",upstream=\"relay-a\"}"
+        ),
+        3.0
+    );
+
+    // A wait past `queue_timeout` is refused too.
+    let edge = TestEdge::new(&format!(
+        "{}capacity: {{queue_timeout: 200ms}}\n",
+        capped_yaml(&ups, 1)
+    ))
+    .start()
+    .await;
+    let held = tokio::spawn({
+        let addr = edge.addr;
+        async move { request(addr, "GET", "/v1/x?hold_ms=2000", &[], b"").await }
+    });
+    eventually(Duration::from_secs(5), "the first is in hand", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    let late = edge.get("/v1/x", &[]).await;
+    assert_eq!(late.status, 529);
+    assert!(late.header("retry-after").is_some());
+    assert_eq!(held.await.expect("joined").expect("answer").status, 200);
+    let m = edge.metrics().await;
+    assert_eq!(
+        series(
+            &m,
+            "relay_edge_capacity_rejections_total{reason=\"timeout\",upstream=\"relay-a\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_the_queue_frees_its_place_at_once() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = TestEdge::new(&format!(
+        "{}capacity: {{queue_max: 1}}\n",
+        capped_yaml(&ups, 1)
+    ))
+    .start()
+    .await;
+    let held = tokio::spawn({
+        let addr = edge.addr;
+        async move { request(addr, "GET", "/v1/x?hold_ms=2000", &[], b"").await }
+    });
+    eventually(Duration::from_secs(5), "the first is in hand", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    // It queues, then its client goes away.
+    let mut leaving = Conn::open(edge.addr).await.expect("connects");
+    leaving
+        .send_raw(&raw_request("GET", "/v1/gone", &[], b""))
+        .await
+        .expect("sent");
+    eventually(Duration::from_secs(5), "it queued", || async {
+        edge.upstream("relay-a").await["capacity"]["queued"] == 1
+    })
+    .await;
+    drop(leaving);
+    eventually(Duration::from_secs(5), "its place is free", || async {
+        edge.upstream("relay-a").await["capacity"]["queued"] == 0
+    })
+    .await;
+    // The place it left takes the next one, which is served.
+    let next = tokio::spawn({
+        let addr = edge.addr;
+        async move { request(addr, "GET", "/v1/next", &[], b"").await }
+    });
+    assert_eq!(held.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(next.await.expect("joined").expect("answer").status, 200);
+    let paths: Vec<String> = ups[0].recorded().iter().map(|r| r.path.clone()).collect();
+    assert!(
+        !paths.iter().any(|p| p == "/v1/gone"),
+        "the relay never saw the request whose client left: {paths:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() {
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = TestEdge::new(&format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}], pin_wait: 300ms}}\n",
+        capped_yaml(&ups, 1)
+    ))
+    .start()
+    .await;
+    // Pin `s1` to relay-a.
+    let (status, _) = edge
+        .admin_json("PUT", "/api/sessions/s1", br#"{"upstream":"relay-a"}"#)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = edge
+        .admin_json("PUT", "/api/sessions/holder", br#"{"upstream":"relay-a"}"#)
+        .await;
+    assert_eq!(status, 200);
+    // A slot freed within the wait: served on its own relay.
+    let short = tokio::spawn({
+        let addr = edge.addr;
+        async move {
+            request(
+                addr,
+                "GET",
+                "/v1/x?hold_ms=100",
+                &[("x-session-id", "holder")],
+                b"",
+            )
+            .await
+        }
+    });
+    eventually(Duration::from_secs(5), "relay-a is full", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    let stayed = edge.get("/v1/x", &[("x-session-id", "s1")]).await;
+    assert_eq!(stayed.upstream(), "relay-a");
+    assert_eq!(stayed.header("x-relay-edge-affinity"), Some("hit"));
+    assert_eq!(short.await.expect("joined").expect("answer").status, 200);
+    // Full past the wait: it goes to relay-b, and the pin follows, once.
+    let long = tokio::spawn({
+        let addr = edge.addr;
+        async move {
+            request(
+                addr,
+                "GET",
+                "/v1/x?hold_ms=3000",
+                &[("x-session-id", "holder")],
+                b"",
+            )
+            .await
+        }
+    });
+    eventually(Duration::from_secs(5), "relay-a is full", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    let spilled = edge.get("/v1/x", &[("x-session-id", "s1")]).await;
+    assert_eq!(spilled.upstream(), "relay-b");
+    assert_eq!(spilled.header("x-relay-edge-affinity"), Some("moved"));
+    let after = edge.get("/v1/x", &[("x-session-id", "s1")]).await;
+    assert_eq!(after.upstream(), "relay-b", "the pin moved with it");
+    assert_eq!(after.header("x-relay-edge-affinity"), Some("hit"));
+    assert_eq!(long.await.expect("joined").expect("answer").status, 200);
+    let m = edge.metrics().await;
+    assert_eq!(
+        series(&m, "relay_edge_affinity_repins_total{reason=\"capacity\"}"),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &m,
+            "relay_edge_capacity_pin_waits_total{outcome=\"served\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &m,
+            "relay_edge_capacity_pin_waits_total{outcome=\"spilled\"}"
+        ),
+        1.0
+    );
+    // New sessions go where there is room while relay-a is full.
+    let long = tokio::spawn({
+        let addr = edge.addr;
+        async move {
+            request(
+                addr,
+                "GET",
+                "/v1/x?hold_ms=1000",
+                &[("x-session-id", "holder")],
+                b"",
+            )
+            .await
+        }
+    });
+    eventually(Duration::from_secs(5), "relay-a is full", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    for i in 0..10 {
+        let key = format!("new-{i}");
+        let r = edge.get("/v1/x", &[("x-session-id", &key)]).await;
+        assert_eq!(r.upstream(), "relay-b", "{key}");
+    }
+    let _ = long.await;
+}
+
+fn shared_yaml(ups: &[DemoUpstream], cap: u32, redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "{}affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}'}}\ncapacity: {{sync_interval: 200ms, lease: 1s{extra}}}\n",
+        capped_yaml(ups, cap),
+        redis.url()
+    )
+}
+
+#[tokio::test]
+async fn two_edges_sharing_redis_never_pass_the_cap_between_them() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a"]).await;
+    let conf = shared_yaml(&ups, 4, &redis, "");
+    let (a, b) = (
+        TestEdge::new(&conf).start().await,
+        TestEdge::new(&conf).start().await,
+    );
+    let (on_a, on_b) = tokio::join!(burst(&a, 10, 300, &[]), burst(&b, 10, 300, &[]));
+    assert_eq!(statuses(&on_a), vec![200; 10]);
+    assert_eq!(statuses(&on_b), vec![200; 10]);
+    assert_eq!(ups[0].requests(), 20);
+    assert!(
+        ups[0].max_in_flight() <= 4,
+        "the relay saw {} at once",
+        ups[0].max_in_flight()
+    );
+    // Both idle again: their grants are given back.
+    eventually(
+        Duration::from_secs(5),
+        "the grants are given back",
+        || async { redis.cli(&["HLEN", "relay-edge:cap:relay-a"]).trim() == "0" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_edges_share_is_free_within_the_lease_and_one_sync() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a"]).await;
+    let conf = shared_yaml(&ups, 4, &redis, "");
+    let mut a = TestEdge::new(&conf).start().await;
+    let b = TestEdge::new(&conf).start().await;
+    // `a` takes the whole cap.
+    let holding: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = a.addr;
+            tokio::spawn(async move { request(addr, "GET", "/v1/x?hold_ms=60000", &[], b"").await })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "a holds the cap", || async {
+        ups[0].in_flight() == 4
+    })
+    .await;
+    // `b` can take nothing now: its request queues.
+    let waiting = tokio::spawn({
+        let addr = b.addr;
+        async move { request(addr, "GET", "/v1/x", &[], b"").await }
+    });
+    eventually(Duration::from_secs(5), "b's request queues", || async {
+        b.upstream("relay-a").await["capacity"]["queued"] == 1
+    })
+    .await;
+    assert_eq!(b.upstream("relay-a").await["capacity"]["grant"], 0);
+    a.signal("KILL");
+    let killed = Instant::now();
+    assert_eq!(
+        waiting.await.expect("joined").expect("answer").status,
+        200,
+        "served once a's grant lapsed"
+    );
+    // Lease (1 s) plus one sync (200 ms), with room for a busy machine.
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // And it may have the whole cap in flight.
+    let whole = tokio::spawn({
+        let addr = b.addr;
+        async move {
+            let edge_b = (0..4).map(|_| request(addr, "GET", "/v1/x?hold_ms=2000", &[], b""));
+            futures::future::join_all(edge_b).await
+        }
+    });
+    eventually(
+        Duration::from_secs(5),
+        "b has the whole cap in flight",
+        || async { b.upstream("relay-a").await["capacity"]["inflight"] == 4 },
+    )
+    .await;
+    for r in whole.await.expect("joined") {
+        assert_eq!(r.expect("answer").status, 200);
+    }
+    drop(holding);
+    let _ = a.wait_exit(Duration::from_secs(5));
+}
+
+/// Redis goes away while an edge is idle: `share` admits the cap over the
+/// edges last seen, `closed` refuses with 529, `open` drops the cap.
+#[tokio::test]
+async fn with_redis_down_each_on_redis_down_does_what_it_says() {
+    for (policy, want) in [("share", 200), ("closed", 529), ("open", 200)] {
+        let mut redis = RedisServer::start(None).await;
+        let ups = upstreams(&["relay-a"]).await;
+        let conf = shared_yaml(&ups, 2, &redis, &format!(", on_redis_down: {policy}"));
+        let edge = TestEdge::new(&conf).start().await;
+        assert_eq!(edge.get("/v1/x", &[]).await.status, 200, "{policy}: up");
+        redis.kill();
+        // Past the lease: the policy decides.
+        eventually(Duration::from_secs(10), "the lease lapsed", || async {
+            let c = &edge.upstream("relay-a").await["capacity"];
+            c["redis_failing"] == true && c["lease_left_ms"] == 0
+        })
+        .await;
+        let r = edge.get("/v1/x", &[]).await;
+        assert_eq!(r.status, want, "{policy}: {}", r.text());
+        if policy == "closed" {
+            let m = edge.metrics().await;
+            assert_eq!(
+                series(
+                    &m,
+                    "relay_edge_capacity_rejections_total{reason=\"redis_down\",upstream=\"relay-a\"}"
+                ),
+                1.0,
+                "{policy}"
+            );
+        }
+        let at_once = burst(&edge, 4, 500, &[]).await;
+        let most = ups[0].max_in_flight();
+        match policy {
+            "share" => {
+                assert_eq!(statuses(&at_once), vec![200; 4]);
+                assert!(most <= 2, "{policy}: {most} at once");
+            }
+            "closed" => assert_eq!(statuses(&at_once), vec![529; 4]),
+            _ => {
+                assert_eq!(statuses(&at_once), vec![200; 4]);
+                assert_eq!(most, 4, "{policy}: no cap");
+            }
+        }
+    }
+}
