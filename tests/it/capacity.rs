@@ -471,3 +471,99 @@ async fn with_redis_down_each_on_redis_down_does_what_it_says() {
         }
     }
 }
+
+/// The grant script's decision, run by a real Redis. Each case: the other
+/// edges' fields (`grant:want:expiry`, an expiry of 1 has passed), then
+/// this edge's cap, want and in-flight count, and what it gets: its grant,
+/// its fair share, and the edges that want some.
+#[tokio::test]
+async fn the_grant_script_shares_a_cap_max_min_fairly_and_never_past_it() {
+    let redis = RedisServer::start(None).await;
+    const LIVE: &str = "99999999999999";
+    let live = |g: u32, w: u32| format!("{g}:{w}:{LIVE}");
+    let cases: Vec<(&str, Vec<String>, [u32; 3], [u32; 3])> = vec![
+        ("alone, wanting less than the cap", vec![], [8, 3, 0], [3, 3, 1]),
+        ("alone, wanting more than the cap", vec![], [8, 20, 0], [8, 8, 1]),
+        ("two busy edges: half each", vec![live(4, 20)], [8, 20, 0], [4, 4, 2]),
+        (
+            "the other wants one: the rest is ours",
+            vec![live(1, 1)],
+            [8, 20, 0],
+            [7, 7, 2],
+        ),
+        (
+            "the other still holds it all: nothing yet, a share to come",
+            vec![live(8, 8)],
+            [8, 5, 0],
+            [0, 4, 2],
+        ),
+        (
+            "holding more than its share: kept until it ends",
+            vec![live(2, 8)],
+            [8, 8, 6],
+            [6, 4, 2],
+        ),
+        (
+            "an expired grant is reaped",
+            vec!["8:8:1".to_string()],
+            [8, 8, 0],
+            [8, 8, 1],
+        ),
+        (
+            "an unreadable field is reaped",
+            vec!["garbage".to_string()],
+            [8, 8, 0],
+            [8, 8, 1],
+        ),
+        (
+            "three edges, the share rounds down",
+            vec![live(3, 9), live(3, 9)],
+            [10, 9, 0],
+            [3, 3, 3],
+        ),
+        (
+            "an idle edge gives its grant back",
+            vec![live(4, 4)],
+            [8, 0, 0],
+            [0, 0, 1],
+        ),
+    ];
+    for (i, (name, others, [cap, want, held], expected)) in cases.into_iter().enumerate() {
+        let key = format!("relay-edge:cap:t{i}");
+        for (n, value) in others.iter().enumerate() {
+            redis.cli(&["HSET", &key, &format!("other-{n}"), value]);
+        }
+        let reply = redis.cli(&[
+            "EVAL",
+            relay_edge::capacity::lease::SCRIPT,
+            "1",
+            &key,
+            "me",
+            &cap.to_string(),
+            &want.to_string(),
+            &held.to_string(),
+            "3000",
+        ]);
+        let got: Vec<u32> = reply
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        assert_eq!(got, expected, "{name}: {reply}");
+        let mine = redis.cli(&["HGET", &key, "me"]);
+        if want == 0 {
+            assert_eq!(mine, "", "{name}: an idle edge has no field");
+        } else {
+            assert!(
+                mine.starts_with(&format!("{}:{want}:", expected[0])),
+                "{name}: stored {mine:?}"
+            );
+        }
+        let fields = redis.cli(&["HLEN", &key]);
+        let live_others = others.iter().filter(|v| v.ends_with(LIVE)).count();
+        assert_eq!(
+            fields,
+            (live_others + usize::from(want > 0)).to_string(),
+            "{name}: expired and unreadable fields reaped"
+        );
+    }
+}
