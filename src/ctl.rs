@@ -10,8 +10,8 @@
 //! `--json`. Every error says what to do next.
 
 use crate::admin::views::{
-    DrainView, ErrorView, IndicatorView, PinRequest, ReloadReport, SessionView, StatsView,
-    UpstreamView,
+    CapacityView, DrainView, ErrorView, IndicatorView, PinRequest, ReloadReport, SessionView,
+    StatsView, UpstreamView,
 };
 use crate::config;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -360,6 +360,11 @@ fn upstreams_table(list: &[UpstreamView]) -> String {
                 u.addr.clone(),
                 upstream_state(u),
                 u.inflight.to_string(),
+                capped(u, |c| c.max_inflight.to_string()),
+                capped(u, |c| {
+                    c.grant.map_or("no limit".to_string(), |g| g.to_string())
+                }),
+                capped(u, |c| c.queued.to_string()),
                 u.sessions.to_string(),
                 u.requests.to_string(),
                 u.errors.to_string(),
@@ -375,6 +380,9 @@ fn upstreams_table(list: &[UpstreamView]) -> String {
             "ADDR",
             "STATE",
             "IN FLIGHT",
+            "CAP",
+            "GRANT",
+            "QUEUED",
             "SESSIONS",
             "REQUESTS",
             "ERRORS",
@@ -384,6 +392,11 @@ fn upstreams_table(list: &[UpstreamView]) -> String {
         ],
         &rows,
     )
+}
+
+/// A capped upstream's value, or `-` for one without a cap.
+fn capped(u: &UpstreamView, value: impl Fn(&CapacityView) -> String) -> String {
+    u.capacity.as_ref().map_or("-".to_string(), value)
 }
 
 fn status_text(s: &StatsView) -> String {

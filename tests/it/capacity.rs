@@ -482,9 +482,24 @@ async fn the_grant_script_shares_a_cap_max_min_fairly_and_never_past_it() {
     const LIVE: &str = "99999999999999";
     let live = |g: u32, w: u32| format!("{g}:{w}:{LIVE}");
     let cases: Vec<(&str, Vec<String>, [u32; 3], [u32; 3])> = vec![
-        ("alone, wanting less than the cap", vec![], [8, 3, 0], [3, 3, 1]),
-        ("alone, wanting more than the cap", vec![], [8, 20, 0], [8, 8, 1]),
-        ("two busy edges: half each", vec![live(4, 20)], [8, 20, 0], [4, 4, 2]),
+        (
+            "alone, wanting less than the cap",
+            vec![],
+            [8, 3, 0],
+            [3, 3, 1],
+        ),
+        (
+            "alone, wanting more than the cap",
+            vec![],
+            [8, 20, 0],
+            [8, 8, 1],
+        ),
+        (
+            "two busy edges: half each",
+            vec![live(4, 20)],
+            [8, 20, 0],
+            [4, 4, 2],
+        ),
         (
             "the other wants one: the rest is ours",
             vec![live(1, 1)],
