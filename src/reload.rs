@@ -46,6 +46,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         reload: _,
         limits: _,
         access_log,
+        tenants: _,
     } = new;
     keep!("listen", listeners, old.listeners);
     // The writer's destination and queue are opened once, at start.

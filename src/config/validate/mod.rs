@@ -7,6 +7,7 @@ mod affinity;
 mod fleet;
 mod process;
 mod shared_table;
+mod tenants;
 mod traffic;
 
 use super::file::*;
@@ -19,6 +20,7 @@ pub use process::admin_only;
 use process::*;
 use regex::Regex;
 use shared_table::*;
+use tenants::*;
 use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -98,6 +100,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         reload,
         limits,
         access_log,
+        tenants,
     } = raw;
     let mut errs = Errors::default();
 
@@ -121,6 +124,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let server = server_spec(server, &mut errs);
     let limits = limits_spec(limits, &mut errs);
     let access_log = access_log_spec(access_log, &mut errs);
+    let tenants = tenants_spec(tenants, &mut errs);
     let ReloadFile { watch, debounce } = reload;
     let reload = ReloadSpec {
         watch,
@@ -150,6 +154,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             reload,
             limits,
             access_log,
+            tenants,
         })
     } else {
         Err(errs.0)
