@@ -196,8 +196,7 @@ impl ProxyHttp for EdgeProxy {
             }),
         };
         let hasher = state.keys.hasher();
-        ctx.tenant =
-            crate::tenants::tenant_of(&config.tenants.from, hasher, session.req_header());
+        ctx.tenant = crate::tenants::tenant_of(&config.tenants.from, hasher, session.req_header());
         let key = match state.keys.from_head(session.req_header()) {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,

@@ -85,9 +85,9 @@ pub fn credential<'a>(from: &[TenantSource], req: &'a RequestHeader) -> Option<&
         TenantSource::Authorization => {
             let value = non_empty(req.headers.get(http::header::AUTHORIZATION)?.as_bytes())?;
             match value.get(..7) {
-                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => {
-                    non_empty(&value[7..])
-                }
+                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => non_empty(&value[7..]),
+                // `Bearer` and no token (trimmed above): no credential.
+                _ if value.eq_ignore_ascii_case(b"bearer") => None,
                 _ => Some(value),
             }
         }
@@ -122,7 +122,7 @@ mod tests {
 
     fn default_from() -> Vec<TenantSource> {
         vec![
-            TenantSource::Header("x-api-key".into()),
+            TenantSource::Header(http::HeaderName::from_static("x-api-key")),
             TenantSource::Authorization,
         ]
     }
@@ -133,9 +133,11 @@ mod tests {
         let default = default_from();
         let auth_first = vec![
             TenantSource::Authorization,
-            TenantSource::Header("x-api-key".into()),
+            TenantSource::Header(http::HeaderName::from_static("x-api-key")),
         ];
-        let custom = vec![TenantSource::Header("x-tenant".into())];
+        let custom = vec![TenantSource::Header(http::HeaderName::from_static(
+            "x-tenant",
+        ))];
         type Case<'a> = (
             &'a str,
             &'a [TenantSource],
@@ -143,7 +145,12 @@ mod tests {
             Option<&'a str>,
         );
         let cases: &[Case] = &[
-            ("x-api-key alone", &default, &[("x-api-key", "sk-a")], Some("sk-a")),
+            (
+                "x-api-key alone",
+                &default,
+                &[("x-api-key", "sk-a")],
+                Some("sk-a"),
+            ),
             (
                 "x-api-key wins over a bearer token by default",
                 &default,
@@ -156,7 +163,12 @@ mod tests {
                 &[("authorization", "Bearer sk-b"), ("x-api-key", "sk-a")],
                 Some("sk-b"),
             ),
-            ("a bearer token", &default, &[("authorization", "Bearer sk-b")], Some("sk-b")),
+            (
+                "a bearer token",
+                &default,
+                &[("authorization", "Bearer sk-b")],
+                Some("sk-b"),
+            ),
             (
                 "the scheme in any case, the token trimmed",
                 &default,
@@ -169,8 +181,18 @@ mod tests {
                 &[("authorization", "Basic dXNlcjpwdw==")],
                 Some("Basic dXNlcjpwdw=="),
             ),
-            ("a bare token: the whole value", &default, &[("authorization", "sk-c")], Some("sk-c")),
-            ("Bearer with no token: none", &default, &[("authorization", "Bearer   ")], None),
+            (
+                "a bare token: the whole value",
+                &default,
+                &[("authorization", "sk-c")],
+                Some("sk-c"),
+            ),
+            (
+                "Bearer with no token: none",
+                &default,
+                &[("authorization", "Bearer   ")],
+                None,
+            ),
             (
                 "an empty x-api-key falls through",
                 &default,
@@ -178,12 +200,28 @@ mod tests {
                 Some("sk-b"),
             ),
             ("no credential", &default, &[("x-session-id", "s1")], None),
-            ("from: [] turns tenants off", &[], &[("x-api-key", "sk-a")], None),
-            ("a custom header", &custom, &[("x-tenant", "team-1"), ("x-api-key", "sk-a")], Some("team-1")),
-            ("a custom header absent", &custom, &[("x-api-key", "sk-a")], None),
+            (
+                "from: [] turns tenants off",
+                &[],
+                &[("x-api-key", "sk-a")],
+                None,
+            ),
+            (
+                "a custom header",
+                &custom,
+                &[("x-tenant", "team-1"), ("x-api-key", "sk-a")],
+                Some("team-1"),
+            ),
+            (
+                "a custom header absent",
+                &custom,
+                &[("x-api-key", "sk-a")],
+                None,
+            ),
         ];
         for (name, from, headers, want) in cases {
-            let got = credential(from, &req(headers));
+            let r = req(headers);
+            let got = credential(from, &r);
             assert_eq!(got, want.map(str::as_bytes), "{name}");
         }
     }

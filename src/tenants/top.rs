@@ -155,7 +155,11 @@ pub fn top_by(
     n: usize,
     measure: impl Fn(&Snapshot) -> u64,
 ) -> Vec<(TenantId, Snapshot)> {
-    let mut ranked: Vec<_> = all.iter().filter(|(_, s)| measure(s) > 0).copied().collect();
+    let mut ranked: Vec<_> = all
+        .iter()
+        .filter(|(_, s)| measure(s) > 0)
+        .copied()
+        .collect();
     ranked.sort_by(|a, b| measure(&b.1).cmp(&measure(&a.1)).then(a.0.cmp(&b.0)));
     ranked.truncate(n);
     ranked

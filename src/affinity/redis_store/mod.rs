@@ -178,7 +178,11 @@ impl RedisStore {
     /// A tenant's new-session count for one hour: the tenant's hash is the
     /// key's hash tag, so every per-tenant key lives on one cluster slot.
     fn tenant_key(&self, tenant: crate::tenants::TenantId, hour: u64) -> String {
-        format!("{}t:{{{}}}:new:{hour}", self.spec.load().prefix, tenant.to_hex())
+        format!(
+            "{}t:{{{}}}:new:{hour}",
+            self.spec.load().prefix,
+            tenant.to_hex()
+        )
     }
 
     fn index_key(&self, upstream: &str) -> String {

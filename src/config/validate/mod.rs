@@ -20,12 +20,12 @@ pub use process::admin_only;
 use process::*;
 use regex::Regex;
 use shared_table::*;
-use tenants::*;
 use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
+use tenants::*;
 use traffic::*;
 
 /// Collects errors, each with its path.

@@ -132,14 +132,35 @@ mod tests {
     #[test]
     fn bad_tenants_are_named_by_path() {
         let cases = [
-            ("tenants: {from: ['bad header']}\n", "tenants.from[0]: \"bad header\" is not a header name"),
-            ("tenants: {from: [x-api-key, X-API-KEY]}\n", "tenants.from[1]: \"X-API-KEY\" is listed twice"),
-            ("tenants: {max_new_sessions_per_hour: 0}\n", "tenants.max_new_sessions_per_hour: must be from 1"),
-            ("tenants: {max_inflight_per_session: 0}\n", "tenants.max_inflight_per_session: must be from 1"),
+            (
+                "tenants: {from: ['bad header']}\n",
+                "tenants.from[0]: \"bad header\" is not a header name",
+            ),
+            (
+                "tenants: {from: [x-api-key, X-API-KEY]}\n",
+                "tenants.from[1]: \"X-API-KEY\" is listed twice",
+            ),
+            (
+                "tenants: {max_new_sessions_per_hour: 0}\n",
+                "tenants.max_new_sessions_per_hour: must be from 1",
+            ),
+            (
+                "tenants: {max_inflight_per_session: 0}\n",
+                "tenants.max_inflight_per_session: must be from 1",
+            ),
             ("tenants: {top: 0}\n", "tenants.top: must be from 1 to 100"),
-            ("tenants: {top: 101}\n", "tenants.top: must be from 1 to 100"),
-            ("tenants: {max_inflight_per_session: -1}\n", "tenants.max_inflight_per_session"),
-            ("tenants: {form: [x-api-key]}\n", "tenants.form: unknown field"),
+            (
+                "tenants: {top: 101}\n",
+                "tenants.top: must be from 1 to 100",
+            ),
+            (
+                "tenants: {max_inflight_per_session: -1}\n",
+                "tenants.max_inflight_per_session",
+            ),
+            (
+                "tenants: {form: [x-api-key]}\n",
+                "tenants.form: unknown field",
+            ),
             ("tenants: {from: x-api-key}\n", "tenants.from"),
         ];
         for (section, want) in cases {
