@@ -25,5 +25,6 @@ mod routing;
 mod secrets;
 mod shared_table;
 mod systemd;
+mod tenants;
 mod tls;
 mod upgrade;
