@@ -115,7 +115,7 @@ fn placement(c: &mut Criterion) {
     let tried = Tried::default();
     let now = clock::now_ms();
     c.bench_function("place/least_loaded_500", |b| {
-        b.iter(|| black_box(select::least_loaded(&s.upstreams, &tried, now)))
+        b.iter(|| black_box(select::least_loaded(&s.upstreams, &tried, &[], now)))
     });
     let id = SessionId(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
     c.bench_function("place/consistent_500", |b| {
@@ -125,6 +125,7 @@ fn placement(c: &mut Criterion) {
                 black_box(id),
                 1.25,
                 &tried,
+                &[],
                 now,
             ))
         })

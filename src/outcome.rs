@@ -1,7 +1,7 @@
 //! The words relay-edge uses for what happened to a request: why a
 //! session moved, how a stream ended, why an attempt failed or was
-//! abandoned, what a client did wrong, what affinity did, and the tokens an
-//! answer reported. They sit at the bottom of the tree, so that the proxy,
+//! abandoned, why a capped relay refused one, what a client did wrong, what
+//! affinity did, and the tokens an answer reported. They sit at the bottom of the tree, so that the proxy,
 //! the metrics, the logs and the dashboard share one vocabulary without
 //! importing each other. Each word's `label` is its metric label value.
 
@@ -19,10 +19,13 @@ pub enum RepinReason {
     /// The upstream answered with a retried status or error event, often
     /// enough for `failover.move_pin`.
     ErrorAnswer,
+    /// Its relay stayed at its cap past `affinity.pin_wait` while another
+    /// had room.
+    Capacity,
 }
 
 impl RepinReason {
-    pub const ALL: [RepinReason; 7] = [
+    pub const ALL: [RepinReason; 8] = [
         RepinReason::Unhealthy,
         RepinReason::Ejected,
         RepinReason::Draining,
@@ -30,6 +33,7 @@ impl RepinReason {
         RepinReason::ConnectFailure,
         RepinReason::ConnectionLost,
         RepinReason::ErrorAnswer,
+        RepinReason::Capacity,
     ];
 
     pub fn label(self) -> &'static str {
@@ -41,6 +45,40 @@ impl RepinReason {
             RepinReason::ConnectFailure => "connect_failure",
             RepinReason::ConnectionLost => "connection_lost",
             RepinReason::ErrorAnswer => "error_answer",
+            RepinReason::Capacity => "capacity",
+        }
+    }
+}
+
+/// Why a capped relay's gate did not admit a request (the `reason` of
+/// `relay_edge_capacity_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue was full.
+    QueueFull,
+    /// It waited until its deadline.
+    TimedOut,
+    /// The recent waits were too long to join the queue.
+    FastFail,
+    /// `capacity.on_redis_down: closed`, with no live grant.
+    RedisDown,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 4] = [
+        Refused::QueueFull,
+        Refused::TimedOut,
+        Refused::FastFail,
+        Refused::RedisDown,
+    ];
+
+    /// The `reason` label of `relay_edge_capacity_rejections_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::QueueFull => "queue_full",
+            Refused::TimedOut => "timeout",
+            Refused::FastFail => "fast_fail",
+            Refused::RedisDown => "redis_down",
         }
     }
 }
@@ -140,10 +178,12 @@ pub enum FailureCause {
     BadRequest,
     /// Anything else (500).
     Internal,
+    /// A capped relay's queue refused the request (529).
+    Capacity,
 }
 
 impl FailureCause {
-    pub const ALL: [FailureCause; 8] = [
+    pub const ALL: [FailureCause; 9] = [
         FailureCause::NoUpstream,
         FailureCause::Connect,
         FailureCause::ConnectionLost,
@@ -152,6 +192,7 @@ impl FailureCause {
         FailureCause::Cut,
         FailureCause::BadRequest,
         FailureCause::Internal,
+        FailureCause::Capacity,
     ];
 
     pub fn label(self) -> &'static str {
@@ -164,6 +205,7 @@ impl FailureCause {
             FailureCause::Cut => "cut",
             FailureCause::BadRequest => "bad_request",
             FailureCause::Internal => "internal",
+            FailureCause::Capacity => "capacity",
         }
     }
 }

@@ -47,6 +47,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         limits: _,
         access_log,
         tenants: _,
+        // Caps, the queue and the leases apply at once.
+        capacity: _,
     } = new;
     keep!("listen", listeners, old.listeners);
     // The writer's destination and queue are opened once, at start.
@@ -97,6 +99,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         load_factor: _,
         hash_secret: _,
         outcome_header: _,
+        pin_wait: _,
+        max_session_share: _,
     } = affinity;
     keep!(
         "affinity.max_sessions",
@@ -245,12 +249,16 @@ impl Edge {
                 (Carry::Whole, Some(u)) => upstreams.push((*u).clone()),
                 (Carry::Changed, Some(u)) => {
                     changed.push(spec.id.clone());
-                    let next = Upstream::new(
+                    if spec.max_inflight.is_none() {
+                        self.metrics.forget_capacity(&spec.id);
+                    }
+                    let mut next = Upstream::new(
                         spec.clone(),
                         &config.timeouts,
                         &config.health,
                         &self.checks,
                         &self.metrics,
+                        config.capacity.queue_max,
                     );
                     next.carry_over(u);
                     upstreams.push(Arc::new(next));
@@ -263,6 +271,7 @@ impl Edge {
                         &config.health,
                         &self.checks,
                         &self.metrics,
+                        config.capacity.queue_max,
                     ));
                     fresh.push(next.clone());
                     upstreams.push(next);

@@ -60,6 +60,7 @@ impl State {
                     &config.health,
                     checks,
                     metrics,
+                    config.capacity.queue_max,
                 ))
             })
             .collect();
@@ -68,6 +69,12 @@ impl State {
 
     /// Put a generation together from upstreams built (or carried over) already.
     pub fn assemble(config: Config, upstreams: Vec<Arc<Upstream>>, generation: u64) -> State {
+        let c = &config.capacity;
+        for u in &upstreams {
+            if let (Some(capacity), Some(cap)) = (&u.capacity, u.spec.max_inflight) {
+                capacity.configure(cap, c.queue_max, config.redis.is_some(), c.on_redis_down);
+            }
+        }
         let upstreams = UpstreamSet::new(upstreams, config.passive.clone());
         let keys = KeyChain::new(
             config.affinity.keys.clone(),

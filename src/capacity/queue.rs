@@ -7,20 +7,22 @@
 //! waiter, or back. A waiter that leaves (its client went away, or its
 //! deadline passed) leaves the queue at once; if a slot reached it as it
 //! left, the slot goes on to the next. So no path leaks a slot.
+//!
+//! The gate also remembers its recent waits, for the fast failure
+//! (`capacity.fast_fail_wait`): a request is refused at once while the
+//! recent waits are long.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use crate::outcome::Refused;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// Why a request was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The queue was full.
-    QueueFull,
-    /// It waited until its deadline.
-    TimedOut,
-}
+/// How many recent waits are kept, and for how long they count.
+const RECENT_WAITS: usize = 32;
+const RECENT_FOR: Duration = Duration::from_secs(30);
 
 /// One relay's slots and queue.
 pub struct Gate {
@@ -35,6 +37,10 @@ struct State {
     /// Tenants with waiters, in their round-robin order.
     tenants: VecDeque<Waiters>,
     next_ticket: u64,
+    /// The waits of requests that queued (served or not), newest last.
+    recent: VecDeque<(Instant, Duration)>,
+    /// `relay_edge_upstream_queue_length`, set as the queue changes.
+    length: Option<prometheus::IntGauge>,
 }
 
 struct Waiters {
@@ -56,6 +62,15 @@ impl Drop for Slot {
 
 impl Gate {
     pub fn new(limit: usize, max_queue: usize) -> Arc<Gate> {
+        Gate::with_gauge(limit, max_queue, None)
+    }
+
+    /// A gate whose queue length is kept in `length`.
+    pub fn with_gauge(
+        limit: usize,
+        max_queue: usize,
+        length: Option<prometheus::IntGauge>,
+    ) -> Arc<Gate> {
         Arc::new(Gate {
             state: Mutex::new(State {
                 limit,
@@ -64,8 +79,54 @@ impl Gate {
                 queued: 0,
                 tenants: VecDeque::new(),
                 next_ticket: 0,
+                recent: VecDeque::new(),
+                length,
             }),
         })
+    }
+
+    /// A new queue bound; waiters already queued stay.
+    pub fn set_max_queue(&self, max_queue: usize) {
+        self.lock().max_queue = max_queue;
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> usize {
+        self.lock().limit
+    }
+
+    /// A slot is free now, and nobody is waiting for one.
+    pub fn has_room(&self) -> bool {
+        let state = self.lock();
+        state.in_flight < state.limit && state.queued == 0
+    }
+
+    /// A slot now, or none (without queueing).
+    pub fn try_admit(self: &Arc<Self>) -> Option<Slot> {
+        let mut state = self.lock();
+        if state.in_flight < state.limit && state.queued == 0 {
+            state.in_flight += 1;
+            return Some(Slot { gate: self.clone() });
+        }
+        None
+    }
+
+    /// The 90th percentile of the recent waits (those of the last 30 s,
+    /// at least three of them), or zero.
+    pub fn recent_p90(&self) -> Duration {
+        let state = self.lock();
+        let now = Instant::now();
+        let mut waits: Vec<Duration> = state
+            .recent
+            .iter()
+            .filter(|(at, _)| now.duration_since(*at) < RECENT_FOR)
+            .map(|(_, w)| *w)
+            .collect();
+        if waits.len() < 3 {
+            return Duration::ZERO;
+        }
+        waits.sort_unstable();
+        waits[(waits.len() * 9).div_ceil(10) - 1]
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -94,6 +155,7 @@ impl Gate {
     /// Admit a request of `tenant`, waiting in the queue until `deadline`
     /// if every slot is taken. Dropping the future leaves the queue.
     pub async fn admit(self: &Arc<Self>, tenant: u64, deadline: Instant) -> Result<Slot, Refused> {
+        let queued_at = Instant::now();
         let (ticket, rx) = {
             let mut state = self.lock();
             if state.in_flight < state.limit && state.queued == 0 {
@@ -113,14 +175,16 @@ impl Gate {
             rx,
             done: false,
         };
-        match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
+        let admitted = match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
             Ok(Ok(())) => {
                 waiting.done = true;
                 Ok(Slot { gate: self.clone() })
             }
             // The sender is never dropped unsent while the waiter is queued.
             Ok(Err(_)) | Err(_) => Err(Refused::TimedOut),
-        }
+        };
+        self.lock().note_wait(queued_at);
+        admitted
     }
 }
 
@@ -148,10 +212,25 @@ impl Drop for Waiting {
 }
 
 impl State {
+    fn note_wait(&mut self, queued_at: Instant) {
+        if self.recent.len() == RECENT_WAITS {
+            self.recent.pop_front();
+        }
+        let now = Instant::now();
+        self.recent.push_back((now, now.duration_since(queued_at)));
+    }
+
+    fn set_queued(&mut self, queued: usize) {
+        self.queued = queued;
+        if let Some(g) = &self.length {
+            g.set(i64::try_from(queued).unwrap_or(i64::MAX));
+        }
+    }
+
     fn enqueue(&mut self, tenant: u64, tx: oneshot::Sender<()>) -> u64 {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.queued += 1;
+        self.set_queued(self.queued + 1);
         match self.tenants.iter_mut().find(|w| w.tenant == tenant) {
             Some(w) => w.queue.push_back((ticket, tx)),
             None => self.tenants.push_back(Waiters {
@@ -164,17 +243,19 @@ impl State {
 
     /// Take waiter `ticket` out of the queue; false if it is not there.
     fn remove(&mut self, ticket: u64) -> bool {
-        for (i, w) in self.tenants.iter_mut().enumerate() {
-            if let Some(at) = w.queue.iter().position(|(t, _)| *t == ticket) {
-                w.queue.remove(at);
-                self.queued -= 1;
-                if w.queue.is_empty() {
-                    self.tenants.remove(i);
-                }
-                return true;
-            }
+        let found = self.tenants.iter_mut().enumerate().find_map(|(i, w)| {
+            let at = w.queue.iter().position(|(t, _)| *t == ticket)?;
+            w.queue.remove(at);
+            Some((i, w.queue.is_empty()))
+        });
+        let Some((i, emptied)) = found else {
+            return false;
+        };
+        self.set_queued(self.queued - 1);
+        if emptied {
+            self.tenants.remove(i);
         }
-        false
+        true
     }
 
     /// Give one slot to the next waiter in round-robin order; false if no
@@ -184,7 +265,7 @@ impl State {
             let Some((_, tx)) = w.queue.pop_front() else {
                 continue;
             };
-            self.queued -= 1;
+            self.set_queued(self.queued - 1);
             if !w.queue.is_empty() {
                 self.tenants.push_back(w);
             }

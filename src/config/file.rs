@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     pub access_log: AccessLogFile,
     pub tenants: TenantsFile,
+    pub capacity: CapacityFile,
 }
 
 /// The path of an error about the document as a whole.
@@ -71,6 +72,7 @@ pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
         limits: section(take("limits"), "limits", errs).unwrap_or_default(),
         access_log: section(take("access_log"), "access_log", errs).unwrap_or_default(),
         tenants: section(take("tenants"), "tenants", errs).unwrap_or_default(),
+        capacity: section(take("capacity"), "capacity", errs).unwrap_or_default(),
     };
     for key in map.keys() {
         match key.as_str() {
@@ -278,6 +280,7 @@ pub struct UpstreamFile {
     pub addr: String,
     pub weight: Option<u32>,
     pub tls: Option<UpstreamTlsFile>,
+    pub max_inflight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +334,9 @@ pub struct AffinityFile {
     pub load_factor: Option<f64>,
     pub hash_secret: Option<String>,
     pub outcome_header: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub pin_wait: Option<Duration>,
+    pub max_session_share: Option<f64>,
 }
 
 /// One key source. Exactly one of `header`, `cookie`, `query` and `json` is set.
@@ -386,6 +392,23 @@ pub struct FailoverFile {
     pub retry_budget_min: Option<u32>,
     pub move_pin: Option<String>,
     pub move_pin_after: Option<u32>,
+}
+
+/// Relay capacity: the default cap, the queue in front of a capped relay,
+/// and how the cap is shared across edges.
+#[derive(Debug, Default, Deserialize)]
+pub struct CapacityFile {
+    pub max_inflight: Option<u32>,
+    pub queue_max: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub queue_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub fast_fail_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub sync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    pub on_redis_down: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,6 +26,7 @@ pub struct Config {
     pub limits: LimitsSpec,
     pub access_log: AccessLogSpec,
     pub tenants: TenantsSpec,
+    pub capacity: CapacitySpec,
 }
 
 /// Tenants: where a request's tenant comes from, and its limits.
@@ -123,6 +124,47 @@ pub enum AccessLogPath {
     File(PathBuf),
 }
 
+/// Relay capacity: the queue in front of a capped relay, and how its cap
+/// is shared across the edges of one Redis (leased grants).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacitySpec {
+    /// Requests that may wait for one relay; past it, 529.
+    pub queue_max: usize,
+    /// The longest wait in the queue; past it, 529.
+    pub queue_timeout: Duration,
+    /// While the relay's recent waits (their 90th percentile) are longer,
+    /// a request that would wait gets 529 at once.
+    pub fast_fail_wait: Duration,
+    /// How often a busy edge renews its grant of each capped relay.
+    pub sync_interval: Duration,
+    /// How long a grant lasts unrenewed (a killed edge's share is free
+    /// after it).
+    pub lease: Duration,
+    pub on_redis_down: OnRedisDown,
+}
+
+/// What an edge admits to a capped relay once its grant has expired and
+/// Redis cannot renew it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisDown {
+    /// The cap divided by the edges last seen.
+    Share,
+    /// Nothing: 529.
+    Closed,
+    /// No cap.
+    Open,
+}
+
+impl OnRedisDown {
+    pub fn label(self) -> &'static str {
+        match self {
+            OnRedisDown::Share => "share",
+            OnRedisDown::Closed => "closed",
+            OnRedisDown::Open => "open",
+        }
+    }
+}
+
 /// Streaming (SSE) answers: held until their first event, and their
 /// deadlines. The time to the response head is `timeouts.read`.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +205,10 @@ pub struct UpstreamSpec {
     pub addr: SocketAddr,
     pub weight: u32,
     pub tls: Option<UpstreamTls>,
+    /// Requests and streams in flight at this relay, across every edge
+    /// that shares the Redis (`upstreams[].max_inflight`, else
+    /// `capacity.max_inflight`); `None`: no cap.
+    pub max_inflight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +250,12 @@ pub struct AffinitySpec {
     /// The response header that says what affinity did (`hit`, `new`,
     /// `moved`); `None`: not sent.
     pub outcome_header: Option<http::HeaderName>,
+    /// How long a request waits for its pinned relay to have room before
+    /// it is moved to a relay that has (the pin follows, reason `capacity`).
+    pub pin_wait: Duration,
+    /// A relay with more sessions than this times the mean takes no new
+    /// ones (while another can).
+    pub max_session_share: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +463,8 @@ impl Limits {
     pub const TENANTS_TOP: usize = 100;
     pub const MAX_NEW_SESSIONS_PER_HOUR: u64 = 100_000_000;
     pub const MAX_INFLIGHT_PER_SESSION: u32 = 1_000_000;
+    pub const MAX_INFLIGHT: u32 = 1_000_000;
+    pub const QUEUE_MAX: usize = 1_000_000;
 }
 
 /// Every default in one place; `conf/relay-edge.yaml` documents the same values.
@@ -433,6 +487,16 @@ impl Defaults {
     pub const MAX_SESSIONS: u64 = 1_000_000;
     pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
     pub const LOAD_FACTOR: f64 = 1.25;
+    /// A prompt cache is worth a short wait.
+    pub const PIN_WAIT: Duration = Duration::from_millis(500);
+    pub const MAX_SESSION_SHARE: f64 = 2.0;
+    pub const QUEUE_MAX: usize = 256;
+    /// Below the SDKs' own request timeouts (10 minutes), and long enough
+    /// for a few answers of a busy relay to end.
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const FAST_FAIL_WAIT: Duration = Duration::from_secs(10);
+    pub const CAPACITY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+    pub const CAPACITY_LEASE: Duration = Duration::from_secs(3);
     pub const OUTCOME_HEADER: &'static str = "x-relay-edge-affinity";
     pub const HASH_SECRET: &'static str = "relay-edge default affinity secret";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -7,7 +7,7 @@
 
 mod upstream;
 
-pub use upstream::{TokenKind, UpstreamMetrics};
+pub use upstream::{CapacityMetrics, TokenKind, UpstreamMetrics};
 
 use crate::outcome::{AffinityOutcome, ClientError, FailureCause, RepinReason};
 use crate::tenants::limits::RejectReason;
@@ -108,6 +108,17 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Requests refused for a tenant's limit (429), by reason.
     tenant_rejections: [IntCounter; RejectReason::ALL.len()],
+    /// Requests waiting for each capped relay.
+    upstream_queue_length: IntGaugeVec,
+    /// Time in a capped relay's queue, admitted at once included.
+    upstream_queue_wait: HistogramVec,
+    /// Requests a capped relay's queue refused, by reason.
+    capacity_rejections: IntCounterVec,
+    /// Requests this edge may have in flight at each capped relay now.
+    upstream_grant: IntGaugeVec,
+    /// Requests whose pinned relay was full, by what came of the wait
+    /// (`served` there, or `spilled` to another relay).
+    pub pin_waits: IntCounterVec,
 }
 
 /// The registry, and the names of what was registered in it.
@@ -421,6 +432,43 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let upstream_queue_length = gauge_vec(
+            "relay_edge_upstream_queue_length",
+            "Requests waiting for the capped upstream (upstreams[].max_inflight).",
+            &["upstream"],
+        );
+        let upstream_queue_wait = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "relay_edge_upstream_queue_wait_seconds",
+                    "Time a request to a capped upstream waited for a slot (0 when admitted at once), in seconds.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+                &["upstream"],
+            )
+            .expect("static metric definition"),
+        );
+        let capacity_rejections = counter_vec(
+            "relay_edge_capacity_rejections_total",
+            "Requests refused with 529 at a capped upstream, by reason (queue_full, timeout, fast_fail, redis_down).",
+            &["upstream", "reason"],
+        );
+        let upstream_grant = gauge_vec(
+            "relay_edge_upstream_grant",
+            "Requests this edge may have in flight at the capped upstream now (its grant of the cap).",
+            &["upstream"],
+        );
+        let pin_waits = counter_vec(
+            "relay_edge_capacity_pin_waits_total",
+            "Requests whose pinned upstream was at its cap, by what came of the wait (served, spilled).",
+            &["outcome"],
+        );
+        for outcome in ["served", "spilled"] {
+            pin_waits.with_label_values(&[outcome]);
+        }
         let access_log_lines = counter(
             &r,
             "relay_edge_access_log_lines_total",
@@ -461,6 +509,11 @@ impl Metrics {
             access_log_lines,
             access_log_dropped,
             tenant_rejections,
+            upstream_queue_length,
+            upstream_queue_wait,
+            capacity_rejections,
+            upstream_grant,
+            pin_waits,
             requests,
             request_duration,
             upstream_healthy,
@@ -575,6 +628,7 @@ mod tests {
     fn every_family_is_exported_before_its_first_event() {
         let m = Metrics::new();
         let _upstream = m.for_upstream("relay-a");
+        let _capped = m.for_capacity("relay-a");
         let text = String::from_utf8(m.render()).expect("text");
         let missing: Vec<&String> = m
             .names()

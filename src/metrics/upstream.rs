@@ -3,7 +3,7 @@
 //! a label set up; and the token kinds of `relay_edge_tokens_total`.
 
 use super::{Metrics, COMMON_CODES};
-use crate::outcome::{AbandonReason, StreamOutcome, Usage};
+use crate::outcome::{AbandonReason, Refused, StreamOutcome, Usage};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 /// The `kind` labels of `relay_edge_tokens_total`, in [`Usage`] order.
@@ -72,8 +72,41 @@ impl UpstreamMetrics {
     }
 }
 
+/// A capped upstream's handles (made only for a capped one, so that an
+/// uncapped relay shows no grant).
+pub struct CapacityMetrics {
+    pub queue_length: IntGauge,
+    pub queue_wait: Histogram,
+    pub grant: IntGauge,
+    /// In [`Refused::ALL`] order.
+    pub rejections: [IntCounter; Refused::ALL.len()],
+}
+
 /// The per-upstream series of the registry.
 impl Metrics {
+    /// Resolve a capped upstream's capacity handles.
+    pub fn for_capacity(&self, id: &str) -> CapacityMetrics {
+        CapacityMetrics {
+            queue_length: self.upstream_queue_length.with_label_values(&[id]),
+            queue_wait: self.upstream_queue_wait.with_label_values(&[id]),
+            grant: self.upstream_grant.with_label_values(&[id]),
+            rejections: Refused::ALL
+                .map(|r| self.capacity_rejections.with_label_values(&[id, r.label()])),
+        }
+    }
+
+    /// Drop a capped upstream's capacity series (it is gone, or uncapped).
+    pub fn forget_capacity(&self, id: &str) {
+        let _ = self.upstream_queue_length.remove_label_values(&[id]);
+        let _ = self.upstream_queue_wait.remove_label_values(&[id]);
+        let _ = self.upstream_grant.remove_label_values(&[id]);
+        for r in Refused::ALL {
+            let _ = self
+                .capacity_rejections
+                .remove_label_values(&[id, r.label()]);
+        }
+    }
+
     /// Resolve one upstream's handles.
     pub fn for_upstream(&self, id: &str) -> UpstreamMetrics {
         UpstreamMetrics {
@@ -113,6 +146,7 @@ impl Metrics {
         for reason in AbandonReason::ALL {
             let _ = self.abandoned.remove_label_values(&[id, reason.label()]);
         }
+        self.forget_capacity(id);
     }
 
     /// Tokens each upstream reported, by kind (for `/api/stats`).

@@ -16,12 +16,14 @@
 //! - [`Attempt::finish`]: the request ended on it, counted once by
 //!   [`Upstream::record_response`].
 //!
-//! The per-relay capacity slot (`max_inflight`) belongs here too: taken
-//! with the attempt, given back by its drop, so that no path can leak it.
+//! The relay's capacity slot (`max_inflight`, [`crate::capacity`]) is held
+//! here too: taken with the attempt ([`super::admission`]), given back by
+//! its drop, so that no path can leak it.
 
 use super::retry;
 use crate::affinity::store::SessionRecord;
 use crate::budgets::RetryBudget;
+use crate::capacity::queue::Slot;
 use crate::config::MovePin;
 use crate::metrics::Metrics;
 use crate::outcome::{AbandonReason, AffinityOutcome, RepinReason, StreamOutcome, Usage};
@@ -38,30 +40,34 @@ pub struct Attempt {
     /// Its place in the generation's list (for [`Tried`]).
     index: usize,
     connect_started: Instant,
-    // The relay's capacity slot (`crate::capacity::queue::Slot`) will be
-    // held here, so that the attempt's drop gives it back.
+    /// The relay's capacity slot, when it is capped; dropped with the attempt.
+    _slot: Option<Slot>,
 }
 
 impl Attempt {
     /// The attempt a route decision chose: upstream `index` of `set`.
-    pub fn begin(set: &UpstreamSet, index: usize) -> Option<Attempt> {
+    /// `slot`: its capacity slot, if the relay is capped.
+    pub fn begin(set: &UpstreamSet, index: usize, slot: Option<Slot>) -> Option<Attempt> {
         let upstream = set.get(index)?.clone();
         upstream.start_request();
         Some(Attempt {
             upstream,
             index,
             connect_started: Instant::now(),
+            _slot: slot,
         })
     }
 
     /// The one retry of the same relay on a fresh connection, after a
     /// pooled connection failed mid-request (not the relay's fault).
-    pub fn again(previous: Attempt) -> Attempt {
+    /// The slot passes from the one to the other.
+    pub fn again(mut previous: Attempt) -> Attempt {
         previous.upstream.start_request();
         Attempt {
             upstream: previous.upstream.clone(),
             index: previous.index,
             connect_started: Instant::now(),
+            _slot: previous._slot.take(),
         }
     }
 
@@ -154,8 +160,13 @@ pub struct Attempts {
 
 impl Attempts {
     /// Begin the attempt a route decision chose.
-    pub fn begin(&mut self, set: &UpstreamSet, index: usize) -> Option<&Attempt> {
-        let attempt = Attempt::begin(set, index)?;
+    pub fn begin(
+        &mut self,
+        set: &UpstreamSet,
+        index: usize,
+        slot: Option<Slot>,
+    ) -> Option<&Attempt> {
+        let attempt = Attempt::begin(set, index, slot)?;
         self.tried.add(index);
         Some(self.current.insert(attempt))
     }
@@ -220,7 +231,8 @@ impl Attempts {
     ) -> bool {
         if !replayable
             || self.tried.len() > state.config.max_retries
-            || crate::upstream::select::least_loaded(&state.upstreams, &self.tried, now).is_none()
+            || crate::upstream::select::least_loaded(&state.upstreams, &self.tried, &[], now)
+                .is_none()
         {
             return false;
         }
@@ -306,11 +318,11 @@ mod tests {
         let metrics = Metrics::new();
         let mut attempts = Attempts::default();
         assert!(
-            attempts.begin(&state.upstreams, 7).is_none(),
+            attempts.begin(&state.upstreams, 7, None).is_none(),
             "no such relay"
         );
         assert!(attempts.tried.is_empty());
-        attempts.begin(&state.upstreams, 1).expect("relay b");
+        attempts.begin(&state.upstreams, 1, None).expect("relay b");
         assert_eq!(inflight(&state, 1), 1);
         // The fresh retry of the same relay: still one.
         let again = Attempt::again(attempts.current.take().expect("an attempt"));
@@ -324,7 +336,7 @@ mod tests {
         assert_eq!(attempts.left_because, Some(RepinReason::ConnectFailure));
         assert_eq!(metrics.retries.get(), 1);
         // A request that ends on an attempt counts once, then lets go.
-        attempts.begin(&state.upstreams, 2).expect("relay c");
+        attempts.begin(&state.upstreams, 2, None).expect("relay c");
         let c = attempts.current.take().expect("an attempt");
         c.finish(
             200,
@@ -339,7 +351,7 @@ mod tests {
             [&s.requests, &s.errors, &s.keyed, &s.affinity_hits].map(|n| n.load(Ordering::Relaxed));
         assert_eq!(counted, [1, 0, 1, 1]);
         // Dropped without a verb (the request's context went away): no leak.
-        attempts.begin(&state.upstreams, 0).expect("relay a");
+        attempts.begin(&state.upstreams, 0, None).expect("relay a");
         drop(attempts);
         assert_eq!(inflight(&state, 0), 0);
     }
@@ -419,7 +431,7 @@ mod tests {
                 keep_pin: true,
                 ..Attempts::default()
             };
-            attempts.begin(&state.upstreams, 0).expect("relay a");
+            attempts.begin(&state.upstreams, 0, None).expect("relay a");
             attempts.abandon(&state, Some(&record), AbandonReason::Status, &metrics);
             assert_eq!(attempts.keep_pin, keep_pin, "{mode}, pinned to {pinned_to}");
             assert!(attempts.abandoning && attempts.answer_retried, "{mode}");

@@ -60,6 +60,9 @@ pub struct RequestBody {
 pub struct Observed {
     /// The relay's response head was taken (nothing is retried after it).
     pub answered: bool,
+    /// The edge refused the request for now (529, 429): when to come back,
+    /// in seconds (`Retry-After`).
+    pub retry_after: Option<u64>,
     /// A relay failed this request (a failure code, a cut, no first event).
     pub failed_upstream: bool,
     /// What affinity did for the attempt that answered

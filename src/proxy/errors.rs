@@ -55,6 +55,8 @@ pub fn cause(e: &Error, mid_response: bool) -> Option<FailureCause> {
     let cause = match (e.esource(), e.etype()) {
         (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => return None,
         (_, HTTPStatus(503)) => FailureCause::NoUpstream,
+        // The edge's own 529 (a relay's 529 is the relay's answer).
+        (ErrorSource::Unset | ErrorSource::Internal, HTTPStatus(529)) => FailureCause::Capacity,
         (ErrorSource::Upstream, _) if mid_response => FailureCause::Cut,
         (ErrorSource::Downstream, _) => FailureCause::BadRequest,
         (
@@ -90,6 +92,10 @@ pub fn body_for(code: u16) -> String {
         ),
         502 => ("api_error", "relay-edge: upstream failed"),
         503 => ("overloaded_error", "relay-edge: no healthy upstream"),
+        529 => (
+            "overloaded_error",
+            "relay-edge: the relay is at its capacity; retry later",
+        ),
         504 => ("api_error", "relay-edge: upstream timed out"),
         _ => ("api_error", "relay-edge: internal error"),
     };
@@ -145,14 +151,19 @@ pub fn sse_error_event(kind: &str, message: &str) -> String {
     )
 }
 
-pub async fn respond(session: &mut Session, e: &Error) -> FailToProxy {
+/// Answer `e` with its status and body; `retry_after` (seconds) for a
+/// refusal the client should retry later (529, 429).
+pub async fn respond(session: &mut Session, e: &Error, retry_after: Option<u64>) -> FailToProxy {
     let code = status_for(e);
     if code > 0 {
         let body = Bytes::from(body_for(code));
         let written = async {
-            let mut resp = ResponseHeader::build(code, Some(3))?;
+            let mut resp = ResponseHeader::build(code, Some(4))?;
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            if let Some(seconds) = retry_after {
+                resp.insert_header(http::header::RETRY_AFTER, seconds)?;
+            }
             session
                 .as_downstream_mut()
                 .write_error_response(resp, body)
@@ -322,6 +333,15 @@ mod tests {
                 529,
                 Some(F::BadUpstreamResponse),
                 Some(F::Cut),
+                None,
+            ),
+            // A capped relay's queue refused it: the edge's own 529.
+            (
+                ErrorSource::Unset,
+                HTTPStatus(529),
+                529,
+                Some(F::Capacity),
+                Some(F::Capacity),
                 None,
             ),
             // Our own fault.

@@ -32,7 +32,7 @@ use super::attempt::Attempt;
 use super::errors;
 use super::retry;
 use super::sse::{self, FirstEvent, StreamEnd, StreamScan};
-use super::{route, EdgeProxy, RequestCtx};
+use super::{admission, route, EdgeProxy, RequestCtx};
 use crate::clock;
 // Why an answered attempt may be left.
 use crate::outcome::AbandonReason as Leave;
@@ -115,10 +115,12 @@ pub async fn serve(
             _ => {
                 // Boxed, as the attempt below: only while it runs, so that
                 // a stream open for minutes holds neither (memory per stream).
-                let index = Box::pin(route::choose(edge, &state, ctx, clock::now_ms())).await?;
+                let now = clock::now_ms();
+                let (index, slot) =
+                    Box::pin(admission::route_and_admit(edge, &state, session, ctx, now)).await?;
                 let attempt = ctx
                     .attempts
-                    .begin(&state.upstreams, index)
+                    .begin(&state.upstreams, index, slot)
                     .ok_or_else(route::no_upstream)?;
                 attempt.upstream().peer()
             }

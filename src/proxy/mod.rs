@@ -11,7 +11,8 @@
 //!   streams are held, or when a body too big for Pingora's retry buffer
 //!   may have to be sent again. A streaming request (`"stream": true`) is
 //!   then served here, by [`held`], and never reaches the phases below.
-//! - `upstream_peer`: choose the upstream ([`route`]) and clone its peer.
+//! - `upstream_peer`: choose the upstream ([`route`]), take a slot there
+//!   when it is capped ([`admission`]), and clone its peer.
 //! - `fail_to_connect`, `error_while_proxy`: passive failure, then a retry
 //!   as [`retry`] decides.
 //!
@@ -36,6 +37,7 @@
 //! its end, so a drain waits for it whatever generation it runs on.
 
 pub mod access;
+pub mod admission;
 pub mod attempt;
 pub mod body;
 pub mod ctx;
@@ -241,7 +243,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let state = ctx.state(&self.edge).clone();
@@ -259,10 +261,11 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(peer);
             }
         }
-        let index = route::choose(&self.edge, &state, ctx, now).await?;
+        let (index, slot) =
+            admission::route_and_admit(&self.edge, &state, session, ctx, now).await?;
         let attempt = ctx
             .attempts
-            .begin(&state.upstreams, index)
+            .begin(&state.upstreams, index, slot)
             .ok_or_else(route::no_upstream)?;
         Ok(attempt.upstream().peer())
     }
@@ -478,13 +481,13 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let mid_response = session.response_written().is_some();
         if let Some(cause) = errors::cause(e, mid_response) {
             self.edge.metrics.client_failure(cause);
         }
-        errors::respond(session, e).await
+        errors::respond(session, e, ctx.seen.retry_after).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

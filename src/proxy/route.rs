@@ -39,15 +39,26 @@ fn place(
 ) -> Option<usize> {
     let aff = &state.config.affinity;
     let consistent = aff.balance == Balance::Consistent || edge.store.degraded();
+    // A session avoids relays crowded with sessions while another can take it.
+    let crowded = match id {
+        Some(_) => {
+            let counts = edge.store.counts();
+            let sessions: Vec<u64> = state
+                .upstreams
+                .all()
+                .iter()
+                .map(|u| counts.get(&u.id).copied().unwrap_or(0))
+                .collect();
+            select::crowded(&state.upstreams, &sessions, aff.max_session_share)
+        }
+        None => Vec::new(),
+    };
+    let tried = &ctx.attempts.tried;
     match id {
-        Some(id) if consistent => select::consistent(
-            &state.upstreams,
-            id,
-            aff.load_factor,
-            &ctx.attempts.tried,
-            now,
-        ),
-        _ => select::least_loaded(&state.upstreams, &ctx.attempts.tried, now),
+        Some(id) if consistent => {
+            select::consistent(&state.upstreams, id, aff.load_factor, tried, &crowded, now)
+        }
+        _ => select::least_loaded(&state.upstreams, tried, &crowded, now),
     }
 }
 

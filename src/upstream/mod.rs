@@ -12,6 +12,7 @@ pub mod health;
 pub mod peer;
 pub mod select;
 
+use crate::capacity::RelayCapacity;
 use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -53,6 +54,9 @@ pub struct Upstream {
     draining: AtomicBool,
     pub stats: UpstreamStats,
     pub metrics: UpstreamMetrics,
+    /// Its cap, gate and lease, when it is capped (`max_inflight`); kept
+    /// across generations while it stays capped.
+    pub capacity: Option<Arc<RelayCapacity>>,
 }
 
 impl Upstream {
@@ -62,11 +66,16 @@ impl Upstream {
         health: &HealthSpec,
         checks: &Arc<CheckConnectors>,
         metrics: &Metrics,
+        queue_max: usize,
     ) -> Upstream {
         let id: Arc<str> = Arc::from(spec.id.as_str());
         let m = metrics.for_upstream(&spec.id);
         m.healthy.set(1);
+        let capacity = spec
+            .max_inflight
+            .map(|cap| RelayCapacity::new(cap, queue_max, metrics.for_capacity(&spec.id)));
         Upstream {
+            capacity,
             peer: peer::build_peer(&spec, timeouts),
             backend: health::backend(&spec),
             checker: health::checker(&spec, health, checks),
@@ -80,10 +89,20 @@ impl Upstream {
         }
     }
 
-    /// Take over what a reload must not reset: the health verdict and the drain flag.
-    pub fn carry_over(&self, previous: &Upstream) {
+    /// Take over what a reload must not reset: the health verdict, the
+    /// drain flag, and while it stays capped, its gate (the requests in
+    /// flight and queued there) and lease.
+    pub fn carry_over(&mut self, previous: &Upstream) {
         self.health.set(previous.health.is_healthy());
         self.set_draining(previous.is_draining());
+        if self.capacity.is_some() && previous.capacity.is_some() {
+            self.capacity = previous.capacity.clone();
+        }
+    }
+
+    /// Room for one more request now: uncapped, or a free slot nobody waits for.
+    pub fn has_room(&self) -> bool {
+        self.capacity.as_ref().is_none_or(|c| c.gate.has_room())
     }
 
     /// A fresh copy of the peer template for one request.

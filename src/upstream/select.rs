@@ -8,7 +8,11 @@
 //!   `load_factor` times the mean.
 //!
 //! Both skip upstreams that are unhealthy, ejected, draining, or already
-//! tried by this request.
+//! tried by this request. Both prefer, while another choice is left, an
+//! upstream with room under its cap ([`Upstream::has_room`]), and for a
+//! new session one that is not `crowded` (over `affinity.max_session_share`
+//! times the mean, see [`crowded`]): [`Prefer`] is tried from the most
+//! demanding level down.
 
 use super::{Upstream, UpstreamSet};
 use crate::affinity::SessionId;
@@ -52,8 +56,52 @@ impl Tried {
     }
 }
 
-fn eligible(u: &Upstream, index: usize, tried: &Tried, now_ms: u64) -> bool {
-    !tried.contains(index) && u.is_usable(now_ms)
+/// How demanding a pass over the fleet is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Prefer {
+    /// Room under its cap, and not crowded with sessions.
+    RoomAndShare,
+    /// Room under its cap.
+    Room,
+    /// Any usable upstream (a capped one queues the request).
+    Any,
+}
+
+const PASSES: [Prefer; 3] = [Prefer::RoomAndShare, Prefer::Room, Prefer::Any];
+
+fn eligible(
+    u: &Upstream,
+    index: usize,
+    tried: &Tried,
+    crowded: &[bool],
+    prefer: Prefer,
+    now_ms: u64,
+) -> bool {
+    let wanted = match prefer {
+        Prefer::RoomAndShare => u.has_room() && !crowded.get(index).copied().unwrap_or(false),
+        Prefer::Room => u.has_room(),
+        Prefer::Any => true,
+    };
+    wanted && !tried.contains(index) && u.is_usable(now_ms)
+}
+
+/// Which upstreams hold more than `max_share` times their weighted mean of
+/// the sessions (`sessions`, by index): they take no new sessions while
+/// another can.
+pub fn crowded(set: &UpstreamSet, sessions: &[u64], max_share: f64) -> Vec<bool> {
+    let total: u64 = sessions.iter().sum();
+    let weights: u64 = set.all().iter().map(|u| u64::from(u.spec.weight)).sum();
+    if total == 0 || weights == 0 {
+        return vec![false; set.all().len()];
+    }
+    set.all()
+        .iter()
+        .zip(sessions)
+        .map(|(u, &n)| {
+            let mean = total as f64 * f64::from(u.spec.weight) / weights as f64;
+            n as f64 > max_share * mean
+        })
+        .collect()
 }
 
 /// Lower is better: in-flight requests per unit of weight.
@@ -67,12 +115,14 @@ fn probe(
     start: usize,
     skip: Option<usize>,
     tried: &Tried,
+    crowded: &[bool],
+    prefer: Prefer,
     now_ms: u64,
 ) -> Option<usize> {
     let n = set.all().len();
     (0..n)
         .map(|k| (start + k) % n)
-        .find(|&i| Some(i) != skip && eligible(&set.all()[i], i, tried, now_ms))
+        .find(|&i| Some(i) != skip && eligible(&set.all()[i], i, tried, crowded, prefer, now_ms))
 }
 
 /// Power of two random choices on in-flight requests, weighted: both
@@ -80,16 +130,39 @@ fn probe(
 /// in-flight requests per unit of weight wins (the first drawn on a tie), so
 /// an idle fleet gets new sessions in proportion to weight and a busy one by
 /// load.
-pub fn least_loaded(set: &UpstreamSet, tried: &Tried, now_ms: u64) -> Option<usize> {
+pub fn least_loaded(
+    set: &UpstreamSet,
+    tried: &Tried,
+    crowded: &[bool],
+    now_ms: u64,
+) -> Option<usize> {
     if set.all().is_empty() {
         return None;
     }
-    let a = probe(set, set.weighted_draw(), None, tried, now_ms)?;
-    let Some(b) = probe(set, set.weighted_draw(), Some(a), tried, now_ms) else {
-        return Some(a);
-    };
-    let (la, lb) = (load(&set.all()[a]), load(&set.all()[b]));
-    Some(if lb < la { b } else { a })
+    PASSES.into_iter().find_map(|prefer| {
+        let a = probe(
+            set,
+            set.weighted_draw(),
+            None,
+            tried,
+            crowded,
+            prefer,
+            now_ms,
+        )?;
+        let Some(b) = probe(
+            set,
+            set.weighted_draw(),
+            Some(a),
+            tried,
+            crowded,
+            prefer,
+            now_ms,
+        ) else {
+            return Some(a);
+        };
+        let (la, lb) = (load(&set.all()[a]), load(&set.all()[b]));
+        Some(if lb < la { b } else { a })
+    })
 }
 
 /// Bounded-load consistent hashing on the session id.
@@ -98,6 +171,21 @@ pub fn consistent(
     id: SessionId,
     load_factor: f64,
     tried: &Tried,
+    crowded: &[bool],
+    now_ms: u64,
+) -> Option<usize> {
+    PASSES
+        .into_iter()
+        .find_map(|prefer| consistent_pass(set, id, load_factor, tried, crowded, prefer, now_ms))
+}
+
+fn consistent_pass(
+    set: &UpstreamSet,
+    id: SessionId,
+    load_factor: f64,
+    tried: &Tried,
+    crowded: &[bool],
+    prefer: Prefer,
     now_ms: u64,
 ) -> Option<usize> {
     let ring = set.ring();
@@ -106,7 +194,7 @@ pub fn consistent(
     }
     let (mut total, mut usable) = (0i64, 0i64);
     for (i, u) in set.all().iter().enumerate() {
-        if eligible(u, i, tried, now_ms) {
+        if eligible(u, i, tried, crowded, prefer, now_ms) {
             total += u.inflight().max(0);
             usable += 1;
         }
@@ -120,7 +208,7 @@ pub fn consistent(
     for k in 0..ring.points.len() {
         let index = ring.points[(start + k) % ring.points.len()].1 as usize;
         let u = &set.all()[index];
-        if !eligible(u, index, tried, now_ms) {
+        if !eligible(u, index, tried, crowded, prefer, now_ms) {
             continue;
         }
         if u.inflight() < bound {
@@ -190,7 +278,9 @@ mod tests {
     fn idle_fleet_gets_sessions_in_proportion_to_weight() {
         let s = state(&[1, 1, 2], "");
         let now = crate::clock::now_ms();
-        let got = shares(&s, |_| least_loaded(&s.upstreams, &Tried::default(), now));
+        let got = shares(&s, |_| {
+            least_loaded(&s.upstreams, &Tried::default(), &[], now)
+        });
         for (got, want) in got.iter().zip([0.25, 0.25, 0.5]) {
             assert!((got - want).abs() < 0.03, "shares {got} vs {want}");
         }
@@ -203,14 +293,16 @@ mod tests {
         for _ in 0..50 {
             s.upstreams.all()[0].start_request();
         }
-        let got = shares(&s, |_| least_loaded(&s.upstreams, &Tried::default(), now));
+        let got = shares(&s, |_| {
+            least_loaded(&s.upstreams, &Tried::default(), &[], now)
+        });
         assert!(got[0] < 0.2, "a loaded upstream still got {}", got[0]);
         let mut tried = Tried::default();
         tried.add(1);
         s.upstreams.all()[2].set_draining(true);
-        assert!((0..100).all(|_| least_loaded(&s.upstreams, &tried, now) == Some(0)));
+        assert!((0..100).all(|_| least_loaded(&s.upstreams, &tried, &[], now) == Some(0)));
         tried.add(0);
-        assert_eq!(least_loaded(&s.upstreams, &tried, now), None);
+        assert_eq!(least_loaded(&s.upstreams, &tried, &[], now), None);
     }
 
     #[test]
@@ -223,6 +315,7 @@ mod tests {
                 SessionId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834)),
                 1.25,
                 &Tried::default(),
+                &[],
                 now,
             )
         };

@@ -214,7 +214,9 @@ async fn a_session_past_its_in_flight_limit_gets_429_on_both_paths_until_its_slo
     )
     .await;
 
-    // A held stream holds the slot the same way.
+    // A held stream holds the slot the same way (a session of its own: the
+    // last request's slot is given back just after its answer is read).
+    let headers = keyed(KEY_A, "fan-out-held");
     let slow = open_stream_with(
         edge.addr,
         "POST",
@@ -228,7 +230,8 @@ async fn a_session_past_its_in_flight_limit_gets_429_on_both_paths_until_its_slo
         1,
         "behind a held stream",
     );
-    assert_eq!(slow.await.expect("task").expect("ends").status, 200);
+    let done = slow.await.expect("task").expect("ends");
+    assert_eq!(done.status, 200, "{}", done.text());
     eventually(
         Duration::from_secs(5),
         "served after the held stream",
@@ -236,20 +239,19 @@ async fn a_session_past_its_in_flight_limit_gets_429_on_both_paths_until_its_slo
     )
     .await;
 
+    // Three refusals at least (the polls above may add some while a slot
+    // is being given back), counted alike in the metric and the stats.
     let metrics = edge.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "relay_edge_tenant_rejections_total{reason=\"session_inflight\"}"
-        ),
-        3,
-        "{metrics}"
+    let refused = metric(
+        &metrics,
+        "relay_edge_tenant_rejections_total{reason=\"session_inflight\"}",
     );
+    assert!(refused >= 3, "{metrics}");
     let (_, stats) = edge.admin_json("GET", "/api/stats", b"").await;
     let top = &stats["tenants"]["by_rejections"][0];
     assert_eq!(top["tenant"], tenant_hex(KEY_A), "{stats}");
-    assert_eq!(top["rejections"], 3);
-    assert_eq!(stats["tenants"]["rejections"]["session_inflight"], 3);
+    assert_eq!(top["rejections"], refused);
+    assert_eq!(stats["tenants"]["rejections"]["session_inflight"], refused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@ pub(super) fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec 
         load_factor,
         hash_secret,
         outcome_header,
+        pin_wait,
+        max_session_share,
     } = a;
     let mut specs = Vec::new();
     if claude_code {
@@ -35,6 +37,13 @@ pub(super) fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec 
     let load_factor = load_factor.unwrap_or(Defaults::LOAD_FACTOR);
     if !((1.0..=100.0).contains(&load_factor)) {
         errs.push("affinity.load_factor", "must be a number from 1.0 to 100");
+    }
+    let max_session_share = max_session_share.unwrap_or(Defaults::MAX_SESSION_SHARE);
+    if !((1.0..=1000.0).contains(&max_session_share)) {
+        errs.push(
+            "affinity.max_session_share",
+            "must be a number from 1.0 to 1000",
+        );
     }
     let hash_secret = hash_secret.unwrap_or_else(|| Defaults::HASH_SECRET.to_string());
     if hash_secret.is_empty() {
@@ -84,6 +93,14 @@ pub(super) fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec 
         },
         load_factor,
         hash_secret,
+        pin_wait: duration(
+            pin_wait,
+            Defaults::PIN_WAIT,
+            (Duration::ZERO, MINUTE),
+            "affinity.pin_wait",
+            errs,
+        ),
+        max_session_share,
     }
 }
 

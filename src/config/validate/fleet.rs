@@ -34,8 +34,10 @@ pub(super) fn listeners(listen: Vec<(usize, ListenFile)>, errs: &mut Errors) -> 
         .collect()
 }
 
+/// The upstreams; `default_cap` is `capacity.max_inflight`.
 pub(super) fn upstream_specs(
     upstreams: Vec<(usize, UpstreamFile)>,
+    default_cap: Option<u32>,
     errs: &mut Errors,
 ) -> Vec<UpstreamSpec> {
     if upstreams.is_empty() {
@@ -52,6 +54,7 @@ pub(super) fn upstream_specs(
                     addr,
                     weight,
                     tls,
+                    max_inflight,
                 },
             )| {
                 if id.is_empty()
@@ -82,11 +85,21 @@ pub(super) fn upstream_specs(
                     sni: sni.unwrap_or(host),
                     verify,
                 });
+                let max_inflight = max_inflight.or(default_cap).map(|cap| {
+                    number(
+                        Some(cap),
+                        1,
+                        (1, Limits::MAX_INFLIGHT),
+                        &format!("upstreams[{i}].max_inflight"),
+                        errs,
+                    )
+                });
                 UpstreamSpec {
                     id,
                     addr: sock,
                     weight,
                     tls,
+                    max_inflight,
                 }
             },
         )

@@ -4,6 +4,7 @@
 //! of virtual nodes per unit of weight) can overflow.
 
 mod affinity;
+mod capacity;
 mod fleet;
 mod process;
 mod shared_table;
@@ -15,6 +16,7 @@ use super::model::*;
 use super::FieldError;
 pub use affinity::json_pointer;
 use affinity::*;
+use capacity::*;
 use fleet::*;
 pub use process::admin_only;
 use process::*;
@@ -101,11 +103,19 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         limits,
         access_log,
         tenants,
+        capacity,
     } = raw;
     let mut errs = Errors::default();
 
     let listeners = listeners(listen, &mut errs);
-    let upstreams = upstream_specs(upstreams, &mut errs);
+    let default_cap = match capacity.max_inflight {
+        Some(0) => {
+            errs.push("capacity.max_inflight", "must be from 1 to 1000000");
+            None
+        }
+        cap => cap,
+    };
+    let upstreams = upstream_specs(upstreams, default_cap, &mut errs);
     let health = health(health_check, &mut errs);
     let passive = passive(passive_health, &mut errs);
     let affinity = affinity_spec(affinity.unwrap_or_default(), &mut errs);
@@ -125,6 +135,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let limits = limits_spec(limits, &mut errs);
     let access_log = access_log_spec(access_log, &mut errs);
     let tenants = tenants_spec(tenants, &mut errs);
+    let capacity = capacity_spec(capacity, &mut errs);
     let ReloadFile { watch, debounce } = reload;
     let reload = ReloadSpec {
         watch,
@@ -155,6 +166,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             limits,
             access_log,
             tenants,
+            capacity,
         })
     } else {
         Err(errs.0)

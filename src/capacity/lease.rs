@@ -1,0 +1,219 @@
+//! A relay's cap shared across edges by leased grants (as in Doorman):
+//! each busy edge holds a grant in `<prefix>cap:<relay>`, renewed each
+//! `capacity.sync_interval`, that expires after `capacity.lease` unless
+//! renewed. [`SCRIPT`] grants; [`limit`] turns what this edge holds into
+//! the number of requests it may have in flight now.
+//!
+//! The script gives an edge what it wants within its max-min fair share
+//! of the cap (water-filling over the wants of the edges that want some),
+//! but never less than it holds in flight (those end by themselves) and
+//! never more than the others leave, so the grants together never pass
+//! the cap. Admission and release stay local: a lost release cannot leak
+//! a slot, and a killed edge's grant is reaped once it expires.
+
+use crate::config::OnRedisDown;
+
+/// The sync script (Lua): reaps expired grants by Redis `TIME`, then
+/// grants. Its decision is tested against a real Redis
+/// (`tests/it/capacity.rs`).
+pub const SCRIPT: &str = include_str!("lease.lua");
+
+/// What the script last granted this edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Grant {
+    /// Slots reserved for this edge (its in-flight work may still be above
+    /// its fair share; the rest of the fleet counts it as taken).
+    pub grant: u32,
+    /// Its fair share now: no new work is admitted past it.
+    pub fair: u32,
+    /// Edges that wanted some of the cap, this one included.
+    pub edges: u32,
+    /// When the grant lapses, on this edge's clock ([`crate::clock::now_ms`]),
+    /// counted from before the call: before Redis reaps it.
+    pub until_ms: u64,
+}
+
+/// This edge's side of one relay's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Held {
+    pub last: Option<Grant>,
+    /// The last sync failed (Redis down or slow).
+    pub failing: bool,
+    /// This edge has a field in the relay's hash (it last wanted some).
+    pub listed: bool,
+}
+
+/// How many requests this edge may have in flight at a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Slots(usize),
+    /// `on_redis_down: closed`: refuse, do not queue.
+    Refuse,
+}
+
+/// The limit at a relay whose cap is `cap`. Alone (no Redis), the cap. With
+/// Redis: a live grant, up to its fair share; no live grant while Redis
+/// answers, nothing until a sync grants some (the first request asks for
+/// it); no live grant while Redis fails, as `on_redis_down` says.
+pub fn limit(cap: u32, shared: bool, held: &Held, now_ms: u64, on_down: OnRedisDown) -> Limit {
+    if !shared {
+        return Limit::Slots(cap as usize);
+    }
+    match held.last {
+        Some(g) if now_ms < g.until_ms => return Limit::Slots(g.grant.min(g.fair) as usize),
+        _ if !held.failing => return Limit::Slots(0),
+        _ => {}
+    }
+    match on_down {
+        OnRedisDown::Share => {
+            let edges = held.last.map_or(1, |g| g.edges.max(1));
+            Limit::Slots((cap / edges) as usize)
+        }
+        OnRedisDown::Closed => Limit::Refuse,
+        OnRedisDown::Open => Limit::Slots(usize::MAX),
+    }
+}
+
+/// What to ask the script for: the work this edge has for the relay (in
+/// flight and queued), and what it holds in flight.
+pub fn want(in_flight: usize, queued: usize, cap: u32) -> (u32, u32) {
+    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (clamp(in_flight + queued).min(cap), clamp(in_flight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OnRedisDown::*;
+
+    fn grant(grant: u32, fair: u32, edges: u32, until_ms: u64) -> Option<Grant> {
+        Some(Grant {
+            grant,
+            fair,
+            edges,
+            until_ms,
+        })
+    }
+
+    /// Each case: cap, shared, what this edge holds, the time, the policy,
+    /// and the limit.
+    #[test]
+    fn the_limit_follows_the_live_grant_and_the_policy_once_it_lapses() {
+        let held = |last, failing| Held {
+            last,
+            failing,
+            listed: false,
+        };
+        let cases = [
+            (
+                "alone: the cap",
+                8,
+                false,
+                held(None, false),
+                0,
+                Share,
+                Limit::Slots(8),
+            ),
+            (
+                "a live grant",
+                8,
+                true,
+                held(grant(4, 4, 2, 100), false),
+                50,
+                Share,
+                Limit::Slots(4),
+            ),
+            (
+                "holding more than its share: no new work past the share",
+                8,
+                true,
+                held(grant(6, 4, 2, 100), false),
+                50,
+                Share,
+                Limit::Slots(4),
+            ),
+            (
+                "less than its share left by the others",
+                8,
+                true,
+                held(grant(1, 4, 2, 100), false),
+                50,
+                Share,
+                Limit::Slots(1),
+            ),
+            (
+                "never synced: wait for a grant",
+                8,
+                true,
+                held(None, false),
+                50,
+                Share,
+                Limit::Slots(0),
+            ),
+            (
+                "lapsed while idle, Redis up: wait for a grant",
+                8,
+                true,
+                held(grant(4, 4, 2, 100), false),
+                100,
+                Closed,
+                Limit::Slots(0),
+            ),
+            (
+                "Redis down, grant still live: kept",
+                8,
+                true,
+                held(grant(4, 4, 2, 100), true),
+                99,
+                Closed,
+                Limit::Slots(4),
+            ),
+            (
+                "Redis down, lapsed, share: the cap over the edges last seen",
+                8,
+                true,
+                held(grant(4, 4, 2, 100), true),
+                100,
+                Share,
+                Limit::Slots(4),
+            ),
+            (
+                "Redis down from the start, share: alone as far as it knows",
+                8,
+                true,
+                held(None, true),
+                0,
+                Share,
+                Limit::Slots(8),
+            ),
+            (
+                "Redis down, lapsed, closed: refuse",
+                8,
+                true,
+                held(grant(4, 4, 2, 100), true),
+                100,
+                Closed,
+                Limit::Refuse,
+            ),
+            (
+                "Redis down, lapsed, open: no cap",
+                8,
+                true,
+                held(grant(4, 4, 2, 100), true),
+                100,
+                Open,
+                Limit::Slots(usize::MAX),
+            ),
+        ];
+        for (name, cap, shared, held, now, policy, expected) in cases {
+            assert_eq!(limit(cap, shared, &held, now, policy), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_edge_wants_its_work_within_the_cap() {
+        assert_eq!(want(0, 0, 4), (0, 0));
+        assert_eq!(want(3, 0, 4), (3, 3));
+        assert_eq!(want(2, 9, 4), (4, 2));
+    }
+}
