@@ -11,7 +11,7 @@
 
 use crate::admin::views::{
     CapacityView, DrainView, ErrorView, IndicatorView, PinRequest, ReloadReport, SessionView,
-    StatsView, UpstreamView,
+    StatsView, TenantsView, UpstreamView,
 };
 use crate::config;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -50,11 +50,27 @@ enum Command {
     /// Let upstream ID take sessions again.
     Undrain { id: String },
     /// Where session KEY (as the client sends it) is pinned.
-    Session { key: String },
+    Session {
+        key: String,
+        /// The session of this tenant (its hash, as `status` shows it).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Pin session KEY to upstream ID.
-    Pin { key: String, id: String },
+    Pin {
+        key: String,
+        id: String,
+        /// The session of this tenant (its hash, as `status` shows it).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Forget session KEY: its next request is placed anew.
-    Forget { key: String },
+    Forget {
+        key: String,
+        /// The session of this tenant (its hash, as `status` shows it).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Reload the config file of the running edge.
     Reload,
 }
@@ -81,7 +97,10 @@ pub fn run(config: Option<PathBuf>, args: CtlArgs) -> ExitCode {
 
 fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
     let admin = Admin::from_config(path)?;
-    let key_path = |key: &str| format!("/api/sessions/{}", encode(key));
+    let key_path = |key: &str, tenant: &Option<String>| match tenant {
+        None => format!("/api/sessions/{}", encode(key)),
+        Some(t) => format!("/api/sessions/{}?tenant={}", encode(key), encode(t)),
+    };
     let (method, route, body) = match &args.command {
         Command::Status => ("GET", "/api/stats".to_string(), None),
         Command::Upstreams => ("GET", "/api/upstreams".to_string(), None),
@@ -91,17 +110,17 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
             format!("/api/upstreams/{}/undrain", encode(id)),
             None,
         ),
-        Command::Session { key } => ("GET", key_path(key), None),
-        Command::Pin { key, id } => {
+        Command::Session { key, tenant } => ("GET", key_path(key, tenant), None),
+        Command::Pin { key, id, tenant } => {
             let pin = PinRequest {
                 upstream: id.clone(),
                 metadata: None,
             };
             let body = serde_json::to_string(&pin)
                 .map_err(|e| Failure(format!("cannot write the pin's body: {e}")))?;
-            ("PUT", key_path(key), Some(body))
+            ("PUT", key_path(key, tenant), Some(body))
         }
-        Command::Forget { key } => ("DELETE", key_path(key), None),
+        Command::Forget { key, tenant } => ("DELETE", key_path(key, tenant), None),
         Command::Reload => ("POST", "/api/reload".to_string(), None),
     };
     let (status, body) = admin.call(method, &route, body.as_deref())?;
@@ -130,10 +149,12 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
             "{id}: takes sessions again{}\n",
             shared_note(&admin.read(&body)?)
         ),
-        Command::Session { key } | Command::Pin { key, .. } => {
+        Command::Session { key, .. } | Command::Pin { key, .. } => {
             session_text(key, &admin.read(&body)?)
         }
-        Command::Forget { key } => format!("{key}: forgotten; its next request is placed anew\n"),
+        Command::Forget { key, .. } => {
+            format!("{key}: forgotten; its next request is placed anew\n")
+        }
         Command::Reload => reload_text(&admin.read(&body)?),
     })
 }
@@ -152,7 +173,7 @@ fn refusal(command: &Command, status: u16, body: &[u8]) -> String {
                 "no upstream {id:?} in the running config; `relay-edge ctl upstreams` lists them"
             )
         }
-        (Command::Session { key } | Command::Forget { key }, 404) => {
+        (Command::Session { key, .. } | Command::Forget { key, .. }, 404) => {
             format!("no session {key:?}: it has no pin (never seen, expired or forgotten); its next request is placed anew")
         }
         (Command::Reload, 400) => {
@@ -472,6 +493,7 @@ fn status_text(s: &StatsView) -> String {
             ),
         ),
         ("redis", redis),
+        ("tenants", tenants_line(&s.tenants)),
         ("last reload", reload),
     ];
     for (k, v) in rows {
@@ -481,6 +503,31 @@ fn status_text(s: &StatsView) -> String {
     let indicators: Vec<Vec<String>> = s.indicators.iter().map(indicator_row).collect();
     out.push_str(&table(&["INDICATOR", "NOW", "TARGET", ""], &indicators));
     out
+}
+
+/// The tenants on this edge: how many, their refusals, and the busiest by
+/// requests (hashes: `--tenant` takes them).
+fn tenants_line(t: &TenantsView) -> String {
+    if !t.enabled {
+        return "off (tenants.from is empty)".into();
+    }
+    let busiest: Vec<String> = t
+        .by_requests
+        .iter()
+        .take(3)
+        .map(|v| format!("{} ({})", v.tenant, v.requests))
+        .collect();
+    format!(
+        "{} tracked; 429s: {} new sessions, {} in flight; busiest: {}",
+        t.tracked,
+        t.rejections.new_sessions,
+        t.rejections.session_inflight,
+        if busiest.is_empty() {
+            "-".to_string()
+        } else {
+            busiest.join(", ")
+        }
+    )
 }
 
 fn indicator_row(i: &IndicatorView) -> Vec<String> {

@@ -53,5 +53,6 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod supervision;
+pub mod tenants;
 pub mod upgrade;
 pub mod upstream;

@@ -46,6 +46,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         reload: _,
         limits: _,
         access_log,
+        tenants: _,
         // Caps, the queue and the leases apply at once.
         capacity: _,
     } = new;

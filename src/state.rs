@@ -164,6 +164,8 @@ pub struct Edge {
     pub started: SystemTime,
     /// The TLS listeners' certificates, re-read by every reload.
     pub certificates: Certificates,
+    /// Tenants' in-flight slots, local new-session counts and the top table.
+    pub tenants: crate::tenants::Tenants,
 }
 
 impl Edge {
@@ -230,6 +232,7 @@ impl Edge {
             ready: AtomicBool::new(false),
             started: SystemTime::now(),
             certificates,
+            tenants: Default::default(),
         });
         if let Some(redis) = &edge.redis {
             redis.set_upstreams(

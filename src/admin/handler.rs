@@ -14,6 +14,8 @@
 //! GET    /api/sessions/{key}            {key}: the client's key, URL-encoded; with a status
 //! PUT    /api/sessions/{key}            body {"upstream": "ID", "metadata": {...}} (metadata optional)
 //! DELETE /api/sessions/{key}
+//!                                       each takes ?tenant=HASH (the tenant's hex hash, as
+//!                                       /api/stats shows it): the session of that tenant
 //! POST   /api/reload                    200 with the new generation, or 400 with the errors
 //! GET    /                              the HTML dashboard
 //! ```
@@ -25,14 +27,17 @@
 use super::views::{
     AffinityView, CapacityView, CertificateView, ConfigView, DeletedView, DrainView, ErrorView,
     HealthView, HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
-    SessionCountView, SessionListView, SessionView, StatsView, TokensView, UpstreamHistoryView,
-    UpstreamView,
+    SessionCountView, SessionListView, SessionView, StatsView, TenantRejectionsView, TenantView,
+    TenantsView, TokensView, UpstreamHistoryView, UpstreamView,
 };
 use crate::affinity::store::SessionInfo;
 use crate::clock;
 use crate::indicators::BadWhen;
 use crate::outcome::RepinReason;
 use crate::state::Edge;
+use crate::tenants::limits::RejectReason;
+use crate::tenants::top::{top_by, Snapshot};
+use crate::tenants::TenantId;
 use crate::upstream::Upstream;
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
@@ -154,7 +159,7 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
             drain(edge, id, *action == "drain").await
         }
         ("GET", ["api", "sessions"]) => list_sessions(edge, req.query).await,
-        (method, ["api", "sessions", key]) => session(edge, method, key, req.body).await,
+        (method, ["api", "sessions", key]) => session(edge, method, key, req.query, req.body).await,
         ("POST", ["api", "reload"]) => match edge.reload().await {
             Ok(report) => AdminResponse::ok(&report),
             Err(errors) => AdminResponse::json(
@@ -347,6 +352,40 @@ fn stats(edge: &Edge) -> StatsView {
             max_retries: c.max_retries,
             last_reload_error: edge.last_reload_error.load_full().map(|e| (*e).clone()),
         },
+        tenants: tenants(edge, c.tenants.top, !c.tenants.from.is_empty()),
+    }
+}
+
+/// `/api/stats` `tenants`: the top `n` of this edge's table by each measure.
+fn tenants(edge: &Edge, n: usize, enabled: bool) -> TenantsView {
+    let table = &edge.tenants.top;
+    let all = table.snapshot();
+    let rows = |measure: fn(&Snapshot) -> u64| {
+        top_by(&all, n, measure)
+            .into_iter()
+            .map(|(t, s)| TenantView {
+                tenant: t.to_hex(),
+                requests: s.requests,
+                inflight: s.inflight,
+                rejections: s.rejections,
+                sessions_created: s.sessions_created,
+            })
+            .collect()
+    };
+    TenantsView {
+        enabled,
+        tracked: all.len(),
+        capacity: table.capacity(),
+        rejections: TenantRejectionsView {
+            new_sessions: edge.metrics.tenant_rejections(RejectReason::NewSessions),
+            session_inflight: edge
+                .metrics
+                .tenant_rejections(RejectReason::SessionInflight),
+        },
+        by_requests: rows(|s| s.requests),
+        by_inflight: rows(|s| s.inflight),
+        by_rejections: rows(|s| s.rejections),
+        by_sessions_created: rows(|s| s.sessions_created),
     }
 }
 
@@ -443,13 +482,33 @@ fn session_view(session: SessionInfo, status: Option<&str>) -> SessionView {
     }
 }
 
-async fn session(edge: &Edge, method: &str, key: &str, body: &[u8]) -> AdminResponse {
+async fn session(
+    edge: &Edge,
+    method: &str,
+    key: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> AdminResponse {
     let raw = percent_decode_str(key).collect::<Vec<u8>>();
     if raw.is_empty() {
         return AdminResponse::error(StatusCode::BAD_REQUEST, "empty session key");
     }
+    // The session of one tenant: its id is namespaced as the proxy does it.
+    let tenant = match query_param(query, "tenant") {
+        None => None,
+        Some(hex) => match TenantId::from_hex(&hex) {
+            Some(t) => Some(t),
+            None => {
+                return AdminResponse::error(
+                    StatusCode::BAD_REQUEST,
+                    "tenant must be a tenant's hash: 16 hex digits, as /api/stats shows it",
+                )
+            }
+        },
+    };
     let state = edge.state();
-    let id = state.keys.hasher().id(&raw);
+    let hasher = state.keys.hasher();
+    let id = hasher.namespaced(tenant, hasher.id(&raw));
     match method {
         "GET" => match edge.store.get(id).await {
             Some(info) => {

@@ -59,6 +59,46 @@ pub struct StatsView {
     /// Null until the first reload.
     pub last_reload: Option<LastReload>,
     pub config: ConfigView,
+    pub tenants: TenantsView,
+}
+
+/// `/api/stats` `tenants`: this edge's most active tenants, as hashes (the
+/// hex of [`crate::tenants::TenantId`], which `?tenant=` takes), from a
+/// table of at most `capacity` tenants.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantsView {
+    /// `tenants.from` names at least one source.
+    pub enabled: bool,
+    /// Tenants in the table now, and its bound.
+    pub tracked: usize,
+    pub capacity: usize,
+    /// Refusals (429) on this edge, by reason.
+    pub rejections: TenantRejectionsView,
+    /// The first `tenants.top` tenants by each measure, highest first;
+    /// tenants at zero are left out.
+    pub by_requests: Vec<TenantView>,
+    pub by_inflight: Vec<TenantView>,
+    pub by_rejections: Vec<TenantView>,
+    pub by_sessions_created: Vec<TenantView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantRejectionsView {
+    pub new_sessions: u64,
+    pub session_inflight: u64,
+}
+
+/// One tenant's counters on this edge, since it entered the table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantView {
+    pub tenant: String,
+    pub requests: u64,
+    pub inflight: u64,
+    pub rejections: u64,
+    pub sessions_created: u64,
 }
 
 /// `/api/stats` `sessions`: the table's size and its bound.
@@ -336,7 +376,12 @@ mod tests {
         indicators[].name indicators[].ok indicators[].threshold indicators[].title \
         indicators[].unit indicators[].value last_reload last_reload.at_ms \
         last_reload.ok last_reload.report ready redis redis.configured redis.mode \
-        sessions sessions.count sessions.max upstreams uptime_seconds version";
+        sessions sessions.count sessions.max tenants tenants.by_inflight \
+        tenants.by_rejections tenants.by_requests tenants.by_sessions_created \
+        tenants.capacity tenants.enabled tenants.rejections \
+        tenants.rejections.new_sessions tenants.rejections.session_inflight \
+        tenants.tracked upstreams uptime_seconds version";
+    const TENANT: &str = "inflight rejections requests sessions_created tenant";
 
     /// `prefix` before each of the names.
     fn names(prefix: &str, names: &str) -> Vec<String> {
@@ -455,9 +500,14 @@ mod tests {
                 listeners: vec![ListenerView::default()],
                 ..ConfigView::default()
             },
+            tenants: TenantsView {
+                by_requests: vec![TenantView::default()],
+                ..TenantsView::default()
+            },
             ..StatsView::default()
         };
         let mut keys = names("", STATS);
+        keys.extend(names("tenants.by_requests[].", TENANT));
         keys.extend(names("upstreams[].", UPSTREAM));
         keys.extend(names("last_reload.report.", REPORT));
         check("stats", stats, keys);

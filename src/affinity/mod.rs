@@ -52,10 +52,26 @@ impl SessionId {
 
 /// Hashes session keys with a secret, so that every edge sharing the secret
 /// agrees on a key's id while the key itself is never stored.
+///
+/// Three keys are derived from the secret, one per domain: session keys,
+/// tenant credentials ([`KeyHasher::tenant`]) and the tenant namespace of a
+/// session ([`KeyHasher::namespaced`]). A tenant's hash can therefore never
+/// be a session's, nor a namespaced id a plain one, whatever the bytes.
 #[derive(Clone)]
 pub struct KeyHasher {
     k0: u64,
     k1: u64,
+    tenant: (u64, u64),
+    namespace: (u64, u64),
+}
+
+/// A key of its own for one domain, derived from the secret's keys.
+fn derive(k0: u64, k1: u64, domain: &[u8]) -> (u64, u64) {
+    let mut h = SipHasher13::new_with_keys(k0, k1);
+    h.write(b"relay-edge domain\0");
+    h.write(domain);
+    let d = h.finish128();
+    (d.h1, d.h2)
 }
 
 impl KeyHasher {
@@ -63,7 +79,34 @@ impl KeyHasher {
         let mut a = SipHasher13::new_with_keys(0x7265_6c61_792d_6564, 0x6765_2d73_6563_7265);
         a.write(secret.as_bytes());
         let h = a.finish128();
-        KeyHasher { k0: h.h1, k1: h.h2 }
+        KeyHasher {
+            k0: h.h1,
+            k1: h.h2,
+            tenant: derive(h.h1, h.h2, b"tenant"),
+            namespace: derive(h.h1, h.h2, b"tenant namespace"),
+        }
+    }
+
+    /// The tenant of a credential (an API key, a bearer token): its keyed
+    /// hash in the tenant domain. The credential is not kept.
+    pub fn tenant(&self, credential: &[u8]) -> crate::tenants::TenantId {
+        let mut h = SipHasher13::new_with_keys(self.tenant.0, self.tenant.1);
+        h.write(credential);
+        crate::tenants::TenantId(h.finish())
+    }
+
+    /// The id of session `id` within `tenant`: the one place where session
+    /// ids are namespaced. Without a tenant it is `id` itself, as before
+    /// tenants existed; with one, a keyed hash of (tenant, id), so that the
+    /// same session key under two tenants gives two independent pins.
+    pub fn namespaced(&self, tenant: Option<crate::tenants::TenantId>, id: SessionId) -> SessionId {
+        let Some(tenant) = tenant else {
+            return id;
+        };
+        let mut h = SipHasher13::new_with_keys(self.namespace.0, self.namespace.1);
+        h.write(&tenant.0.to_be_bytes());
+        h.write(&id.to_bytes());
+        SessionId(h.finish128().as_u128())
     }
 
     pub fn id(&self, key: &[u8]) -> SessionId {

@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub reload: ReloadFile,
     pub limits: LimitsFile,
     pub access_log: AccessLogFile,
+    pub tenants: TenantsFile,
     pub capacity: CapacityFile,
 }
 
@@ -70,6 +71,7 @@ pub fn read(text: &str, errs: &mut Vec<FieldError>) -> FileConfig {
         reload: section(take("reload"), "reload", errs).unwrap_or_default(),
         limits: section(take("limits"), "limits", errs).unwrap_or_default(),
         access_log: section(take("access_log"), "access_log", errs).unwrap_or_default(),
+        tenants: section(take("tenants"), "tenants", errs).unwrap_or_default(),
         capacity: section(take("capacity"), "capacity", errs).unwrap_or_default(),
     };
     for key in map.keys() {
@@ -444,6 +446,15 @@ pub struct RedisFile {
     pub buckets: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub connect_wait: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TenantsFile {
+    /// Header names; `authorization` is the bearer token.
+    pub from: Option<Vec<String>>,
+    pub max_new_sessions_per_hour: Option<u64>,
+    pub max_inflight_per_session: Option<u32>,
+    pub top: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

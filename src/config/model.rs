@@ -25,7 +25,33 @@ pub struct Config {
     pub reload: ReloadSpec,
     pub limits: LimitsSpec,
     pub access_log: AccessLogSpec,
+    pub tenants: TenantsSpec,
     pub capacity: CapacitySpec,
+}
+
+/// Tenants: where a request's tenant comes from, and its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantsSpec {
+    /// Tried in order; the first present names the tenant. Empty: tenants
+    /// are off (sessions are not namespaced, no tenant limit applies).
+    pub from: Vec<TenantSource>,
+    /// New sessions one tenant may create per clock hour (held across
+    /// edges through Redis when it is configured, per edge otherwise).
+    pub max_new_sessions_per_hour: Option<u64>,
+    /// Requests of one session in flight at once, per edge.
+    pub max_inflight_per_session: Option<u32>,
+    /// How many tenants `/api/stats` and the dashboard show in each ranking.
+    pub top: usize,
+}
+
+/// Where a tenant's credential is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSource {
+    /// A request header's value (lower-case name).
+    Header(http::HeaderName),
+    /// The `Authorization` header's bearer token (its whole value when it
+    /// is not `Bearer …`).
+    Authorization,
 }
 
 /// When an answered attempt is abandoned for another upstream, and what
@@ -434,6 +460,9 @@ impl Limits {
     pub const MAX_CONNECTIONS: usize = 10_000_000;
     /// Pingora's own header limit is about 1 MiB; ours stays below it.
     pub const MAX_HEADER_BYTES: usize = 512 * 1024;
+    pub const TENANTS_TOP: usize = 100;
+    pub const MAX_NEW_SESSIONS_PER_HOUR: u64 = 100_000_000;
+    pub const MAX_INFLIGHT_PER_SESSION: u32 = 1_000_000;
     pub const MAX_INFLIGHT: u32 = 1_000_000;
     pub const QUEUE_MAX: usize = 1_000_000;
 }
@@ -522,4 +551,8 @@ impl Defaults {
     /// The `claude_code: true` preset's header.
     pub const CLAUDE_CODE_HEADER: &'static str = "x-claude-code-session-id";
     pub const CLAUDE_CODE_POINTER: &'static str = "/metadata/user_id";
+    /// Where a tenant comes from: the Anthropic API key header, then the
+    /// bearer token (OpenAI-style clients).
+    pub const TENANTS_FROM: [&'static str; 2] = ["x-api-key", "authorization"];
+    pub const TENANTS_TOP: usize = 10;
 }

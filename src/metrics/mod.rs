@@ -10,6 +10,7 @@ mod upstream;
 pub use upstream::{CapacityMetrics, TokenKind, UpstreamMetrics};
 
 use crate::outcome::{AffinityOutcome, ClientError, FailureCause, RepinReason};
+use crate::tenants::limits::RejectReason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -105,6 +106,8 @@ pub struct Metrics {
     connect: HistogramVec,
     pub access_log_lines: IntCounter,
     pub access_log_dropped: IntCounter,
+    /// Requests refused for a tenant's limit (429), by reason.
+    tenant_rejections: [IntCounter; RejectReason::ALL.len()],
     /// Requests waiting for each capped relay.
     upstream_queue_length: IntGaugeVec,
     /// Time in a capped relay's queue, admitted at once included.
@@ -476,6 +479,13 @@ impl Metrics {
             "relay_edge_access_log_dropped_total",
             "Access log lines dropped because the writer's queue was full (access_log.buffer).",
         );
+        let tenant_rejections_vec = counter_vec(
+            "relay_edge_tenant_rejections_total",
+            "Requests refused with 429 for a tenant's limit, by reason (new_sessions: tenants.max_new_sessions_per_hour; session_inflight: tenants.max_inflight_per_session).",
+            &["reason"],
+        );
+        let tenant_rejections =
+            RejectReason::ALL.map(|r| tenant_rejections_vec.with_label_values(&[r.label()]));
         // The answers the edge gives when no upstream is reached, exported
         // at 0 (the per-upstream series are, in `for_upstream`).
         for code in UNROUTED_CODES {
@@ -498,6 +508,7 @@ impl Metrics {
             connect,
             access_log_lines,
             access_log_dropped,
+            tenant_rejections,
             upstream_queue_length,
             upstream_queue_wait,
             capacity_rejections,
@@ -555,6 +566,16 @@ impl Metrics {
     }
 
     /// Count one error given to a client.
+    /// A request refused for a tenant's limit.
+    pub fn tenant_rejection(&self, reason: RejectReason) {
+        self.tenant_rejections[reason as usize].inc();
+    }
+
+    /// Requests refused for a tenant's limit, by reason, so far.
+    pub fn tenant_rejections(&self, reason: RejectReason) -> u64 {
+        self.tenant_rejections[reason as usize].get()
+    }
+
     pub fn client_failure(&self, cause: FailureCause) {
         self.client_failures
             .with_label_values(&[cause.label()])

@@ -82,9 +82,10 @@ fn capacity_of(state: &State, index: usize) -> Option<Arc<RelayCapacity>> {
 }
 
 /// The tenant whose turn a queued request takes (round robin between
-/// tenants); one tenant for all until tenants are known.
-fn tenant_of(_ctx: &RequestCtx) -> u64 {
-    0
+/// tenants): its hash ([`crate::tenants`]); requests without a tenant
+/// share one turn.
+fn tenant_of(ctx: &RequestCtx) -> u64 {
+    ctx.tenant.map_or(0, |t| t.0)
 }
 
 /// Could a relay other than `index` take this request now?

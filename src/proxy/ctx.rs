@@ -11,7 +11,7 @@
 
 use super::attempt::Attempts;
 use super::{body, pace, sse};
-use crate::affinity::store::SessionRecord;
+use crate::affinity::store::{LookupSource, SessionRecord};
 use crate::affinity::SessionId;
 use crate::drain::InFlight;
 use crate::outcome::{AffinityOutcome, RepinReason, StreamOutcome, Usage};
@@ -23,7 +23,15 @@ use std::time::{Duration, Instant};
 pub struct RequestCtx {
     /// The generation the request runs on, taken at its first phase.
     pub(super) state: Option<Arc<State>>,
+    /// The tenant (the keyed hash of its credential), found before the
+    /// session key, which it namespaces ([`crate::tenants`]).
+    pub tenant: Option<crate::tenants::TenantId>,
     pub session: Option<SessionId>,
+    /// What the tenant's request holds until it ends (released by drop).
+    pub(crate) tenant_hold: crate::tenants::Hold,
+    /// The pin lookup admission already made (`tenants.max_new_sessions_per_hour`),
+    /// for routing to use instead of looking up again.
+    pub(crate) looked_up: Option<Option<(Arc<SessionRecord>, LookupSource)>>,
     /// The session's pin, once routed.
     pub record: Option<Arc<SessionRecord>>,
     pub attempts: Attempts,
@@ -81,7 +89,10 @@ impl RequestCtx {
     pub fn new(edge: &Edge) -> RequestCtx {
         RequestCtx {
             state: None,
+            tenant: None,
             session: None,
+            tenant_hold: Default::default(),
+            looked_up: None,
             record: None,
             attempts: Attempts::default(),
             body: RequestBody::default(),

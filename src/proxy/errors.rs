@@ -3,6 +3,7 @@
 
 use super::sse::Protocol;
 use crate::outcome::{ClientError, FailureCause};
+use crate::tenants::limits::Refusal;
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
@@ -75,6 +76,7 @@ pub fn cause(e: &Error, mid_response: bool) -> Option<FailureCause> {
 
 pub fn body_for(code: u16) -> String {
     let (kind, message) = match code {
+        429 => ("rate_limit_error", "relay-edge: rate limited"),
         400 => ("invalid_request_error", "relay-edge: malformed request"),
         408 => (
             "invalid_request_error",
@@ -97,7 +99,34 @@ pub fn body_for(code: u16) -> String {
         504 => ("api_error", "relay-edge: upstream timed out"),
         _ => ("api_error", "relay-edge: internal error"),
     };
+    body_with(kind, message)
+}
+
+/// An Anthropic error body (`message` is the edge's own text: no quoting).
+pub fn body_with(kind: &str, message: &str) -> String {
     format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#)
+}
+
+/// Refuse a tenant's request ([`crate::tenants::admit`]): 429 with
+/// `Retry-After` and a `rate_limit_error` body, which the SDKs and Claude
+/// Code retry after that wait. The connection is not kept: the request's
+/// body may be unread.
+pub async fn refuse(session: &mut Session, refusal: Refusal) {
+    let body = Bytes::from(body_with("rate_limit_error", refusal.reason.message()));
+    session.set_keepalive(None);
+    let written = async {
+        let mut resp = ResponseHeader::build(429, Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(http::header::RETRY_AFTER, refusal.retry_after.max(1))?;
+        session
+            .as_downstream_mut()
+            .write_error_response(resp, body)
+            .await
+    };
+    if let Err(err) = written.await {
+        log::debug!("could not send the 429: {err}");
+    }
 }
 
 /// The error that ends a stream the edge had to cut, in the stream's own
@@ -352,6 +381,7 @@ mod tests {
             (408, "invalid_request_error"),
             (414, "invalid_request_error"),
             (431, "invalid_request_error"),
+            (429, "rate_limit_error"),
             (502, "api_error"),
             (503, "overloaded_error"),
             (504, "api_error"),

@@ -4,7 +4,9 @@
 //! - `early_request_filter`: the head is parsed: stop the head's deadline
 //!   ([`crate::downstream::gate`]), refuse ambiguous framing ([`framing`])
 //!   and bound the body's reads ([`pace`]).
-//! - `request_filter`: find the session key ([`crate::affinity::keys`]),
+//! - `request_filter`: find the tenant and the session key, namespaced by
+//!   the tenant ([`crate::tenants`], [`crate::affinity::keys`]), and admit
+//!   the request against the tenant's limits (a 429 otherwise),
 //!   and read the body whole ([`body`]) when a JSON source needs it, when
 //!   streams are held, or when a body too big for Pingora's retry buffer
 //!   may have to be sent again. A streaming request (`"stream": true`) is
@@ -195,7 +197,9 @@ impl ProxyHttp for EdgeProxy {
                 pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
             }),
         };
-        ctx.session = match state.keys.from_head(session.req_header()) {
+        let hasher = state.keys.hasher();
+        ctx.tenant = crate::tenants::tenant_of(&config.tenants.from, hasher, session.req_header());
+        let key = match state.keys.from_head(session.req_header()) {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
@@ -206,6 +210,12 @@ impl ProxyHttp for EdgeProxy {
                     .resume_with_body(session.req_header(), bytes, from)
             }
         };
+        ctx.session = key.map(|id| hasher.namespaced(ctx.tenant, id));
+        // A tenant's limits, once, before either path routes it.
+        if let Err(refusal) = crate::tenants::admit::admit(&self.edge, &state, ctx).await {
+            errors::refuse(session, refusal).await;
+            return Ok(true);
+        }
         ctx.body.replayable = ctx.body.early.is_some() || body::keep_for_retry(session);
         let hold = config.streams.hold_first_event;
         if ctx.body.early.is_none()
@@ -507,6 +517,9 @@ impl ProxyHttp for EdgeProxy {
             None => self.edge.metrics.count_unrouted(code),
         }
         if let Some(outcome) = ctx.seen.affinity {
+            if let (AffinityOutcome::New, Some(active)) = (outcome, &ctx.tenant_hold.active) {
+                active.session_created();
+            }
             self.edge.metrics.affinity_request(outcome);
             if outcome == AffinityOutcome::Moved {
                 self.edge.metrics.cold_moves.inc();

@@ -92,9 +92,13 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
                 .unwrap_or(RepinReason::ConnectFailure),
         )
     } else {
-        let found = match edge.store.lookup_local(id) {
-            Some(r) => Some((r, LookupSource::Local)),
-            None => edge.store.lookup(id).await,
+        // Admission may have looked the pin up already (`crate::tenants::admit`).
+        let found = match ctx.looked_up.take() {
+            Some(found) => found,
+            None => match edge.store.lookup_local(id) {
+                Some(r) => Some((r, LookupSource::Local)),
+                None => edge.store.lookup(id).await,
+            },
         };
         let record = match found {
             Some((r, source)) => {

@@ -26,5 +26,6 @@ mod routing;
 mod secrets;
 mod shared_table;
 mod systemd;
+mod tenants;
 mod tls;
 mod upgrade;

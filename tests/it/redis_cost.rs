@@ -224,3 +224,52 @@ async fn rounds(a: &Edge, b: &Edge) -> u64 {
     metric(&a.metrics().await, "relay_edge_redis_sweep_rounds_total")
         + metric(&b.metrics().await, "relay_edge_redis_sweep_rounds_total")
 }
+
+/// `tenants.max_new_sessions_per_hour` costs one script call per new
+/// session of a tenant (the tenant's hourly count), and nothing per request
+/// of a known session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_limit_costs_one_call_per_new_session_and_nothing_per_request() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = format!(
+        "{}tenants: {{max_new_sessions_per_hour: 1000}}\n",
+        quiet_config(&ups, &redis, ", sync_interval: 1h")
+    );
+    let edge = shared_edge(&conf).await;
+    let headers = |key: &'static str| [("x-api-key", "sk-cost-tenant"), ("x-session-id", key)];
+    assert_eq!(edge.get("/v1/x", &headers("warm")).await.status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "a round of a cached pin is free",
+        || async {
+            let before = commands(&redis);
+            for _ in 0..5 {
+                edge.get("/v1/x", &headers("warm")).await;
+            }
+            total_since(&before, &commands(&redis)).0 == 0
+        },
+    )
+    .await;
+    let before = commands(&redis);
+    for _ in 0..50 {
+        assert_eq!(edge.get("/v1/x", &headers("warm")).await.status, 200);
+    }
+    let (spent, which) = total_since(&before, &commands(&redis));
+    assert_eq!(spent, 0, "50 requests of a known session cost {which}");
+
+    // A new session: the three round trips of any new session (HGET, the
+    // claim's EVALSHA running HGET and HSET, SADD: five commands) plus the
+    // tenant's count (one EVALSHA running GET and INCR, and EXPIRE on the
+    // hour's first): four round trips, never a second lookup.
+    let before = commands(&redis);
+    assert_eq!(edge.get("/v1/x", &headers("brand-new")).await.status, 200);
+    let after = commands(&redis);
+    let (spent, which) = total_since(&before, &after);
+    let delta =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    assert!(spent <= 9, "a new session of a limited tenant cost {which}");
+    assert_eq!(delta("evalsha"), 2, "the claim and the count: {which}");
+    assert_eq!(delta("hget"), 2, "one lookup, one in the claim: {which}");
+    assert_eq!(delta("incr"), 1, "counted once: {which}");
+}

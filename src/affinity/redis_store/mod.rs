@@ -5,6 +5,10 @@
 //!   field = id (16 raw bytes), value = `upstream, created, last seen, requests,
 //!   errors` separated by tabs (times in ms since the epoch). Small hashes
 //!   stay in Redis's compact encoding.
+//! - A tenant's new sessions of one clock hour are counted on
+//!   `<prefix>t:{<tenant hex>}:new:<hour>` (the tenant in the hash tag),
+//!   by one script (check, INCR, EXPIRE), once per new session of a tenant
+//!   with `tenants.max_new_sessions_per_hour`.
 //! - Each upstream has an index set `<prefix>i:<upstream>` of its session
 //!   ids (raw bytes): listing by upstream and counting need no scan.
 //! - Expiry is ours: a sweep removes sessions not seen for `ttl` (plus
@@ -171,6 +175,16 @@ impl RedisStore {
 
     fn bucket_key(&self, n: u32) -> String {
         format!("{}b:{n}", self.spec.load().prefix)
+    }
+
+    /// A tenant's new-session count for one hour: the tenant's hash is the
+    /// key's hash tag, so every per-tenant key lives on one cluster slot.
+    fn tenant_key(&self, tenant: crate::tenants::TenantId, hour: u64) -> String {
+        format!(
+            "{}t:{{{}}}:new:{hour}",
+            self.spec.load().prefix,
+            tenant.to_hex()
+        )
     }
 
     fn index_key(&self, upstream: &str) -> String {
@@ -526,6 +540,22 @@ impl SessionStore for RedisStore {
         } else {
             shared.values().sum()
         }
+    }
+
+    async fn count_new_session(
+        &self,
+        tenant: crate::tenants::TenantId,
+        hour: u64,
+        limit: u64,
+    ) -> Option<bool> {
+        let mut conn = self.conn()?;
+        let mut inv = self.scripts.new_session.key(self.tenant_key(tenant, hour));
+        // Past its hour, the key is kept one more hour, then expires.
+        inv.arg(limit).arg(2 * crate::tenants::limits::WINDOW_SECS);
+        let (counted, _n) = self
+            .call("tenant", inv.invoke_async::<(i64, u64)>(&mut conn))
+            .await?;
+        Some(counted == 1)
     }
 
     async fn share_drain(&self, upstream: &str, on: bool) -> bool {

@@ -125,6 +125,18 @@ redis.call('SET', KEYS[1], string.format('%d %d %s', now + tonumber(ARGV[2]), cu
 return cursor
 ";
 
+/// A tenant's new sessions in one hour, on the tenant's own key (its hash
+/// in the hash tag): if fewer than ARGV[1] were counted, count one more
+/// (the key expires ARGV[2] seconds after its first count). Returns {1 if
+/// counted, the count}. A refusal does not count.
+pub const NEW_SESSION: &str = r"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if n >= tonumber(ARGV[1]) then return {0, n} end
+n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return {1, n}
+";
+
 /// Every script, loaded once.
 pub struct Scripts {
     pub claim: Script,
@@ -137,6 +149,7 @@ pub struct Scripts {
     pub lease: Script,
     /// A capped relay's grant to this edge ([`crate::capacity::lease`]).
     pub capacity: Script,
+    pub new_session: Script,
 }
 
 impl Scripts {
@@ -151,6 +164,7 @@ impl Scripts {
             discard: Script::new(DISCARD),
             lease: Script::new(LEASE),
             capacity: Script::new(crate::capacity::lease::SCRIPT),
+            new_session: Script::new(NEW_SESSION),
         }
     }
 }

@@ -213,6 +213,19 @@ pub trait SessionStore: Send + Sync {
         self.len() == 0
     }
 
+    /// Count one new session of `tenant` in clock hour `hour` against
+    /// `limit`, across every edge that shares the table: `Some(admitted)`
+    /// when the shared table answered, `None` when there is none or it
+    /// could not answer (the caller then counts on this edge).
+    async fn count_new_session(
+        &self,
+        _tenant: crate::tenants::TenantId,
+        _hour: u64,
+        _limit: u64,
+    ) -> Option<bool> {
+        None
+    }
+
     /// Share an admin drain with every edge; false if it could not be shared.
     async fn share_drain(&self, _upstream: &str, _on: bool) -> bool {
         false

@@ -8,6 +8,7 @@ mod capacity;
 mod fleet;
 mod process;
 mod shared_table;
+mod tenants;
 mod traffic;
 
 use super::file::*;
@@ -26,6 +27,7 @@ use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
+use tenants::*;
 use traffic::*;
 
 /// Collects errors, each with its path.
@@ -100,6 +102,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         reload,
         limits,
         access_log,
+        tenants,
         capacity,
     } = raw;
     let mut errs = Errors::default();
@@ -131,6 +134,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
     let server = server_spec(server, &mut errs);
     let limits = limits_spec(limits, &mut errs);
     let access_log = access_log_spec(access_log, &mut errs);
+    let tenants = tenants_spec(tenants, &mut errs);
     let capacity = capacity_spec(capacity, &mut errs);
     let ReloadFile { watch, debounce } = reload;
     let reload = ReloadSpec {
@@ -161,6 +165,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             reload,
             limits,
             access_log,
+            tenants,
             capacity,
         })
     } else {
