@@ -354,7 +354,10 @@ mod tests {
     // The golden key sets, captured from the `json!` bodies the views
     // replaced (an upstream, a session and a reload report appear in several
     // answers).
-    const UPSTREAM: &str = "addr connections_opened draining ejected ejected_for_seconds \
+    const UPSTREAM: &str = "addr capacity capacity.edges capacity.grant capacity.inflight \
+        capacity.lease_left_ms capacity.max_inflight capacity.queued \
+        capacity.recent_wait_p90_ms capacity.redis_failing \
+        connections_opened draining ejected ejected_for_seconds \
         ejections errors healthy id inflight mean_connect_ms pooled_reuse_ratio requests \
         sessions tls tokens tokens.cache_creation_input tokens.cache_read_input \
         tokens.cache_read_ratio tokens.input tokens.output unusable weight";
@@ -415,6 +418,13 @@ mod tests {
                 cache_read_ratio: Some(0.9),
                 ..TokensView::default()
             },
+            capacity: Some(CapacityView {
+                grant: Some(4),
+                edges: Some(2),
+                lease_left_ms: Some(900),
+                recent_wait_p90_ms: 1.5,
+                ..CapacityView::default()
+            }),
             ..UpstreamView::default()
         }
     }
