@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sticky routing in one minute: builds relay-edge, starts two demo relays on
-# 127.0.0.1:9001 and :9002, and runs relay-edge on conf/relay-edge.yaml
-# (proxy on 127.0.0.1:8080, admin and dashboard on http://127.0.0.1:9900/).
+# 127.0.0.1:9001 and :9002, and runs relay-edge on conf/relay-edge.yaml with
+# relay-a capped at 4 requests in flight (target/demo.yaml), proxy on
+# 127.0.0.1:8080, admin and dashboard on http://127.0.0.1:9900/.
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ target/debug/relay-edge-demo-upstream 127.0.0.1:9001 127.0.0.1:9002 &
 relays=$!
 trap 'kill $relays 2>/dev/null' EXIT
 
+# The example config, with relay-a's cap switched on.
+sed 's/^    # max_inflight: 40 .*/    max_inflight: 4/' conf/relay-edge.yaml >target/demo.yaml
+grep -q '^    max_inflight: 4' target/demo.yaml
+
 cat <<'MSG'
 
 In another shell, try:
@@ -29,5 +34,14 @@ In another shell, try:
       # client gets relay-b's stream whole (x-upstream: relay-b, x-relay-edge-affinity: moved)
   curl -s localhost:9900/api/upstreams ; open http://127.0.0.1:9900/ for the dashboard
 
+Capacity: relay-a takes at most 4 requests at once (max_inflight: 4).
+  curl -s -X PUT localhost:9900/api/sessions/busy -d '{"upstream":"relay-a"}'
+  curl -s -X PUT localhost:9900/api/sessions/dave -d '{"upstream":"relay-a"}'
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' 'localhost:8080/v1/messages?hold_ms=4000' -H 'x-session-id: busy' -d '{}' & done
+      # four at relay-a, two queued behind them (relay-edge ctl upstreams: QUEUED 2); all six 200
+  curl -s localhost:8080/v1/messages -H 'x-session-id: dave' -d '{}' -D - -o /dev/null | grep -i '^x-'
+      # while relay-a is full: dave waits affinity.pin_wait (500ms), then moves, once, to
+      # relay-b (x-relay-edge-affinity: moved; relay_edge_affinity_repins_total{reason="capacity"})
+
 MSG
-target/debug/relay-edge -c conf/relay-edge.yaml
+target/debug/relay-edge -c target/demo.yaml

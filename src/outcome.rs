@@ -1,6 +1,7 @@
 //! The words relay-edge uses for what happened to a request: why a
 //! session moved, how a stream ended, why an attempt failed or was
-//! abandoned, why a capped relay refused one, what a client did wrong, what
+//! abandoned, why a capped relay or a tenant's limit refused one, what a
+//! client did wrong, what
 //! affinity did, and the tokens an answer reported. They sit at the bottom of the tree, so that the proxy,
 //! the metrics, the logs and the dashboard share one vocabulary without
 //! importing each other. Each word's `label` is its metric label value.
@@ -79,6 +80,38 @@ impl Refused {
             Refused::TimedOut => "timeout",
             Refused::FastFail => "fast_fail",
             Refused::RedisDown => "redis_down",
+        }
+    }
+}
+
+/// Why a tenant's request was refused (`relay_edge_tenant_rejections_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_new_sessions_per_hour`.
+    NewSessions,
+    /// `max_inflight_per_session`.
+    SessionInflight,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 2] = [RejectReason::NewSessions, RejectReason::SessionInflight];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::NewSessions => "new_sessions",
+            RejectReason::SessionInflight => "session_inflight",
+        }
+    }
+
+    /// The `rate_limit_error` message the client reads.
+    pub fn message(self) -> &'static str {
+        match self {
+            RejectReason::NewSessions => {
+                "relay-edge: this API key created too many new sessions this hour"
+            }
+            RejectReason::SessionInflight => {
+                "relay-edge: too many requests of this session in flight at once"
+            }
         }
     }
 }

@@ -50,6 +50,38 @@ impl SessionId {
     }
 }
 
+/// The keyed hash of a tenant's credential (`crate::tenants`): kept here,
+/// beside the session id it namespaces, so that affinity needs no tenant code.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub u64);
+
+impl TenantId {
+    /// Lower-case hex, 16 digits, as the admin API shows it.
+    pub fn to_hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<TenantId> {
+        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(TenantId)
+    }
+}
+
+/// Hex only: a tenant is never printed any other way.
+impl std::fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TenantId({:016x})", self.0)
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// Hashes session keys with a secret, so that every edge sharing the secret
 /// agrees on a key's id while the key itself is never stored.
 ///
@@ -89,17 +121,17 @@ impl KeyHasher {
 
     /// The tenant of a credential (an API key, a bearer token): its keyed
     /// hash in the tenant domain. The credential is not kept.
-    pub fn tenant(&self, credential: &[u8]) -> crate::tenants::TenantId {
+    pub fn tenant(&self, credential: &[u8]) -> TenantId {
         let mut h = SipHasher13::new_with_keys(self.tenant.0, self.tenant.1);
         h.write(credential);
-        crate::tenants::TenantId(h.finish())
+        TenantId(h.finish())
     }
 
     /// The id of session `id` within `tenant`: the one place where session
     /// ids are namespaced. Without a tenant it is `id` itself, as before
     /// tenants existed; with one, a keyed hash of (tenant, id), so that the
     /// same session key under two tenants gives two independent pins.
-    pub fn namespaced(&self, tenant: Option<crate::tenants::TenantId>, id: SessionId) -> SessionId {
+    pub fn namespaced(&self, tenant: Option<TenantId>, id: SessionId) -> SessionId {
         let Some(tenant) = tenant else {
             return id;
         };

@@ -9,8 +9,8 @@ mod upstream;
 
 pub use upstream::{CapacityMetrics, TokenKind, UpstreamMetrics};
 
+use crate::outcome::RejectReason;
 use crate::outcome::{AffinityOutcome, ClientError, FailureCause, RepinReason};
-use crate::tenants::limits::RejectReason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,

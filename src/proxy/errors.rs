@@ -107,7 +107,7 @@ pub fn body_with(kind: &str, message: &str) -> String {
     format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#)
 }
 
-/// Refuse a tenant's request ([`crate::tenants::admit`]): 429 with
+/// Refuse a tenant's request ([`super::tenant_admission`]): 429 with
 /// `Retry-After` and a `rate_limit_error` body, which the SDKs and Claude
 /// Code retry after that wait. The connection is not kept: the request's
 /// body may be unread.

@@ -50,6 +50,7 @@ pub mod pace;
 pub mod retry;
 pub mod route;
 pub mod sse;
+pub mod tenant_admission;
 
 use crate::affinity::keys::HeadLookup;
 use crate::clock;
@@ -212,7 +213,7 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.session = key.map(|id| hasher.namespaced(ctx.tenant, id));
         // A tenant's limits, once, before either path routes it.
-        if let Err(refusal) = crate::tenants::admit::admit(&self.edge, &state, ctx).await {
+        if let Err(refusal) = tenant_admission::admit(&self.edge, &state, ctx).await {
             errors::refuse(session, refusal).await;
             return Ok(true);
         }

@@ -92,7 +92,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
                 .unwrap_or(RepinReason::ConnectFailure),
         )
     } else {
-        // Admission may have looked the pin up already (`crate::tenants::admit`).
+        // Admission may have looked the pin up already (`super::tenant_admission`).
         let found = match ctx.looked_up.take() {
             Some(found) => found,
             None => match edge.store.lookup_local(id) {

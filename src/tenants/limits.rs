@@ -17,37 +17,7 @@ use crate::affinity::SessionId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Why a tenant's request was refused (`relay_edge_tenant_rejections_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// `max_new_sessions_per_hour`.
-    NewSessions,
-    /// `max_inflight_per_session`.
-    SessionInflight,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 2] = [RejectReason::NewSessions, RejectReason::SessionInflight];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectReason::NewSessions => "new_sessions",
-            RejectReason::SessionInflight => "session_inflight",
-        }
-    }
-
-    /// The `rate_limit_error` message the client reads.
-    pub fn message(self) -> &'static str {
-        match self {
-            RejectReason::NewSessions => {
-                "relay-edge: this API key created too many new sessions this hour"
-            }
-            RejectReason::SessionInflight => {
-                "relay-edge: too many requests of this session in flight at once"
-            }
-        }
-    }
-}
+pub use crate::outcome::RejectReason;
 
 /// A refused request: why, and when to try again (seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +27,7 @@ pub struct Refusal {
 }
 
 /// The length of the new-session window.
-pub const WINDOW_SECS: u64 = 3600;
+pub const WINDOW_SECS: u64 = crate::affinity::store::NEW_SESSION_WINDOW_SECS;
 
 /// The hour number of `unix_secs`, and the seconds left in it (at least 1).
 pub fn window(unix_secs: u64) -> (u64, u64) {

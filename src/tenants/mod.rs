@@ -13,13 +13,14 @@
 //!   take over another's pin by sending the same session key.
 //! - [`limits`] holds the per-tenant limits (`max_inflight_per_session`, per
 //!   edge; `max_new_sessions_per_hour`, shared through Redis when it is
-//!   configured) and the admission that applies them before routing.
+//!   configured); `proxy::tenant_admission` applies them before routing.
 //! - [`top`] is a bounded table of the most active tenants for
 //!   `/api/stats` and the dashboard (no per-tenant metric labels).
 
-pub mod admit;
 pub mod limits;
 pub mod top;
+
+pub use crate::affinity::TenantId;
 
 use crate::affinity::KeyHasher;
 use crate::config::TenantSource;
@@ -43,37 +44,6 @@ pub struct Tenants {
 pub struct Hold {
     pub active: Option<top::Active>,
     pub slot: Option<limits::SessionSlot>,
-}
-
-/// The keyed hash of a tenant's credential.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(pub u64);
-
-impl TenantId {
-    /// Lower-case hex, 16 digits, as the admin API shows it.
-    pub fn to_hex(self) -> String {
-        format!("{:016x}", self.0)
-    }
-
-    pub fn from_hex(text: &str) -> Option<TenantId> {
-        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(text, 16).ok().map(TenantId)
-    }
-}
-
-/// Hex only: a tenant is never printed any other way.
-impl std::fmt::Debug for TenantId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TenantId({:016x})", self.0)
-    }
-}
-
-impl std::fmt::Display for TenantId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
 }
 
 /// The credential the first source of `from` present in `req` holds: a

@@ -524,7 +524,19 @@ async fn the_anthropic_sdk_gets_clean_streams_and_the_errors_it_expects() {
         .own_health_check()
         .start()
         .await;
-    let (home, other) = home_of(&edge, &ups, "sdk").await;
+    // The SDK sends its API key (`test-key`): the session is that tenant's.
+    let home = edge
+        .get(
+            "/v1/x",
+            &[("x-session-id", "sdk"), ("x-api-key", "test-key")],
+        )
+        .await
+        .upstream();
+    let (home, other) = if ups[0].name == home {
+        (&ups[0], &ups[1])
+    } else {
+        (&ups[1], &ups[0])
+    };
     // An overloaded first event never reaches the SDK: the stream comes whole
     // from the other relay.
     home.fail_next(1, Fault::FirstEventError("overloaded_error".into()));

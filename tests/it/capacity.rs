@@ -226,7 +226,7 @@ async fn a_client_that_leaves_the_queue_frees_its_place_at_once() {
 async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() {
     let ups = upstreams(&["relay-a", "relay-b"]).await;
     let edge = TestEdge::new(&format!(
-        "{}affinity: {{keys: [{{header: x-session-id}}], pin_wait: 300ms}}\n",
+        "{}affinity: {{keys: [{{header: x-session-id}}], pin_wait: 2s}}\n",
         capped_yaml(&ups, 1)
     ))
     .start()
@@ -240,14 +240,15 @@ async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() 
         .admin_json("PUT", "/api/sessions/holder", br#"{"upstream":"relay-a"}"#)
         .await;
     assert_eq!(status, 200);
-    // A slot freed within the wait: served on its own relay.
+    // A slot freed within the wait (a second at most, of two): served on
+    // its own relay.
     let short = tokio::spawn({
         let addr = edge.addr;
         async move {
             request(
                 addr,
                 "GET",
-                "/v1/x?hold_ms=100",
+                "/v1/x?hold_ms=1000",
                 &[("x-session-id", "holder")],
                 b"",
             )
@@ -269,7 +270,7 @@ async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() 
             request(
                 addr,
                 "GET",
-                "/v1/x?hold_ms=3000",
+                "/v1/x?hold_ms=6000",
                 &[("x-session-id", "holder")],
                 b"",
             )
@@ -481,7 +482,10 @@ async fn the_grant_script_shares_a_cap_max_min_fairly_and_never_past_it() {
     let redis = RedisServer::start(None).await;
     const LIVE: &str = "99999999999999";
     let live = |g: u32, w: u32| format!("{g}:{w}:{LIVE}");
-    let cases: Vec<(&str, Vec<String>, [u32; 3], [u32; 3])> = vec![
+    /// A case: its name, the other edges' fields, [cap, want, in flight],
+    /// and [grant, fair share, edges].
+    type Case = (&'static str, Vec<String>, [u32; 3], [u32; 3]);
+    let cases: Vec<Case> = vec![
         (
             "alone, wanting less than the cap",
             vec![],

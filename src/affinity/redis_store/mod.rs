@@ -64,6 +64,7 @@ pub use drains::DrainListener;
 
 use super::store::{
     LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
+    NEW_SESSION_WINDOW_SECS,
 };
 use super::SessionId;
 use crate::clock::unix_ms;
@@ -179,7 +180,7 @@ impl RedisStore {
 
     /// A tenant's new-session count for one hour: the tenant's hash is the
     /// key's hash tag, so every per-tenant key lives on one cluster slot.
-    fn tenant_key(&self, tenant: crate::tenants::TenantId, hour: u64) -> String {
+    fn tenant_key(&self, tenant: crate::affinity::TenantId, hour: u64) -> String {
         format!(
             "{}t:{{{}}}:new:{hour}",
             self.spec.load().prefix,
@@ -544,14 +545,14 @@ impl SessionStore for RedisStore {
 
     async fn count_new_session(
         &self,
-        tenant: crate::tenants::TenantId,
+        tenant: crate::affinity::TenantId,
         hour: u64,
         limit: u64,
     ) -> Option<bool> {
         let mut conn = self.conn()?;
         let mut inv = self.scripts.new_session.key(self.tenant_key(tenant, hour));
         // Past its hour, the key is kept one more hour, then expires.
-        inv.arg(limit).arg(2 * crate::tenants::limits::WINDOW_SECS);
+        inv.arg(limit).arg(2 * NEW_SESSION_WINDOW_SECS);
         let (counted, _n) = self
             .call("tenant", inv.invoke_async::<(i64, u64)>(&mut conn))
             .await?;

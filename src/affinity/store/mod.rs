@@ -173,6 +173,9 @@ pub enum LookupSource {
     Shared,
 }
 
+/// The window of `tenants.max_new_sessions_per_hour`: a clock hour.
+pub const NEW_SESSION_WINDOW_SECS: u64 = 3600;
+
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// The pin of `id` from local knowledge alone, renewing its TTL. No I/O.
@@ -213,13 +216,14 @@ pub trait SessionStore: Send + Sync {
         self.len() == 0
     }
 
-    /// Count one new session of `tenant` in clock hour `hour` against
+    /// Count one new session of `tenant` in clock hour `hour` (of
+    /// [`NEW_SESSION_WINDOW_SECS`]) against
     /// `limit`, across every edge that shares the table: `Some(admitted)`
     /// when the shared table answered, `None` when there is none or it
     /// could not answer (the caller then counts on this edge).
     async fn count_new_session(
         &self,
-        _tenant: crate::tenants::TenantId,
+        _tenant: crate::affinity::TenantId,
         _hour: u64,
         _limit: u64,
     ) -> Option<bool> {

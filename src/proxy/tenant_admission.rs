@@ -1,4 +1,4 @@
-//! Admission: a tenant's request against its limits, once, in
+//! A tenant's request against its limits ([`crate::tenants`]), once, in
 //! `request_filter`, before any routing, so that Pingora's path and the held
 //! (streaming) path refuse alike.
 //!
@@ -15,11 +15,11 @@
 //! each counted (the count may run ahead of the sessions really created,
 //! never behind).
 
-use super::limits::{window, Refusal, RejectReason, INFLIGHT_RETRY_AFTER};
+use super::RequestCtx;
 use crate::affinity::store::LookupSource;
 use crate::clock;
-use crate::proxy::RequestCtx;
 use crate::state::{Edge, State};
+use crate::tenants::limits::{window, Refusal, RejectReason, INFLIGHT_RETRY_AFTER};
 
 /// Admit the request of `ctx` (its tenant and session already found), or
 /// say why not.
