@@ -331,4 +331,60 @@ mod tests {
         }
         assert!((0..1000).all(|i| pick(i) != Some(0)));
     }
+
+    /// Each case: weights, sessions per upstream, `max_session_share`, and
+    /// which are crowded.
+    #[test]
+    fn an_upstream_is_crowded_past_its_share_of_the_sessions() {
+        let cases: [(&[u32], &[u64], f64, &[bool]); 7] = [
+            (&[1, 1, 1], &[0, 0, 0], 2.0, &[false, false, false]),
+            (&[1, 1, 1], &[3, 0, 0], 2.0, &[true, false, false]),
+            (&[1, 1, 1], &[2, 1, 0], 2.0, &[false, false, false]),
+            (&[1, 1], &[10, 0], 2.0, &[false, false]),
+            // Weighted: relay 0's share is half the sessions.
+            (&[2, 1, 1], &[3, 1, 0], 1.5, &[false, false, false]),
+            (&[2, 1, 1], &[4, 0, 0], 1.5, &[true, false, false]),
+            (
+                &[1, 1, 1, 1],
+                &[5, 1, 1, 1],
+                2.0,
+                &[true, false, false, false],
+            ),
+        ];
+        for (weights, sessions, share, want) in cases {
+            let s = state(weights, "");
+            assert_eq!(
+                crowded(&s.upstreams, sessions, share),
+                want,
+                "{weights:?} {sessions:?} {share}"
+            );
+        }
+    }
+
+    /// Placement prefers room under a cap, then a share within bounds, and
+    /// falls back to any usable upstream.
+    #[test]
+    fn placement_prefers_room_then_share_then_anything_usable() {
+        let s = state(&[1, 1, 1], "capacity: {max_inflight: 1}\n");
+        let now = crate::clock::now_ms();
+        let none = Tried::default();
+        let full = s.upstreams.all()[0].capacity.clone().expect("capped");
+        let _held = full.try_admit().expect("a slot");
+        let crowded = [false, true, false];
+        for _ in 0..100 {
+            assert_eq!(least_loaded(&s.upstreams, &none, &crowded, now), Some(2));
+            let id = SessionId(fastrand::u128(..));
+            assert_eq!(
+                consistent(&s.upstreams, id, 1.25, &none, &crowded, now),
+                Some(2)
+            );
+        }
+        // Only the full one and the crowded one left: room wins.
+        let mut tried = Tried::default();
+        tried.add(2);
+        assert_eq!(least_loaded(&s.upstreams, &tried, &crowded, now), Some(1));
+        // Only the full one left: it is still placed there (to queue).
+        tried.add(1);
+        assert_eq!(least_loaded(&s.upstreams, &tried, &crowded, now), Some(0));
+    }
 }

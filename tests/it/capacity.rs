@@ -586,3 +586,67 @@ async fn the_grant_script_shares_a_cap_max_min_fairly_and_never_past_it() {
         );
     }
 }
+
+/// Send `path` through `edge` as `api_key`'s, and wait until it is queued
+/// at relay-a (the queue then holds `queued_after`).
+async fn queue_one(
+    edge: &Edge,
+    path: &str,
+    api_key: &str,
+    queued_after: u64,
+) -> tokio::task::JoinHandle<std::io::Result<Response>> {
+    let (addr, path, key) = (edge.addr, path.to_string(), api_key.to_string());
+    let task =
+        tokio::spawn(async move { request(addr, "GET", &path, &[("x-api-key", &key)], b"").await });
+    eventually(Duration::from_secs(5), "queued in turn", || async {
+        edge.upstream("relay-a").await["capacity"]["queued"] == queued_after
+    })
+    .await;
+    task
+}
+
+/// The queue is first in, first out within a tenant and round robin across
+/// tenants: a burst of one API key cannot make another's request wait
+/// behind all of it.
+#[tokio::test]
+async fn the_queue_keeps_a_tenants_order_and_takes_tenants_in_turn() {
+    let ups = upstreams(&["relay-a"]).await;
+    let edge = TestEdge::new(&capped_yaml(&ups, 1)).start().await;
+    let holder = tokio::spawn({
+        let addr = edge.addr;
+        async move { request(addr, "GET", "/v1/hold?hold_ms=1000", &[], b"").await }
+    });
+    eventually(Duration::from_secs(5), "relay-a is full", || async {
+        ups[0].in_flight() == 1
+    })
+    .await;
+    // Tenant `busy` queues a burst of five, then `quiet` queues one.
+    let mut queued = Vec::new();
+    for i in 1..=5 {
+        let path = format!("/v1/busy-{i}?hold_ms=50");
+        queued.push(queue_one(&edge, &path, "busy-key", i).await);
+    }
+    queued.push(queue_one(&edge, "/v1/quiet?hold_ms=50", "quiet-key", 6).await);
+    assert_eq!(holder.await.expect("joined").expect("answer").status, 200);
+    for q in queued {
+        assert_eq!(q.await.expect("joined").expect("answer").status, 200);
+    }
+    let order: Vec<String> = ups[0]
+        .recorded()
+        .iter()
+        .map(|r| r.path.split('?').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "/v1/hold",
+            "/v1/busy-1",
+            "/v1/quiet",
+            "/v1/busy-2",
+            "/v1/busy-3",
+            "/v1/busy-4",
+            "/v1/busy-5"
+        ],
+        "in order within a tenant, the quiet tenant's turn second"
+    );
+}
