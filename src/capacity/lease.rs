@@ -46,17 +46,25 @@ pub struct Held {
     pub sent_ms: u64,
 }
 
-/// Is a sync due now for a relay with `want` (see [`want`]) and `limit`?
-/// `tick`: the regular round (each `capacity.sync_interval`), which renews
-/// every lease in use and says once that an edge went idle; otherwise a
-/// wake-up because work queued, which syncs only when the want grew since
-/// the last sync, at once if nothing can be admitted, else at most every
-/// [`WAKE_EVERY_MS`].
-pub fn due(held: &Held, want: u32, limit: usize, tick: bool, now_ms: u64) -> bool {
+/// When a sync is due for a relay with `want` (see [`want`]) and `limit`
+/// (at or before `now_ms`: now), or `None`. `tick`: the regular round (each
+/// `capacity.sync_interval`), which renews every lease in use and says once
+/// that an edge went idle; otherwise a wake-up because work queued: at
+/// once if nothing can be admitted, else only if the want grew since the
+/// last sync, [`WAKE_EVERY_MS`] after it.
+pub fn due(held: &Held, want: u32, limit: usize, tick: bool, now_ms: u64) -> Option<u64> {
     if tick {
-        return want > 0 || held.listed || held.failing;
+        return (want > 0 || held.listed || held.failing).then_some(now_ms);
     }
-    want > held.want_sent && (limit == 0 || now_ms >= held.sent_ms + WAKE_EVERY_MS)
+    if want == 0 {
+        None
+    } else if limit == 0 {
+        Some(now_ms)
+    } else if want > held.want_sent {
+        Some(held.sent_ms + WAKE_EVERY_MS)
+    } else {
+        None
+    }
 }
 
 /// The shortest gap between two syncs of one relay woken by queued work.
@@ -93,8 +101,10 @@ pub fn limit(cap: u32, shared: bool, held: &Held, now_ms: u64, on_down: OnRedisD
     }
 }
 
-/// What to ask the script for: the work this edge has for the relay (in
-/// flight and queued), and what it holds in flight.
+/// What a relay's work asks of the script: the work this edge has for it
+/// (in flight and queued), and what it holds in flight. A sync asks for the
+/// most it had at once since the last (`Gate::take_peak`), so that a load
+/// that comes and goes keeps its grant instead of asking again each time.
 pub fn want(in_flight: usize, queued: usize, cap: u32) -> (u32, u32) {
     let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     (clamp(in_flight + queued).min(cap), clamp(in_flight))
@@ -230,7 +240,7 @@ mod tests {
     }
 
     /// Each case: what was last sent, the want and limit now, whether it
-    /// is the regular round, the time, and whether a sync is due.
+    /// is the regular round, the time, and when a sync is due.
     #[test]
     fn a_sync_is_due_when_a_lease_is_in_use_or_the_want_grew() {
         let held = |listed, failing, want_sent, sent_ms| Held {
@@ -248,7 +258,7 @@ mod tests {
                 4,
                 true,
                 1000,
-                false,
+                None,
             ),
             (
                 "round, busy: renew",
@@ -257,7 +267,7 @@ mod tests {
                 4,
                 true,
                 1000,
-                true,
+                Some(1000),
             ),
             (
                 "round, gone idle: say so once",
@@ -266,7 +276,7 @@ mod tests {
                 4,
                 true,
                 1000,
-                true,
+                Some(1000),
             ),
             (
                 "round, Redis failing: try again",
@@ -275,7 +285,7 @@ mod tests {
                 4,
                 true,
                 1000,
-                true,
+                Some(1000),
             ),
             (
                 "woken, want grew, nothing admitted: at once",
@@ -284,25 +294,34 @@ mod tests {
                 0,
                 false,
                 1000,
-                true,
+                Some(1000),
             ),
             (
-                "woken, want grew, some admitted: not yet",
+                "woken, want grew, some admitted: a little later",
                 held(true, false, 1, 990),
                 2,
                 1,
                 false,
                 1000,
-                false,
+                Some(1040),
             ),
             (
-                "woken, want grew, a while since: sync",
+                "woken, want grew, a while since: now",
                 held(true, false, 1, 900),
                 2,
                 1,
                 false,
                 1000,
-                true,
+                Some(950),
+            ),
+            (
+                "woken, a lapsed grant (want as sent): at once",
+                held(true, false, 4, 0),
+                4,
+                0,
+                false,
+                1000,
+                Some(1000),
             ),
             (
                 "woken, saturated (want as sent): wait for the round",
@@ -311,7 +330,7 @@ mod tests {
                 4,
                 false,
                 1000,
-                false,
+                None,
             ),
         ];
         for (name, held, want, limit, tick, now, expected) in cases {

@@ -41,6 +41,8 @@ struct State {
     recent: VecDeque<(Instant, Duration)>,
     /// `relay_edge_upstream_queue_length`, set as the queue changes.
     length: Option<prometheus::IntGauge>,
+    /// The most work (in flight and queued) since [`Gate::take_peak`].
+    peak: usize,
 }
 
 struct Waiters {
@@ -81,6 +83,7 @@ impl Gate {
                 next_ticket: 0,
                 recent: VecDeque::new(),
                 length,
+                peak: 0,
             }),
         })
     }
@@ -106,6 +109,7 @@ impl Gate {
         let mut state = self.lock();
         if state.in_flight < state.limit && state.queued == 0 {
             state.in_flight += 1;
+            state.note_peak();
             return Some(Slot { gate: self.clone() });
         }
         None
@@ -135,6 +139,14 @@ impl Gate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The most work (in flight and queued) at once since the last call;
+    /// the count starts again from the work there is now.
+    pub fn take_peak(&self) -> usize {
+        let mut state = self.lock();
+        let now = state.in_flight + state.queued;
+        std::mem::replace(&mut state.peak, now).max(now)
+    }
+
     /// Requests in flight, and requests waiting.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.lock();
@@ -149,6 +161,7 @@ impl Gate {
         state.limit = limit;
         while state.in_flight < state.limit && state.hand_to_next() {
             state.in_flight += 1;
+            state.note_peak();
         }
     }
 
@@ -160,6 +173,7 @@ impl Gate {
             let mut state = self.lock();
             if state.in_flight < state.limit && state.queued == 0 {
                 state.in_flight += 1;
+                state.note_peak();
                 return Ok(Slot { gate: self.clone() });
             }
             if state.queued >= state.max_queue {
@@ -212,6 +226,10 @@ impl Drop for Waiting {
 }
 
 impl State {
+    fn note_peak(&mut self) {
+        self.peak = self.peak.max(self.in_flight + self.queued);
+    }
+
     fn note_wait(&mut self, queued_at: Instant) {
         if self.recent.len() == RECENT_WAITS {
             self.recent.pop_front();
@@ -231,6 +249,7 @@ impl State {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.set_queued(self.queued + 1);
+        self.note_peak();
         match self.tenants.iter_mut().find(|w| w.tenant == tenant) {
             Some(w) => w.queue.push_back((ticket, tx)),
             None => self.tenants.push_back(Waiters {

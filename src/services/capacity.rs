@@ -26,33 +26,42 @@ pub struct CapacitySync {
 }
 
 impl CapacitySync {
-    /// Sync the relays that are due (`tick`: the regular round); true if
-    /// this edge still has work or a grant at any capped relay.
-    pub async fn round(&self, state: &State, tick: bool) -> bool {
+    /// Sync the relays that are due (`tick`: the regular round). Says
+    /// whether this edge still has work or a grant at any capped relay, and
+    /// when a woken relay that was not due yet will be.
+    pub async fn round(&self, state: &State, tick: bool) -> (bool, Option<u64>) {
         let c = &state.config.capacity;
         let now = clock::now_ms();
-        let mut busy = false;
+        let (mut busy, mut later) = (false, None::<u64>);
         let syncs = state.upstreams.all().iter().filter_map(|u| {
             let capacity = u.capacity.as_ref()?;
             let (in_flight, queued) = capacity.work();
             let (want, holding) = lease::want(in_flight, queued, capacity.cap());
             let held = capacity.lease();
             busy |= want > 0 || held.listed;
-            if !lease::due(&held, want, capacity.limit(), tick, now) {
-                capacity.refresh(now);
-                return None;
+            match lease::due(&held, want, capacity.limit(), tick, now) {
+                Some(at) if at <= now => {}
+                due => {
+                    if let Some(at) = due {
+                        later = Some(later.map_or(at, |l| l.min(at)));
+                    }
+                    capacity.refresh(now);
+                    return None;
+                }
             }
+            let peak = u32::try_from(capacity.gate.take_peak()).unwrap_or(u32::MAX);
+            let ask = want.max(peak.min(capacity.cap()));
             Some(async move {
                 let sent = clock::now_ms();
                 let answer = self
                     .redis
-                    .sync_capacity(&u.id, capacity.cap(), want, holding, c.lease)
+                    .sync_capacity(&u.id, capacity.cap(), ask, holding, c.lease)
                     .await;
-                capacity.synced(want, sent, answer);
+                capacity.synced(ask, sent, answer);
             })
         });
         futures::future::join_all(syncs.collect::<Vec<_>>()).await;
-        busy
+        (busy, later)
     }
 }
 
@@ -61,16 +70,27 @@ impl BackgroundService for CapacitySync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut stopping = false;
         let mut tick = true;
+        // The regular round keeps its pace however often work wakes us.
+        let mut next_tick = tokio::time::Instant::now();
         loop {
+            if tick {
+                let interval = self.edge.state().config.capacity.sync_interval;
+                next_tick = tokio::time::Instant::now().max(next_tick) + interval;
+            }
             let state = self.edge.state();
-            let busy = self.round(&state, tick).await;
+            let (busy, later) = self.round(&state, tick).await;
             if stopping && !busy {
                 return;
             }
-            let interval = state.config.capacity.sync_interval;
             drop(state);
+            // A woken relay not due yet is looked at again when it is.
+            let recheck = later.map_or(Duration::ZERO, |at| {
+                Duration::from_millis(at.saturating_sub(clock::now_ms()))
+            });
             tick = tokio::select! {
-                _ = tokio::time::sleep(interval) => true,
+                biased;
+                _ = tokio::time::sleep_until(next_tick) => true,
+                _ = tokio::time::sleep(recheck), if later.is_some() => false,
                 _ = SYNC_DUE.notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     false

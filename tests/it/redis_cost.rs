@@ -273,3 +273,114 @@ async fn a_tenant_limit_costs_one_call_per_new_session_and_nothing_per_request()
     assert_eq!(delta("hget"), 2, "one lookup, one in the claim: {which}");
     assert_eq!(delta("incr"), 1, "counted once: {which}");
 }
+
+/// A capped relay costs one grant renewal (one script call) per sync
+/// interval while this edge has work for it, whatever the request rate; an
+/// uncapped relay costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_relay_costs_one_call_per_sync_interval_and_an_uncapped_one_nothing() {
+    let redis = RedisServer::start(None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let conf = format!(
+        "upstreams:\n  - {{id: relay-a, addr: {}, max_inflight: 64}}\n  - {{id: relay-b, addr: {}}}\n\
+         affinity: {{keys: [{{header: x-session-id}}]}}\nredis: {{url: '{}', sync_interval: 1h}}\n\
+         capacity: {{sync_interval: 500ms, lease: 2s}}\n",
+        ups[0].addr,
+        ups[1].addr,
+        redis.url()
+    );
+    let edge = shared_edge(&conf).await;
+    // Only the uncapped relay: no grant is ever asked for.
+    for key in ["b-0", "b-1", "b-2", "b-3"] {
+        let (status, _) = edge
+            .admin_json(
+                "PUT",
+                &format!("/api/sessions/{key}"),
+                br#"{"upstream":"relay-b"}"#,
+            )
+            .await;
+        assert_eq!(status, 200);
+        // Read once (an admin pin is dropped from the cache by its message).
+        edge.get("/v1/x", &[("x-session-id", key)]).await;
+    }
+    let before = commands(&redis);
+    for _ in 0..25 {
+        for key in ["b-0", "b-1", "b-2", "b-3"] {
+            assert_eq!(
+                edge.get("/v1/x", &[("x-session-id", key)]).await.upstream(),
+                "relay-b"
+            );
+        }
+    }
+    let (spent, which) = total_since(&before, &commands(&redis));
+    assert_eq!(
+        spent, 0,
+        "100 requests to an uncapped relay cost Redis {which}"
+    );
+
+    // The capped relay, busy for about three seconds with four clients.
+    for key in ["a-0", "a-1", "a-2", "a-3"] {
+        let (status, _) = edge
+            .admin_json(
+                "PUT",
+                &format!("/api/sessions/{key}"),
+                br#"{"upstream":"relay-a"}"#,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    // Each pin read once, and the grant's first round over.
+    for key in ["a-0", "a-1", "a-2", "a-3"] {
+        edge.get("/v1/x", &[("x-session-id", key)]).await;
+    }
+    eventually(Duration::from_secs(10), "relay-a idle again", || async {
+        redis.cli(&["HLEN", "relay-edge:cap:relay-a"]) == "0"
+    })
+    .await;
+    let before = commands(&redis);
+    let started = Instant::now();
+    let clients = ["a-0", "a-1", "a-2", "a-3"].map(|key| {
+        let addr = edge.addr;
+        tokio::spawn(async move {
+            let (mut served, mut elsewhere) = (0u64, Vec::new());
+            while started.elapsed() < Duration::from_secs(3) {
+                let r = request(addr, "GET", "/v1/x", &[("x-session-id", key)], b"")
+                    .await
+                    .expect("an answer");
+                if r.upstream() != "relay-a" {
+                    elsewhere.push(format!("{key}: {} {:?}", r.upstream(), r.headers));
+                }
+                served += 1;
+            }
+            (served, elsewhere)
+        })
+    });
+    let mut served = 0;
+    for c in clients {
+        let (n, elsewhere) = c.await.expect("joined");
+        served += n;
+        assert!(
+            elsewhere.is_empty(),
+            "{} requests served elsewhere, the first: {:?}",
+            elsewhere.len(),
+            elsewhere.first()
+        );
+    }
+    let busy = started.elapsed();
+    let after = commands(&redis);
+    let calls =
+        after.get("evalsha").copied().unwrap_or(0) - before.get("evalsha").copied().unwrap_or(0);
+    let (spent, which) = total_since(&before, &after);
+    // One renewal per 500 ms while busy, one more each time the work grew
+    // past the grant (at most once per client here), the first grant, and
+    // the give-back.
+    let budget = busy.as_millis() as u64 / 500 + 4 + 2;
+    assert!(
+        calls <= budget,
+        "{calls} grant calls in {busy:?} (budget {budget}) for {served} requests: {which}"
+    );
+    eprintln!(
+        "capped relay: {calls} grant calls, {spent} commands for {served} requests ({:.4} commands per request): {which}",
+        spent as f64 / served as f64
+    );
+}
