@@ -336,7 +336,8 @@ mod tests {
     /// which are crowded.
     #[test]
     fn an_upstream_is_crowded_past_its_share_of_the_sessions() {
-        let cases: [(&[u32], &[u64], f64, &[bool]); 7] = [
+        type Case = (&'static [u32], &'static [u64], f64, &'static [bool]);
+        let cases: [Case; 7] = [
             (&[1, 1, 1], &[0, 0, 0], 2.0, &[false, false, false]),
             (&[1, 1, 1], &[3, 0, 0], 2.0, &[true, false, false]),
             (&[1, 1, 1], &[2, 1, 0], 2.0, &[false, false, false]),
