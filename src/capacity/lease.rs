@@ -101,13 +101,22 @@ pub fn limit(cap: u32, shared: bool, held: &Held, now_ms: u64, on_down: OnRedisD
     }
 }
 
-/// What a relay's work asks of the script: the work this edge has for it
-/// (in flight and queued), and what it holds in flight. A sync asks for the
-/// most it had at once since the last (`Gate::take_peak`), so that a load
-/// that comes and goes keeps its grant instead of asking again each time.
+/// A relay's work on this edge: what it wants (in flight and queued, within
+/// the cap), and what it holds in flight.
 pub fn want(in_flight: usize, queued: usize, cap: u32) -> (u32, u32) {
     let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     (clamp(in_flight + queued).min(cap), clamp(in_flight))
+}
+
+/// What a sync asks the script for: twice the most work this edge had at
+/// once since the last sync (`peak`, see `Gate::take_peak`) or has now,
+/// within the cap, so that a load that comes and goes, or grows a little,
+/// is admitted at once instead of waiting for a sync each time it passes
+/// its grant; nothing once it is idle (its grant is given back). Under
+/// contention the fair shares are of these asks, so every edge's headroom
+/// shrinks alike.
+pub fn ask(want: u32, peak: u32, cap: u32) -> u32 {
+    want.max(peak).saturating_mul(2).min(cap)
 }
 
 #[cfg(test)]
@@ -343,5 +352,21 @@ mod tests {
         assert_eq!(want(0, 0, 4), (0, 0));
         assert_eq!(want(3, 0, 4), (3, 3));
         assert_eq!(want(2, 9, 4), (4, 2));
+    }
+
+    /// Each case: the work now, the peak since the last sync, the cap, and
+    /// what is asked for.
+    #[test]
+    fn a_sync_asks_for_twice_the_recent_peak_within_the_cap() {
+        let cases = [
+            ("idle: give it back", 0, 0, 64, 0),
+            ("idle now, busy since the last sync: keep some", 0, 3, 64, 6),
+            ("busy: twice the work", 4, 2, 64, 8),
+            ("never past the cap", 40, 50, 64, 64),
+            ("a cap of one", 1, 1, 1, 1),
+        ];
+        for (name, want, peak, cap, expected) in cases {
+            assert_eq!(ask(want, peak, cap), expected, "{name}");
+        }
     }
 }

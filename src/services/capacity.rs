@@ -50,7 +50,7 @@ impl CapacitySync {
                 }
             }
             let peak = u32::try_from(capacity.gate.take_peak()).unwrap_or(u32::MAX);
-            let ask = want.max(peak.min(capacity.cap()));
+            let ask = lease::ask(want, peak, capacity.cap());
             Some(async move {
                 let sent = clock::now_ms();
                 let answer = self
