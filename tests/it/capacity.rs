@@ -45,6 +45,35 @@ async fn burst(edge: &Edge, n: usize, hold_ms: u64, headers: &[(&str, &str)]) ->
     answers
 }
 
+/// Send `path` (with `headers`) through `edge` in the background, and wait
+/// until relay `up` has it in hand; its answer, once it comes.
+async fn in_hand(
+    edge: &Edge,
+    up: &DemoUpstream,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio::task::JoinHandle<Response> {
+    let before = up.in_flight();
+    let (addr, path) = (edge.addr, path.to_string());
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let task = tokio::spawn(async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (&**k, &**v)).collect();
+        request(addr, "GET", &path, &h, b"")
+            .await
+            .expect("an answer")
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the relay has it in hand",
+        || async { up.in_flight() > before },
+    )
+    .await;
+    task
+}
+
 fn statuses(answers: &[Response]) -> Vec<u16> {
     answers.iter().map(|r| r.status).collect()
 }
@@ -100,14 +129,7 @@ async fn beyond_the_queue_or_its_deadline_clients_get_529_with_retry_after() {
     .start()
     .await;
     // One in hand, two queued: the fourth to sixth are refused at once.
-    let held = tokio::spawn({
-        let addr = edge.addr;
-        async move { request(addr, "GET", "/v1/x?hold_ms=3000", &[], b"").await }
-    });
-    eventually(Duration::from_secs(5), "the first is in hand", || async {
-        ups[0].in_flight() == 1
-    })
-    .await;
+    let held = in_hand(&edge, &ups[0], "/v1/x?hold_ms=3000", &[]).await;
     let queued: Vec<_> = (0..2)
         .map(|_| {
             let addr = edge.addr;
@@ -133,7 +155,7 @@ async fn beyond_the_queue_or_its_deadline_clients_get_529_with_retry_after() {
         assert_eq!(body["type"], "error");
         assert_eq!(body["error"]["type"], "overloaded_error");
     }
-    assert_eq!(held.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(held.await.expect("joined").status, 200);
     for q in queued {
         assert_eq!(q.await.expect("joined").expect("answer").status, 200);
     }
@@ -154,18 +176,11 @@ async fn beyond_the_queue_or_its_deadline_clients_get_529_with_retry_after() {
     ))
     .start()
     .await;
-    let held = tokio::spawn({
-        let addr = edge.addr;
-        async move { request(addr, "GET", "/v1/x?hold_ms=2000", &[], b"").await }
-    });
-    eventually(Duration::from_secs(5), "the first is in hand", || async {
-        ups[0].in_flight() == 1
-    })
-    .await;
+    let held = in_hand(&edge, &ups[0], "/v1/x?hold_ms=2000", &[]).await;
     let late = edge.get("/v1/x", &[]).await;
     assert_eq!(late.status, 529);
     assert!(late.header("retry-after").is_some());
-    assert_eq!(held.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(held.await.expect("joined").status, 200);
     let m = edge.metrics().await;
     assert_eq!(
         series(
@@ -185,14 +200,7 @@ async fn a_client_that_leaves_the_queue_frees_its_place_at_once() {
     ))
     .start()
     .await;
-    let held = tokio::spawn({
-        let addr = edge.addr;
-        async move { request(addr, "GET", "/v1/x?hold_ms=2000", &[], b"").await }
-    });
-    eventually(Duration::from_secs(5), "the first is in hand", || async {
-        ups[0].in_flight() == 1
-    })
-    .await;
+    let held = in_hand(&edge, &ups[0], "/v1/x?hold_ms=2000", &[]).await;
     // It queues, then its client goes away.
     let mut leaving = Conn::open(edge.addr).await.expect("connects");
     leaving
@@ -213,7 +221,7 @@ async fn a_client_that_leaves_the_queue_frees_its_place_at_once() {
         let addr = edge.addr;
         async move { request(addr, "GET", "/v1/next", &[], b"").await }
     });
-    assert_eq!(held.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(held.await.expect("joined").status, 200);
     assert_eq!(next.await.expect("joined").expect("answer").status, 200);
     let paths: Vec<String> = ups[0].recorded().iter().map(|r| r.path.clone()).collect();
     assert!(
@@ -242,44 +250,24 @@ async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() 
     assert_eq!(status, 200);
     // A slot freed within the wait (a second at most, of two): served on
     // its own relay.
-    let short = tokio::spawn({
-        let addr = edge.addr;
-        async move {
-            request(
-                addr,
-                "GET",
-                "/v1/x?hold_ms=1000",
-                &[("x-session-id", "holder")],
-                b"",
-            )
-            .await
-        }
-    });
-    eventually(Duration::from_secs(5), "relay-a is full", || async {
-        ups[0].in_flight() == 1
-    })
+    let short = in_hand(
+        &edge,
+        &ups[0],
+        "/v1/x?hold_ms=1000",
+        &[("x-session-id", "holder")],
+    )
     .await;
     let stayed = edge.get("/v1/x", &[("x-session-id", "s1")]).await;
     assert_eq!(stayed.upstream(), "relay-a");
     assert_eq!(stayed.header("x-relay-edge-affinity"), Some("hit"));
-    assert_eq!(short.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(short.await.expect("joined").status, 200);
     // Full past the wait: it goes to relay-b, and the pin follows, once.
-    let long = tokio::spawn({
-        let addr = edge.addr;
-        async move {
-            request(
-                addr,
-                "GET",
-                "/v1/x?hold_ms=6000",
-                &[("x-session-id", "holder")],
-                b"",
-            )
-            .await
-        }
-    });
-    eventually(Duration::from_secs(5), "relay-a is full", || async {
-        ups[0].in_flight() == 1
-    })
+    let long = in_hand(
+        &edge,
+        &ups[0],
+        "/v1/x?hold_ms=6000",
+        &[("x-session-id", "holder")],
+    )
     .await;
     let spilled = edge.get("/v1/x", &[("x-session-id", "s1")]).await;
     assert_eq!(spilled.upstream(), "relay-b");
@@ -287,7 +275,7 @@ async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() 
     let after = edge.get("/v1/x", &[("x-session-id", "s1")]).await;
     assert_eq!(after.upstream(), "relay-b", "the pin moved with it");
     assert_eq!(after.header("x-relay-edge-affinity"), Some("hit"));
-    assert_eq!(long.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(long.await.expect("joined").status, 200);
     let m = edge.metrics().await;
     assert_eq!(
         series(&m, "relay_edge_affinity_repins_total{reason=\"capacity\"}"),
@@ -308,22 +296,12 @@ async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() 
         1.0
     );
     // New sessions go where there is room while relay-a is full.
-    let long = tokio::spawn({
-        let addr = edge.addr;
-        async move {
-            request(
-                addr,
-                "GET",
-                "/v1/x?hold_ms=1000",
-                &[("x-session-id", "holder")],
-                b"",
-            )
-            .await
-        }
-    });
-    eventually(Duration::from_secs(5), "relay-a is full", || async {
-        ups[0].in_flight() == 1
-    })
+    let long = in_hand(
+        &edge,
+        &ups[0],
+        "/v1/x?hold_ms=1000",
+        &[("x-session-id", "holder")],
+    )
     .await;
     for i in 0..10 {
         let key = format!("new-{i}");
@@ -612,14 +590,7 @@ async fn queue_one(
 async fn the_queue_keeps_a_tenants_order_and_takes_tenants_in_turn() {
     let ups = upstreams(&["relay-a"]).await;
     let edge = TestEdge::new(&capped_yaml(&ups, 1)).start().await;
-    let holder = tokio::spawn({
-        let addr = edge.addr;
-        async move { request(addr, "GET", "/v1/hold?hold_ms=1000", &[], b"").await }
-    });
-    eventually(Duration::from_secs(5), "relay-a is full", || async {
-        ups[0].in_flight() == 1
-    })
-    .await;
+    let holder = in_hand(&edge, &ups[0], "/v1/hold?hold_ms=1000", &[]).await;
     // Tenant `busy` queues a burst of five, then `quiet` queues one.
     let mut queued = Vec::new();
     for i in 1..=5 {
@@ -627,7 +598,7 @@ async fn the_queue_keeps_a_tenants_order_and_takes_tenants_in_turn() {
         queued.push(queue_one(&edge, &path, "busy-key", i).await);
     }
     queued.push(queue_one(&edge, "/v1/quiet?hold_ms=50", "quiet-key", 6).await);
-    assert_eq!(holder.await.expect("joined").expect("answer").status, 200);
+    assert_eq!(holder.await.expect("joined").status, 200);
     for q in queued {
         assert_eq!(q.await.expect("joined").expect("answer").status, 200);
     }

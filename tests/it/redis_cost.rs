@@ -274,6 +274,18 @@ async fn a_tenant_limit_costs_one_call_per_new_session_and_nothing_per_request()
     assert_eq!(delta("incr"), 1, "counted once: {which}");
 }
 
+/// Pin each of `keys` to `upstream` through the admin API, then read each
+/// once (an admin pin is dropped from the cache by its own message).
+async fn pin_and_read(edge: &Edge, keys: &[&str], upstream: &str) {
+    for key in keys {
+        let body = format!(r#"{{"upstream":"{upstream}"}}"#);
+        let path = format!("/api/sessions/{key}");
+        let (status, _) = edge.admin_json("PUT", &path, body.as_bytes()).await;
+        assert_eq!(status, 200);
+        edge.get("/v1/x", &[("x-session-id", key)]).await;
+    }
+}
+
 /// A capped relay costs one grant renewal (one script call) per sync
 /// interval while this edge has work for it, whatever the request rate; an
 /// uncapped relay costs nothing.
@@ -291,18 +303,7 @@ async fn a_capped_relay_costs_one_call_per_sync_interval_and_an_uncapped_one_not
     );
     let edge = shared_edge(&conf).await;
     // Only the uncapped relay: no grant is ever asked for.
-    for key in ["b-0", "b-1", "b-2", "b-3"] {
-        let (status, _) = edge
-            .admin_json(
-                "PUT",
-                &format!("/api/sessions/{key}"),
-                br#"{"upstream":"relay-b"}"#,
-            )
-            .await;
-        assert_eq!(status, 200);
-        // Read once (an admin pin is dropped from the cache by its message).
-        edge.get("/v1/x", &[("x-session-id", key)]).await;
-    }
+    pin_and_read(&edge, &["b-0", "b-1", "b-2", "b-3"], "relay-b").await;
     let before = commands(&redis);
     for _ in 0..25 {
         for key in ["b-0", "b-1", "b-2", "b-3"] {
@@ -319,20 +320,8 @@ async fn a_capped_relay_costs_one_call_per_sync_interval_and_an_uncapped_one_not
     );
 
     // The capped relay, busy for about three seconds with four clients.
-    for key in ["a-0", "a-1", "a-2", "a-3"] {
-        let (status, _) = edge
-            .admin_json(
-                "PUT",
-                &format!("/api/sessions/{key}"),
-                br#"{"upstream":"relay-a"}"#,
-            )
-            .await;
-        assert_eq!(status, 200);
-    }
-    // Each pin read once, and the grant's first round over.
-    for key in ["a-0", "a-1", "a-2", "a-3"] {
-        edge.get("/v1/x", &[("x-session-id", key)]).await;
-    }
+    pin_and_read(&edge, &["a-0", "a-1", "a-2", "a-3"], "relay-a").await;
+    // The grant's first round over.
     eventually(Duration::from_secs(10), "relay-a idle again", || async {
         redis.cli(&["HLEN", "relay-edge:cap:relay-a"]) == "0"
     })
