@@ -38,10 +38,13 @@ Capacity: relay-a takes at most 4 requests at once (max_inflight: 4).
   curl -s -X PUT localhost:9900/api/sessions/busy -d '{"upstream":"relay-a"}'
   curl -s -X PUT localhost:9900/api/sessions/dave -d '{"upstream":"relay-a"}'
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' 'localhost:8080/v1/messages?hold_ms=4000' -H 'x-session-id: busy' -d '{}' & done
-      # four at relay-a, two queued behind them (relay-edge ctl upstreams: QUEUED 2); all six 200
+      # four at relay-a; the other two wait affinity.pin_wait (500ms) for it, then go to relay-b,
+      # where busy's pin moves, once (relay_edge_affinity_repins_total{reason="capacity"}); all six 200
+  target/debug/relay-edge ctl upstreams -c target/demo.yaml     # CAP, GRANT, IN FLIGHT, QUEUED
   curl -s localhost:8080/v1/messages -H 'x-session-id: dave' -d '{}' -D - -o /dev/null | grep -i '^x-'
-      # while relay-a is full: dave waits affinity.pin_wait (500ms), then moves, once, to
-      # relay-b (x-relay-edge-affinity: moved; relay_edge_affinity_repins_total{reason="capacity"})
+      # while relay-a is full: dave waits for it, then moves to relay-b (x-relay-edge-affinity: moved).
+      # With every relay full, requests queue (QUEUED) and, past capacity.queue_max or
+      # capacity.queue_timeout, get 529 + Retry-After (overloaded_error)
 
 MSG
 target/debug/relay-edge -c target/demo.yaml
