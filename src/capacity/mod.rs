@@ -45,13 +45,6 @@ pub struct RelayCapacity {
     rejections: [IntCounter; Refused::ALL.len()],
 }
 
-/// How a request was let in.
-pub struct Admitted {
-    pub slot: Slot,
-    /// How long it waited in the queue.
-    pub waited: Duration,
-}
-
 impl RelayCapacity {
     pub fn new(cap: u32, queue_max: usize, metrics: CapacityMetrics) -> Arc<RelayCapacity> {
         let gate = Gate::with_gauge(cap as usize, queue_max, Some(metrics.queue_length));
@@ -169,7 +162,7 @@ impl RelayCapacity {
         tenant: u64,
         timeout: Duration,
         fast_fail: Duration,
-    ) -> Result<Admitted, Refused> {
+    ) -> Result<Slot, Refused> {
         let admitted = self.admit_counted(tenant, timeout, fast_fail).await;
         if let Err(why) = admitted {
             self.rejections[why as usize].inc();
@@ -182,12 +175,9 @@ impl RelayCapacity {
         tenant: u64,
         timeout: Duration,
         fast_fail: Duration,
-    ) -> Result<Admitted, Refused> {
+    ) -> Result<Slot, Refused> {
         if let Some(slot) = self.try_admit() {
-            return Ok(Admitted {
-                slot,
-                waited: Duration::ZERO,
-            });
+            return Ok(slot);
         }
         if self.refusing.load(Ordering::Relaxed) {
             return Err(Refused::RedisDown);
@@ -199,9 +189,8 @@ impl RelayCapacity {
         SYNC_DUE.notify_one();
         let started = tokio::time::Instant::now();
         let slot = self.gate.admit(tenant, started + timeout).await?;
-        let waited = started.elapsed();
-        self.wait.observe(waited.as_secs_f64());
-        Ok(Admitted { slot, waited })
+        self.wait.observe(started.elapsed().as_secs_f64());
+        Ok(slot)
     }
 
     /// Wait up to `timeout` for a slot, for a request that may go

@@ -69,7 +69,7 @@ pub async fn route_and_admit(
     )
     .await?;
     match admitted {
-        Ok(admitted) => Ok((index, Some(admitted.slot))),
+        Ok(slot) => Ok((index, Some(slot))),
         Err(why) => {
             ctx.seen.retry_after = Some(capacity.retry_after());
             Err(overloaded(why))
