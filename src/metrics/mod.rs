@@ -5,6 +5,7 @@
 //! [`upstream`]), and the common status codes of `relay_edge_requests_total`
 //! are resolved with them. The words of the labels are [`crate::outcome`]'s.
 
+mod counts;
 mod upstream;
 
 pub use upstream::{CapacityMetrics, TokenKind, UpstreamMetrics};
@@ -545,52 +546,9 @@ impl Metrics {
         }
     }
 
-    /// Count one re-pin.
-    pub fn repin(&self, reason: RepinReason) {
-        self.repins[reason as usize].inc();
-    }
-
-    /// Count one keyed request's affinity outcome.
-    pub fn affinity_request(&self, outcome: AffinityOutcome) {
-        self.affinity_requests[outcome as usize].inc();
-    }
-
-    /// Keyed requests of one outcome so far.
-    pub fn affinity_requests(&self, outcome: AffinityOutcome) -> u64 {
-        self.affinity_requests[outcome as usize].get()
-    }
-
     /// The name of every metric family relay-edge exports.
     pub fn names(&self) -> &[String] {
         &self.names
-    }
-
-    /// Count one error given to a client.
-    /// A request refused for a tenant's limit.
-    pub fn tenant_rejection(&self, reason: RejectReason) {
-        self.tenant_rejections[reason as usize].inc();
-    }
-
-    /// Requests refused for a tenant's limit, by reason, so far.
-    pub fn tenant_rejections(&self, reason: RejectReason) -> u64 {
-        self.tenant_rejections[reason as usize].get()
-    }
-
-    pub fn client_failure(&self, cause: FailureCause) {
-        self.client_failures
-            .with_label_values(&[cause.label()])
-            .inc();
-    }
-
-    /// Count one client mistake or early leave.
-    pub fn client_error(&self, reason: ClientError) {
-        self.client_errors[reason as usize].inc();
-        crate::logging::client_error(reason);
-    }
-
-    /// Re-pins of every reason.
-    pub fn repins_total(&self) -> u64 {
-        self.repins.iter().map(IntCounter::get).sum()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -601,13 +559,6 @@ impl Metrics {
         }
         out
     }
-
-    /// Count a request that reached no upstream.
-    pub fn count_unrouted(&self, code: u16) {
-        self.requests
-            .with_label_values(&["none", &code.to_string()])
-            .inc();
-    }
 }
 
 impl Default for Metrics {
@@ -617,41 +568,4 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::outcome::{AbandonReason, StreamOutcome};
-
-    /// Every labelled family whose label values are known when an upstream
-    /// is configured has its series from the start, at 0, so that alert
-    /// rules and `rate()` see one before the first event.
-    #[test]
-    fn every_family_is_exported_before_its_first_event() {
-        let m = Metrics::new();
-        let _upstream = m.for_upstream("relay-a");
-        let _capped = m.for_capacity("relay-a");
-        let text = String::from_utf8(m.render()).expect("text");
-        let missing: Vec<&String> = m
-            .names()
-            .iter()
-            // Listeners' series exist only for TLS listeners, from start.
-            .filter(|name| *name != "relay_edge_tls_certificate_expiry_seconds")
-            .filter(|name| !text.lines().any(|l| l.starts_with(name.as_str())))
-            .collect();
-        assert!(missing.is_empty(), "no series yet: {missing:?}");
-        for reason in AbandonReason::ALL {
-            let series = format!(
-                "relay_edge_attempts_abandoned_total{{reason=\"{}\",upstream=\"relay-a\"}} 0",
-                reason.label()
-            );
-            assert!(text.contains(&series), "{series}");
-        }
-        for outcome in StreamOutcome::ALL {
-            let series = format!(
-                "relay_edge_streams_total{{outcome=\"{}\",upstream=\"relay-a\"}} 0",
-                outcome.label()
-            );
-            assert!(text.contains(&series), "{series}");
-        }
-        assert!(text.contains("relay_edge_requests_total{code=\"503\",upstream=\"none\"} 0"));
-    }
-}
+mod tests;
