@@ -261,6 +261,14 @@ async fn a_pinned_relay_at_its_cap_is_waited_for_then_the_session_spills_once() 
     assert_eq!(stayed.upstream(), "relay-a");
     assert_eq!(stayed.header("x-relay-edge-affinity"), Some("hit"));
     assert_eq!(short.await.expect("joined").status, 200);
+    // Its slot comes back as the edge ends the request, just after the
+    // client has the answer: only then is relay-a filled again.
+    eventually(
+        Duration::from_secs(5),
+        "relay-a's slots are back",
+        || async { edge.upstream("relay-a").await["capacity"]["inflight"] == 0 },
+    )
+    .await;
     // Full past the wait: it goes to relay-b, and the pin follows, once.
     let long = in_hand(
         &edge,
