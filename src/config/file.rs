@@ -326,6 +326,8 @@ pub struct AffinityFile {
     pub keys: Vec<KeySourceFile>,
     #[serde(default)]
     pub claude_code: bool,
+    #[serde(default)]
+    pub presets: Vec<String>,
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
     pub max_sessions: Option<u64>,

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod admin;
+mod agents;
 mod answers;
 mod bad_input;
 mod bodies;

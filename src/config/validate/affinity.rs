@@ -6,6 +6,7 @@ pub(super) fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec 
     let AffinityFile {
         keys,
         claude_code,
+        presets,
         ttl,
         max_sessions,
         max_body_bytes,
@@ -16,18 +17,28 @@ pub(super) fn affinity_spec(a: AffinityFile, errs: &mut Errors) -> AffinitySpec 
         pin_wait,
         max_session_share,
     } = a;
-    let mut specs = Vec::new();
+    // The presets in their order (`claude_code: true` is the first
+    // preset's synonym), then `keys`.
+    let mut names: Vec<&str> = Vec::new();
     if claude_code {
-        specs.push(KeySpec {
-            source: KeySourceSpec::Header(Defaults::CLAUDE_CODE_HEADER.to_string()),
-            extract: Extract::Whole,
-        });
-        specs.push(KeySpec {
-            source: KeySourceSpec::Json(
-                json_pointer(Defaults::CLAUDE_CODE_POINTER).unwrap_or_default(),
+        names.push("claude_code");
+    }
+    let mut specs = Vec::new();
+    for (i, name) in presets.iter().enumerate() {
+        match super::presets::preset(name) {
+            Some(_) if names.contains(&name.as_str()) => {}
+            Some(_) => names.push(name),
+            None => errs.push(
+                format!("affinity.presets[{i}]"),
+                format!(
+                    "{name:?}: must be one of {}",
+                    super::presets::PRESETS.join(", ")
+                ),
             ),
-            extract: Extract::ClaudeUserId,
-        });
+        }
+    }
+    for name in names {
+        specs.extend(super::presets::preset(name).unwrap_or_default());
     }
     for (i, k) in keys.into_iter().enumerate() {
         if let Some(spec) = key_spec(k, &format!("affinity.keys[{i}]"), errs) {

@@ -6,6 +6,7 @@
 mod affinity;
 mod capacity;
 mod fleet;
+mod presets;
 mod process;
 mod shared_table;
 mod tenants;
