@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-/// One request as the upstream received it.
+/// One request as the upstream received it (header names as sent).
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
@@ -283,13 +283,24 @@ async fn read_request(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> O
         .map_or((target.clone(), String::new()), |(p, q)| {
             (p.to_string(), q.to_string())
         });
-    let headers = owned_headers(req.headers);
+    // Names as the client (the edge) sent them: a test checks them byte
+    // for byte.
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
     let method = req.method.unwrap_or("GET").to_string();
     buf.drain(..head_len);
     let get = |name: &str| {
         headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone())
     };
     let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));

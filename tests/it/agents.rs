@@ -1,7 +1,7 @@
 //! The agent presets (`affinity.presets`): each client's own header set (or
 //! body) keeps its session on one relay, a subagent lands on its parent's,
-//! and every header reaches the relay with its value as the client sent
-//! it, underscores included (nginx drops those by default).
+//! and every header reaches the relay byte for byte, name case and
+//! underscores included (nginx drops underscored names by default).
 
 use crate::common::*;
 
@@ -98,13 +98,14 @@ async fn each_agents_session_sticks_and_its_headers_reach_the_relay_as_sent() {
         .into_iter()
         .chain(opencode("ses_child_0", Some("ses_parent")))
     {
-        // The demo relay records names lower-cased (they are
-        // case-insensitive); values are compared byte for byte.
         let reached = ups.iter().flat_map(|u| u.recorded()).any(|r| {
             r.headers
                 .iter()
-                .any(|(k, v)| k.eq_ignore_ascii_case(&name) && v.as_str() == value.as_str())
+                .any(|(k, v)| k.as_str() == name.as_str() && v.as_str() == value.as_str())
         });
-        assert!(reached, "{name}: {value} did not reach a relay as sent");
+        assert!(
+            reached,
+            "{name}: {value} did not reach a relay byte for byte"
+        );
     }
 }
