@@ -54,7 +54,7 @@ pub async fn route_and_admit(
         // Moved as after a failure of its relay: the pin follows once.
         ctx.attempts.tried.add(index);
         ctx.attempts.left_because = Some(RepinReason::Capacity);
-        let index = route::choose(edge, state, ctx, now).await?;
+        let index = route::choose(edge, state, ctx, crate::clock::now_ms()).await?;
         match capacity_of(state, index) {
             None => return Ok((index, None)),
             Some(capacity) => (index, capacity),

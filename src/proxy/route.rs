@@ -12,13 +12,14 @@
 //! request tried, and re-pin the session where the request lands.
 
 use super::RequestCtx;
-use crate::affinity::store::LookupSource;
+use crate::affinity::store::{LookupSource, SessionRecord};
 use crate::affinity::SessionId;
 use crate::config::Balance;
 use crate::outcome::{AffinityOutcome, RepinReason};
 use crate::state::{Edge, State};
 use crate::upstream::select;
 use pingora_core::{Error, ErrorType, Result};
+use std::sync::Arc;
 
 pub fn no_upstream() -> Box<Error> {
     Error::explain(
@@ -62,6 +63,19 @@ fn place(
     }
 }
 
+/// The session's pin: the local cache first (no I/O on a hit), then the
+/// shared table, once it is settled (a short wait at start-up costs less
+/// than a session placed without it: a lost prompt cache).
+pub async fn find_pin(edge: &Edge, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)> {
+    if !edge.store.settled() {
+        edge.store.until_settled().await;
+    }
+    match edge.store.lookup_local(id) {
+        Some(r) => Some((r, LookupSource::Local)),
+        None => edge.store.lookup(id).await,
+    }
+}
+
 /// The upstream index for this attempt.
 pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) -> Result<usize> {
     let ups = &state.upstreams;
@@ -69,8 +83,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         return place(edge, state, None, ctx, now).ok_or_else(no_upstream);
     };
     if !edge.store.settled() {
-        // Just started: the shared table is being connected. A short wait
-        // costs less than a session placed without it (a lost prompt cache).
+        // Just started: the shared table is being connected (see `find_pin`).
         edge.store.until_settled().await;
     }
 
@@ -95,10 +108,7 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
         // Admission may have looked the pin up already (`super::tenant_admission`).
         let found = match ctx.looked_up.take() {
             Some(found) => found,
-            None => match edge.store.lookup_local(id) {
-                Some(r) => Some((r, LookupSource::Local)),
-                None => edge.store.lookup(id).await,
-            },
+            None => find_pin(edge, id).await,
         };
         let record = match found {
             Some((r, source)) => {
@@ -172,7 +182,6 @@ mod tests {
     use super::*;
     use crate::outcome::RepinReason as R;
     use crate::proxy::RequestCtx;
-    use std::sync::Arc;
     use std::time::Duration;
 
     /// What a case does to the fleet (a, b, c) and to the request before it

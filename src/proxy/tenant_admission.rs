@@ -16,7 +16,6 @@
 //! never behind).
 
 use super::RequestCtx;
-use crate::affinity::store::LookupSource;
 use crate::clock;
 use crate::state::{Edge, State};
 use crate::tenants::limits::{window, Refusal, RejectReason, INFLIGHT_RETRY_AFTER};
@@ -48,13 +47,7 @@ pub async fn admit(edge: &Edge, state: &State, ctx: &mut RequestCtx) -> Result<(
     let Some(limit) = spec.max_new_sessions_per_hour else {
         return Ok(());
     };
-    if !edge.store.settled() {
-        edge.store.until_settled().await;
-    }
-    let found = match edge.store.lookup_local(id) {
-        Some(r) => Some((r, LookupSource::Local)),
-        None => edge.store.lookup(id).await,
-    };
+    let found = super::route::find_pin(edge, id).await;
     let known = found.is_some();
     ctx.looked_up = Some(found);
     if known {
