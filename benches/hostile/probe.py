@@ -90,10 +90,20 @@ def install_missing():
     subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + need, check=True, env=env, timeout=600)
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A free loopback port, never handed out twice by this script: the
+    kernel may offer a just-released port again before its new owner binds
+    it, and two servers given one port make one of them answer for both."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def _die_with_parent():

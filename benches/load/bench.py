@@ -126,10 +126,20 @@ def install_missing():
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never handed out twice by this script: the
+    kernel may offer a just-released port again before its new owner binds
+    it, and two servers given one port make one of them answer for both."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 class Procs:

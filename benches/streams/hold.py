@@ -28,10 +28,20 @@ BODY = b'{"model":"claude-x","max_tokens":16,"stream":true,"messages":[{"role":"
 EVENTS = 30  # message_start, 28 deltas, message_delta + message_stop
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never handed out twice by this script: the
+    kernel may offer a just-released port again before its new owner binds
+    it, and two servers given one port make one of them answer for both."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def wait_port(port, deadline=20.0):
