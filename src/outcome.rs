@@ -199,6 +199,8 @@ pub enum FailureCause {
     NoUpstream,
     /// Every connect attempt failed (502).
     Connect,
+    /// The relay's egress proxy refused or failed the tunnel (502).
+    Proxy,
     /// The upstream connection was lost before the response began (502).
     ConnectionLost,
     /// The upstream did not answer in time (504).
@@ -216,9 +218,10 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
-    pub const ALL: [FailureCause; 9] = [
+    pub const ALL: [FailureCause; 10] = [
         FailureCause::NoUpstream,
         FailureCause::Connect,
+        FailureCause::Proxy,
         FailureCause::ConnectionLost,
         FailureCause::Timeout,
         FailureCause::BadUpstreamResponse,
@@ -232,6 +235,7 @@ impl FailureCause {
         match self {
             FailureCause::NoUpstream => "no_upstream",
             FailureCause::Connect => "connect",
+            FailureCause::Proxy => "proxy",
             FailureCause::ConnectionLost => "connection_lost",
             FailureCause::Timeout => "timeout",
             FailureCause::BadUpstreamResponse => "bad_upstream_response",

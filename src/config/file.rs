@@ -281,6 +281,8 @@ pub struct UpstreamFile {
     pub weight: Option<u32>,
     pub tls: Option<UpstreamTlsFile>,
     pub max_inflight: Option<u32>,
+    /// An egress proxy URL; may hold a password (never printed).
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -202,13 +202,28 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub id: String,
+    /// Where the edge connects: the relay, or its proxy when `proxy` is set
+    /// (resolved at load and at each reload, never per request).
     pub addr: SocketAddr,
+    /// The egress proxy the relay is reached through (`upstreams[].proxy`).
+    pub proxy: Option<super::UpstreamProxy>,
     pub weight: u32,
     pub tls: Option<UpstreamTls>,
     /// Requests and streams in flight at this relay, across every edge
     /// that shares the Redis (`upstreams[].max_inflight`, else
     /// `capacity.max_inflight`); `None`: no cap.
     pub max_inflight: Option<u32>,
+}
+
+impl UpstreamSpec {
+    /// The relay's address as operators read it: its own, or the one its
+    /// proxy is asked for.
+    pub fn relay_addr(&self) -> String {
+        match &self.proxy {
+            Some(p) => p.target.to_string(),
+            None => self.addr.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,14 +17,70 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Why an active check failed: what `/api/upstreams` shows as
+/// `check_failure`, and the unhealthy log line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckFailure {
+    /// The relay's egress proxy refused or failed the tunnel.
+    Proxy,
+    Connect,
+    Tls,
+    Timeout,
+    /// The check's answer was not 2xx.
+    Status,
+    Error,
+}
+
+impl CheckFailure {
+    const ALL: [CheckFailure; 6] = [
+        CheckFailure::Proxy,
+        CheckFailure::Connect,
+        CheckFailure::Tls,
+        CheckFailure::Timeout,
+        CheckFailure::Status,
+        CheckFailure::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckFailure::Proxy => "proxy",
+            CheckFailure::Connect => "connect",
+            CheckFailure::Tls => "tls",
+            CheckFailure::Timeout => "timeout",
+            CheckFailure::Status => "status",
+            CheckFailure::Error => "error",
+        }
+    }
+
+    /// Why a check that ended with `e` failed.
+    pub fn of(e: &Error) -> CheckFailure {
+        use ErrorType::*;
+        match e.etype() {
+            ConnectProxyFailure => CheckFailure::Proxy,
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+                CheckFailure::Timeout
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed | SocketError => {
+                CheckFailure::Connect
+            }
+            TLSHandshakeFailure | InvalidCert | HandshakeError => CheckFailure::Tls,
+            CustomCode(..) => CheckFailure::Status,
+            _ => CheckFailure::Error,
+        }
+    }
+}
 
 /// The active-check verdict of one upstream.
 pub struct HealthState {
     healthy: AtomicBool,
     successes: AtomicUsize,
     failures: AtomicUsize,
+    /// Why the last check failed: 1 + its index in [`CheckFailure::ALL`],
+    /// or 0 when it passed (or none ran).
+    last_failure: AtomicU8,
 }
 
 impl Default for HealthState {
@@ -33,6 +89,7 @@ impl Default for HealthState {
             healthy: AtomicBool::new(true),
             successes: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
+            last_failure: AtomicU8::new(0),
         }
     }
 }
@@ -40,6 +97,33 @@ impl Default for HealthState {
 impl HealthState {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Why the last check failed; `None` if it passed.
+    pub fn last_failure(&self) -> Option<CheckFailure> {
+        let n = self.last_failure.load(Ordering::Relaxed);
+        CheckFailure::ALL
+            .get(usize::from(n).checked_sub(1)?)
+            .copied()
+    }
+
+    /// Record one check's result (`Err`: why it failed); returns the new
+    /// verdict if it flipped.
+    pub fn record(
+        &self,
+        result: std::result::Result<(), CheckFailure>,
+        healthy_after: usize,
+        unhealthy_after: usize,
+    ) -> Option<bool> {
+        let code = match result {
+            Ok(()) => 0,
+            Err(why) => CheckFailure::ALL
+                .iter()
+                .position(|&f| f == why)
+                .map_or(0, |i| i as u8 + 1),
+        };
+        self.last_failure.store(code, Ordering::Relaxed);
+        self.observe(result.is_ok(), healthy_after, unhealthy_after)
     }
 
     /// Set the verdict outright (a new upstream's first check, a carried-over one).
@@ -115,12 +199,13 @@ pub fn checker(
         o.verify_cert = t.verify;
         o.verify_hostname = t.verify;
     }
+    super::peer::through_proxy(&mut peer, spec, health.timeout);
     let request = health.path.as_ref().and_then(|path| {
         let host = health
             .host
             .clone()
             .or(sni)
-            .unwrap_or_else(|| spec.addr.to_string());
+            .unwrap_or_else(|| spec.relay_addr());
         let mut req = RequestHeader::build("GET", path.as_bytes(), None).ok()?;
         req.insert_header(http::header::HOST, host).ok()?;
         req.insert_header(http::header::USER_AGENT, "relay-edge-health-check")

@@ -11,6 +11,7 @@ pub mod ejection;
 pub mod health;
 pub mod peer;
 pub mod select;
+pub mod tunnel;
 
 use crate::capacity::RelayCapacity;
 use crate::clock;
@@ -320,19 +321,22 @@ impl UpstreamSet {
             let u = u.clone();
             let spec = spec.clone();
             tasks.spawn(async move {
-                let ok = matches!(
-                    tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await,
-                    Ok(Ok(()))
-                );
+                let result =
+                    match tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(health::CheckFailure::of(&e)),
+                        Err(_) => Err(health::CheckFailure::Timeout),
+                    };
                 match u
                     .health
-                    .observe(ok, spec.healthy_after, spec.unhealthy_after)
+                    .record(result, spec.healthy_after, spec.unhealthy_after)
                 {
                     Some(true) => log::info!("upstream {} is healthy again", u.id),
                     Some(false) => log::warn!(
-                        "upstream {} failed {} health checks in a row",
+                        "upstream {} failed {} health checks in a row ({})",
                         u.id,
-                        spec.unhealthy_after
+                        spec.unhealthy_after,
+                        u.health.last_failure().map_or("", |f| f.label())
                     ),
                     None => {}
                 }
