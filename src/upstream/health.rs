@@ -9,6 +9,7 @@
 //! runs it every `interval` is [`crate::services`].
 
 use crate::config::{HealthSpec, UpstreamSpec};
+use crate::outcome::RelayFailure;
 use async_trait::async_trait;
 use pingora_core::connectors::http::Connector as HttpConnector;
 use pingora_core::connectors::TransportConnector;
@@ -20,65 +21,12 @@ use pingora_load_balancing::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Why an active check failed: what `/api/upstreams` shows as
-/// `check_failure`, and the unhealthy log line names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckFailure {
-    /// The relay's egress proxy refused or failed the tunnel.
-    Proxy,
-    Connect,
-    Tls,
-    Timeout,
-    /// The check's answer was not 2xx.
-    Status,
-    Error,
-}
-
-impl CheckFailure {
-    const ALL: [CheckFailure; 6] = [
-        CheckFailure::Proxy,
-        CheckFailure::Connect,
-        CheckFailure::Tls,
-        CheckFailure::Timeout,
-        CheckFailure::Status,
-        CheckFailure::Error,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            CheckFailure::Proxy => "proxy",
-            CheckFailure::Connect => "connect",
-            CheckFailure::Tls => "tls",
-            CheckFailure::Timeout => "timeout",
-            CheckFailure::Status => "status",
-            CheckFailure::Error => "error",
-        }
-    }
-
-    /// Why a check that ended with `e` failed.
-    pub fn of(e: &Error) -> CheckFailure {
-        use ErrorType::*;
-        match e.etype() {
-            ConnectProxyFailure => CheckFailure::Proxy,
-            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
-                CheckFailure::Timeout
-            }
-            ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed | SocketError => {
-                CheckFailure::Connect
-            }
-            TLSHandshakeFailure | InvalidCert | HandshakeError => CheckFailure::Tls,
-            CustomCode(..) => CheckFailure::Status,
-            _ => CheckFailure::Error,
-        }
-    }
-}
-
 /// The active-check verdict of one upstream.
 pub struct HealthState {
     healthy: AtomicBool,
     successes: AtomicUsize,
     failures: AtomicUsize,
-    /// Why the last check failed: 1 + its index in [`CheckFailure::ALL`],
+    /// Why the last check failed: 1 + its index in [`RelayFailure::ALL`],
     /// or 0 when it passed (or none ran).
     last_failure: AtomicU8,
 }
@@ -100,9 +48,9 @@ impl HealthState {
     }
 
     /// Why the last check failed; `None` if it passed.
-    pub fn last_failure(&self) -> Option<CheckFailure> {
+    pub fn last_failure(&self) -> Option<RelayFailure> {
         let n = self.last_failure.load(Ordering::Relaxed);
-        CheckFailure::ALL
+        RelayFailure::ALL
             .get(usize::from(n).checked_sub(1)?)
             .copied()
     }
@@ -111,13 +59,13 @@ impl HealthState {
     /// verdict if it flipped.
     pub fn record(
         &self,
-        result: std::result::Result<(), CheckFailure>,
+        result: std::result::Result<(), RelayFailure>,
         healthy_after: usize,
         unhealthy_after: usize,
     ) -> Option<bool> {
         let code = match result {
             Ok(()) => 0,
-            Err(why) => CheckFailure::ALL
+            Err(why) => RelayFailure::ALL
                 .iter()
                 .position(|&f| f == why)
                 .map_or(0, |i| i as u8 + 1),

@@ -17,7 +17,7 @@ use crate::capacity::RelayCapacity;
 use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::outcome::{AffinityOutcome, RepinReason};
+use crate::outcome::{AffinityOutcome, RelayFailure, RepinReason};
 use ejection::{Ejection, Verdict};
 use health::{Check, CheckConnectors, HealthState};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -321,11 +321,11 @@ impl UpstreamSet {
             let u = u.clone();
             let spec = spec.clone();
             tasks.spawn(async move {
-                let result =
+                let (result, error) =
                     match tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(health::CheckFailure::of(&e)),
-                        Err(_) => Err(health::CheckFailure::Timeout),
+                        Ok(Ok(())) => (Ok(()), None),
+                        Ok(Err(e)) => (Err(RelayFailure::of(&e)), Some(e.to_string())),
+                        Err(_) => (Err(RelayFailure::Timeout), None),
                     };
                 match u
                     .health
@@ -333,10 +333,11 @@ impl UpstreamSet {
                 {
                     Some(true) => log::info!("upstream {} is healthy again", u.id),
                     Some(false) => log::warn!(
-                        "upstream {} failed {} health checks in a row ({})",
+                        "upstream {} failed {} health checks in a row ({}){}",
                         u.id,
                         spec.unhealthy_after,
-                        u.health.last_failure().map_or("", |f| f.label())
+                        result.err().map_or("", RelayFailure::label),
+                        error.map(|e| format!(": {e}")).unwrap_or_default()
                     ),
                     None => {}
                 }

@@ -209,11 +209,11 @@ mod tests {
             assert_eq!(p.target.to_string(), target, "{url}");
             assert_eq!(
                 addr.port(),
-                shown.rsplit(':').next().unwrap().parse::<u16>().unwrap()
+                shown.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("a port")
             );
         }
-        let (p, _) = check("http://bob:p%40ss%3Aw@localhost:3128", "r:1").unwrap();
-        let c = p.credentials.unwrap();
+        let (p, _) = check("http://bob:p%40ss%3Aw@localhost:3128", "r:1").expect("valid");
+        let c = p.credentials.expect("credentials");
         assert_eq!((c.user.as_str(), c.password.as_str()), ("bob", "p@ss:w"));
 
         let bad = [
@@ -269,7 +269,7 @@ mod tests {
         }
         let long = format!("socks5h://u:{}@127.0.0.1:1080", "p".repeat(256));
         assert!(check(&long, "r:1")
-            .unwrap_err()
+            .expect_err("too long")
             .contains("at most 255 bytes"));
     }
 }
