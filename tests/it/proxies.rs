@@ -305,7 +305,7 @@ async fn a_wrong_proxy_password_fails_over_and_makes_the_relay_unhealthy_for_pro
     drop(edge);
 
     // Active: the checks go through the proxy too, and say why they fail.
-    let edge = TestEdge::new(&body("")).start().await;
+    let edge = TestEdge::new(&body("")).ports_in_config().start().await;
     eventually(
         Duration::from_secs(10),
         "relay-a unhealthy for proxy",
@@ -326,6 +326,27 @@ async fn a_wrong_proxy_password_fails_over_and_makes_the_relay_unhealthy_for_pro
     );
     let (_, upstreams) = edge.admin_json("GET", "/api/upstreams", b"").await;
     assert!(!upstreams.to_string().contains("wrong-pass"));
+    // `ctl upstreams` says where and why, without the password; `--check`
+    // neither.
+    let table = crate::ctl::ctl(&edge.config_path(), &["upstreams"]).stdout;
+    let via = format!("via socks5h://alice@127.0.0.1:{}", proxy.port);
+    assert!(
+        table.contains(&via) && table.contains("unhealthy (proxy)"),
+        "{table}"
+    );
+    let check = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(edge.config_path())
+        .arg("--check")
+        .output()
+        .expect("relay-edge --check runs");
+    let said = format!(
+        "{}{}{table}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{said}");
+    assert!(!said.contains("wrong-pass"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,7 +209,11 @@ mod tests {
             assert_eq!(p.target.to_string(), target, "{url}");
             assert_eq!(
                 addr.port(),
-                shown.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("a port")
+                shown
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .expect("a port")
             );
         }
         let (p, _) = check("http://bob:p%40ss%3Aw@localhost:3128", "r:1").expect("valid");
