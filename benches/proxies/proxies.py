@@ -149,7 +149,7 @@ def main():
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         conf = os.path.join(tmp, "tinyproxy.conf")
         open(conf, "w").write(f"Port {connect}\nListen {pip}\nTimeout 600\nMaxClients 200\n"
-                              "Allow 127.0.0.1\nBasicAuth edge pw\nLogLevel Warning\n")
+                              "Allow 127.0.0.0/8\nBasicAuth edge pw\nLogLevel Warning\n")
         procs.append(subprocess.Popen(["tinyproxy", "-d", "-c", conf],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for p in relay_ports:
@@ -199,6 +199,9 @@ def main():
                 if phase == "pooled":
                     r["opened"] = views[name]["connections_opened"]
                     r["served"] = views[name]["requests"]
+                    if r["served"] != args.requests + 50:
+                        sys.exit(f"{name} served {r['served']} of {args.requests + 50}: "
+                                 f"its session moved (see {tmp}/edge-{phase}.log)")
                 else:
                     r["connect_ms"], r["connects"] = connect_seconds(metrics, name)
                     r["connect_ms"] *= 1e3

@@ -402,3 +402,70 @@ async fn a_tls_relay_is_verified_inside_a_connect_tunnel() {
     }
     assert_eq!(front.upstream("relay-tls").await["connections_opened"], 1);
 }
+
+/// A "proxy" on a loopback port: `reply` is what it answers to the first
+/// bytes it reads (nothing at all when empty); it then holds the
+/// connection open. Returns its port.
+async fn fake_proxy(reply: &'static [u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                if !reply.is_empty() {
+                    let _ = conn.write_all(reply).await;
+                }
+                // Held open until the edge gives up on it.
+                let _ = conn.read(&mut buf).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_proxy_times_out_and_one_that_says_too_much_is_refused() {
+    let silent = fake_proxy(b"").await;
+    // A 200 with bytes past its head, which would be taken for the relay's.
+    let chatty =
+        fake_proxy(b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    for (port, reason) in [(silent, "timeout"), (chatty, "proxy")] {
+        let edge = TestEdge::new(&format!(
+            "upstreams:\n\
+             \x20 - {{id: behind, addr: '{a}', proxy: 'http://127.0.0.1:{port}'}}\n\
+             \x20 - {{id: relay-b, addr: '{b}'}}\n\
+             affinity: {{keys: [{{header: x-session-id}}]}}\n\
+             timeouts: {{connect: 300ms}}\n\
+             health_check: {{path: /health, interval: 1h}}\n",
+            a = ups[0].addr,
+            b = ups[1].addr,
+        ))
+        .own_health_check()
+        .start()
+        .await;
+        edge.admin_json("PUT", "/api/sessions/k", br#"{"upstream":"behind"}"#)
+            .await;
+        let r = edge.get("/v1/x", &[("x-session-id", "k")]).await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, "relay-b".into()),
+            "{reason}: {}",
+            r.text()
+        );
+        let series = format!(
+            r#"relay_edge_upstream_connect_failures_total{{reason="{reason}",upstream="behind"}} 1"#
+        );
+        let metrics = edge.metrics().await;
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in\n{metrics}"
+        );
+    }
+    assert_eq!(ups[0].requests(), 0, "nothing reached relay-a");
+}

@@ -51,7 +51,14 @@ pub(super) async fn handshake(
         head.extend_from_slice(&buf[..n]);
         match reply(&head) {
             Reply::Incomplete => {}
-            Reply::Tunnel => return Ok(tcp),
+            // Bytes already waiting behind the head are refused too.
+            Reply::Tunnel => {
+                return match tcp.try_read(&mut buf) {
+                    Ok(0) => refuse("the proxy closed the tunnel at once"),
+                    Ok(n) => refuse(&format!("{n} bytes past the CONNECT reply's head")),
+                    Err(_) => Ok(tcp),
+                }
+            }
             Reply::Refused(why) => return refuse(&why),
         }
     }
