@@ -469,3 +469,46 @@ async fn a_silent_proxy_times_out_and_one_that_says_too_much_is_refused() {
     }
     assert_eq!(ups[0].requests(), 0, "nothing reached relay-a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_a_relay_behind_a_proxy_and_takes_it_out_again() {
+    let proxy = Proxy::socks(None, "127.0.0.8");
+    let relay = DemoUpstream::start("relay-a", ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("relay");
+    let direct = format!("{{id: relay-a, addr: '{}'}}", relay.addr);
+    let proxied = format!(
+        "{{id: relay-a, addr: '{}', proxy: 'socks5h://127.0.0.1:{}'}}",
+        relay.addr, proxy.port
+    );
+    let edge = TestEdge::new(&format!("upstreams:\n  - {direct}\n"))
+        .threads(1)
+        .start()
+        .await;
+    let seen_from = |from: &str| {
+        let want = ip(from);
+        move |relay: &DemoUpstream| {
+            relay.recorded().last().and_then(|r| r.peer).map(|p| p.ip()) == Some(want)
+        }
+    };
+    for (to, from) in [(&proxied, "127.0.0.8"), (&direct, "127.0.0.1")] {
+        let before = std::fs::read_to_string(edge.config_path()).expect("config");
+        let now = if to == &proxied { &direct } else { &proxied };
+        assert!(before.contains(now.as_str()));
+        edge.rewrite(now, to);
+        let (code, report) = edge.admin_json("POST", "/api/reload", b"").await;
+        assert_eq!(code, 200, "{report}");
+        assert_eq!(
+            report["changed"],
+            serde_json::json!(["relay-a"]),
+            "{report}"
+        );
+        let r = edge.get("/v1/x", &[]).await;
+        assert_eq!((r.status, r.upstream()), (200, "relay-a".into()));
+        assert!(
+            seen_from(from)(&relay),
+            "after the reload to {to}, the relay saw {:?}",
+            peers(&relay)
+        );
+    }
+}
