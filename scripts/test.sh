@@ -3,9 +3,10 @@
 # the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
 # systemd's systemd-analyze for the integration tests; python3 and its venv
 # for the Anthropic SDK test; chromium, node and playwright-core for the
-# dashboard's browser test; prometheus's promtool for the alert rules;
-# microsocks and tinyproxy, the real SOCKS5 and CONNECT proxies that relays
-# sit behind in the upstream-proxy tests), as
+# dashboard's browser test; the Codex CLI and OpenCode from npm for the
+# agents' tests; prometheus's promtool for the alert rules; microsocks and
+# tinyproxy, the real SOCKS5 and CONNECT proxies that relays sit behind in
+# the upstream-proxy tests), as
 # root or with sudo, and cargo-deb, with which a test builds and inspects the
 # .deb.
 set -euo pipefail
@@ -70,6 +71,13 @@ fi
 # offline through the edge against relays that answer the Responses API.
 if ! grep -qs '"version": "0.171.0"' target/codex/node_modules/@openai/codex/package.json; then
   npm install --prefix target/codex --no-audit --no-fund --silent @openai/codex@0.171.0
+fi
+
+# OpenCode (pinned; its npm package carries one binary, with the AI SDK's
+# Anthropic provider built in, so nothing is fetched when a test runs it),
+# which a test drives offline through the edge against Anthropic relays.
+if ! grep -qs '"version": "1.18.33"' target/opencode/node_modules/opencode-ai/package.json; then
+  npm install --prefix target/opencode --no-audit --no-fund --silent opencode-ai@1.18.33
 fi
 
 cargo test --locked "$@"

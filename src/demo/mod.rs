@@ -15,7 +15,11 @@
 //!   `/v1/responses` it is an OpenAI Responses stream (ending with
 //!   `response.completed`), on `/v1/chat/completions` a Chat Completions
 //!   stream (ending with `data: [DONE]`), on `/v1/other` events of no known
-//!   protocol; each ends with the chunked terminator.
+//!   protocol; each ends with the chunked terminator. A Responses answer
+//!   carries an `x-codex-turn-state` token ([`codex_turn_state`]).
+//! - a stream whose prompt says [`TASK_TRIGGER`] or [`SPAWN_TRIGGER`]: the
+//!   tool calls with which OpenCode and the Codex CLI run a subagent, then
+//!   text (see `agent`).
 //! - `?hold_ms=N`: the answer starts N ms after the request (a relay busy
 //!   with it); [`DemoUpstream::max_in_flight`] is the most requests it had
 //!   in hand at once (read, answer not begun), as a capped relay's own count.
@@ -28,8 +32,14 @@
 //!
 //! Every answer carries `x-upstream: <name>`.
 
+mod agent;
+mod openai;
 mod request;
 
+pub use agent::{SPAWN_TRIGGER, TASK_TRIGGER};
+pub use openai::codex_turn_state;
+
+use openai::{openai_sse, OpenAiStream};
 use request::read_request;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -363,9 +373,13 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
         } else if wants_stream {
             let events = query_num(&req.query, "sse").unwrap_or(5);
             let gap = query_num(&req.query, "gap_ms").unwrap_or(0);
-            match OpenAiStream::of_path(&req.path) {
-                Some(shape) => openai_sse(stream, &name, shape, events).await,
-                None => sse(stream, &name, events, gap, true).await,
+            match (
+                agent::next_call(&req.path, &req.body),
+                OpenAiStream::of_path(&req.path),
+            ) {
+                (Some(call), _) => agent::answer(stream, &name, &call).await,
+                (None, Some(shape)) => openai_sse(stream, &name, shape, events).await,
+                (None, None) => sse(stream, &name, events, gap, true).await,
             }
         } else {
             let body = format!(
@@ -452,8 +466,13 @@ async fn misbehave(stream: &mut TcpStream, name: &str, fault: Fault) -> bool {
 }
 
 async fn sse_head(stream: &mut TcpStream, name: &str) -> bool {
+    sse_head_with(stream, name, "").await
+}
+
+/// An SSE answer's head, with `extra` header lines (each ending in CRLF).
+async fn sse_head_with(stream: &mut TcpStream, name: &str, extra: &str) -> bool {
     let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-upstream: {name}\r\n\r\n"
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-upstream: {name}\r\n{extra}\r\n"
     );
     stream.write_all(head.as_bytes()).await.is_ok()
 }
@@ -468,15 +487,18 @@ async fn chunk(stream: &mut TcpStream, data: &str) -> bool {
     stream.write_all(chunk.as_bytes()).await.is_ok()
 }
 
-/// Event `i` of a stream whose last event is `last`: `message_start` (with
-/// the prompt's usage: 1000 input tokens, 900 of them read from the cache),
-/// deltas that say when they were sent (µs since the epoch, so that a client
-/// can measure what a proxy adds per event), and `message_delta` (10 output
-/// tokens) with `message_stop`.
+/// Event `i` of a stream whose last event is `last`, as the Messages API
+/// sends them: `message_start` (with the prompt's usage: 1000 input tokens,
+/// 900 of them read from the cache) and the text block's
+/// `content_block_start`, deltas that say when they were sent (µs since the
+/// epoch, so that a client can measure what a proxy adds per event), then
+/// `content_block_stop`, `message_delta` (10 output tokens) and
+/// `message_stop`. SDKs that assemble the message (the AI SDK that OpenCode
+/// runs) need the block opened before its deltas.
 fn event(name: &str, i: u64, last: u64) -> String {
     match i {
-        0 => format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\",\"message\":{{\"usage\":{{\"input_tokens\":100,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":900,\"output_tokens\":1}}}}}}\n\n"),
-        i if i == last => "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":10}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
+        0 => format!("event: message_start\ndata: {{\"type\":\"message_start\",\"upstream\":\"{name}\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{{\"input_tokens\":100,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":900,\"output_tokens\":1}}}}}}\n\nevent: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"text\",\"text\":\"\"}}}}\n\n"),
+        i if i == last => "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":10}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
         i => format!(
             "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"sent_us\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":\"{} \"}}}}\n\n",
             std::time::SystemTime::now()
@@ -522,77 +544,4 @@ pub fn cut_body(n: usize) -> Vec<u8> {
     body.resize(n.max(body.len()), b'x');
     body.truncate(n);
     body
-}
-
-/// The stream shapes of other protocols that relays serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OpenAiStream {
-    /// `/v1/responses`: `response.created` … `response.completed`.
-    Responses,
-    /// `/v1/chat/completions`: chunks, then `data: [DONE]`.
-    ChatCompletions,
-    /// `/v1/other`: events of no protocol the edge knows.
-    Unknown,
-}
-
-impl OpenAiStream {
-    fn of_path(path: &str) -> Option<OpenAiStream> {
-        match path {
-            "/v1/responses" => Some(OpenAiStream::Responses),
-            "/v1/chat/completions" => Some(OpenAiStream::ChatCompletions),
-            "/v1/other" => Some(OpenAiStream::Unknown),
-            _ => None,
-        }
-    }
-}
-
-/// A stream of `deltas` text deltas in `shape`, with usage as OpenAI
-/// reports it: 1000 input tokens, 900 of them cached, 10 output.
-async fn openai_sse(stream: &mut TcpStream, name: &str, shape: OpenAiStream, deltas: u64) -> bool {
-    if !sse_head(stream, name).await {
-        return false;
-    }
-    let mut events = Vec::new();
-    match shape {
-        OpenAiStream::Responses => {
-            // As the Responses API streams a message: the response, the
-            // message item, its text deltas, the item whole, the end.
-            let event = |kind: &str, data: String| format!("event: {kind}\ndata: {data}\n\n");
-            events.push(event("response.created", format!(
-                r#"{{"type":"response.created","upstream":"{name}","response":{{"id":"resp_1","object":"response","status":"in_progress","output":[]}}}}"#
-            )));
-            events.push(event("response.output_item.added", r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message","id":"msg_1","role":"assistant","status":"in_progress","content":[]}}"#.to_string()));
-            let mut text = String::new();
-            for i in 0..deltas {
-                text.push_str(&format!("{i} "));
-                events.push(event("response.output_text.delta", format!(
-                    r#"{{"type":"response.output_text.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":"{i} "}}"#
-                )));
-            }
-            events.push(event("response.output_item.done", format!(
-                r#"{{"type":"response.output_item.done","output_index":0,"item":{{"type":"message","id":"msg_1","role":"assistant","status":"completed","content":[{{"type":"output_text","text":"{text}","annotations":[]}}]}}}}"#
-            )));
-            events.push(event("response.completed", r#"{"type":"response.completed","response":{"id":"resp_1","object":"response","status":"completed","output":[],"usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":900},"output_tokens":10,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1010}}}"#.to_string()));
-        }
-        OpenAiStream::ChatCompletions => {
-            for i in 0..deltas {
-                events.push(format!("data: {{\"object\":\"chat.completion.chunk\",\"upstream\":\"{name}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{i} \"}}}}]}}\n\n"));
-            }
-            events.push("data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":900}}}\n\n".to_string());
-            events.push("data: [DONE]\n\n".to_string());
-        }
-        OpenAiStream::Unknown => {
-            for i in 0..=deltas {
-                events.push(format!(
-                    "event: tick\ndata: {{\"n\":{i},\"upstream\":\"{name}\"}}\n\n"
-                ));
-            }
-        }
-    }
-    for e in &events {
-        if !chunk(stream, e).await {
-            return false;
-        }
-    }
-    chunk(stream, "").await
 }

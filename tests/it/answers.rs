@@ -435,6 +435,7 @@ async fn a_stream_cut_after_its_first_event_ends_with_an_error_event_and_is_not_
             names,
             [
                 "message_start",
+                "content_block_start",
                 "content_block_delta",
                 "content_block_delta",
                 "error"
@@ -442,7 +443,7 @@ async fn a_stream_cut_after_its_first_event_ends_with_an_error_event_and_is_not_
             "{fault:?}: {}",
             r.text()
         );
-        let error: serde_json::Value = serde_json::from_str(&ev[3].1).expect("JSON");
+        let error: serde_json::Value = serde_json::from_str(&ev[4].1).expect("JSON");
         assert_eq!(error["type"], "error");
         assert_eq!(error["error"]["type"], "api_error");
         assert!(
@@ -469,10 +470,15 @@ async fn a_stream_cut_after_its_first_event_ends_with_an_error_event_and_is_not_
     let ev = events(&r.body);
     assert_eq!(
         ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
-        ["message_start", "content_block_delta", "error"]
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "error"
+        ]
     );
     assert!(
-        ev[2].1.contains("overloaded_error"),
+        ev[3].1.contains("overloaded_error"),
         "the relay's own event"
     );
     let metrics = edge.metrics().await;

@@ -1,10 +1,18 @@
-//! The real Codex CLI (`@openai/codex`, run offline against demo relays
-//! that answer the OpenAI Responses API) through the edge: a session and
-//! its resumed turns stay on one relay, every stream is counted
+//! The real Codex CLI (`@openai/codex` 0.171.0, run offline against demo
+//! relays that answer the OpenAI Responses API) through the edge with
+//! `affinity: {presets: [codex]}`: a session, the subagent each of its turns
+//! spawns and its resumed turns stay on one relay; every header reaches the
+//! relay as Codex wrote it, `x-codex-turn-state` (which Codex sends back on
+//! each later request of a turn) included; every stream is counted
 //! `completed`, and no relay is ejected for serving it.
 
 use crate::common::*;
+use relay_edge::affinity::KeyHasher;
+use relay_edge::config::Defaults;
+use relay_edge::demo::{codex_turn_state, Recorded, SPAWN_TRIGGER};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 /// The pinned Codex CLI that `scripts/test.sh` installs.
 fn codex_bin() -> PathBuf {
@@ -17,115 +25,155 @@ fn codex_bin() -> PathBuf {
     bin
 }
 
-/// One `codex exec` against `edge` (its Responses API at `/v1`): its output.
-fn codex(home: &Path, edge: &Edge, args: &[&str]) -> String {
+/// One `codex exec` against the Responses API at `base_url`: its output.
+fn codex(home: &Path, base_url: &str, args: &[&str]) -> String {
     let provider = format!(
-        "model_providers.edge={{name=\"edge\", base_url=\"http://{}/v1\", env_key=\"EDGE_KEY\", wire_api=\"responses\"}}",
-        edge.addr
+        "model_providers.edge={{name=\"edge\", base_url=\"{base_url}\", env_key=\"EDGE_KEY\", wire_api=\"responses\"}}"
     );
-    let out = std::process::Command::new(codex_bin())
-        .current_dir(home)
+    let mut cmd = Command::new(codex_bin());
+    cmd.current_dir(home)
         .env("CODEX_HOME", home)
         .env("HOME", home)
         .env("EDGE_KEY", "test-key")
         .args(["exec", "--skip-git-repo-check"])
         .args(["-c", "model_provider=\"edge\"", "-c", &provider])
         .args(["-c", "model=\"gpt-x\""])
-        .args(args)
-        .output()
-        .expect("codex runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "codex {args:?} failed:\n{text}");
-    text
+        .args(args);
+    cli::run(&mut cmd, Duration::from_secs(120))
 }
 
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+/// A header by its name exactly as Codex writes it.
+fn header<'r>(r: &'r Recorded, name: &str) -> Option<&'r str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn body_key(r: &Recorded) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+    body["prompt_cache_key"].as_str().map(str::to_string)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_codex_cli_keeps_its_session_on_one_relay_and_ejects_none() {
+async fn the_codex_cli_keeps_its_session_and_subagents_on_one_relay_and_ejects_none() {
     let ups = upstreams(&["relay-a", "relay-b", "relay-c"]).await;
     // Passive health as shipped: three failures eject a relay.
     let edge = TestEdge::new(&format!(
-        "{}affinity: {{keys: [{{header: session-id}}, {{header: session_id}}]}}\n",
+        "{}affinity: {{presets: [codex]}}\n",
         upstreams_yaml(&ups)
     ))
     .start()
     .await;
+    let tap = Tap::start(edge.addr).await;
+    let base_url = format!("http://{}/v1", tap.addr);
     let home = tempfile::tempdir().expect("tempdir");
+    const TURNS: usize = 3;
     tokio::task::block_in_place(|| {
-        let first = codex(home.path(), &edge, &["say hi"]);
+        // Each turn spawns a subagent and waits for it.
+        let first = codex(
+            home.path(),
+            &base_url,
+            &[&format!("{SPAWN_TRIGGER} say hi")],
+        );
         assert!(first.contains("0 1 2 3 4"), "{first}");
-        for _ in 0..3 {
-            let again = codex(home.path(), &edge, &["resume", "--last", "again"]);
+        for _ in 1..TURNS {
+            let again = codex(
+                home.path(),
+                &base_url,
+                &["resume", "--last", &format!("{SPAWN_TRIGGER} again")],
+            );
             assert!(again.contains("0 1 2 3 4"), "{again}");
         }
     });
-    let served: Vec<(String, Vec<Option<String>>)> = ups
+
+    let served: Vec<(&str, Vec<Recorded>)> = ups
         .iter()
-        .map(|u| {
-            let sessions = u
-                .recorded()
-                .iter()
-                .filter(|r| r.path == "/v1/responses")
-                .map(|r| {
-                    r.header("session-id")
-                        .or(r.header("session_id"))
-                        .map(str::to_string)
-                })
-                .collect();
-            (u.name.clone(), sessions)
-        })
+        .map(|u| (u.name.as_str(), u.recorded()))
+        .filter(|(_, r)| !r.is_empty())
         .collect();
-    let homes: Vec<&(String, Vec<Option<String>>)> =
-        served.iter().filter(|(_, s)| !s.is_empty()).collect();
-    assert_eq!(homes.len(), 1, "one relay served the session: {served:?}");
-    let (home_relay, sessions) = homes[0];
-    assert_eq!(sessions.len(), 4, "{served:?}");
-    assert!(
-        sessions[0].is_some() && sessions.iter().all(|s| *s == sessions[0]),
-        "one session id, sent every time: {sessions:?}"
-    );
-    let metrics = edge.metrics().await;
-    let stream = |u: &str, outcome: &str| {
-        counter(
-            &metrics,
-            &format!("relay_edge_streams_total{{outcome=\"{outcome}\",upstream=\"{u}\"}}"),
-        )
-    };
-    assert_eq!(stream(home_relay, "completed"), 4, "{metrics}");
-    for u in &ups {
-        assert_eq!(stream(&u.name, "relay_cut"), 0, "{metrics}");
-        assert_eq!(
-            counter(
-                &metrics,
-                &format!(
-                    "relay_edge_upstream_ejections_total{{upstream=\"{}\"}}",
-                    u.name
-                )
-            ),
-            0,
-            "{metrics}"
-        );
+    let names: Vec<&str> = served.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names.len(), 1, "one relay served the session: {names:?}");
+    let (home_relay, requests) = &served[0];
+    assert!(requests.iter().all(|r| r.path == "/v1/responses"));
+    let (subagents, roots): (Vec<&Recorded>, Vec<&Recorded>) = requests
+        .iter()
+        .partition(|r| header(r, "x-openai-subagent").is_some());
+    // Per turn: the spawn, the wait, the answer; and the subagent's one.
+    assert_eq!(roots.len(), 3 * TURNS, "{requests:?}");
+    assert_eq!(subagents.len(), TURNS, "{requests:?}");
+    // The session: hyphenated headers (0.171.0), and the body's
+    // prompt_cache_key, all its id, resumed turns included.
+    let session = header(roots[0], "session-id").expect("session-id");
+    for r in &roots {
+        assert_eq!(header(r, "session-id"), Some(session), "{:?}", r.headers);
+        assert_eq!(header(r, "thread-id"), Some(session), "{:?}", r.headers);
+        assert_eq!(body_key(r).as_deref(), Some(session));
     }
-    // The Responses API's usage, read as it passed: 1000 input (900 cached),
-    // 10 output, per turn.
-    assert_eq!(
-        counter(
-            &metrics,
-            &format!(
-                "relay_edge_tokens_total{{kind=\"cache_read_input\",upstream=\"{home_relay}\"}}"
-            )
-        ),
-        3600
-    );
+    // A subagent: the root's session-id, a thread of its own.
+    let mut threads = std::collections::BTreeSet::new();
+    for r in &subagents {
+        assert_eq!(header(r, "session-id"), Some(session), "{:?}", r.headers);
+        assert_eq!(header(r, "x-codex-parent-thread-id"), Some(session));
+        assert_eq!(header(r, "x-openai-subagent"), Some("collab_spawn"));
+        let thread = header(r, "thread-id").expect("thread-id");
+        assert_ne!(thread, session);
+        threads.insert(thread);
+    }
+    assert_eq!(threads.len(), TURNS, "a subagent per turn: {threads:?}");
+    // The relay's turn-state token, sent back on each later request of a
+    // turn, byte for byte; never on a turn's first request.
+    let token = codex_turn_state(home_relay);
+    let mut turns_seen = std::collections::BTreeSet::new();
+    for r in &roots {
+        let turn = header(r, "x-codex-turn-metadata")
+            .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+            .and_then(|m| m["turn_id"].as_str().map(str::to_string))
+            .expect("a turn id in x-codex-turn-metadata");
+        let later = !turns_seen.insert(turn);
+        let want = later.then_some(token.as_str());
+        assert_eq!(header(r, "x-codex-turn-state"), want, "{:?}", r.headers);
+    }
+    assert_eq!(turns_seen.len(), TURNS);
+    // The session is pinned there (under the tenant of Codex's API key).
+    let tenant = KeyHasher::new(Defaults::HASH_SECRET)
+        .tenant(b"test-key")
+        .to_hex();
+    let (status, pin) = edge
+        .admin_json(
+            "GET",
+            &format!("/api/sessions/{session}?tenant={tenant}"),
+            b"",
+        )
+        .await;
+    assert_eq!(status, 200, "{pin}");
+    assert_eq!(pin["upstream"], *home_relay);
+    // Every header, as Codex wrote it.
+    assert_each_header_reached_as_sent(&tap.sent(), requests);
+
+    let n = requests.len() as u64;
+    let completed =
+        format!("relay_edge_streams_total{{outcome=\"completed\",upstream=\"{home_relay}\"}}");
+    eventually(Duration::from_secs(10), "every stream counted", || async {
+        counter(&edge.metrics().await, &completed) == n
+    })
+    .await;
+    let metrics = edge.metrics().await;
+    for u in &ups {
+        let cut = format!(
+            "relay_edge_streams_total{{outcome=\"relay_cut\",upstream=\"{}\"}}",
+            u.name
+        );
+        assert_eq!(counter(&metrics, &cut), 0, "{metrics}");
+        let ejections = format!(
+            "relay_edge_upstream_ejections_total{{upstream=\"{}\"}}",
+            u.name
+        );
+        assert_eq!(counter(&metrics, &ejections), 0, "{metrics}");
+    }
+    // The Responses API's usage, read as it passed: 900 cached input tokens
+    // per request.
+    let cached =
+        format!("relay_edge_tokens_total{{kind=\"cache_read_input\",upstream=\"{home_relay}\"}}");
+    assert_eq!(counter(&metrics, &cached), 900 * n, "{metrics}");
 }

@@ -1,7 +1,9 @@
 //! The agent presets of `affinity.presets`: each client's own session keys,
 //! in the order it is read, as key sources. Each was read from the client
-//! named beside it; a preset is only a list of sources, which `keys` can
-//! also name one by one.
+//! version named beside it (and the Codex CLI's and OpenCode's header sets
+//! also captured from real runs; `tests/it/codex.rs` and `opencode.rs`
+//! drive those two through the edge); a preset is only a list of sources,
+//! which `keys` can also name one by one.
 
 use super::*;
 
@@ -26,9 +28,10 @@ pub(super) fn preset(name: &str) -> Option<Vec<KeySpec>> {
             json(Defaults::CLAUDE_CODE_POINTER, Extract::ClaudeUserId),
         ],
         // Codex CLI 0.171.0 (`@openai/codex`): `session-id` (hyphenated
-        // since openai/codex #21757; a subagent sends its root's), the older
-        // `session_id`, `thread-id`, then the body's `prompt_cache_key` (its
-        // session id since July 2026).
+        // since openai/codex #21757, in 0.134.0; a subagent sends its
+        // root's, with a `thread-id` of its own), the older `session_id`
+        // (0.130.0 and before), `thread-id`, then the body's
+        // `prompt_cache_key` (its session id since July 2026).
         "codex" => vec![
             header("session-id"),
             header("session_id"),
@@ -38,15 +41,18 @@ pub(super) fn preset(name: &str) -> Option<Vec<KeySpec>> {
         // OpenCode 1.18.33 (`opencode-ai`): a subagent's parent first, so it
         // lands on its parent's relay and prompt cache; then
         // `x-session-affinity` and `x-session-id` (both its session id, on
-        // every request, `run --continue` included), and `x-opencode-session`
-        // on its own gateway.
+        // every request, `run --continue` included; the source's
+        // `X-Session-Id` goes out lower case), and `x-opencode-session` on
+        // its own gateway.
         "opencode" => vec![
             header("x-parent-session-id"),
             header("x-session-affinity"),
             header("x-session-id"),
             header("x-opencode-session"),
         ],
-        // Gemini CLI, Code Assist path: the body's `request.session_id`.
+        // Gemini CLI 0.61.0 (`@google/gemini-cli`), Code Assist path: the
+        // body's `request.session_id` (its session id; there since 0.1.9),
+        // beside `model`, `project` and `user_prompt_id`.
         "gemini_cli" => vec![json("/request/session_id", Extract::Whole)],
         "generic" => vec![header("x-session-id")],
         _ => return None,

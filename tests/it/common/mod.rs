@@ -1,18 +1,22 @@
 //! Test support: real relay-edge child processes on ports they bind
 //! themselves ([`edge`]), demo upstreams in-process (here), a raw HTTP/1.1
-//! client ([`http`]), real `redis-server` children ([`redis`]), and
-//! polling with deadlines ([`wait`]).
+//! client ([`http`]), real `redis-server` children ([`redis`]), real
+//! clients' command lines run to a deadline ([`cli`]) through a recording
+//! tap ([`tap`]), and polling with deadlines ([`wait`]).
 
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod edge;
 pub mod http;
 pub mod redis;
+pub mod tap;
 pub mod wait;
 
 pub use edge::{finishes_its_stream_and_exits, ready_addresses, Edge, TestEdge, BIN};
 pub use http::{messages_body, open_stream, open_stream_with, raw_request, request, Conn};
 pub use redis::{RedisCluster, RedisServer};
+pub use tap::{assert_each_header_reached_as_sent, Tap};
 pub use wait::eventually;
 
 use relay_edge::demo::DemoUpstream;
@@ -55,4 +59,14 @@ pub fn upstreams_yaml<'a>(ups: impl IntoIterator<Item = &'a DemoUpstream>) -> St
         y.push_str(&format!("  - {{id: {}, addr: {}}}\n", u.name, u.addr));
     }
     y
+}
+
+/// The value of one Prometheus series (`name{labels}` as exported), 0 when
+/// it is not there.
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
