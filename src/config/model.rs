@@ -27,6 +27,43 @@ pub struct Config {
     pub access_log: AccessLogSpec,
     pub tenants: TenantsSpec,
     pub capacity: CapacitySpec,
+    /// `upstreams[].on_remove` by upstream id. Kept beside the upstreams,
+    /// not in their specs: it shapes no connection, so changing it must
+    /// not rebuild a relay's peer (see `reload`).
+    pub on_remove: std::collections::HashMap<String, OnRemove>,
+}
+
+impl Config {
+    /// What becomes of upstream `id`'s pins when it is removed or drained.
+    pub fn on_remove(&self, id: &str) -> OnRemove {
+        self.on_remove.get(id).copied().unwrap_or(OnRemove::Move)
+    }
+}
+
+/// What becomes of a relay's pins when a reload removes it or it is drained
+/// (`upstreams[].on_remove`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRemove {
+    /// Each session moves at its next request (reason `removed` or
+    /// `draining`).
+    #[default]
+    Move,
+    /// Its pins are purged at once, on every edge of the shared table; each
+    /// session's next request is placed anew.
+    Purge,
+}
+
+/// What a passive ejection does to the ejected relay's pins
+/// (`failover.on_eject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnEject {
+    /// Nothing by itself: a session whose relay is ejected is re-pinned when
+    /// its next request reaches an edge that has ejected the relay.
+    #[default]
+    Keep,
+    /// Every session pinned to it is re-pinned at the ejection, by the edge
+    /// that ejected it, for every edge of the shared table.
+    Move,
 }
 
 /// Tenants: where a request's tenant comes from, and its limits.
@@ -70,6 +107,7 @@ pub struct FailoverSpec {
     /// Retries allowed in any ten seconds whatever the share says.
     pub retry_budget_min: u32,
     pub move_pin: MovePin,
+    pub on_eject: OnEject,
 }
 
 impl FailoverSpec {

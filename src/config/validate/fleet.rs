@@ -34,6 +34,29 @@ pub(super) fn listeners(listen: Vec<(usize, ListenFile)>, errs: &mut Errors) -> 
         .collect()
 }
 
+/// Each upstream's `on_remove`, by id (ids are checked by [`upstream_specs`]).
+pub(super) fn on_remove(
+    upstreams: &[(usize, UpstreamFile)],
+    errs: &mut Errors,
+) -> HashMap<String, OnRemove> {
+    let mut by_id = HashMap::new();
+    for (i, u) in upstreams {
+        let on_remove = match u.on_remove.as_deref() {
+            None | Some("move") => OnRemove::Move,
+            Some("purge") => OnRemove::Purge,
+            Some(other) => {
+                errs.push(
+                    format!("upstreams[{i}].on_remove"),
+                    format!("{other:?}: must be move or purge"),
+                );
+                OnRemove::Move
+            }
+        };
+        by_id.insert(u.id.clone(), on_remove);
+    }
+    by_id
+}
+
 /// The upstreams; `default_cap` is `capacity.max_inflight`.
 pub(super) fn upstream_specs(
     upstreams: Vec<(usize, UpstreamFile)>,
@@ -55,6 +78,7 @@ pub(super) fn upstream_specs(
                     weight,
                     tls,
                     max_inflight,
+                    on_remove: _,
                 },
             )| {
                 if id.is_empty()
