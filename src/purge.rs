@@ -144,7 +144,11 @@ mod tests {
     /// Twenty sessions on `a` (of tenant 1) and ten on `b`.
     fn pin(edge: &Edge) {
         for i in 0..30u128 {
-            let (to, tenant) = if i < 20 { ("a", Some(TenantId(1))) } else { ("b", None) };
+            let (to, tenant) = if i < 20 {
+                ("a", Some(TenantId(1)))
+            } else {
+                ("b", None)
+            };
             block(edge.store.claim(session(i), tenant, Arc::from(to)));
         }
     }

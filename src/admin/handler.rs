@@ -29,8 +29,8 @@
 mod pins;
 
 use super::views::{
-    AffinityView, CapacityView, CertificateView, ConfigView, DeletedView, ErrorView,
-    HealthView, HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
+    AffinityView, CapacityView, CertificateView, ConfigView, DeletedView, ErrorView, HealthView,
+    HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
     SessionCountView, SessionListView, SessionView, StatsView, TenantRejectionsView, TenantView,
     TenantsView, TokensView, UpstreamHistoryView, UpstreamView,
 };

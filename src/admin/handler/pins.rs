@@ -36,7 +36,9 @@ fn selector(query: Option<&str>) -> Result<Selector, &'static str> {
             // has no pins.
             if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c == '/')
             {
-                return Err("upstream must be an upstream id: 1 to 128 characters, without spaces or '/'");
+                return Err(
+                    "upstream must be an upstream id: 1 to 128 characters, without spaces or '/'",
+                );
             }
             Ok(Selector::Upstream(Arc::from(&*id)))
         }

@@ -29,7 +29,11 @@ impl RedisStore {
 
     /// Sessions, optionally only those of one upstream, at most `limit`:
     /// from the index sets (SSCAN), each read from its bucket.
-    pub(super) async fn list_shared(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
+    pub(super) async fn list_shared(
+        &self,
+        upstream: Option<&str>,
+        limit: usize,
+    ) -> Vec<SessionInfo> {
         let Some(mut conn) = self.conn() else {
             return self.local.list(upstream, limit).await;
         };

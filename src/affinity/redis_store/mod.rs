@@ -509,12 +509,7 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn count_new_session(
-        &self,
-        tenant: TenantId,
-        hour: u64,
-        limit: u64,
-    ) -> Option<bool> {
+    async fn count_new_session(&self, tenant: TenantId, hour: u64, limit: u64) -> Option<bool> {
         let mut conn = self.conn()?;
         let mut inv = self.scripts.new_session.key(self.tenant_key(tenant, hour));
         // Past its hour, the key is kept one more hour, then expires.

@@ -144,13 +144,19 @@ impl RedisStore {
     async fn walk_index(&self, conn: &Conn, upstream: &str, act: Act<'_>) -> Walk {
         let key = self.index_key(upstream);
         let mut walk = Walk::default();
+        let script = match act {
+            Act::Delete => &self.scripts.purge_ids,
+            Act::Move(_) => &self.scripts.move_ids,
+        };
+        self.load(conn, script).await;
         let mut cursor = 0u64;
         loop {
             let mut scan = redis::cmd("SSCAN");
             scan.arg(&key).arg(cursor).arg("COUNT").arg(BATCH);
             let mut c = conn.clone();
             let reply = scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut c);
-            let Some((next, members)) = self.call_within("purge", self.batch_timeout(), reply).await
+            let Some((next, members)) =
+                self.call_within("purge", self.batch_timeout(), reply).await
             else {
                 walk.stopped = Some(FAILED);
                 return walk;
@@ -198,11 +204,10 @@ impl RedisStore {
         let invocations: Vec<redis::ScriptInvocation<'_>> = groups
             .iter()
             .map(|(bucket, members)| {
-                let script = match act {
-                    Act::Delete => &self.scripts.purge_ids,
-                    Act::Move(_) => &self.scripts.move_ids,
+                let mut inv = match act {
+                    Act::Delete => self.scripts.purge_ids.key(bucket),
+                    Act::Move(_) => self.scripts.move_ids.key(bucket),
                 };
-                let mut inv = script.key(bucket);
                 inv.arg(upstream);
                 for &i in members {
                     inv.arg(&ids[i].to_bytes()[..]);
@@ -249,6 +254,7 @@ impl RedisStore {
         let buckets = self.spec.load().buckets.max(1);
         let selects = tenant.map(TenantId::to_hex).unwrap_or_default();
         let mut walk = Walk::default();
+        self.load(conn, &self.scripts.purge_bucket).await;
         for start in (0..buckets).step_by(BUCKETS_PER_BATCH as usize) {
             let invocations: Vec<redis::ScriptInvocation<'_>> = (start..buckets)
                 .take(BUCKETS_PER_BATCH as usize)
@@ -288,6 +294,14 @@ impl RedisStore {
             tokio::task::yield_now().await;
         }
         walk
+    }
+
+    /// Load `script` once before a walk, so that its calls, sent together,
+    /// do not each find it missing.
+    async fn load(&self, conn: &Conn, script: &redis::Script) {
+        let (mut conn, invocation) = (conn.clone(), script.prepare_invoke());
+        let load = invocation.load_async(&mut conn);
+        self.call_within("purge", self.batch_timeout(), load).await;
     }
 
     /// Run `invocations` at once (each on its own key); every answer, or

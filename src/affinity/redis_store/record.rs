@@ -116,10 +116,22 @@ mod tests {
         // The tenant field, alone or before the metadata; anything else in
         // its place is metadata.
         let cases = [
-            (Stored::fresh_of("r", Some(TenantId(0xab)), 5), Some(0xab), None),
-            ("r\t1\t2\t3\t4\t00000000000000ff\t{}".into(), Some(0xff), Some("{}")),
+            (
+                Stored::fresh_of("r", Some(TenantId(0xab)), 5),
+                Some(0xab),
+                None,
+            ),
+            (
+                "r\t1\t2\t3\t4\t00000000000000ff\t{}".into(),
+                Some(0xff),
+                Some("{}"),
+            ),
             ("r\t1\t2\t3\t4\t{\"a\":1}".into(), None, Some("{\"a\":1}")),
-            ("r\t1\t2\t3\t4\t00000000000000fg".into(), None, Some("00000000000000fg")),
+            (
+                "r\t1\t2\t3\t4\t00000000000000fg".into(),
+                None,
+                Some("00000000000000fg"),
+            ),
         ];
         for (value, tenant, metadata) in cases {
             let s = Stored::parse(&value).expect("parses");

@@ -359,7 +359,15 @@ impl SessionStore for LocalStore {
         tenant: Option<TenantId>,
         upstream: Arc<str>,
     ) -> Arc<SessionRecord> {
-        let fresh = || Arc::new(SessionRecord::new(upstream.clone(), tenant, unix_ms(), 0, 0));
+        let fresh = || {
+            Arc::new(SessionRecord::new(
+                upstream.clone(),
+                tenant,
+                unix_ms(),
+                0,
+                0,
+            ))
+        };
         self.update(id.0, |current| match current {
             Some(_) => None,
             None => Some(fresh()),

@@ -133,20 +133,31 @@ mod tests {
         let s = table();
         let one = s.lookup_local(SessionId(0)).expect("pinned");
         one.record(true);
-        one.metadata.store(Some(Arc::new("{\"team\":\"red\"}".into())));
+        one.metadata
+            .store(Some(Arc::new("{\"team\":\"red\"}".into())));
         // Session 1 has nowhere to go: it stays.
         let place = |id: SessionId| (id != SessionId(1)).then(|| up("c"));
         assert_eq!(s.move_local("a", &place), 2);
         let after = |i: u128| s.lookup_local(SessionId(i)).expect("pinned");
         assert_eq!(
-            (0..6).map(|i| after(i).upstream.to_string()).collect::<Vec<_>>(),
+            (0..6)
+                .map(|i| after(i).upstream.to_string())
+                .collect::<Vec<_>>(),
             ["c", "a", "c", "b", "b", "b"]
         );
         let moved = after(0);
         assert_eq!(moved.tenant, Some(TenantId(1)), "the tenant is kept");
-        assert_eq!(moved.errors.load(Ordering::Relaxed), 1, "so are its counters");
+        assert_eq!(
+            moved.errors.load(Ordering::Relaxed),
+            1,
+            "so are its counters"
+        );
         assert!(moved.metadata.load_full().is_some(), "and its metadata");
         assert_eq!(s.counts().get("c"), Some(&2));
-        assert_eq!(s.move_local("a", &place), 0, "what is left has nowhere to go");
+        assert_eq!(
+            s.move_local("a", &place),
+            0,
+            "what is left has nowhere to go"
+        );
     }
 }
