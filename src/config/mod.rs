@@ -11,7 +11,7 @@ pub mod model;
 mod validate;
 
 pub use model::*;
-pub use validate::{json_pointer, validate};
+pub use validate::{json_pointer, upstream_id_problem, validate};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -27,9 +27,8 @@ pub struct Config {
     pub access_log: AccessLogSpec,
     pub tenants: TenantsSpec,
     pub capacity: CapacitySpec,
-    /// `upstreams[].on_remove` by upstream id. Kept beside the upstreams,
-    /// not in their specs: it shapes no connection, so changing it must
-    /// not rebuild a relay's peer (see `reload`).
+    /// `upstreams[].on_remove` by id: not in the specs, as it shapes no
+    /// connection (a change must not rebuild a relay's peer in a reload).
     pub on_remove: std::collections::HashMap<String, OnRemove>,
 }
 
@@ -53,16 +52,14 @@ pub enum OnRemove {
     Purge,
 }
 
-/// What a passive ejection does to the ejected relay's pins
-/// (`failover.on_eject`).
+/// What a passive ejection does to the relay's pins (`failover.on_eject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnEject {
-    /// Nothing by itself: a session whose relay is ejected is re-pinned when
-    /// its next request reaches an edge that has ejected the relay.
+    /// Nothing by itself: a session moves when its next request reaches an
+    /// edge that has ejected the relay.
     #[default]
     Keep,
-    /// Every session pinned to it is re-pinned at the ejection, by the edge
-    /// that ejected it, for every edge of the shared table.
+    /// The edge that ejects it re-pins every session pinned to it at once.
     Move,
 }
 

@@ -358,6 +358,46 @@ mod tests {
         ), "{text}");
     }
 
+    /// What a purge and a drain that purged print, with Redis and without.
+    #[test]
+    fn a_purge_says_what_went_where() {
+        use crate::admin::views::{DrainView, PurgeView};
+        let purge = |removed, local, shared| PurgeView {
+            purged: "upstream relay-a".into(),
+            removed,
+            local,
+            shared,
+        };
+        let cases = [
+            (
+                purge(1100, 40, true),
+                "purged upstream relay-a: 1100 pins removed from redis; every edge dropped its cached ones (40 here); their sessions are placed anew\n",
+            ),
+            (
+                purge(1, 1, false),
+                "purged upstream relay-a: 1 pin removed from this edge's table; their sessions are placed anew\n",
+            ),
+        ];
+        for (view, want) in cases {
+            assert_eq!(purge_text(&view), want);
+        }
+        let drained = |purged, purge_error: Option<&str>| DrainView {
+            id: "relay-a".into(),
+            draining: true,
+            shared: true,
+            purged,
+            purge_error: purge_error.map(String::from),
+        };
+        let cases = [
+            (drained(None, None), "relay-a: draining; it takes no new sessions and its sessions move off (every edge on this Redis follows)\n"),
+            (drained(Some(7), None), "relay-a: draining; it takes no new sessions, and its 7 pins were purged (on_remove: purge) (every edge on this Redis follows)\n"),
+            (drained(Some(2), Some("redis is unreachable")), "relay-a: draining; it takes no new sessions, and its 2 pins were purged (on_remove: purge) (every edge on this Redis follows)\nthe purge stopped: redis is unreachable; run `relay-edge ctl purge --upstream relay-a`\n"),
+        ];
+        for (view, want) in cases {
+            assert_eq!(drain_text("relay-a", &view), want);
+        }
+    }
+
     #[test]
     fn keys_are_encoded_whole_into_one_path_segment() {
         assert_eq!(encode("relay-a/b c?"), "relay-a%2Fb%20c%3F");

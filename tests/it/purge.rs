@@ -563,3 +563,49 @@ async fn on_eject_move_repins_an_ejected_relays_sessions_at_once_and_keep_does_n
         }
     }
 }
+
+/// On a Redis Cluster each call of a batch goes to its own node (a
+/// pipeline may not cross slots there): a purge by upstream, then of all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_runs_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("'{u}'")).collect();
+    let conf = format!(
+        "{}{KEYED}redis: {{cluster: [{}], sync_interval: 1h, buckets: 64}}\n",
+        upstreams_yaml(&ups),
+        urls.join(", ")
+    );
+    let (a, b) = (shared_edge(&conf).await, shared_edge(&conf).await);
+    let keys: Vec<String> = (0..40).map(|i| format!("cluster-{i}")).collect();
+    let mut on_a = Vec::new();
+    for key in &keys {
+        if a.get("/v1/x", &[("x-session-id", key)]).await.upstream() == "relay-a" {
+            on_a.push(key.clone());
+        }
+        b.get("/v1/x", &[("x-session-id", key)]).await;
+    }
+    assert!(!on_a.is_empty() && on_a.len() < keys.len(), "{on_a:?}");
+    assert_eq!(listed(&a, "relay-a").await, on_a.len());
+    let (code, purged) = a
+        .admin_json("DELETE", "/api/sessions?upstream=relay-a", b"")
+        .await;
+    assert_eq!(
+        (code, purged["removed"].clone()),
+        (200, on_a.len().into()),
+        "{purged}"
+    );
+    assert_eq!(listed(&a, "relay-a").await, 0);
+    assert_eq!(listed(&b, "relay-b").await, keys.len() - on_a.len());
+    eventually(
+        Duration::from_secs(5),
+        "B placed a purged session anew",
+        || async { affinity(&b.get("/v1/x", &[("x-session-id", &on_a[0])]).await) == "new" },
+    )
+    .await;
+    let (code, all) = a.admin_json("DELETE", "/api/sessions?all=true", b"").await;
+    // Every session but those purged before, and the one placed anew since.
+    let left = keys.len() - on_a.len() + 1;
+    assert_eq!((code, all["removed"].clone()), (200, left.into()), "{all}");
+    assert_eq!(listed(&a, "relay-a").await + listed(&a, "relay-b").await, 0);
+}

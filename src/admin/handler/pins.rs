@@ -31,17 +31,13 @@ fn selector(query: Option<&str>) -> Result<Selector, &'static str> {
     let tenant = query_param(query, "tenant");
     let all = query_param(query, "all");
     match (upstream, tenant, all) {
-        (Some(id), None, None) => {
-            // The rule of `upstreams[].id`: an id that no config could hold
-            // has no pins.
-            if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c == '/')
-            {
-                return Err(
-                    "upstream must be an upstream id: 1 to 128 characters, without spaces or '/'",
-                );
+        // An id that no config could hold has no pins.
+        (Some(id), None, None) => match crate::config::upstream_id_problem(&id) {
+            None => Ok(Selector::Upstream(Arc::from(&*id))),
+            Some(_) => {
+                Err("upstream must be an upstream id: 1 to 128 characters, without spaces or '/'")
             }
-            Ok(Selector::Upstream(Arc::from(&*id)))
-        }
+        },
         (None, Some(hex), None) => TenantId::from_hex(&hex)
             .map(Selector::Tenant)
             .ok_or(BAD_TENANT),

@@ -390,7 +390,7 @@ impl SessionStore for LocalStore {
                     r.errors.load(Ordering::Relaxed),
                 )
             });
-            let tenant = current.map_or(tenant, |r| r.tenant);
+            let tenant = tenant.or_else(|| current.and_then(|r| r.tenant));
             Arc::new(SessionRecord::new(
                 to.clone(),
                 tenant,
@@ -421,7 +421,7 @@ impl SessionStore for LocalStore {
                     r.errors.load(Ordering::Relaxed),
                 )
             });
-            let tenant = previous.map_or(tenant, |r| r.tenant);
+            let tenant = tenant.or_else(|| previous.and_then(|r| r.tenant));
             let record = SessionRecord::new(upstream, tenant, created, requests, errors);
             let metadata = metadata
                 .or_else(|| previous.and_then(|r| r.metadata.load_full().map(|m| (*m).clone())));

@@ -34,6 +34,13 @@ pub(super) fn listeners(listen: Vec<(usize, ListenFile)>, errs: &mut Errors) -> 
         .collect()
 }
 
+/// What is wrong with `id` as an upstream's id, if anything: the rule of
+/// `upstreams[].id`, which the admin API's purge holds ids to as well.
+pub fn upstream_id_problem(id: &str) -> Option<&'static str> {
+    let bad = id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c == '/');
+    bad.then_some("must be 1 to 128 characters, without spaces or '/'")
+}
+
 /// Each upstream's `on_remove`, by id (ids are checked by [`upstream_specs`]).
 pub(super) fn on_remove(
     upstreams: &[(usize, UpstreamFile)],
@@ -81,14 +88,8 @@ pub(super) fn upstream_specs(
                     on_remove: _,
                 },
             )| {
-                if id.is_empty()
-                    || id.len() > 128
-                    || id.chars().any(|c| c.is_whitespace() || c == '/')
-                {
-                    errs.push(
-                        format!("upstreams[{i}].id"),
-                        "must be 1 to 128 characters, without spaces or '/'",
-                    );
+                if let Some(problem) = upstream_id_problem(&id) {
+                    errs.push(format!("upstreams[{i}].id"), problem);
                 } else if !ids.insert(id.clone()) {
                     errs.push(format!("upstreams[{i}].id"), format!("duplicate id {id:?}"));
                 }

@@ -18,6 +18,7 @@ use super::FieldError;
 pub use affinity::json_pointer;
 use affinity::*;
 use capacity::*;
+pub use fleet::upstream_id_problem;
 use fleet::*;
 pub use process::admin_only;
 use process::*;
