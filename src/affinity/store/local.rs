@@ -3,7 +3,7 @@
 //! bookkeeping; see `benches/RESULTS.md` for what moka cost here) with the
 //! TTL checked on each use and swept now and then. Without Redis it is the
 //! table; the Redis store keeps one in front of the shared table, with what
-//! [`front`] adds for that use.
+//! [`front`] adds for that use. [`purge`] changes pins in bulk.
 
 mod front;
 mod purge;

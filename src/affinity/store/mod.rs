@@ -6,7 +6,8 @@
 //! failover re-pin, or the admin API. A pin and its counters are a
 //! [`SessionRecord`], updated in place; the admin API shows a session as a
 //! [`SessionInfo`]; a graceful upgrade hands one over as a
-//! [`HandedSession`].
+//! [`HandedSession`]. Pins change in bulk by [`SessionStore::purge`] (what a
+//! [`Selector`] names) and [`SessionStore::move_all`] (an ejected relay's).
 //!
 //! [`LocalStore`] (`local`) keeps the table in this process. The Redis
 //! store puts one in front of the shared table.
