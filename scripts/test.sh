@@ -3,7 +3,9 @@
 # the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
 # systemd's systemd-analyze for the integration tests; python3 and its venv
 # for the Anthropic SDK test; chromium, node and playwright-core for the
-# dashboard's browser test; prometheus's promtool for the alert rules), as
+# dashboard's browser test; prometheus's promtool for the alert rules;
+# microsocks and tinyproxy, the real SOCKS5 and CONNECT proxies that relays
+# sit behind in the upstream-proxy tests), as
 # root or with sudo, and cargo-deb, with which a test builds and inspects the
 # .deb.
 set -euo pipefail
@@ -19,6 +21,8 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

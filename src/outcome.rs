@@ -1,6 +1,6 @@
 //! The words relay-edge uses for what happened to a request: why a
 //! session moved, why pins were purged, how a stream ended, why an attempt failed or was
-//! abandoned, why a capped relay or a tenant's limit refused one, what a
+//! abandoned, why a relay could not be reached, why a capped relay or a tenant's limit refused one, what a
 //! client did wrong, what
 //! affinity did, and the tokens an answer reported. They sit at the bottom of the tree, so that the proxy,
 //! the metrics, the logs and the dashboard share one vocabulary without
@@ -221,6 +221,8 @@ pub enum FailureCause {
     NoUpstream,
     /// Every connect attempt failed (502).
     Connect,
+    /// The relay's egress proxy refused or failed the tunnel (502).
+    Proxy,
     /// The upstream connection was lost before the response began (502).
     ConnectionLost,
     /// The upstream did not answer in time (504).
@@ -238,9 +240,10 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
-    pub const ALL: [FailureCause; 9] = [
+    pub const ALL: [FailureCause; 10] = [
         FailureCause::NoUpstream,
         FailureCause::Connect,
+        FailureCause::Proxy,
         FailureCause::ConnectionLost,
         FailureCause::Timeout,
         FailureCause::BadUpstreamResponse,
@@ -254,6 +257,7 @@ impl FailureCause {
         match self {
             FailureCause::NoUpstream => "no_upstream",
             FailureCause::Connect => "connect",
+            FailureCause::Proxy => "proxy",
             FailureCause::ConnectionLost => "connection_lost",
             FailureCause::Timeout => "timeout",
             FailureCause::BadUpstreamResponse => "bad_upstream_response",
@@ -357,4 +361,58 @@ pub struct Usage {
     pub cache_read: u64,
     pub cache_creation: u64,
     pub output: u64,
+}
+
+/// Why a connection to a relay, or an active check of it, failed: the
+/// `reason` of `relay_edge_upstream_connect_failures_total` (never
+/// `status`), and `check_failure` in `/api/upstreams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayFailure {
+    /// The relay's egress proxy refused or failed the tunnel.
+    Proxy,
+    Connect,
+    Tls,
+    Timeout,
+    /// An active check's answer was not 2xx.
+    Status,
+    Error,
+}
+
+impl RelayFailure {
+    pub const ALL: [RelayFailure; 6] = [
+        RelayFailure::Proxy,
+        RelayFailure::Connect,
+        RelayFailure::Tls,
+        RelayFailure::Timeout,
+        RelayFailure::Status,
+        RelayFailure::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RelayFailure::Proxy => "proxy",
+            RelayFailure::Connect => "connect",
+            RelayFailure::Tls => "tls",
+            RelayFailure::Timeout => "timeout",
+            RelayFailure::Status => "status",
+            RelayFailure::Error => "error",
+        }
+    }
+
+    /// Why an attempt or a check that ended with `e` failed.
+    pub fn of(e: &pingora_core::Error) -> RelayFailure {
+        use pingora_core::ErrorType::*;
+        match e.etype() {
+            ConnectProxyFailure => RelayFailure::Proxy,
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+                RelayFailure::Timeout
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed | SocketError => {
+                RelayFailure::Connect
+            }
+            TLSHandshakeFailure | InvalidCert | HandshakeError => RelayFailure::Tls,
+            CustomCode(..) => RelayFailure::Status,
+            _ => RelayFailure::Error,
+        }
+    }
 }

@@ -56,6 +56,9 @@ import threading
 import time
 import urllib.parse
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common.ports import free_port  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SSE_EVENTS, SSE_GAP_MS = 60, 500   # about 30 s (--short: 30 events, about 15 s)
 HEALTH_LAG = 2.0           # s: an edge may still take a restarted relay for down
@@ -184,22 +187,6 @@ async def relay_serve(name, port, logfile):
 
 
 # ---------------------------------------------------------------- small helpers
-
-_GIVEN_PORTS = set()
-
-
-def free_port():
-    """A free loopback port, never handed out twice by this script: the
-    kernel may offer a just-released port again before its new owner binds
-    it, and two servers given one port make one of them answer for both."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
-
 
 def port_accepts(port):
     try:

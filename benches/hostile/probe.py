@@ -43,6 +43,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common.ports import free_port as shared_free_port  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 KIB, MIB = 1 << 10, 1 << 20
@@ -90,20 +93,8 @@ def install_missing():
     subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + need, check=True, env=env, timeout=600)
 
 
-_GIVEN_PORTS = set()
-
-
 def free_port():
-    """A free loopback port, never handed out twice by this script: the
-    kernel may offer a just-released port again before its new owner binds
-    it, and two servers given one port make one of them answer for both."""
-    while True:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
+    return shared_free_port(HOST)
 
 
 def _die_with_parent():

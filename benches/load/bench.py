@@ -72,6 +72,9 @@ import tempfile
 import time
 import uuid
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common.ports import free_port  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CPUS = sorted(os.sched_getaffinity(0))
@@ -124,22 +127,6 @@ def install_missing():
     subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
     subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + need, check=True,
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-
-
-_GIVEN_PORTS = set()
-
-
-def free_port():
-    """A free loopback port, never handed out twice by this script: the
-    kernel may offer a just-released port again before its new owner binds
-    it, and two servers given one port make one of them answer for both."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
 
 
 class Procs:

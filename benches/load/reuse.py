@@ -20,21 +20,8 @@ import tempfile
 import time
 import urllib.request
 
-
-_GIVEN_PORTS = set()
-
-
-def free_port():
-    """A free loopback port, never handed out twice by this script: the
-    kernel may offer a just-released port again before its new owner binds
-    it, and two servers given one port make one of them answer for both."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common.ports import free_port  # noqa: E402
 
 
 def wait_ready(admin, proc, within=30):

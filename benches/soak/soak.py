@@ -38,6 +38,9 @@ import threading
 import time
 import uuid
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common.ports import free_port  # noqa: E402
+
 CPUS = sorted(os.sched_getaffinity(0))
 PINNED = len(CPUS) >= 2 and shutil.which("taskset") is not None
 EDGE_CPUS = str(CPUS[0])
@@ -138,22 +141,6 @@ class Procs:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
-
-
-_GIVEN_PORTS = set()
-
-
-def free_port():
-    """A free loopback port, never handed out twice by this script: the
-    kernel may offer a just-released port again before its new owner binds
-    it, and two servers given one port make one of them answer for both."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
 
 
 def wait_until(cond, within, step=0.1):

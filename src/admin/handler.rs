@@ -214,10 +214,12 @@ fn upstream_view(u: &Upstream, sessions: u64, now: u64, tokens: [u64; 4]) -> Ups
     };
     UpstreamView {
         id: u.id.to_string(),
-        addr: u.spec.addr.to_string(),
+        addr: u.spec.relay_addr(),
+        proxy: u.spec.proxy.as_ref().map(|p| p.shown()),
         weight: u.spec.weight,
         tls: u.spec.tls.is_some(),
         healthy: u.health.is_healthy(),
+        check_failure: u.health.last_failure().map(|f| f.label().to_string()),
         ejected: u.ejection.is_ejected(now),
         ejected_for_seconds: u.ejection.remaining_ms(now) as f64 / 1000.0,
         ejections: u.ejection.ejections(),

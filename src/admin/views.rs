@@ -180,9 +180,14 @@ pub struct ListenerView {
 pub struct UpstreamView {
     pub id: String,
     pub addr: String,
+    /// Its egress proxy's URL, without the password; null for none.
+    pub proxy: Option<String>,
     pub weight: u32,
     pub tls: bool,
     pub healthy: bool,
+    /// Why its last active check failed (`proxy`, `connect`, `tls`,
+    /// `timeout`, `status`, `error`); null after a check that passed.
+    pub check_failure: Option<String>,
     pub ejected: bool,
     pub ejected_for_seconds: f64,
     pub ejections: u64,
@@ -380,7 +385,7 @@ mod tests {
         capacity.lease_left_ms capacity.max_inflight capacity.queued \
         capacity.recent_wait_p90_ms capacity.redis_failing \
         connections_opened draining ejected ejected_for_seconds \
-        ejections errors healthy id inflight mean_connect_ms pooled_reuse_ratio requests \
+        check_failure ejections errors healthy id inflight mean_connect_ms pooled_reuse_ratio proxy requests \
         sessions tls tokens tokens.cache_creation_input tokens.cache_read_input \
         tokens.cache_read_ratio tokens.input tokens.output unusable weight";
     const SESSION: &str = "created_unix_ms errors id last_seen_unix_ms metadata \

@@ -283,6 +283,8 @@ pub struct UpstreamFile {
     pub max_inflight: Option<u32>,
     /// `move` or `purge`: what becomes of its pins when it is removed or drained.
     pub on_remove: Option<String>,
+    /// An egress proxy URL; may hold a password (never printed).
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

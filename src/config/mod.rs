@@ -8,9 +8,11 @@
 
 pub mod file;
 pub mod model;
+mod upstream_proxy;
 mod validate;
 
 pub use model::*;
+pub use upstream_proxy::*;
 pub use validate::{json_pointer, upstream_id_problem, validate};
 
 use std::fmt;

@@ -3,6 +3,9 @@
 //! It has no serde: every value here has been checked and defaulted by
 //! [`super::validate`]. The defaults live in one place, [`Defaults`].
 
+mod pins;
+
+pub use pins::{OnEject, OnRemove};
 use regex::Regex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,30 +40,6 @@ impl Config {
     pub fn on_remove(&self, id: &str) -> OnRemove {
         self.on_remove.get(id).copied().unwrap_or(OnRemove::Move)
     }
-}
-
-/// What becomes of a relay's pins when a reload removes it or it is drained
-/// (`upstreams[].on_remove`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnRemove {
-    /// Each session moves at its next request (reason `removed` or
-    /// `draining`).
-    #[default]
-    Move,
-    /// Its pins are purged at once, on every edge of the shared table; each
-    /// session's next request is placed anew.
-    Purge,
-}
-
-/// What a passive ejection does to the relay's pins (`failover.on_eject`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnEject {
-    /// Nothing by itself: a session moves when its next request reaches an
-    /// edge that has ejected the relay.
-    #[default]
-    Keep,
-    /// The edge that ejects it re-pins every session pinned to it at once.
-    Move,
 }
 
 /// Tenants: where a request's tenant comes from, and its limits.
@@ -237,13 +216,28 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub id: String,
+    /// Where the edge connects: the relay, or its proxy when `proxy` is set
+    /// (resolved at load and at each reload, never per request).
     pub addr: SocketAddr,
+    /// The egress proxy the relay is reached through (`upstreams[].proxy`).
+    pub proxy: Option<super::UpstreamProxy>,
     pub weight: u32,
     pub tls: Option<UpstreamTls>,
     /// Requests and streams in flight at this relay, across every edge
     /// that shares the Redis (`upstreams[].max_inflight`, else
     /// `capacity.max_inflight`); `None`: no cap.
     pub max_inflight: Option<u32>,
+}
+
+impl UpstreamSpec {
+    /// The relay's address as operators read it: its own, or the one its
+    /// proxy is asked for.
+    pub fn relay_addr(&self) -> String {
+        match &self.proxy {
+            Some(p) => p.target.to_string(),
+            None => self.addr.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

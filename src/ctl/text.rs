@@ -119,6 +119,10 @@ pub(super) fn upstream_state(u: &UpstreamView) -> String {
     match u.unusable.as_deref() {
         None => "healthy".into(),
         Some("ejected") => format!("ejected {:.0}s", u.ejected_for_seconds),
+        Some("unhealthy") => match &u.check_failure {
+            Some(why) => format!("unhealthy ({why})"),
+            None => "unhealthy".into(),
+        },
         Some(other) => other.into(),
     }
 }
@@ -129,7 +133,10 @@ pub(super) fn upstreams_table(list: &[UpstreamView]) -> String {
         .map(|u| {
             vec![
                 u.id.clone(),
-                u.addr.clone(),
+                match &u.proxy {
+                    Some(proxy) => format!("{} via {proxy}", u.addr),
+                    None => u.addr.clone(),
+                },
                 upstream_state(u),
                 u.inflight.to_string(),
                 capped(u, |c| c.max_inflight.to_string()),

@@ -42,6 +42,8 @@ use tokio::task::AbortHandle;
 /// One request as the upstream received it (header names as sent).
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The address it came from: the edge's, or its proxy's.
+    pub peer: Option<SocketAddr>,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -261,6 +263,7 @@ fn query_num(query: &str, name: &str) -> Option<u64> {
 }
 
 async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
+    let peer = stream.peer_addr().ok();
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     let mut proxied = false;
@@ -274,6 +277,7 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             inner.requests.fetch_add(1, Ordering::SeqCst);
             if let Ok(mut r) = inner.recorded.lock() {
                 r.push(Recorded {
+                    peer,
                     method: req.method.clone(),
                     path: req.path.clone(),
                     headers: req.headers.clone(),

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub retries: IntCounter,
     /// Answered attempts left for another upstream, by upstream and reason.
     pub abandoned: IntCounterVec,
+    pub connect_failures: IntCounterVec,
     /// Retries the retry budget refused.
     pub retry_budget_exhausted: IntCounter,
     /// Streaming answers by upstream and outcome.
@@ -284,6 +285,11 @@ impl Metrics {
                 "Attempts retried: on another upstream, or once on a fresh connection.",
             )
             .expect("static metric definition"),
+        );
+        let connect_failures = counter_vec(
+            "relay_edge_upstream_connect_failures_total",
+            "Connections to a relay that could not be opened, by upstream and reason (proxy, connect, tls, timeout, error).",
+            &["upstream", "reason"],
         );
         let abandoned = counter_vec(
             "relay_edge_attempts_abandoned_total",
@@ -540,6 +546,7 @@ impl Metrics {
             ejections,
             retries,
             abandoned,
+            connect_failures,
             retry_budget_exhausted,
             streams,
             cold_moves,

@@ -3,7 +3,7 @@
 //! a label set up; and the token kinds of `relay_edge_tokens_total`.
 
 use super::{Metrics, COMMON_CODES};
-use crate::outcome::{AbandonReason, Refused, StreamOutcome, Usage};
+use crate::outcome::{AbandonReason, Refused, RelayFailure, StreamOutcome, Usage};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 /// The `kind` labels of `relay_edge_tokens_total`, in [`Usage`] order.
@@ -35,12 +35,18 @@ pub struct UpstreamMetrics {
     pub(super) streams: [IntCounter; StreamOutcome::ALL.len()],
     pub(super) tokens: [IntCounter; 4],
     pub(super) abandoned: [IntCounter; AbandonReason::ALL.len()],
+    pub(super) connect_failures: [IntCounter; RelayFailure::ALL.len()],
 }
 
 impl UpstreamMetrics {
     /// Count an answered attempt left for another upstream.
     pub fn abandoned(&self, reason: AbandonReason) {
         self.abandoned[reason as usize].inc();
+    }
+
+    /// Count a connection to it that could not be opened, and why.
+    pub fn connect_failed(&self, why: RelayFailure) {
+        self.connect_failures[why as usize].inc();
     }
 
     /// Count one stream's end.
@@ -125,6 +131,8 @@ impl Metrics {
             tokens: TokenKind::ALL.map(|k| self.tokens.with_label_values(&[id, k])),
             abandoned: AbandonReason::ALL
                 .map(|r| self.abandoned.with_label_values(&[id, r.label()])),
+            connect_failures: RelayFailure::ALL
+                .map(|r| self.connect_failures.with_label_values(&[id, r.label()])),
         }
     }
 
@@ -145,6 +153,11 @@ impl Metrics {
         }
         for reason in AbandonReason::ALL {
             let _ = self.abandoned.remove_label_values(&[id, reason.label()]);
+        }
+        for why in RelayFailure::ALL {
+            let _ = self
+                .connect_failures
+                .remove_label_values(&[id, why.label()]);
         }
         self.forget_capacity(id);
     }

@@ -26,7 +26,9 @@ use crate::budgets::RetryBudget;
 use crate::capacity::queue::Slot;
 use crate::config::MovePin;
 use crate::metrics::Metrics;
-use crate::outcome::{AbandonReason, AffinityOutcome, RepinReason, StreamOutcome, Usage};
+use crate::outcome::{
+    AbandonReason, AffinityOutcome, RelayFailure, RepinReason, StreamOutcome, Usage,
+};
 use crate::state::State;
 use crate::upstream::select::Tried;
 use crate::upstream::{Upstream, UpstreamSet};
@@ -173,6 +175,21 @@ impl Attempts {
 
     /// The current relay failed the request, which leaves it (`because`):
     /// count the failure; may another relay be tried?
+    /// The current attempt could not connect (`e`): counted with its
+    /// reason, then failed as [`Self::fail`] does.
+    pub fn connect_failed(&mut self, state: &State, e: &Error, metrics: &Metrics) -> bool {
+        if let Some(attempt) = &self.current {
+            let why = RelayFailure::of(e);
+            attempt.upstream.metrics.connect_failed(why);
+            log::debug!(
+                "upstream {}: connect failed ({}): {e}",
+                attempt.upstream.id,
+                why.label()
+            );
+        }
+        self.fail(state, RepinReason::ConnectFailure, metrics)
+    }
+
     pub fn fail(&mut self, state: &State, because: RepinReason, metrics: &Metrics) -> bool {
         if let Some(attempt) = self.current.take() {
             attempt

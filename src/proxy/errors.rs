@@ -59,10 +59,11 @@ pub fn cause(e: &Error, mid_response: bool) -> Option<FailureCause> {
         (ErrorSource::Unset | ErrorSource::Internal, HTTPStatus(529)) => FailureCause::Capacity,
         (ErrorSource::Upstream, _) if mid_response => FailureCause::Cut,
         (ErrorSource::Downstream, _) => FailureCause::BadRequest,
+        (ErrorSource::Upstream, ConnectProxyFailure) => FailureCause::Proxy,
         (
             ErrorSource::Upstream,
-            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-            | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | SocketError | BindError,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+            | TLSHandshakeTimedout | InvalidCert | SocketError | BindError,
         ) => FailureCause::Connect,
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => FailureCause::Timeout,
         (ErrorSource::Upstream, ConnectionClosed | ReadError | WriteError) => {
@@ -268,6 +269,14 @@ mod tests {
                 ConnectRefused,
                 502,
                 Some(F::Connect),
+                Some(F::Cut),
+                None,
+            ),
+            (
+                Relay,
+                ConnectProxyFailure,
+                502,
+                Some(F::Proxy),
                 Some(F::Cut),
                 None,
             ),

@@ -36,7 +36,7 @@ use super::{admission, route, EdgeProxy, RequestCtx};
 use crate::clock;
 // Why an answered attempt may be left.
 use crate::outcome::AbandonReason as Leave;
-use crate::outcome::{RepinReason, StreamOutcome};
+use crate::outcome::StreamOutcome;
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
@@ -179,9 +179,7 @@ async fn attempt(
         Err(e) => {
             let mut e = e.into_up();
             let metrics = &proxy.edge.metrics;
-            let again = ctx
-                .attempts
-                .fail(state, RepinReason::ConnectFailure, metrics);
+            let again = ctx.attempts.connect_failed(state, &e, metrics);
             e.set_retry(again);
             return Reached::Failed(e, None);
         }

@@ -54,7 +54,7 @@ pub mod tenant_admission;
 
 use crate::affinity::keys::HeadLookup;
 use crate::clock;
-use crate::outcome::{AbandonReason, AffinityOutcome, ClientError, RepinReason};
+use crate::outcome::{AbandonReason, AffinityOutcome, ClientError};
 use crate::state::{Edge, State};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -295,9 +295,7 @@ impl ProxyHttp for EdgeProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let state = ctx.state(&self.edge).clone();
-        let may_retry = ctx
-            .attempts
-            .fail(&state, RepinReason::ConnectFailure, &self.edge.metrics);
+        let may_retry = ctx.attempts.connect_failed(&state, &e, &self.edge.metrics);
         e.set_retry(may_retry);
         e
     }

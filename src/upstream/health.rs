@@ -9,6 +9,7 @@
 //! runs it every `interval` is [`crate::services`].
 
 use crate::config::{HealthSpec, UpstreamSpec};
+use crate::outcome::RelayFailure;
 use async_trait::async_trait;
 use pingora_core::connectors::http::Connector as HttpConnector;
 use pingora_core::connectors::TransportConnector;
@@ -17,7 +18,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The active-check verdict of one upstream.
@@ -25,6 +26,9 @@ pub struct HealthState {
     healthy: AtomicBool,
     successes: AtomicUsize,
     failures: AtomicUsize,
+    /// Why the last check failed: 1 + its index in [`RelayFailure::ALL`],
+    /// or 0 when it passed (or none ran).
+    last_failure: AtomicU8,
 }
 
 impl Default for HealthState {
@@ -33,6 +37,7 @@ impl Default for HealthState {
             healthy: AtomicBool::new(true),
             successes: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
+            last_failure: AtomicU8::new(0),
         }
     }
 }
@@ -40,6 +45,33 @@ impl Default for HealthState {
 impl HealthState {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Why the last check failed; `None` if it passed.
+    pub fn last_failure(&self) -> Option<RelayFailure> {
+        let n = self.last_failure.load(Ordering::Relaxed);
+        RelayFailure::ALL
+            .get(usize::from(n).checked_sub(1)?)
+            .copied()
+    }
+
+    /// Record one check's result (`Err`: why it failed); returns the new
+    /// verdict if it flipped.
+    pub fn record(
+        &self,
+        result: std::result::Result<(), RelayFailure>,
+        healthy_after: usize,
+        unhealthy_after: usize,
+    ) -> Option<bool> {
+        let code = match result {
+            Ok(()) => 0,
+            Err(why) => RelayFailure::ALL
+                .iter()
+                .position(|&f| f == why)
+                .map_or(0, |i| i as u8 + 1),
+        };
+        self.last_failure.store(code, Ordering::Relaxed);
+        self.observe(result.is_ok(), healthy_after, unhealthy_after)
     }
 
     /// Set the verdict outright (a new upstream's first check, a carried-over one).
@@ -115,12 +147,13 @@ pub fn checker(
         o.verify_cert = t.verify;
         o.verify_hostname = t.verify;
     }
+    super::peer::through_proxy(&mut peer, spec, health.timeout);
     let request = health.path.as_ref().and_then(|path| {
         let host = health
             .host
             .clone()
             .or(sni)
-            .unwrap_or_else(|| spec.addr.to_string());
+            .unwrap_or_else(|| spec.relay_addr());
         let mut req = RequestHeader::build("GET", path.as_bytes(), None).ok()?;
         req.insert_header(http::header::HOST, host).ok()?;
         req.insert_header(http::header::USER_AGENT, "relay-edge-health-check")

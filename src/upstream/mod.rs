@@ -11,12 +11,13 @@ pub mod ejection;
 pub mod health;
 pub mod peer;
 pub mod select;
+pub mod tunnel;
 
 use crate::capacity::RelayCapacity;
 use crate::clock;
 use crate::config::{HealthSpec, PassiveSpec, Timeouts, UpstreamSpec};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::outcome::{AffinityOutcome, RepinReason};
+use crate::outcome::{AffinityOutcome, RelayFailure, RepinReason};
 use ejection::{Ejection, Verdict};
 use health::{Check, CheckConnectors, HealthState};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -331,19 +332,23 @@ impl UpstreamSet {
             let u = u.clone();
             let spec = spec.clone();
             tasks.spawn(async move {
-                let ok = matches!(
-                    tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await,
-                    Ok(Ok(()))
-                );
+                let (result, error) =
+                    match tokio::time::timeout(spec.timeout, u.checker.check(&u.backend)).await {
+                        Ok(Ok(())) => (Ok(()), None),
+                        Ok(Err(e)) => (Err(RelayFailure::of(&e)), Some(e.to_string())),
+                        Err(_) => (Err(RelayFailure::Timeout), None),
+                    };
                 match u
                     .health
-                    .observe(ok, spec.healthy_after, spec.unhealthy_after)
+                    .record(result, spec.healthy_after, spec.unhealthy_after)
                 {
                     Some(true) => log::info!("upstream {} is healthy again", u.id),
                     Some(false) => log::warn!(
-                        "upstream {} failed {} health checks in a row",
+                        "upstream {} failed {} health checks in a row ({}){}",
                         u.id,
-                        spec.unhealthy_after
+                        spec.unhealthy_after,
+                        result.err().map_or("", RelayFailure::label),
+                        error.map(|e| format!(": {e}")).unwrap_or_default()
                     ),
                     None => {}
                 }

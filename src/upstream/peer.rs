@@ -2,10 +2,15 @@
 //!
 //! Pingora reuses a pooled connection only for an identical peer (address,
 //! scheme, SNI, verify flags, group key), so every request to an upstream
-//! clones this template instead of building its own.
+//! clones this template instead of building its own. A relay behind a
+//! proxy gets its [`Tunnel`] and pool key here, for requests and health
+//! checks alike.
 
+use super::tunnel::{self, Tunnel};
 use crate::config::{Timeouts, UpstreamSpec};
 use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub fn build_peer(spec: &UpstreamSpec, timeouts: &Timeouts) -> HttpPeer {
     let (tls, sni) = match &spec.tls {
@@ -25,5 +30,17 @@ pub fn build_peer(spec: &UpstreamSpec, timeouts: &Timeouts) -> HttpPeer {
         o.verify_cert = t.verify;
         o.verify_hostname = t.verify;
     }
+    through_proxy(&mut peer, spec, timeouts.connect);
     peer
+}
+
+/// When `spec`'s relay is behind a proxy, connect `peer` through it (the
+/// peer's address is already the proxy's), dialing and handshaking within
+/// `within`, and pool its connections apart from any other relay's or
+/// user's.
+pub fn through_proxy(peer: &mut HttpPeer, spec: &UpstreamSpec, within: Duration) {
+    if let Some(proxy) = &spec.proxy {
+        peer.group_key = tunnel::group_key(&spec.id, proxy);
+        peer.options.custom_l4 = Some(Arc::new(Tunnel::new(proxy.clone(), within)));
+    }
 }

@@ -20,6 +20,7 @@ mod framing;
 mod hostile;
 mod operations_guide;
 mod package;
+mod proxies;
 mod purge;
 mod ready_file;
 mod redis_cost;

@@ -17,6 +17,27 @@ pub fn self_signed_named(
     cn: &str,
     prefix: &str,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
+    certificate(dir, cn, prefix, &[])
+}
+
+/// A self-signed certificate for `localhost` that a verifying client takes
+/// once it trusts it (an end entity: `CA:FALSE`, which rustls requires), as
+/// `leaf-cert.pem` and `leaf-key.pem` in `dir`.
+pub fn self_signed_leaf(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    certificate(
+        dir,
+        "localhost",
+        "leaf-",
+        &["-addext", "basicConstraints=critical,CA:FALSE"],
+    )
+}
+
+fn certificate(
+    dir: &std::path::Path,
+    cn: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (
         dir.join(format!("{prefix}cert.pem")),
         dir.join(format!("{prefix}key.pem")),
@@ -27,6 +48,7 @@ pub fn self_signed_named(
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject,
         ])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(extra)
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

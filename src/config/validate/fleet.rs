@@ -86,6 +86,7 @@ pub(super) fn upstream_specs(
                     tls,
                     max_inflight,
                     on_remove: _,
+                    proxy,
                 },
             )| {
                 if let Some(problem) = upstream_id_problem(&id) {
@@ -104,8 +105,22 @@ pub(super) fn upstream_specs(
                     .rsplit_once(':')
                     .map_or(addr.as_str(), |(h, _)| h)
                     .to_string();
-                let sock = socket_addr(&addr, &format!("upstreams[{i}].addr"), errs)
-                    .unwrap_or_else(placeholder_addr);
+                // Behind a proxy, the edge connects to the proxy, and the
+                // relay's name may resolve only where the proxy is.
+                let (proxy, sock) = match proxy {
+                    Some(url) => {
+                        let path = format!("upstreams[{i}].proxy");
+                        match upstream_proxy(&url, &addr, &path, errs) {
+                            Some((proxy, sock)) => (Some(proxy), sock),
+                            None => (None, placeholder_addr()),
+                        }
+                    }
+                    None => (
+                        None,
+                        socket_addr(&addr, &format!("upstreams[{i}].addr"), errs)
+                            .unwrap_or_else(placeholder_addr),
+                    ),
+                };
                 let tls = tls.map(|UpstreamTlsFile { sni, verify }| UpstreamTls {
                     sni: sni.unwrap_or(host),
                     verify,
@@ -122,6 +137,7 @@ pub(super) fn upstream_specs(
                 UpstreamSpec {
                     id,
                     addr: sock,
+                    proxy,
                     weight,
                     tls,
                     max_inflight,
