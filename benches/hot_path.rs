@@ -96,7 +96,7 @@ fn table_lookup(c: &mut Criterion) {
         .map(|i| hasher.id(format!("key-{i}").as_bytes()))
         .collect();
     for id in &ids {
-        rt.block_on(store.claim(*id, up.clone()));
+        rt.block_on(store.claim(*id, None, up.clone()));
     }
     let mut i = 0;
     c.bench_function("table/local_hit_10k_sessions", |b| {

@@ -21,6 +21,7 @@
 //! upstream::health  background service: active checks of every upstream
 //! redis sync        background service: pub/sub invalidations, batched TTL renewals,
 //!                   write-back after an outage
+//! purge             pins forgotten or moved in bulk (admin, on_remove, on_eject)
 //! admin             its own listener: JSON API, /metrics, dashboard (history, indicators)
 //! history           background service: a sample of the counters every 10 s
 //! access log        its own thread: formats and writes the queued lines
@@ -47,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod purge;
 pub mod ready_file;
 pub mod reload;
 pub mod server;

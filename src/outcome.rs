@@ -1,5 +1,5 @@
 //! The words relay-edge uses for what happened to a request: why a
-//! session moved, how a stream ended, why an attempt failed or was
+//! session moved, why pins were purged, how a stream ended, why an attempt failed or was
 //! abandoned, why a relay could not be reached, why a capped relay or a tenant's limit refused one, what a
 //! client did wrong, what
 //! affinity did, and the tokens an answer reported. They sit at the bottom of the tree, so that the proxy,
@@ -47,6 +47,28 @@ impl RepinReason {
             RepinReason::ConnectionLost => "connection_lost",
             RepinReason::ErrorAnswer => "error_answer",
             RepinReason::Capacity => "capacity",
+        }
+    }
+}
+
+/// Why pins were purged: the `reason` label of
+/// `relay_edge_affinity_purged_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeReason {
+    /// `DELETE /api/sessions?...`, or `relay-edge ctl purge`.
+    Admin,
+    /// A relay with `upstreams[].on_remove: purge` was removed by a reload,
+    /// or drained.
+    OnRemove,
+}
+
+impl PurgeReason {
+    pub const ALL: [PurgeReason; 2] = [PurgeReason::Admin, PurgeReason::OnRemove];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PurgeReason::Admin => "admin",
+            PurgeReason::OnRemove => "on_remove",
         }
     }
 }

@@ -49,6 +49,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         tenants: _,
         // Caps, the queue and the leases apply at once.
         capacity: _,
+        on_remove: _,
     } = new;
     keep!("listen", listeners, old.listeners);
     // The writer's destination and queue are opened once, at start.
@@ -311,6 +312,11 @@ impl Edge {
             redis.set_upstreams(state.upstreams.all().iter().map(|u| u.id.clone()).collect());
         }
         self.swap(state);
+        // A removed relay's sessions move at their next request, or with
+        // `on_remove: purge` (as the file it was removed from said), now.
+        for id in &removed {
+            let _ = self.purge_on_remove(&old.config, id).await;
+        }
         ReloadReport {
             generation,
             took_ms: started.elapsed().as_secs_f64() * 1000.0,

@@ -166,6 +166,10 @@ pub struct Edge {
     pub certificates: Certificates,
     /// Tenants' in-flight slots, local new-session counts and the top table.
     pub tenants: crate::tenants::Tenants,
+    /// Told the id of each relay this edge ejects (`failover.on_eject`).
+    ejected: tokio::sync::mpsc::UnboundedSender<Arc<str>>,
+    /// ... which the ejections' service takes, once.
+    ejected_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<str>>>>,
 }
 
 impl Edge {
@@ -210,6 +214,8 @@ impl Edge {
         };
         let checks = CheckConnectors::new();
         let state = State::build_with(config, &metrics, &checks, 1);
+        let (ejected, ejected_rx) = tokio::sync::mpsc::unbounded_channel();
+        state.upstreams.report_ejections(ejected.clone());
         metrics.config_generation.set(1);
         let edge = Arc::new(Edge {
             current: ArcSwap::from_pointee(state),
@@ -233,6 +239,8 @@ impl Edge {
             started: SystemTime::now(),
             certificates,
             tenants: Default::default(),
+            ejected,
+            ejected_rx: std::sync::Mutex::new(Some(ejected_rx)),
         });
         if let Some(redis) = &edge.redis {
             redis.set_upstreams(
@@ -270,7 +278,14 @@ impl Edge {
 
     /// Make `state` the current generation.
     pub(crate) fn swap(&self, state: State) {
+        state.upstreams.report_ejections(self.ejected.clone());
         self.current.store(Arc::new(state));
+    }
+
+    /// The ids of the relays this edge ejects, as it ejects them: for the
+    /// one service that acts on them (`None` once taken).
+    pub fn take_ejections(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Arc<str>>> {
+        self.ejected_rx.lock().ok()?.take()
     }
 
     /// The current generation.

@@ -203,6 +203,7 @@ mod tests {
         local.put(
             crate::affinity::SessionId(7),
             "a".into(),
+            None,
             crate::clock::unix_ms(),
         );
         save_table(&old, &sock);

@@ -16,6 +16,8 @@
 //! DELETE /api/sessions/{key}
 //!                                       each takes ?tenant=HASH (the tenant's hex hash, as
 //!                                       /api/stats shows it): the session of that tenant
+//! DELETE /api/sessions?upstream=ID | ?tenant=HASH | ?all=true
+//!                                       purge those pins, on every edge (`pins`)
 //! POST   /api/reload                    200 with the new generation, or 400 with the errors
 //! GET    /                              the HTML dashboard
 //! ```
@@ -24,9 +26,11 @@
 //! `Authorization: Bearer <token>`, compared in constant time. Errors share one JSON shape:
 //! `{"error": "..."}`. Every JSON answer is a view of [`super::views`].
 
+mod pins;
+
 use super::views::{
-    AffinityView, CapacityView, CertificateView, ConfigView, DeletedView, DrainView, ErrorView,
-    HealthView, HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
+    AffinityView, CapacityView, CertificateView, ConfigView, DeletedView, ErrorView, HealthView,
+    HistoryPointView, HistoryView, IndicatorView, ListenerView, PinRequest, ReadyView,
     SessionCountView, SessionListView, SessionView, StatsView, TenantRejectionsView, TenantView,
     TenantsView, TokensView, UpstreamHistoryView, UpstreamView,
 };
@@ -156,9 +160,10 @@ pub async fn handle(edge: &Edge, req: AdminRequest<'_>) -> AdminResponse {
         ("GET", ["api", "history"]) => AdminResponse::ok(&history(edge)),
         ("GET", ["api", "upstreams"]) => AdminResponse::ok(&upstreams(edge)),
         ("POST", ["api", "upstreams", id, action @ ("drain" | "undrain")]) => {
-            drain(edge, id, *action == "drain").await
+            pins::drain(edge, id, *action == "drain").await
         }
         ("GET", ["api", "sessions"]) => list_sessions(edge, req.query).await,
+        ("DELETE", ["api", "sessions"]) => pins::purge(edge, req.query).await,
         (method, ["api", "sessions", key]) => session(edge, method, key, req.query, req.body).await,
         ("POST", ["api", "reload"]) => match edge.reload().await {
             Ok(report) => AdminResponse::ok(&report),
@@ -410,29 +415,6 @@ fn certificates(edge: &Edge) -> Vec<CertificateView> {
         .collect()
 }
 
-async fn drain(edge: &Edge, id: &str, on: bool) -> AdminResponse {
-    let state = edge.state();
-    let Some(u) = state
-        .upstreams
-        .index_of(id)
-        .and_then(|i| state.upstreams.get(i))
-    else {
-        return AdminResponse::error(StatusCode::NOT_FOUND, "no such upstream");
-    };
-    u.set_draining(on);
-    let shared = edge.store.share_drain(&u.id, on).await;
-    log::info!(
-        "upstream {} {}",
-        u.id,
-        if on { "draining" } else { "undrained" }
-    );
-    AdminResponse::ok(&DrainView {
-        id: u.id.to_string(),
-        draining: on,
-        shared,
-    })
-}
-
 /// What happens to a session on its next request, as this edge sees it.
 fn session_status(edge: &Edge, upstream: &str) -> &'static str {
     let state = edge.state();
@@ -500,12 +482,7 @@ async fn session(
         None => None,
         Some(hex) => match TenantId::from_hex(&hex) {
             Some(t) => Some(t),
-            None => {
-                return AdminResponse::error(
-                    StatusCode::BAD_REQUEST,
-                    "tenant must be a tenant's hash: 16 hex digits, as /api/stats shows it",
-                )
-            }
+            None => return AdminResponse::error(StatusCode::BAD_REQUEST, pins::BAD_TENANT),
         },
     };
     let state = edge.state();
@@ -551,7 +528,7 @@ async fn session(
             else {
                 return bad("no such upstream");
             };
-            edge.store.set(id, u.id.clone(), metadata).await;
+            edge.store.set(id, tenant, u.id.clone(), metadata).await;
             match edge.store.get(id).await {
                 Some(info) => AdminResponse::ok(&session_view(info, None)),
                 None => {

@@ -279,6 +279,28 @@ pub struct DrainView {
     pub draining: bool,
     /// Every edge on the same Redis follows.
     pub shared: bool,
+    /// With `upstreams[].on_remove: purge`, a drain purges the relay's
+    /// pins: how many it removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purged: Option<u64>,
+    /// ... and why that purge stopped before the end, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_error: Option<String>,
+}
+
+/// `DELETE /api/sessions?upstream=ID | ?tenant=HASH | ?all=true`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PurgeView {
+    /// What was purged: `upstream ID`, `tenant HASH` or `all`.
+    pub purged: String,
+    /// Pins removed from the table in force: Redis's when it is
+    /// configured, else this edge's.
+    pub removed: u64,
+    /// Pins this edge dropped from its own table (or, with Redis, its cache).
+    pub local: u64,
+    /// With Redis: every edge was told to drop its cached pins.
+    pub shared: bool,
 }
 
 /// A session: `GET` and `PUT /api/sessions/{key}`, and each element of
@@ -481,6 +503,15 @@ mod tests {
         check("upstreams", vec![upstream()], names("[].", UPSTREAM));
         let drain = DrainView::default();
         check("drain", drain, names("", "draining id shared"));
+        let purging = DrainView {
+            purged: Some(3),
+            purge_error: Some("x".into()),
+            ..DrainView::default()
+        };
+        let drained = names("", "draining id shared purged purge_error");
+        check("drain with a purge", purging, drained);
+        let purge = PurgeView::default();
+        check("purge", purge, names("", "purged removed local shared"));
         check("PUT session", session(None), names("", SESSION));
         let mut get = names("", SESSION);
         get.push("status".into());

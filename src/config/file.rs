@@ -281,6 +281,8 @@ pub struct UpstreamFile {
     pub weight: Option<u32>,
     pub tls: Option<UpstreamTlsFile>,
     pub max_inflight: Option<u32>,
+    /// `move` or `purge`: what becomes of its pins when it is removed or drained.
+    pub on_remove: Option<String>,
     /// An egress proxy URL; may hold a password (never printed).
     pub proxy: Option<String>,
 }
@@ -396,6 +398,8 @@ pub struct FailoverFile {
     pub retry_budget_min: Option<u32>,
     pub move_pin: Option<String>,
     pub move_pin_after: Option<u32>,
+    /// `keep` or `move`: what an ejection does to the relay's pins.
+    pub on_eject: Option<String>,
 }
 
 /// Relay capacity: the default cap, the queue in front of a capped relay,

@@ -13,7 +13,7 @@ mod validate;
 
 pub use model::*;
 pub use upstream_proxy::*;
-pub use validate::{json_pointer, validate};
+pub use validate::{json_pointer, upstream_id_problem, validate};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

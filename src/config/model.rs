@@ -3,6 +3,9 @@
 //! It has no serde: every value here has been checked and defaulted by
 //! [`super::validate`]. The defaults live in one place, [`Defaults`].
 
+mod pins;
+
+pub use pins::{OnEject, OnRemove};
 use regex::Regex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +30,16 @@ pub struct Config {
     pub access_log: AccessLogSpec,
     pub tenants: TenantsSpec,
     pub capacity: CapacitySpec,
+    /// `upstreams[].on_remove` by id: not in the specs, as it shapes no
+    /// connection (a change must not rebuild a relay's peer in a reload).
+    pub on_remove: std::collections::HashMap<String, OnRemove>,
+}
+
+impl Config {
+    /// What becomes of upstream `id`'s pins when it is removed or drained.
+    pub fn on_remove(&self, id: &str) -> OnRemove {
+        self.on_remove.get(id).copied().unwrap_or(OnRemove::Move)
+    }
 }
 
 /// Tenants: where a request's tenant comes from, and its limits.
@@ -70,6 +83,7 @@ pub struct FailoverSpec {
     /// Retries allowed in any ten seconds whatever the share says.
     pub retry_budget_min: u32,
     pub move_pin: MovePin,
+    pub on_eject: OnEject,
 }
 
 impl FailoverSpec {

@@ -72,6 +72,20 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Forget pins in bulk, on every edge that shares the table: their
+    /// sessions' next requests are placed anew.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["upstream", "tenant", "all"])))]
+    Purge {
+        /// Every pin to upstream ID.
+        #[arg(long, value_name = "ID")]
+        upstream: Option<String>,
+        /// Every pin of this tenant's sessions (its hash, as `status` shows it).
+        #[arg(long, value_name = "HASH")]
+        tenant: Option<String>,
+        /// Every pin.
+        #[arg(long)]
+        all: bool,
+    },
     /// Reload the config file of the running edge.
     Reload,
 }
@@ -122,6 +136,18 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
             ("PUT", key_path(key, tenant), Some(body))
         }
         Command::Forget { key, tenant } => ("DELETE", key_path(key, tenant), None),
+        Command::Purge {
+            upstream,
+            tenant,
+            all,
+        } => {
+            let query = match (upstream, tenant) {
+                (Some(id), _) => format!("upstream={}", encode(id)),
+                (_, Some(t)) => format!("tenant={}", encode(t)),
+                _ => format!("all={all}"),
+            };
+            ("DELETE", format!("/api/sessions?{query}"), None)
+        }
         Command::Reload => ("POST", "/api/reload".to_string(), None),
     };
     let (status, body) = admin.call(method, &route, body.as_deref())?;
@@ -142,10 +168,7 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
     Ok(match &args.command {
         Command::Status => status_text(&admin.read(&body)?),
         Command::Upstreams => upstreams_table(&admin.read::<Vec<UpstreamView>>(&body)?),
-        Command::Drain { id } => format!(
-            "{id}: draining; it takes no new sessions and its sessions move off{}\n",
-            shared_note(&admin.read(&body)?)
-        ),
+        Command::Drain { id } => drain_text(id, &admin.read(&body)?),
         Command::Undrain { id } => format!(
             "{id}: takes sessions again{}\n",
             shared_note(&admin.read(&body)?)
@@ -156,6 +179,7 @@ fn execute(path: &Path, args: &CtlArgs) -> Result<String, Failure> {
         Command::Forget { key, .. } => {
             format!("{key}: forgotten; its next request is placed anew\n")
         }
+        Command::Purge { .. } => purge_text(&admin.read(&body)?),
         Command::Reload => reload_text(&admin.read(&body)?),
     })
 }
@@ -177,6 +201,12 @@ fn refusal(command: &Command, status: u16, body: &[u8]) -> String {
         (Command::Session { key, .. } | Command::Forget { key, .. }, 404) => {
             format!("no session {key:?}: it has no pin (never seen, expired or forgotten); its next request is placed anew")
         }
+        (Command::Purge { .. }, 400) => {
+            format!("the edge refused the purge: {said}; see `relay-edge ctl purge --help`")
+        }
+        (Command::Purge { .. }, 503) => format!(
+            "{said}. Pins are left in the shared table: check the redis section of `relay-edge ctl status`, then run the purge again"
+        ),
         (Command::Reload, 400) => {
             let mut text = String::from(
                 "the config file was rejected; the running config stays. Fix these and run `relay-edge ctl reload` again:",
@@ -326,6 +356,46 @@ mod tests {
         assert!(text.starts_with(
             "reloaded: generation 3 in 12.35 ms\nadded      x, y\nremoved    -\nchanged    z\nNOT APPLIED listen "
         ), "{text}");
+    }
+
+    /// What a purge and a drain that purged print, with Redis and without.
+    #[test]
+    fn a_purge_says_what_went_where() {
+        use crate::admin::views::{DrainView, PurgeView};
+        let purge = |removed, local, shared| PurgeView {
+            purged: "upstream relay-a".into(),
+            removed,
+            local,
+            shared,
+        };
+        let cases = [
+            (
+                purge(1100, 40, true),
+                "purged upstream relay-a: 1100 pins removed from redis; every edge dropped its cached ones (40 here); their sessions are placed anew\n",
+            ),
+            (
+                purge(1, 1, false),
+                "purged upstream relay-a: 1 pin removed from this edge's table; their sessions are placed anew\n",
+            ),
+        ];
+        for (view, want) in cases {
+            assert_eq!(purge_text(&view), want);
+        }
+        let drained = |purged, purge_error: Option<&str>| DrainView {
+            id: "relay-a".into(),
+            draining: true,
+            shared: true,
+            purged,
+            purge_error: purge_error.map(String::from),
+        };
+        let cases = [
+            (drained(None, None), "relay-a: draining; it takes no new sessions and its sessions move off (every edge on this Redis follows)\n"),
+            (drained(Some(7), None), "relay-a: draining; it takes no new sessions, and its 7 pins were purged (on_remove: purge) (every edge on this Redis follows)\n"),
+            (drained(Some(2), Some("redis is unreachable")), "relay-a: draining; it takes no new sessions, and its 2 pins were purged (on_remove: purge) (every edge on this Redis follows)\nthe purge stopped: redis is unreachable; run `relay-edge ctl purge --upstream relay-a`\n"),
+        ];
+        for (view, want) in cases {
+            assert_eq!(drain_text("relay-a", &view), want);
+        }
     }
 
     #[test]

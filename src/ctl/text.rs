@@ -2,8 +2,8 @@
 //! aligned tables and short lines (`--json` prints the views themselves).
 
 use crate::admin::views::{
-    CapacityView, DrainView, IndicatorView, ReloadReport, SessionView, StatsView, TenantsView,
-    UpstreamView,
+    CapacityView, DrainView, IndicatorView, PurgeView, ReloadReport, SessionView, StatsView,
+    TenantsView, UpstreamView,
 };
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -16,6 +16,46 @@ pub(super) fn shared_note(v: &DrainView) -> &'static str {
     match v.shared {
         true => " (every edge on this Redis follows)",
         false => "",
+    }
+}
+
+/// A drain: and what its purge did, with `on_remove: purge`.
+pub(super) fn drain_text(id: &str, v: &DrainView) -> String {
+    let mut text = match v.purged {
+        None => format!("{id}: draining; it takes no new sessions and its sessions move off"),
+        Some(n) => format!(
+            "{id}: draining; it takes no new sessions, and its {n} pins were purged (on_remove: purge)"
+        ),
+    };
+    text.push_str(shared_note(v));
+    text.push('\n');
+    if let Some(e) = &v.purge_error {
+        let _ = writeln!(
+            text,
+            "the purge stopped: {e}; run `relay-edge ctl purge --upstream {id}`"
+        );
+    }
+    text
+}
+
+/// A purge: what went, where.
+pub(super) fn purge_text(v: &PurgeView) -> String {
+    let pins = |n: u64| match n {
+        1 => "1 pin".to_string(),
+        n => format!("{n} pins"),
+    };
+    match v.shared {
+        true => format!(
+            "purged {}: {} removed from redis; every edge dropped its cached ones ({} here); their sessions are placed anew\n",
+            v.purged,
+            pins(v.removed),
+            v.local
+        ),
+        false => format!(
+            "purged {}: {} removed from this edge's table; their sessions are placed anew\n",
+            v.purged,
+            pins(v.removed)
+        ),
     }
 }
 

@@ -1,15 +1,27 @@
 //! What the request path counts on the registry's own handles: re-pins,
-//! affinity outcomes, tenants' refusals, clients' errors and failures, and
+//! purged pins, affinity outcomes, tenants' refusals, clients' errors and failures, and
 //! requests that reached no upstream.
 
 use super::Metrics;
-use crate::outcome::{AffinityOutcome, ClientError, FailureCause, RejectReason, RepinReason};
+use crate::outcome::{
+    AffinityOutcome, ClientError, FailureCause, PurgeReason, RejectReason, RepinReason,
+};
 use prometheus::IntCounter;
 
 impl Metrics {
     /// Count one re-pin.
     pub fn repin(&self, reason: RepinReason) {
         self.repins[reason as usize].inc();
+    }
+
+    /// Count `n` re-pins of one reason at once (a bulk move).
+    pub fn repins(&self, reason: RepinReason, n: u64) {
+        self.repins[reason as usize].inc_by(n);
+    }
+
+    /// Count `n` pins a purge this edge ran forgot.
+    pub fn purged(&self, reason: PurgeReason, n: u64) {
+        self.purged[reason as usize].inc_by(n);
     }
 
     /// Count one keyed request's affinity outcome.

@@ -10,8 +10,9 @@ mod upstream;
 
 pub use upstream::{CapacityMetrics, TokenKind, UpstreamMetrics};
 
-use crate::outcome::RejectReason;
-use crate::outcome::{AffinityOutcome, ClientError, FailureCause, RepinReason};
+use crate::outcome::{
+    AffinityOutcome, ClientError, FailureCause, PurgeReason, RejectReason, RepinReason,
+};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub lookup_shared_hit: IntCounter,
     pub lookup_miss: IntCounter,
     repins: [IntCounter; RepinReason::ALL.len()],
+    /// Pins forgotten by purges this edge ran, by reason.
+    purged: [IntCounter; PurgeReason::ALL.len()],
     /// Keyed requests by affinity outcome, in [`AffinityOutcome`] order.
     affinity_requests: [IntCounter; AffinityOutcome::ALL.len()],
     /// `limits.max_connections`: the cap on open client connections.
@@ -360,6 +363,12 @@ impl Metrics {
         let lookup_shared_hit = affinity_lookups.with_label_values(&["redis_hit"]);
         let lookup_miss = affinity_lookups.with_label_values(&["miss"]);
         let repins = RepinReason::ALL.map(|r| affinity_repins.with_label_values(&[r.label()]));
+        let purged_vec = counter_vec(
+            "relay_edge_affinity_purged_total",
+            "Pins forgotten by purges this edge ran (with Redis: removed from the shared table), by reason (admin, on_remove).",
+            &["reason"],
+        );
+        let purged = PurgeReason::ALL.map(|r| purged_vec.with_label_values(&[r.label()]));
         let affinity_requests_vec = counter_vec(
             "relay_edge_affinity_requests_total",
             "Keyed requests by affinity outcome: hit (the session's own upstream), new, moved (served elsewhere).",
@@ -550,6 +559,7 @@ impl Metrics {
             lookup_shared_hit,
             lookup_miss,
             repins,
+            purged,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The registry's promises: every family exported before its first event.
 use super::*;
-use crate::outcome::{AbandonReason, StreamOutcome};
+use crate::outcome::{AbandonReason, PurgeReason, StreamOutcome};
 
 /// Every labelled family whose label values are known when an upstream
 /// is configured has its series from the start, at 0, so that alert
@@ -30,6 +30,13 @@ fn every_family_is_exported_before_its_first_event() {
         let series = format!(
             "relay_edge_streams_total{{outcome=\"{}\",upstream=\"relay-a\"}} 0",
             outcome.label()
+        );
+        assert!(text.contains(&series), "{series}");
+    }
+    for reason in PurgeReason::ALL {
+        let series = format!(
+            "relay_edge_affinity_purged_total{{reason=\"{}\"}} 0",
+            reason.label()
         );
         assert!(text.contains(&series), "{series}");
     }

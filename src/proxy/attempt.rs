@@ -416,7 +416,7 @@ mod tests {
             (MovePin::AfterFailures(0), Some(0), true, false),
         ];
         for (mode, failures, before, want) in cases {
-            let record = SessionRecord::new("a".into(), 0, 0, 0);
+            let record = SessionRecord::new("a".into(), None, 0, 0, 0);
             (0..failures.unwrap_or(0)).for_each(|_| {
                 record.failed_answer();
             });
@@ -443,7 +443,7 @@ mod tests {
         for (mode, pinned_to, keep_pin) in cases {
             let state = state(&format!("failover:\n  {mode}\n"));
             let metrics = Metrics::new();
-            let record = SessionRecord::new(pinned_to.into(), 0, 0, 0);
+            let record = SessionRecord::new(pinned_to.into(), None, 0, 0, 0);
             let mut attempts = Attempts {
                 keep_pin: true,
                 ..Attempts::default()

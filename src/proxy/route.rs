@@ -123,7 +123,10 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
                 ctx.seen.affinity = Some(AffinityOutcome::New);
                 edge.session_created();
                 let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
-                let record = edge.store.claim(id, ups.all()[index].id.clone()).await;
+                let record = edge
+                    .store
+                    .claim(id, ctx.tenant, ups.all()[index].id.clone())
+                    .await;
                 let winner = ups
                     .index_of(&record.upstream)
                     .filter(|&i| ups.all()[i].is_usable(now));
@@ -148,8 +151,8 @@ pub async fn choose(edge: &Edge, state: &State, ctx: &mut RequestCtx, now: u64) 
     let index = place(edge, state, Some(id), ctx, now).ok_or_else(no_upstream)?;
     let to = ups.all()[index].id.clone();
     let record = match &from {
-        Some(from) => edge.store.repin(id, from, to).await,
-        None => edge.store.claim(id, to).await,
+        Some(from) => edge.store.repin(id, ctx.tenant, from, to).await,
+        None => edge.store.claim(id, ctx.tenant, to).await,
     };
     // Another instance may have moved the session first: follow it if we can.
     let landed = ups
@@ -297,7 +300,7 @@ mod tests {
             let id = SessionId(42);
             let mut ctx = RequestCtx::new(&edge);
             ctx.session = keyed.then_some(id);
-            let pin = |to: &str| runtime.block_on(edge.store.claim(id, to.into()));
+            let pin = |to: &str| runtime.block_on(edge.store.claim(id, None, to.into()));
             let now = crate::clock::now_ms();
             let mut avoid = None;
             match before {

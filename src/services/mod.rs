@@ -8,6 +8,8 @@
 //!   `redis.connect_wait` has passed); then `/readyz` answers 200, the pid
 //!   file is written and systemd is told `READY=1`;
 //! - [`HistorySampler`] samples the counters for the dashboard's history;
+//! - [`Ejections`] re-pins an ejected relay's sessions at once, with
+//!   `failover.on_eject: move` (`crate::purge`);
 //! - [`RedisSync`] keeps the shared table in sync with Redis;
 //! - [`capacity::CapacitySync`] renews this edge's grants of capped relays
 //!   (with Redis);
@@ -43,6 +45,10 @@ pub fn add_all(server: &mut Server, edge: &Arc<Edge>) {
     server.add_service(background_service(
         "relay-edge history",
         HistorySampler { edge: e() },
+    ));
+    server.add_service(background_service(
+        "relay-edge ejections",
+        Ejections { edge: e() },
     ));
     if let Some(redis) = &edge.redis {
         server.add_service(background_service(
@@ -124,6 +130,34 @@ pub struct RedisSync {
 impl BackgroundService for RedisSync {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.store.clone().run(shutdown).await;
+    }
+}
+
+/// Acts on each relay this edge ejects, one at a time, as
+/// `failover.on_eject` says ([`Edge::ejected`]).
+pub struct Ejections {
+    pub edge: Arc<Edge>,
+}
+
+#[async_trait]
+impl BackgroundService for Ejections {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut ejected) = self.edge.take_ejections() else {
+            log::error!("the ejections' service started twice");
+            return;
+        };
+        loop {
+            tokio::select! {
+                id = ejected.recv() => match id {
+                    // Logged and counted there.
+                    Some(id) => {
+                        let _ = self.edge.ejected(&id).await;
+                    }
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -226,6 +226,8 @@ pub struct UpstreamSet {
     by_id: HashMap<Arc<str>, usize>,
     ring: select::Ring,
     passive: PassiveSpec,
+    /// Told the id of each upstream ejected here (see `Edge::take_ejections`).
+    ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<str>>>,
 }
 
 impl UpstreamSet {
@@ -249,7 +251,13 @@ impl UpstreamSet {
             by_id,
             ring,
             passive,
+            ejections: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Send the id of each upstream this set ejects to `to` (set once).
+    pub fn report_ejections(&self, to: tokio::sync::mpsc::UnboundedSender<Arc<str>>) {
+        let _ = self.ejections.set(to);
     }
 
     pub fn all(&self) -> &[Arc<Upstream>] {
@@ -298,6 +306,9 @@ impl UpstreamSet {
             u.ejection.eject(duration);
             u.metrics.ejections.inc();
             u.refresh_healthy_gauge();
+            if let Some(to) = self.ejections.get() {
+                let _ = to.send(u.id.clone());
+            }
             log::warn!(
                 "upstream {} ejected for {:?} after repeated failures",
                 u.id,

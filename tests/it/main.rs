@@ -22,6 +22,7 @@ mod opencode;
 mod operations_guide;
 mod package;
 mod proxies;
+mod purge;
 mod ready_file;
 mod redis_cost;
 pub mod reload;

@@ -63,6 +63,10 @@ fn routes_without_sockets() {
         ("PUT", "/api/sessions/alice", r#"{"upstream":"b"}"#, 200),
         ("GET", "/api/sessions/alice", "", 200),
         ("GET", "/api/sessions?limit=x", "", 400),
+        ("DELETE", "/api/sessions", "", 400),
+        ("DELETE", "/api/sessions?all=true&upstream=a", "", 400),
+        ("DELETE", "/api/sessions?upstream=a", "", 200),
+        ("PUT", "/api/sessions", "", 405),
         ("POST", "/api/reload", "", 400),
         ("GET", "/nowhere", "", 404),
     ];

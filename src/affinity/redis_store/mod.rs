@@ -28,7 +28,7 @@
 //!   winner's. A failover re-pin is a compare-and-set script that publishes
 //!   the change. Admin pins, deletes and drains publish too; every edge drops
 //!   the cached entry on the message; `local_ttl` is the safety net beyond
-//!   that. Scripts touch one key, so they work on Redis Cluster;
+//!   that. A purge or a bulk move publishes one message for all its pins. Scripts touch one key, so they work on Redis Cluster;
 //!   the index is updated next to them.
 //! - Every call has `timeout`. When Redis fails, the store says it is
 //!   degraded (new sessions are placed by consistent hashing, so edges still
@@ -47,15 +47,18 @@
 //! (connect, renew, sweep, repair, write back); [`pubsub`] receives
 //! invalidations and pings the link; [`drains`] shares admin drains with
 //! every edge (they are not sessions); [`capacity`] renews this edge's
-//! grants of capped relays on the same connection; [`cost`] is the cost
-//! model and the paces it rests on.
+//! grants of capped relays on the same connection; [`purge`] forgets or
+//! moves pins in bulk, in bounded batches; [`listing`] reads sessions for
+//! the admin API; [`cost`] is the cost model and the paces it rests on.
 
 mod calls;
 mod capacity;
 pub mod cost;
 mod drains;
 mod link;
+mod listing;
 mod pubsub;
+mod purge;
 pub mod record;
 mod scripts;
 mod sync;
@@ -63,10 +66,10 @@ mod sync;
 pub use drains::DrainListener;
 
 use super::store::{
-    LiveDuration, LocalStore, LookupSource, SessionInfo, SessionRecord, SessionStore,
-    NEW_SESSION_WINDOW_SECS,
+    Interrupted, LiveDuration, LocalStore, LookupSource, Place, Purged, Selector, SessionInfo,
+    SessionRecord, SessionStore, NEW_SESSION_WINDOW_SECS,
 };
-use super::SessionId;
+use super::{SessionId, TenantId};
 use crate::clock::unix_ms;
 use crate::config::RedisSpec;
 use crate::metrics::Metrics;
@@ -94,7 +97,7 @@ pub struct RedisStore {
     link: Link,
     settled_watch: tokio::sync::watch::Sender<bool>,
     /// Pins made while Redis was unreachable, to write once it is back.
-    pending: Mutex<HashMap<SessionId, Arc<str>>>,
+    pending: Mutex<HashMap<SessionId, Pending>>,
     metrics: Arc<Metrics>,
     /// Told the set of drained upstreams whenever it is learnt from Redis.
     drain_listener: OnceLock<DrainListener>,
@@ -108,6 +111,9 @@ pub struct RedisStore {
     index_cursor: Mutex<(usize, u64)>,
     scripts: Scripts,
 }
+
+/// A pin made while Redis was unreachable: its upstream and tenant.
+type Pending = (Arc<str>, Option<TenantId>);
 
 /// The pub/sub channel of a table's invalidations.
 fn pins_channel(prefix: &str) -> String {
@@ -180,7 +186,7 @@ impl RedisStore {
 
     /// A tenant's new-session count for one hour: the tenant's hash is the
     /// key's hash tag, so every per-tenant key lives on one cluster slot.
-    fn tenant_key(&self, tenant: crate::affinity::TenantId, hour: u64) -> String {
+    fn tenant_key(&self, tenant: TenantId, hour: u64) -> String {
         format!(
             "{}t:{{{}}}:new:{hour}",
             self.spec.load().prefix,
@@ -231,12 +237,20 @@ impl RedisStore {
         &self,
         id: SessionId,
         upstream: &str,
+        tenant: Option<TenantId>,
         created_ms: u64,
     ) -> Option<Arc<SessionRecord>> {
+        let put = |upstream: &str, tenant, created_ms, ticket| {
+            self.local
+                .put_confirmed(id, Arc::from(upstream), tenant, created_ms, ticket)
+        };
         for _ in 0..2 {
             let conn = self.conn()?;
             let ticket = self.local.ticket();
-            let (bucket, value) = (self.bucket(id), Stored::fresh(upstream, created_ms));
+            let (bucket, value) = (
+                self.bucket(id),
+                Stored::fresh_of(upstream, tenant, created_ms),
+            );
             let existing: Option<String> = self
                 .call_patiently("claim", || {
                     let mut inv = self.scripts.claim.key(&bucket);
@@ -247,34 +261,17 @@ impl RedisStore {
                 .await?;
             let Some(value) = existing else {
                 self.reindex(id, None, Some(upstream)).await;
-                return Some(
-                    self.local
-                        .put_confirmed(id, Arc::from(upstream), created_ms, ticket),
-                );
+                return Some(put(upstream, tenant, created_ms, ticket));
             };
             match Stored::parse(&value) {
-                Ok(s) => {
-                    return Some(self.local.put_confirmed(
-                        id,
-                        Arc::from(s.upstream.as_str()),
-                        s.created_ms,
-                        ticket,
-                    ))
-                }
+                Ok(s) => return Some(put(&s.upstream, s.tenant, s.created_ms, ticket)),
                 // Gone now: claim again.
                 Err(why) if self.unreadable(id, &value, &why).await => continue,
                 // Left alone: this edge pins the session for itself only.
-                Err(_) => {
-                    return Some(self.local.put_confirmed(
-                        id,
-                        Arc::from(upstream),
-                        created_ms,
-                        ticket,
-                    ))
-                }
+                Err(_) => return Some(put(upstream, tenant, created_ms, ticket)),
             }
         }
-        Some(self.local.put(id, Arc::from(upstream), created_ms))
+        Some(self.local.put(id, Arc::from(upstream), tenant, created_ms))
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -291,36 +288,12 @@ impl RedisStore {
 
     /// Remember a pin to write once Redis is back. Bounded by the local
     /// cache's size; the cache itself is written back on reconnect too.
-    fn remember_pending(&self, id: SessionId, upstream: &Arc<str>) {
+    fn remember_pending(&self, id: SessionId, upstream: &Arc<str>, tenant: Option<TenantId>) {
         if let Ok(mut p) = self.pending.lock() {
             if (p.len() as u64) < self.spec.load().local_cache_size || p.contains_key(&id) {
-                p.insert(id, upstream.clone());
+                p.insert(id, (upstream.clone(), tenant));
             }
         }
-    }
-
-    /// One stored session as the admin API shows it.
-    async fn info(&self, conn: &mut Conn, id: SessionId) -> Option<SessionInfo> {
-        let value: Option<String> = self
-            .call("get", conn.hget(self.bucket(id), &id.to_bytes()[..]))
-            .await?;
-        let s = Stored::parse(value.as_deref()?).ok()?;
-        let cached = self.local.get(id).await;
-        let last_seen = s
-            .last_seen_ms
-            .max(cached.as_ref().map_or(0, |c| c.last_seen_unix_ms));
-        let requests = s.requests.max(cached.as_ref().map_or(0, |c| c.requests));
-        let errors = s.errors.max(cached.as_ref().map_or(0, |c| c.errors));
-        Some(SessionInfo {
-            id: id.to_hex(),
-            upstream: s.upstream,
-            created_unix_ms: s.created_ms,
-            last_seen_unix_ms: last_seen,
-            requests,
-            errors,
-            ttl_left_seconds: (last_seen + self.ttl_ms()).saturating_sub(unix_ms()) / 1000,
-            metadata: s.metadata.and_then(|m| serde_json::from_str(&m).ok()),
-        })
     }
 }
 
@@ -364,7 +337,10 @@ impl SessionStore for RedisStore {
             // Redis lost it (a restart without persistence): write back what
             // this edge knew, with claim semantics.
             let (r, _) = stale?;
-            return match self.claim_shared(id, &r.upstream, r.created_ms).await {
+            return match self
+                .claim_shared(id, &r.upstream, r.tenant, r.created_ms)
+                .await
+            {
                 Some(record) => Some((record, LookupSource::Shared)),
                 None => Some((r, LookupSource::Local)),
             };
@@ -377,27 +353,39 @@ impl SessionStore for RedisStore {
                 return None;
             }
         };
+        let (upstream, tenant) = (Arc::from(s.upstream.as_str()), s.tenant);
         Some((
             self.local
-                .put_confirmed(id, Arc::from(s.upstream.as_str()), s.created_ms, ticket),
+                .put_confirmed(id, upstream, tenant, s.created_ms, ticket),
             LookupSource::Shared,
         ))
     }
 
-    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        if let Some(record) = self.claim_shared(id, &upstream, unix_ms()).await {
+    async fn claim(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        upstream: Arc<str>,
+    ) -> Arc<SessionRecord> {
+        if let Some(record) = self.claim_shared(id, &upstream, tenant, unix_ms()).await {
             return record;
         }
-        self.remember_pending(id, &upstream);
-        self.local.claim(id, upstream).await
+        self.remember_pending(id, &upstream, tenant);
+        self.local.claim(id, tenant, upstream).await
     }
 
-    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
+    async fn repin(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        from: &str,
+        to: Arc<str>,
+    ) -> Arc<SessionRecord> {
         if let Some(conn) = self.conn() {
             let ticket = self.local.ticket();
             let (bucket, value, channel) = (
                 self.bucket(id),
-                Stored::fresh(&to, unix_ms()),
+                Stored::fresh_of(&to, tenant, unix_ms()),
                 self.channel(),
             );
             if let Some((moved, value)) = self
@@ -418,25 +406,29 @@ impl SessionStore for RedisStore {
                     if moved == 1 || s.upstream == *to {
                         self.reindex(id, Some(from), Some(&s.upstream)).await;
                     }
-                    return self.local.put_confirmed(
-                        id,
-                        Arc::from(s.upstream.as_str()),
-                        s.created_ms,
-                        ticket,
-                    );
+                    let upstream = Arc::from(s.upstream.as_str());
+                    return self
+                        .local
+                        .put_confirmed(id, upstream, s.tenant, s.created_ms, ticket);
                 }
             }
         }
-        self.remember_pending(id, &to);
-        self.local.repin(id, from, to).await
+        self.remember_pending(id, &to, tenant);
+        self.local.repin(id, tenant, from, to).await
     }
 
-    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
+    async fn set(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        upstream: Arc<str>,
+        metadata: Option<String>,
+    ) {
         if let Some(mut conn) = self.conn() {
             let mut inv = self.scripts.pin.key(self.bucket(id));
             inv.arg(&id.to_bytes()[..])
                 .arg(&*upstream)
-                .arg(Stored::fresh(&upstream, unix_ms()))
+                .arg(Stored::fresh_of(&upstream, tenant, unix_ms()))
                 .arg(self.channel())
                 .arg(id.to_hex())
                 .arg(metadata.as_deref().unwrap_or(""));
@@ -451,10 +443,18 @@ impl SessionStore for RedisStore {
                         .map(|s| s.upstream);
                     self.reindex(id, old.as_deref(), Some(&upstream)).await;
                 }
-                None => self.remember_pending(id, &upstream),
+                None => self.remember_pending(id, &upstream, tenant),
             }
         }
-        self.local.set(id, upstream, metadata).await;
+        self.local.set(id, tenant, upstream, metadata).await;
+    }
+
+    async fn purge(&self, which: &Selector) -> Result<Purged, Interrupted> {
+        self.purge_shared(which).await
+    }
+
+    async fn move_all(&self, from: &str, place: Place<'_>) -> Result<Purged, Interrupted> {
+        self.move_shared(from, place).await
     }
 
     async fn forget(&self, id: SessionId) -> bool {
@@ -488,41 +488,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn list(&self, upstream: Option<&str>, limit: usize) -> Vec<SessionInfo> {
-        let Some(mut conn) = self.conn() else {
-            return self.local.list(upstream, limit).await;
-        };
-        let upstreams: Vec<Arc<str>> = match upstream {
-            Some(u) => vec![Arc::from(u)],
-            None => self.upstream_ids.load_full().to_vec(),
-        };
-        let mut out = Vec::new();
-        for up in upstreams {
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SSCAN");
-                scan.arg(self.index_key(&up))
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(100);
-                let reply = scan.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn);
-                let Some((next, ids)) = self.call("list", reply).await else {
-                    return out;
-                };
-                for id in ids.iter().filter_map(|i| SessionId::from_bytes(i)) {
-                    if out.len() >= limit {
-                        return out;
-                    }
-                    if let Some(info) = self.info(&mut conn, id).await {
-                        out.push(info);
-                    }
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        }
-        out
+        self.list_shared(upstream, limit).await
     }
 
     fn counts(&self) -> HashMap<Arc<str>, u64> {
@@ -543,12 +509,7 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn count_new_session(
-        &self,
-        tenant: crate::affinity::TenantId,
-        hour: u64,
-        limit: u64,
-    ) -> Option<bool> {
+    async fn count_new_session(&self, tenant: TenantId, hour: u64, limit: u64) -> Option<bool> {
         let mut conn = self.conn()?;
         let mut inv = self.scripts.new_session.key(self.tenant_key(tenant, hour));
         // Past its hour, the key is kept one more hour, then expires.

@@ -1,4 +1,5 @@
-//! Invalidations from other edges, by pub/sub.
+//! Invalidations from other edges, by pub/sub: one session's id, the
+//! drains' message, or a purge's (see [`super::purge`]).
 
 use super::*;
 use futures::StreamExt;
@@ -64,6 +65,8 @@ impl RedisStore {
                         self.refresh_drains().await;
                     } else if let Some(id) = SessionId::from_hex(&payload) {
                         self.local.invalidate(id);
+                    } else if let Some(which) = purge::selector(&payload) {
+                        self.forget_cached(&which);
                     }
                 }
                 _ = ping.tick() => {

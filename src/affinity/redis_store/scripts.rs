@@ -26,7 +26,8 @@ return {1, ARGV[3]}
 ";
 
 /// Admin pin: move to upstream ARGV[2] keeping the rest of the record (or
-/// ARGV[3] as a new record), with metadata ARGV[6] unless empty; publish.
+/// ARGV[3] as a new record), with metadata ARGV[6] unless empty (the
+/// tenant field, see [`super::record`], is kept before it); publish.
 /// Returns the old value or nil.
 pub const PIN: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -37,6 +38,10 @@ if cur then
 end
 if ARGV[6] ~= '' then
   local base = string.match(value, '^([^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*)')
+  local tenant = string.match(value, '^[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)')
+  if base and tenant and #tenant == 16 and not string.find(tenant, '%X') then
+    base = base .. '\t' .. tenant
+  end
   value = (base or value) .. '\t' .. ARGV[6]
 end
 redis.call('HSET', KEYS[1], ARGV[1], value)
@@ -50,6 +55,77 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return cur or false
+";
+
+/// Purge by ids (one batch of an upstream's index, this bucket's share):
+/// delete each of ARGV[2..] whose pin still names upstream ARGV[1].
+/// Returns a code per id: 1 deleted, 0 not pinned there (gone, or moved:
+/// a stale index entry), 2 a newer format (left alone).
+pub const PURGE_IDS: &str = r"
+local out = {}
+for i = 2, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local code = 0
+  if cur then
+    if string.sub(cur, 1, 1) == '/' then
+      code = 2
+    elseif string.match(cur, '^[^\t]*') == ARGV[1] then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      code = 1
+    end
+  end
+  out[#out + 1] = code
+end
+return out
+";
+
+/// Move by ids: each pair ARGV[i], ARGV[i + 1] (an id and its new
+/// upstream) whose pin still names upstream ARGV[1] is re-pinned there,
+/// keeping the rest of its record. Codes as [`PURGE_IDS`], 1 for moved.
+pub const MOVE_IDS: &str = r"
+local out = {}
+for i = 2, #ARGV - 1, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local code = 0
+  if cur then
+    local up, rest = string.match(cur, '^([^\t]*)(.*)$')
+    if string.sub(cur, 1, 1) == '/' then
+      code = 2
+    elseif up == ARGV[1] then
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. rest)
+      code = 1
+    end
+  end
+  out[#out + 1] = code
+end
+return out
+";
+
+/// Purge a whole bucket: every record of tenant ARGV[1] (its hash, the
+/// record's sixth field), or every record if ARGV[1] is ''. Records of a
+/// newer format are left alone. Returns {id, upstream, ...} of those
+/// deleted, for their index sets.
+pub const PURGE_BUCKET: &str = r"
+local all = redis.call('HGETALL', KEYS[1])
+local gone, ids = {}, {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  if string.sub(v, 1, 1) ~= '/' then
+    local hit = ARGV[1] == ''
+    if not hit then
+      hit = string.match(v, '^[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)') == ARGV[1]
+    end
+    if hit then
+      ids[#ids + 1] = all[i]
+      gone[#gone + 1] = all[i]
+      gone[#gone + 1] = string.match(v, '^([^\t]*)')
+    end
+  end
+end
+for i = 1, #ids, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
+end
+return gone
 ";
 
 /// Renewal: set last seen ARGV[3] and add counter deltas, if the session is
@@ -150,6 +226,9 @@ pub struct Scripts {
     /// A capped relay's grant to this edge ([`crate::capacity::lease`]).
     pub capacity: Script,
     pub new_session: Script,
+    pub purge_ids: Script,
+    pub move_ids: Script,
+    pub purge_bucket: Script,
 }
 
 impl Scripts {
@@ -165,6 +244,9 @@ impl Scripts {
             lease: Script::new(LEASE),
             capacity: Script::new(crate::capacity::lease::SCRIPT),
             new_session: Script::new(NEW_SESSION),
+            purge_ids: Script::new(PURGE_IDS),
+            move_ids: Script::new(MOVE_IDS),
+            purge_bucket: Script::new(PURGE_BUCKET),
         }
     }
 }

@@ -170,15 +170,15 @@ impl RedisStore {
 
     /// Write the pins made during an outage, never overwriting another's.
     async fn write_pending(&self) {
-        let pending: Vec<(SessionId, Arc<str>)> = match self.pending.lock() {
+        let pending: Vec<(SessionId, Pending)> = match self.pending.lock() {
             Ok(mut p) if !p.is_empty() => p.drain().collect(),
             _ => return,
         };
-        for (i, (id, upstream)) in pending.iter().enumerate() {
-            let Some(record) = self.claim_shared(*id, upstream, unix_ms()).await else {
+        for (i, (id, (upstream, tenant))) in pending.iter().enumerate() {
+            let Some(record) = self.claim_shared(*id, upstream, *tenant, unix_ms()).await else {
                 // Down again: keep what is left for the next round.
-                for (id, up) in &pending[i..] {
-                    self.remember_pending(*id, up);
+                for (id, (up, tenant)) in &pending[i..] {
+                    self.remember_pending(*id, up, *tenant);
                 }
                 return;
             };
@@ -196,7 +196,7 @@ impl RedisStore {
     async fn reseed(&self) {
         for (id, record) in self.local.records() {
             if self
-                .claim_shared(id, &record.upstream, record.created_ms)
+                .claim_shared(id, &record.upstream, record.tenant, record.created_ms)
                 .await
                 .is_none()
             {
@@ -252,8 +252,13 @@ impl RedisStore {
                     // Moved elsewhere (a lost message?), or a newer format:
                     // read again at its next use.
                     Ok(2) => moved.push(*id),
-                    // Gone from Redis (lost, or swept meanwhile): write it back.
-                    Ok(0) => self.remember_pending(*id, &r.upstream),
+                    // Gone from Redis (lost, or swept meanwhile): write it
+                    // back, unless a purge dropped it here meanwhile (its
+                    // first message comes before it deletes anything).
+                    Ok(0) if self.local.holds(*id, r) => {
+                        self.remember_pending(*id, &r.upstream, r.tenant)
+                    }
+                    Ok(0) => {}
                     Err(e) if Failure::of(&e) != Failure::Record => {
                         self.failed("renew", &e).await;
                         return;
@@ -321,7 +326,7 @@ impl RedisStore {
                 self.unreadable(id, &value, &why).await;
             }
         }
-        self.remember_pending(id, &r.upstream);
+        self.remember_pending(id, &r.upstream, r.tenant);
     }
 
     /// The sweep is the fleet's, not each edge's: an edge that wins the
@@ -394,7 +399,7 @@ impl RedisStore {
                 )
                 .await;
                 if let Some(r) = self.local.stale(id) {
-                    self.remember_pending(id, &r.upstream);
+                    self.remember_pending(id, &r.upstream, r.tenant);
                 }
             }
             for expired in removed.chunks(3) {
@@ -510,7 +515,7 @@ impl RedisStore {
     }
 
     /// Sessions per upstream, from the index sets.
-    async fn refresh_counts(&self) {
+    pub(super) async fn refresh_counts(&self) {
         let ids = self.upstream_ids.load_full();
         let Some(conn) = self.conn() else { return };
         let calls = ids.iter().map(|id| {

@@ -3,12 +3,16 @@
 //! bookkeeping; see `benches/RESULTS.md` for what moka cost here) with the
 //! TTL checked on each use and swept now and then. Without Redis it is the
 //! table; the Redis store keeps one in front of the shared table, with what
-//! [`front`] adds for that use.
+//! [`front`] adds for that use. [`purge`] changes pins in bulk.
 
 mod front;
+mod purge;
 
-use super::{HandedSession, LiveDuration, LookupSource, SessionInfo, SessionRecord, SessionStore};
-use crate::affinity::SessionId;
+use super::{
+    HandedSession, Interrupted, LiveDuration, LookupSource, Place, Purged, Selector, SessionInfo,
+    SessionRecord, SessionStore,
+};
+use crate::affinity::{SessionId, TenantId};
 use crate::clock::unix_ms;
 use async_trait::async_trait;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
@@ -264,6 +268,7 @@ impl LocalStore {
             .map(|(id, r)| HandedSession {
                 id: id.to_hex(),
                 upstream: r.upstream.to_string(),
+                tenant: r.tenant.map(TenantId::to_hex),
                 created_ms: r.created_ms,
                 last_seen_ms: r.last_seen_ms(),
                 requests: r.requests.load(Ordering::Relaxed),
@@ -285,7 +290,8 @@ impl LocalStore {
             if now.saturating_sub(h.last_seen_ms) > ttl {
                 continue;
             }
-            let r = self.put(id, Arc::from(h.upstream.as_str()), h.created_ms);
+            let tenant = h.tenant.as_deref().and_then(TenantId::from_hex);
+            let r = self.put(id, Arc::from(h.upstream.as_str()), tenant, h.created_ms);
             r.last_seen_ms.store(h.last_seen_ms, Ordering::Relaxed);
             r.requests.store(h.requests, Ordering::Relaxed);
             r.errors.store(h.errors, Ordering::Relaxed);
@@ -347,8 +353,21 @@ impl SessionStore for LocalStore {
         self.lookup_local(id).map(|r| (r, LookupSource::Local))
     }
 
-    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord> {
-        let fresh = || Arc::new(SessionRecord::new(upstream.clone(), unix_ms(), 0, 0));
+    async fn claim(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        upstream: Arc<str>,
+    ) -> Arc<SessionRecord> {
+        let fresh = || {
+            Arc::new(SessionRecord::new(
+                upstream.clone(),
+                tenant,
+                unix_ms(),
+                0,
+                0,
+            ))
+        };
         self.update(id.0, |current| match current {
             Some(_) => None,
             None => Some(fresh()),
@@ -356,7 +375,13 @@ impl SessionStore for LocalStore {
         .unwrap_or_else(fresh)
     }
 
-    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord> {
+    async fn repin(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        from: &str,
+        to: Arc<str>,
+    ) -> Arc<SessionRecord> {
         let moved = |current: Option<&Arc<SessionRecord>>| {
             let (created, requests, errors) = current.map_or((unix_ms(), 0, 0), |r| {
                 (
@@ -365,7 +390,14 @@ impl SessionStore for LocalStore {
                     r.errors.load(Ordering::Relaxed),
                 )
             });
-            Arc::new(SessionRecord::new(to.clone(), created, requests, errors))
+            let tenant = tenant.or_else(|| current.and_then(|r| r.tenant));
+            Arc::new(SessionRecord::new(
+                to.clone(),
+                tenant,
+                created,
+                requests,
+                errors,
+            ))
         };
         self.update(id.0, |current| match current {
             Some(r) if &*r.upstream != from => None,
@@ -374,7 +406,13 @@ impl SessionStore for LocalStore {
         .unwrap_or_else(|| moved(None))
     }
 
-    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>) {
+    async fn set(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        upstream: Arc<str>,
+        metadata: Option<String>,
+    ) {
         self.update(id.0, |previous| {
             let (created, requests, errors) = previous.map_or((unix_ms(), 0, 0), |r| {
                 (
@@ -383,7 +421,8 @@ impl SessionStore for LocalStore {
                     r.errors.load(Ordering::Relaxed),
                 )
             });
-            let record = SessionRecord::new(upstream, created, requests, errors);
+            let tenant = tenant.or_else(|| previous.and_then(|r| r.tenant));
+            let record = SessionRecord::new(upstream, tenant, created, requests, errors);
             let metadata = metadata
                 .or_else(|| previous.and_then(|r| r.metadata.load_full().map(|m| (*m).clone())));
             record.metadata.store(metadata.map(Arc::new));
@@ -418,6 +457,20 @@ impl SessionStore for LocalStore {
             .collect()
     }
 
+    async fn purge(&self, which: &Selector) -> Result<Purged, Interrupted> {
+        Ok(Purged {
+            shared: None,
+            local: self.drop_matching(which),
+        })
+    }
+
+    async fn move_all(&self, from: &str, place: Place<'_>) -> Result<Purged, Interrupted> {
+        Ok(Purged {
+            shared: None,
+            local: self.move_local(from, place),
+        })
+    }
+
     fn counts(&self) -> HashMap<Arc<str>, u64> {
         self.sweep_if_due();
         self.counts.0.lock().map(|m| m.clone()).unwrap_or_default()
@@ -430,121 +483,4 @@ impl SessionStore for LocalStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(super) fn up(s: &str) -> Arc<str> {
-        Arc::from(s)
-    }
-
-    pub(super) fn block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-
-    #[test]
-    fn claim_keeps_the_first_pin_and_counts_per_upstream() {
-        let s = LocalStore::new(100, Duration::from_secs(60));
-        let id = SessionId(1);
-        assert!(s.lookup_local(id).is_none());
-        assert_eq!(&*block(s.claim(id, up("a"))).upstream, "a");
-        assert_eq!(&*block(s.claim(id, up("b"))).upstream, "a");
-        assert_eq!(s.counts().get("a"), Some(&1));
-        assert_eq!(s.len(), 1);
-    }
-
-    #[test]
-    fn repin_is_compare_and_set() {
-        let s = LocalStore::new(100, Duration::from_secs(60));
-        let id = SessionId(2);
-        block(s.claim(id, up("a")));
-        s.lookup_local(id).expect("pinned").record(true);
-        assert_eq!(&*block(s.repin(id, "zzz", up("b"))).upstream, "a");
-        assert_eq!(&*block(s.repin(id, "a", up("b"))).upstream, "b");
-        let info = block(s.get(id)).expect("info");
-        assert_eq!(
-            (info.upstream.as_str(), info.requests, info.errors),
-            ("b", 1, 1)
-        );
-        let counts = s.counts();
-        assert_eq!((counts.get("a"), counts.get("b")), (None, Some(&1)));
-    }
-
-    #[test]
-    fn bounded_with_lru_eviction_and_forget() {
-        let s = LocalStore::new(10, Duration::from_secs(60));
-        for i in 0..100u128 {
-            block(s.claim(SessionId(i), up("a")));
-        }
-        assert!(s.len() <= 10, "len {}", s.len());
-        assert_eq!(s.counts().get("a").copied().unwrap_or(0), s.len());
-        let last = SessionId(99);
-        assert!(block(s.forget(last)));
-        assert!(block(s.get(last)).is_none());
-    }
-
-    #[test]
-    fn an_exported_table_is_imported_whole_but_for_gone_sessions() {
-        let old = LocalStore::new(100, Duration::from_secs(3600));
-        old.put(SessionId(1), Arc::from("a"), unix_ms() - 5_000);
-        old.put(SessionId(2), Arc::from("b"), unix_ms());
-        let mut handed = old.export();
-        handed.push(HandedSession {
-            id: SessionId(3).to_hex(),
-            upstream: "a".into(),
-            created_ms: 0,
-            last_seen_ms: unix_ms() - 7_200_000,
-            requests: 1,
-            errors: 0,
-        });
-        handed.push(HandedSession {
-            id: "not hex".into(),
-            ..handed[0].clone()
-        });
-        let new = LocalStore::new(100, Duration::from_secs(3600));
-        assert_eq!(
-            new.import(handed),
-            2,
-            "the gone and the unreadable are skipped"
-        );
-        let one = new.lookup_local(SessionId(1)).expect("taken over");
-        assert_eq!((&*one.upstream, one.created_ms > 0), ("a", true));
-        assert_eq!(new.counts().get("b").copied(), Some(1));
-        assert!(new.lookup_local(SessionId(3)).is_none());
-    }
-
-    #[test]
-    fn sliding_ttl_expires_idle_sessions() {
-        let s = LocalStore::new(10, Duration::from_millis(200));
-        let id = SessionId(7);
-        block(s.claim(id, up("a")));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        // Gone at once for lookups; from the counts once a sweep has run.
-        while block(s.get(id)).is_some() || s.counts().contains_key("a") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "session never expired"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    #[test]
-    fn a_shortened_ttl_applies_at_the_next_use() {
-        let s = LocalStore::new(10, Duration::from_secs(3600));
-        let id = SessionId(8);
-        block(s.claim(id, up("a")));
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(s.lookup_local(id).is_some(), "used within the TTL");
-        s.set_ttl(Duration::from_millis(10));
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(s.lookup_local(id).is_none(), "idle past the new TTL");
-        assert_eq!(s.counts().get("a"), None);
-        s.set_ttl(Duration::from_secs(3600));
-        block(s.claim(id, up("b")));
-        let left = block(s.get(id)).map(|i| i.ttl_left_seconds);
-        assert!(matches!(left, Some(3599..=3600)), "ttl left {left:?}");
-    }
-}
+mod tests;

@@ -6,7 +6,8 @@
 //! failover re-pin, or the admin API. A pin and its counters are a
 //! [`SessionRecord`], updated in place; the admin API shows a session as a
 //! [`SessionInfo`]; a graceful upgrade hands one over as a
-//! [`HandedSession`].
+//! [`HandedSession`]. Pins change in bulk by [`SessionStore::purge`] (what a
+//! [`Selector`] names) and [`SessionStore::move_all`] (an ejected relay's).
 //!
 //! [`LocalStore`] (`local`) keeps the table in this process. The Redis
 //! store puts one in front of the shared table.
@@ -15,7 +16,7 @@ mod local;
 
 pub use local::LocalStore;
 
-use super::SessionId;
+use super::{SessionId, TenantId};
 use crate::clock::unix_ms;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -45,6 +46,9 @@ impl LiveDuration {
 #[derive(Debug)]
 pub struct SessionRecord {
     pub upstream: Arc<str>,
+    /// The tenant whose session it is (its id is namespaced by it), so
+    /// that a tenant's pins can be purged; none for a session without one.
+    pub tenant: Option<TenantId>,
     pub created_ms: u64,
     /// When the shared table last confirmed the pin (a front cache asks
     /// again `local_ttl` later).
@@ -68,10 +72,17 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    pub(crate) fn new(upstream: Arc<str>, created_ms: u64, requests: u64, errors: u64) -> Self {
+    pub(crate) fn new(
+        upstream: Arc<str>,
+        tenant: Option<TenantId>,
+        created_ms: u64,
+        requests: u64,
+        errors: u64,
+    ) -> Self {
         let now = unix_ms();
         SessionRecord {
             upstream,
+            tenant,
             created_ms,
             confirmed_ms: AtomicU64::new(now),
             confirmed_at: AtomicU64::new(0),
@@ -160,11 +171,81 @@ pub struct SessionInfo {
 pub struct HandedSession {
     pub id: String,
     pub upstream: String,
+    /// The tenant's hash (hex), if the session has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub created_ms: u64,
     pub last_seen_ms: u64,
     pub requests: u64,
     pub errors: u64,
 }
+
+/// The pins a purge removes (`DELETE /api/sessions?...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Every pin to this upstream.
+    Upstream(Arc<str>),
+    /// Every pin of this tenant's sessions.
+    Tenant(TenantId),
+    /// Every pin.
+    All,
+}
+
+impl Selector {
+    pub fn matches(&self, r: &SessionRecord) -> bool {
+        self.matches_pin(&r.upstream, r.tenant)
+    }
+
+    /// Does it select a pin to `upstream` of a session of `tenant`?
+    pub fn matches_pin(&self, upstream: &str, tenant: Option<TenantId>) -> bool {
+        match self {
+            Selector::Upstream(u) => **u == *upstream,
+            Selector::Tenant(t) => tenant == Some(*t),
+            Selector::All => true,
+        }
+    }
+}
+
+/// As the logs, the admin API and the pub/sub messages name it:
+/// `upstream relay-a`, `tenant 0123456789abcdef`, `all`.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Upstream(u) => write!(f, "upstream {u}"),
+            Selector::Tenant(t) => write!(f, "tenant {t}"),
+            Selector::All => f.write_str("all"),
+        }
+    }
+}
+
+/// What a bulk change of pins did: pins removed (or moved) in the shared
+/// table (`None` without one), and this edge's own pins dropped (the
+/// in-process table, or the front cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub shared: Option<u64>,
+    pub local: u64,
+}
+
+impl Purged {
+    /// The pins the table in force lost: the shared table's when there is
+    /// one, else this edge's.
+    pub fn removed(&self) -> u64 {
+        self.shared.unwrap_or(self.local)
+    }
+}
+
+/// A bulk change the shared table could not finish; `done` is what it did.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the shared table stopped answering ({why}) after {} pins", .done.removed())]
+pub struct Interrupted {
+    pub done: Purged,
+    pub why: &'static str,
+}
+
+/// Where [`SessionStore::move_all`] sends one session: an upstream id, or
+/// none to leave it where it is.
+pub type Place<'a> = &'a (dyn Fn(SessionId) -> Option<Arc<str>> + Send + Sync);
 
 /// Where a lookup found its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,17 +268,44 @@ pub trait SessionStore: Send + Sync {
     /// The pin of `id`, asking the shared table on a local miss.
     async fn lookup(&self, id: SessionId) -> Option<(Arc<SessionRecord>, LookupSource)>;
 
-    /// Pin a new session to `upstream` unless it is already pinned; returns
-    /// the pin in force (another claimant's, if it won).
-    async fn claim(&self, id: SessionId, upstream: Arc<str>) -> Arc<SessionRecord>;
+    /// Pin a new session of `tenant` to `upstream` unless it is already
+    /// pinned; returns the pin in force (another claimant's, if it won).
+    async fn claim(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        upstream: Arc<str>,
+    ) -> Arc<SessionRecord>;
 
-    /// Move `id` to `to` if its pin still names `from` (or it has none);
-    /// returns the pin in force.
-    async fn repin(&self, id: SessionId, from: &str, to: Arc<str>) -> Arc<SessionRecord>;
+    /// Move `id` (a session of `tenant`) to `to` if its pin still names
+    /// `from` (or it has none); returns the pin in force.
+    async fn repin(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        from: &str,
+        to: Arc<str>,
+    ) -> Arc<SessionRecord>;
 
-    /// Pin `id` to `upstream` unconditionally (admin), attaching `metadata`
-    /// (a serialized JSON object) if given, else keeping what it had.
-    async fn set(&self, id: SessionId, upstream: Arc<str>, metadata: Option<String>);
+    /// Pin `id` (a session of `tenant`) to `upstream` unconditionally
+    /// (admin), attaching `metadata` (a serialized JSON object) if given,
+    /// else keeping what it had.
+    async fn set(
+        &self,
+        id: SessionId,
+        tenant: Option<TenantId>,
+        upstream: Arc<str>,
+        metadata: Option<String>,
+    );
+
+    /// Forget every pin `which` selects, on every edge that shares the
+    /// table, in bounded batches.
+    async fn purge(&self, which: &Selector) -> Result<Purged, Interrupted>;
+
+    /// Move every pin to `from` where `place` says, each as a
+    /// compare-and-set (a session moved meanwhile stays where it went), on
+    /// every edge that shares the table, in bounded batches.
+    async fn move_all(&self, from: &str, place: Place<'_>) -> Result<Purged, Interrupted>;
 
     /// Forget `id`; true if it was pinned.
     async fn forget(&self, id: SessionId) -> bool;

@@ -34,6 +34,36 @@ pub(super) fn listeners(listen: Vec<(usize, ListenFile)>, errs: &mut Errors) -> 
         .collect()
 }
 
+/// What is wrong with `id` as an upstream's id, if anything: the rule of
+/// `upstreams[].id`, which the admin API's purge holds ids to as well.
+pub fn upstream_id_problem(id: &str) -> Option<&'static str> {
+    let bad = id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c == '/');
+    bad.then_some("must be 1 to 128 characters, without spaces or '/'")
+}
+
+/// Each upstream's `on_remove`, by id (ids are checked by [`upstream_specs`]).
+pub(super) fn on_remove(
+    upstreams: &[(usize, UpstreamFile)],
+    errs: &mut Errors,
+) -> HashMap<String, OnRemove> {
+    let mut by_id = HashMap::new();
+    for (i, u) in upstreams {
+        let on_remove = match u.on_remove.as_deref() {
+            None | Some("move") => OnRemove::Move,
+            Some("purge") => OnRemove::Purge,
+            Some(other) => {
+                errs.push(
+                    format!("upstreams[{i}].on_remove"),
+                    format!("{other:?}: must be move or purge"),
+                );
+                OnRemove::Move
+            }
+        };
+        by_id.insert(u.id.clone(), on_remove);
+    }
+    by_id
+}
+
 /// The upstreams; `default_cap` is `capacity.max_inflight`.
 pub(super) fn upstream_specs(
     upstreams: Vec<(usize, UpstreamFile)>,
@@ -55,17 +85,12 @@ pub(super) fn upstream_specs(
                     weight,
                     tls,
                     max_inflight,
+                    on_remove: _,
                     proxy,
                 },
             )| {
-                if id.is_empty()
-                    || id.len() > 128
-                    || id.chars().any(|c| c.is_whitespace() || c == '/')
-                {
-                    errs.push(
-                        format!("upstreams[{i}].id"),
-                        "must be 1 to 128 characters, without spaces or '/'",
-                    );
+                if let Some(problem) = upstream_id_problem(&id) {
+                    errs.push(format!("upstreams[{i}].id"), problem);
                 } else if !ids.insert(id.clone()) {
                     errs.push(format!("upstreams[{i}].id"), format!("duplicate id {id:?}"));
                 }

@@ -19,13 +19,14 @@ use super::FieldError;
 pub use affinity::json_pointer;
 use affinity::*;
 use capacity::*;
+pub use fleet::upstream_id_problem;
 use fleet::*;
 pub use process::admin_only;
 use process::*;
 use proxy::*;
 use regex::Regex;
 use shared_table::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -118,6 +119,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
         }
         cap => cap,
     };
+    let on_remove = on_remove(&upstreams, &mut errs);
     let upstreams = upstream_specs(upstreams, default_cap, &mut errs);
     let health = health(health_check, &mut errs);
     let passive = passive(passive_health, &mut errs);
@@ -170,6 +172,7 @@ pub fn validate(raw: FileConfig) -> Result<Config, Vec<FieldError>> {
             access_log,
             tenants,
             capacity,
+            on_remove,
         })
     } else {
         Err(errs.0)

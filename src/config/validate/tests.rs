@@ -246,3 +246,41 @@ fn redis_url_is_never_echoed() {
         Err(ConfigError::Invalid(_))
     ));
 }
+
+/// `upstreams[].on_remove` and `failover.on_eject`: each value, its
+/// default, and a wrong one named by its path.
+#[test]
+fn what_a_removal_and_an_ejection_do_to_pins() {
+    use crate::config::{OnEject, OnRemove};
+    let two = "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001, on_remove: purge}, {id: b, addr: 127.0.0.1:9002, on_remove: move}, {id: c, addr: 127.0.0.1:9003}]\n";
+    let c = parse(two).expect("valid");
+    let got: Vec<OnRemove> = ["a", "b", "c", "unknown"]
+        .iter()
+        .map(|id| c.on_remove(id))
+        .collect();
+    let want = [
+        OnRemove::Purge,
+        OnRemove::Move,
+        OnRemove::Move,
+        OnRemove::Move,
+    ];
+    assert_eq!(got, want);
+    assert_eq!(c.failover.on_eject, OnEject::Keep, "the default");
+    for (mode, want) in [("keep", OnEject::Keep), ("move", OnEject::Move)] {
+        let c = parse(&format!("{BASE}failover: {{on_eject: {mode}}}\n")).expect("valid");
+        assert_eq!(c.failover.on_eject, want, "{mode}");
+    }
+    let cases = [
+        (
+            "listen: [{addr: 127.0.0.1:8080}]\nupstreams: [{id: a, addr: 127.0.0.1:9001, on_remove: drop}]\n".to_string(),
+            "upstreams[0].on_remove: \"drop\": must be move or purge",
+        ),
+        (
+            format!("{BASE}failover: {{on_eject: purge}}\n"),
+            "failover.on_eject: \"purge\": must be keep or move",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(errors(&text), [want], "{text}");
+    }
+}

@@ -23,6 +23,7 @@ pub(super) fn failover_spec(f: FailoverFile, errs: &mut Errors) -> FailoverSpec 
         retry_budget_min,
         move_pin,
         move_pin_after,
+        on_eject,
     } = f;
     let retry_on_status = retry_on_status.unwrap_or_else(|| Defaults::RETRY_ON_STATUS.to_vec());
     statuses(&retry_on_status, "failover.retry_on_status", errs);
@@ -43,6 +44,17 @@ pub(super) fn failover_spec(f: FailoverFile, errs: &mut Errors) -> FailoverSpec 
                 format!("{other:?}: must be never, after_failures or at_once"),
             );
             MovePin::AfterFailures(move_pin_after)
+        }
+    };
+    let on_eject = match on_eject.as_deref().unwrap_or("keep") {
+        "keep" => OnEject::Keep,
+        "move" => OnEject::Move,
+        other => {
+            errs.push(
+                "failover.on_eject",
+                format!("{other:?}: must be keep or move"),
+            );
+            OnEject::Keep
         }
     };
     FailoverSpec {
@@ -68,6 +80,7 @@ pub(super) fn failover_spec(f: FailoverFile, errs: &mut Errors) -> FailoverSpec 
             errs,
         ),
         move_pin,
+        on_eject,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::LocalStore;
 use crate::affinity::store::SessionRecord;
-use crate::affinity::SessionId;
+use crate::affinity::{SessionId, TenantId};
 use crate::clock::unix_ms;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,8 +51,14 @@ impl LocalStore {
     }
 
     /// Put a pin learnt from the shared table now.
-    pub fn put(&self, id: SessionId, upstream: Arc<str>, created_ms: u64) -> Arc<SessionRecord> {
-        self.put_confirmed(id, upstream, created_ms, self.ticket())
+    pub fn put(
+        &self,
+        id: SessionId,
+        upstream: Arc<str>,
+        tenant: Option<TenantId>,
+        created_ms: u64,
+    ) -> Arc<SessionRecord> {
+        self.put_confirmed(id, upstream, tenant, created_ms, self.ticket())
     }
 
     /// Put a pin read from the shared table after taking `ticket`. The
@@ -62,6 +68,7 @@ impl LocalStore {
         &self,
         id: SessionId,
         upstream: Arc<str>,
+        tenant: Option<TenantId>,
         created_ms: u64,
         ticket: u64,
     ) -> Arc<SessionRecord> {
@@ -80,6 +87,7 @@ impl LocalStore {
             });
             Arc::new(SessionRecord::new(
                 upstream.clone(),
+                tenant,
                 created_ms,
                 requests,
                 errors,
@@ -125,7 +133,7 @@ mod tests {
         let s = LocalStore::front_cache(100, Duration::from_secs(3600), Duration::from_secs(600));
         let (a, b) = (SessionId(1), SessionId(2));
         let ticket = s.ticket();
-        let first = s.put_confirmed(a, up("x"), 5, ticket);
+        let first = s.put_confirmed(a, up("x"), None, 5, ticket);
         assert!(
             s.lookup_local(a).is_some(),
             "confirmed: used without asking"
@@ -133,7 +141,7 @@ mod tests {
         // Confirmed again with the same pin: the same record (counters,
         // renewal state) is kept.
         first.record(false);
-        let again = s.put_confirmed(a, up("x"), 5, s.ticket());
+        let again = s.put_confirmed(a, up("x"), None, 5, s.ticket());
         assert!(Arc::ptr_eq(&first, &again));
         // A reconnect: every pin is asked again, but kept for an outage.
         s.revalidate_all();
@@ -148,14 +156,14 @@ mod tests {
         // A read that an invalidation overtook is kept, unconfirmed.
         let before = s.ticket();
         s.invalidate(b);
-        s.put_confirmed(b, up("y"), 6, before);
+        s.put_confirmed(b, up("y"), None, 6, before);
         assert!(
             s.lookup_local(b).is_none(),
             "read before a change: ask again"
         );
         assert!(s.stale(b).is_some());
         // So is a pin made here without the shared table.
-        block(s.claim(SessionId(3), up("z")));
+        block(s.claim(SessionId(3), None, up("z")));
         assert!(s.lookup_local(SessionId(3)).is_none());
     }
 
@@ -163,7 +171,7 @@ mod tests {
     fn a_front_cache_asks_again_after_local_ttl() {
         let s = LocalStore::front_cache(100, Duration::from_secs(3600), Duration::from_millis(30));
         let id = SessionId(4);
-        s.put(id, up("x"), 1);
+        s.put(id, up("x"), None, 1);
         assert!(s.lookup_local(id).is_some());
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.lookup_local(id).is_none(), "older than local_ttl");
