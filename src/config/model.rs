@@ -355,20 +355,39 @@ pub struct RedisSpec {
     pub connect_wait: Duration,
 }
 
-/// Where the shared table lives. The URLs may hold a password: never log
-/// or display them.
+/// Where the shared table lives. The URLs and passwords may be secret:
+/// never log or display them.
 #[derive(Clone, PartialEq)]
 pub enum RedisTarget {
     Single(String),
     Cluster(Vec<String>),
+    /// The master that Redis Sentinel names, followed through failovers.
+    Sentinel(SentinelSpec),
+}
+
+/// `redis.sentinel`, with `redis.url` (if any) for the data nodes.
+#[derive(Clone, PartialEq)]
+pub struct SentinelSpec {
+    /// The name in the sentinels' `sentinel monitor` lines.
+    pub master: String,
+    /// The sentinels as configured, (host, port); more are learnt from them.
+    pub nodes: Vec<(String, u16)>,
+    /// The sentinels' own password (their `requirepass`).
+    pub password: Option<String>,
+    /// `redis.url`: the data nodes' scheme, credentials and database; its
+    /// host and port are not used (the sentinels name the master's).
+    pub url: Option<String>,
 }
 
 impl RedisTarget {
-    /// The URL to subscribe to for invalidations (pub/sub is cluster-wide).
+    /// The URLs to subscribe to for invalidations (pub/sub is
+    /// cluster-wide). None for Sentinel: the subscription follows the
+    /// master the sentinels name.
     pub fn pubsub_urls(&self) -> Vec<&str> {
         match self {
             RedisTarget::Single(url) => vec![url.as_str()],
             RedisTarget::Cluster(urls) => urls.iter().map(String::as_str).collect(),
+            RedisTarget::Sentinel(_) => Vec::new(),
         }
     }
 }
@@ -385,6 +404,11 @@ impl std::fmt::Debug for RedisSpec {
         let target = match &self.target {
             RedisTarget::Single(_) => "single <redacted>".to_string(),
             RedisTarget::Cluster(urls) => format!("cluster of {} <redacted>", urls.len()),
+            RedisTarget::Sentinel(s) => format!(
+                "sentinel master {:?} of {} sentinels <redacted>",
+                s.master,
+                s.nodes.len()
+            ),
         };
         f.debug_struct("RedisSpec")
             .field("target", &target)
