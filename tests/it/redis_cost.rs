@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Calls per command since the server started (`INFO commandstats`),
 /// without the test's own INFO calls and the edges' pub/sub pings.
-fn commands(redis: &RedisServer) -> HashMap<String, u64> {
+pub(crate) fn commands(redis: &RedisServer) -> HashMap<String, u64> {
     redis
         .cli(&["INFO", "commandstats"])
         .lines()
@@ -28,7 +28,10 @@ fn commands(redis: &RedisServer) -> HashMap<String, u64> {
         .collect()
 }
 
-fn total_since(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> (u64, String) {
+pub(crate) fn total_since(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> (u64, String) {
     let mut total = 0;
     let mut which = Vec::new();
     for (name, n) in after {

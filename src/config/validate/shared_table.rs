@@ -104,12 +104,13 @@ fn redis_target(
             }
             RedisTarget::Cluster(urls)
         }
-        (_, Some(_), Some(_)) => {
+        (url, Some(_), Some(s)) => {
             errs.push(
                 "redis.sentinel",
                 "cannot go with redis.cluster: Sentinel watches one master, a cluster is sharded",
             );
-            RedisTarget::Cluster(Vec::new())
+            // Its own mistakes are reported too.
+            RedisTarget::Sentinel(sentinel_spec(s, url, errs))
         }
         (Some(_), Some(_), None) => {
             errs.push("redis", "needs exactly one of url and cluster");

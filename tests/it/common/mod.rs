@@ -1,6 +1,7 @@
 //! Test support: real relay-edge child processes on ports they bind
 //! themselves ([`edge`]), demo upstreams in-process (here), a raw HTTP/1.1
-//! client ([`http`]), real `redis-server` children ([`redis`]), and
+//! client ([`http`]), real `redis-server` children ([`redis`]), a real
+//! Sentinel deployment ([`sentinel`]), and
 //! polling with deadlines ([`wait`]).
 
 #![allow(dead_code)]
@@ -8,11 +9,13 @@
 pub mod edge;
 pub mod http;
 pub mod redis;
+pub mod sentinel;
 pub mod wait;
 
 pub use edge::{finishes_its_stream_and_exits, ready_addresses, Edge, TestEdge, BIN};
 pub use http::{messages_body, open_stream, open_stream_with, raw_request, request, Conn};
 pub use redis::{RedisCluster, RedisServer};
+pub use sentinel::{repl_offset, SentinelSet};
 pub use wait::eventually;
 
 use relay_edge::demo::DemoUpstream;
