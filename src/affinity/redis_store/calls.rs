@@ -264,7 +264,7 @@ impl RedisStore {
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         matches!(
-            tokio::time::timeout(self.spec.load().timeout.saturating_mul(10), ping).await,
+            tokio::time::timeout(super::link::probe_timeout(&self.spec.load()), ping).await,
             Ok(Ok(_))
         )
     }

@@ -39,7 +39,7 @@ impl RedisStore {
         let (Some(conn), Some(at)) = (self.conn.load_full(), self.link.master()) else {
             return false;
         };
-        let within = link::ask_timeout(&self.spec());
+        let within = link::probe_timeout(&self.spec());
         let master = sentinel::confirm_master(&mut (*conn).clone(), &at, within)
             .await
             .is_ok();
@@ -106,7 +106,7 @@ impl RedisStore {
                 Some(conn) => Ok(sentinel::confirm_master(
                     &mut (*conn).clone(),
                     &at,
-                    link::ask_timeout(&spec),
+                    link::probe_timeout(&spec),
                 )
                 .await?),
                 None => Ok(()),
@@ -135,7 +135,8 @@ impl RedisStore {
     /// Stay subscribed to `+switch-master` on one sentinel that answers
     /// (the next when it goes away or stops answering pings); each
     /// (re)subscription asks the sentinels once, since a switch may have
-    /// been missed meanwhile.
+    /// been missed meanwhile. The sentinel that tells of a switch is asked
+    /// first: the others may not know of it yet.
     async fn watch_switches(&self, s: &SentinelSpec) {
         let mut backoff = Duration::from_millis(50);
         for attempt in 0usize.. {
@@ -153,7 +154,7 @@ impl RedisStore {
                 Ok(Ok(pubsub)) => {
                     self.link.ask_sentinels();
                     backoff = Duration::from_millis(50);
-                    let why = self.listen_to_sentinel(pubsub, s).await;
+                    let why = self.listen_to_sentinel(pubsub, s, node).await;
                     log::info!(
                         "redis sentinel: the subscription to a sentinel {why}; moving to the next"
                     );
@@ -175,6 +176,7 @@ impl RedisStore {
         &self,
         pubsub: redis::aio::PubSub,
         s: &SentinelSpec,
+        node: &(String, u16),
     ) -> &'static str {
         let (mut sink, mut messages) = pubsub.split();
         let every = Duration::from_millis(cost::PUBSUB_PING_MS);
@@ -186,6 +188,8 @@ impl RedisStore {
                     let payload: String = msg.get_payload().unwrap_or_default();
                     if sentinel::reasks_on(msg.get_channel_name(), &payload, &s.master) {
                         log::info!("redis sentinel: {} of {:?}: asking where it is", sentinel::SWITCH_MASTER, s.master);
+                        // It knows the new master: asked first.
+                        self.link.sentinels.prefer(node);
                         self.link.ask_sentinels();
                     }
                 }

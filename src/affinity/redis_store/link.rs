@@ -219,7 +219,13 @@ pub fn connect_deadline(spec: &RedisSpec) -> Duration {
     Duration::from_secs(2) + ask_timeout(spec).saturating_mul(asks)
 }
 
-/// How long one sentinel, or a master's ROLE, may take to answer.
+/// How long the server in use may take to answer a probe (a PING, or
+/// with Sentinel its ROLE) before it counts as unreachable.
+pub fn probe_timeout(spec: &RedisSpec) -> Duration {
+    spec.timeout.saturating_mul(10)
+}
+
+/// How long one sentinel, or a new master's ROLE, may take to answer.
 pub fn ask_timeout(spec: &RedisSpec) -> Duration {
     spec.timeout
         .saturating_mul(20)

@@ -100,6 +100,13 @@ impl Known {
         }
     }
 
+    /// Ask `node` first next time.
+    pub fn prefer(&self, node: &(String, u16)) {
+        if let Ok(mut k) = self.0.lock() {
+            k.first = Some(node.clone());
+        }
+    }
+
     /// Another configuration: forget what was learnt.
     pub fn reset(&self) {
         if let Ok(mut k) = self.0.lock() {
@@ -345,6 +352,9 @@ mod tests {
         let many = (0..100).map(|i| (format!("s{i}"), 1)).collect();
         known.answered(&("a".into(), 1), many, &spec);
         assert_eq!(known.order(&spec).len(), 2 + MAX_LEARNT, "bounded");
+        // The sentinel that told of a switch is asked first.
+        known.prefer(&("b".into(), 2));
+        assert_eq!(names(&known)[0], "b");
         known.reset();
         assert_eq!(names(&known), ["a", "b"]);
     }

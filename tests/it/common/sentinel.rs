@@ -78,6 +78,18 @@ impl Sentinel {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Stop (`STOP`) or continue (`CONT`) the process: a stopped sentinel
+    /// keeps its connections open and answers nothing.
+    pub fn signal(&self, name: &str) {
+        let Some(child) = &self.child else { return };
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -150,8 +162,12 @@ impl SentinelSet {
 
     /// The `nodes:` of `redis.sentinel`, as YAML flow items.
     pub fn nodes_yaml(&self) -> String {
-        let nodes: Vec<String> = self
-            .sentinels
+        SentinelSet::nodes_yaml_of(&self.sentinels)
+    }
+
+    /// The `nodes:` of `redis.sentinel` for some of the sentinels.
+    pub fn nodes_yaml_of(sentinels: &[Sentinel]) -> String {
+        let nodes: Vec<String> = sentinels
             .iter()
             .map(|s| format!("'{}'", s.addr()))
             .collect();
