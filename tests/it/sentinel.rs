@@ -456,6 +456,55 @@ async fn an_edge_that_missed_the_switch_follows_on_readonly_without_a_failure_lo
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_restarts_and_loads_its_data_is_waited_for_without_a_failure_loop() {
+    let mut set = SentinelSet::start(None, None).await;
+    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let edge = shared_edge(&config(&ups, &set, "")).await;
+    let old = format!("127.0.0.1:{}", set.master.port);
+    let keys: Vec<String> = (0..30).map(|i| format!("loaded-{i}")).collect();
+    let pins = pin_each(&edge, &keys).await;
+    // Enough data that loading it takes a while (100 us a key), saved.
+    let fill = "for i = 1, 20000 do redis.call('SET', 'fill:' .. i, 'x') end return 1";
+    assert_eq!(set.master.cli(&["EVAL", fill, "0"]), "1");
+    assert_eq!(set.master.cli(&["SAVE"]), "OK");
+    let slowly = [
+        "--key-load-delay",
+        "100",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ];
+    set.master.restart_with(&slowly).await;
+    assert!(set.master.cli(&["PING"]).starts_with("LOADING"), "loading");
+    let mut n = 0;
+    eventually(
+        Duration::from_secs(30),
+        "the edge is back on the loaded master",
+        || {
+            n += 1;
+            let (edge, keys, pins, old, master) = (&edge, &keys, &pins, &old, &set.master);
+            async move {
+                let fresh = format!("during-load-{n}");
+                assert_eq!(
+                    edge.get("/v1/x", &[("x-session-id", &fresh)]).await.status,
+                    200
+                );
+                let key = &keys[n % keys.len()];
+                let r = edge.get("/v1/x", &[("x-session-id", key)]).await;
+                assert_eq!((r.status, r.upstream()), (200, pins[key].clone()), "{key}");
+                master.cli(&["PING"]) == "PONG"
+                    && master_of(edge).await.as_deref() == Some(old.as_str())
+            }
+        },
+    )
+    .await;
+    // A master that answers ROLE while loading is not taken for one that
+    // is back, again and again: up at the start, and at most once more.
+    let log = edge.log();
+    assert!(log.matches("redis is reachable").count() <= 2, "{log}");
+    assert!(!log.contains("following it"), "no failover: {log}");
+}
+
 #[test]
 fn check_names_each_sentinel_mistake_by_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -219,9 +219,13 @@ async fn ask_one(
     Ok((Some(Addr { host, port }), others))
 }
 
-/// The server's role as it says itself (`master`, `slave`, `sentinel`).
+/// The server's role as it says itself (`master`, `slave`, `sentinel`),
+/// asked with a PING in one round trip: a server loading its data answers
+/// ROLE but not PING, and is no master to use yet.
 async fn role<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<String> {
-    let reply: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
+    let mut ask = redis::pipe();
+    ask.cmd("PING").ignore().cmd("ROLE");
+    let (reply,): (Vec<Value>,) = ask.query_async(conn).await?;
     match reply.first() {
         Some(first) => redis::from_redis_value(first),
         None => Err((ErrorKind::TypeError, "an empty ROLE reply").into()),
@@ -229,7 +233,7 @@ async fn role<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<String> {
 }
 
 /// Does the server at `at` (on `conn`) say, within `within`, that it is
-/// a master?
+/// a master, and answer a PING?
 pub async fn confirm_master<C: ConnectionLike>(
     conn: &mut C,
     at: &Addr,
