@@ -261,7 +261,37 @@ async fn manager(
 
 #[cfg(test)]
 mod tests {
-    use super::Link;
+    use super::{Addr, Link};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn asks_to_ask_the_sentinels_fold_into_one_and_a_move_is_told_once() {
+        let link = Link::default();
+        for _ in 0..3 {
+            link.ask_sentinels();
+        }
+        let once = tokio::time::timeout(Duration::from_secs(1), link.sentinels_asked()).await;
+        assert!(once.is_ok(), "asked");
+        let twice = tokio::time::timeout(Duration::from_millis(20), link.sentinels_asked()).await;
+        assert!(twice.is_err(), "three asks meanwhile are one re-ask");
+
+        let mut moved = link.master_watch();
+        let at = |port| Addr {
+            host: "10.0.0.1".into(),
+            port,
+        };
+        link.set_master(Some(at(6379)));
+        assert!(moved.has_changed().unwrap_or(false));
+        assert_eq!(moved.borrow_and_update().clone(), Some(at(6379)));
+        link.set_master(Some(at(6379)));
+        assert!(
+            !moved.has_changed().unwrap_or(true),
+            "the same master: no move"
+        );
+        link.set_master(Some(at(6380)));
+        assert!(moved.has_changed().unwrap_or(false), "another: a move");
+        assert_eq!(link.master(), Some(at(6380)));
+    }
 
     #[test]
     fn the_link_goes_down_comes_up_and_asks_for_a_reseed_once() {
