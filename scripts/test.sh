@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On Debian it first installs what the build and
-# the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server and
-# systemd's systemd-analyze for the integration tests; python3 and its venv
-# for the Anthropic SDK test; chromium, node and playwright-core for the
-# dashboard's browser test; the Codex CLI and OpenCode from npm for the
-# agents' tests; prometheus's promtool for the alert rules; microsocks and
-# tinyproxy, the real SOCKS5 and CONNECT proxies that relays sit behind in
-# the upstream-proxy tests), as
-# root or with sudo, and cargo-deb, with which a test builds and inspects the
-# .deb.
+# the tests need (cmake for Pingora's zlib-ng; curl, openssl, redis-server,
+# redis-sentinel and systemd's systemd-analyze for the integration tests;
+# python3 and its venv for the Anthropic SDK test; chromium, node and
+# playwright-core for the dashboard's browser test; the Codex CLI and
+# OpenCode from npm for the agents' tests; prometheus's promtool for the
+# alert rules; microsocks and tinyproxy, the real SOCKS5 and CONNECT proxies
+# that relays sit behind in the upstream-proxy tests), as root or with sudo,
+# and cargo-deb, with which a test builds and inspects the .deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +16,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

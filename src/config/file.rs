@@ -442,6 +442,7 @@ pub struct AccessLogFile {
 pub struct RedisFile {
     pub url: Option<String>,
     pub cluster: Option<Vec<String>>,
+    pub sentinel: Option<SentinelFile>,
     pub prefix: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -454,6 +455,24 @@ pub struct RedisFile {
     pub buckets: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub connect_wait: Option<Duration>,
+}
+
+/// `redis.sentinel`: the master's name, the sentinels, their own password.
+#[derive(Default, Deserialize)]
+pub struct SentinelFile {
+    pub master: Option<String>,
+    pub nodes: Option<Vec<String>>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelFile")
+            .field("master", &self.master)
+            .field("nodes", &self.nodes)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod model;
+mod redis_spec;
 mod upstream_proxy;
 mod validate;
 

@@ -1,11 +1,14 @@
 //! The validated configuration model: what the rest of relay-edge runs on.
 //!
 //! It has no serde: every value here has been checked and defaulted by
-//! [`super::validate`]. The defaults live in one place, [`Defaults`].
+//! [`super::validate`]. The defaults live in one place, [`Defaults`]. The
+//! shared table's settings are in `redis_spec.rs` (re-exported here).
 
 mod pins;
 
 pub use pins::{OnEject, OnRemove};
+
+pub use super::redis_spec::{RedisSpec, RedisTarget, SentinelSpec};
 use regex::Regex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -351,60 +354,6 @@ impl Timeouts {
         } = self;
         (*connect, *read, *write, *pool_idle)
             == (other.connect, other.read, other.write, other.pool_idle)
-    }
-}
-
-#[derive(Clone, PartialEq)]
-pub struct RedisSpec {
-    pub target: RedisTarget,
-    pub prefix: String,
-    pub timeout: Duration,
-    pub local_ttl: Duration,
-    pub local_cache_size: u64,
-    pub sync_interval: Duration,
-    pub batch_size: usize,
-    pub buckets: u32,
-    /// At start, how long to wait for the first connection before serving
-    /// degraded (placing sessions without the shared table).
-    pub connect_wait: Duration,
-}
-
-/// Where the shared table lives. The URLs may hold a password: never log
-/// or display them.
-#[derive(Clone, PartialEq)]
-pub enum RedisTarget {
-    Single(String),
-    Cluster(Vec<String>),
-}
-
-impl RedisTarget {
-    /// The URL to subscribe to for invalidations (pub/sub is cluster-wide).
-    pub fn pubsub_urls(&self) -> Vec<&str> {
-        match self {
-            RedisTarget::Single(url) => vec![url.as_str()],
-            RedisTarget::Cluster(urls) => urls.iter().map(String::as_str).collect(),
-        }
-    }
-}
-
-impl RedisSpec {
-    /// Same server(s), prefix and buckets: the same table, laid out the same.
-    pub fn same_table(&self, other: &RedisSpec) -> bool {
-        self.target == other.target && self.prefix == other.prefix && self.buckets == other.buckets
-    }
-}
-
-impl std::fmt::Debug for RedisSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let target = match &self.target {
-            RedisTarget::Single(_) => "single <redacted>".to_string(),
-            RedisTarget::Cluster(urls) => format!("cluster of {} <redacted>", urls.len()),
-        };
-        f.debug_struct("RedisSpec")
-            .field("target", &target)
-            .field("prefix", &self.prefix)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
     }
 }
 

@@ -28,6 +28,7 @@ mod redis_cost;
 pub mod reload;
 mod routing;
 mod secrets;
+mod sentinel;
 mod shared_table;
 mod systemd;
 mod tenants;

@@ -68,7 +68,11 @@ pub(crate) async fn pin_each(edge: &Edge, keys: &[String]) -> HashMap<String, St
 }
 
 /// Send the first request of every key to both edges at the same moment.
-async fn first_requests_at_once(a: &Edge, b: &Edge, keys: &[String]) -> HashMap<String, String> {
+pub(crate) async fn first_requests_at_once(
+    a: &Edge,
+    b: &Edge,
+    keys: &[String],
+) -> HashMap<String, String> {
     let mut pins = HashMap::new();
     for chunk in keys.chunks(50) {
         let mut tasks = Vec::new();

@@ -224,6 +224,9 @@ impl RedisStore {
 
     /// A call answered with an error: say what it means for the link.
     pub(super) async fn failed(&self, what: &str, e: &RedisError) {
+        if self.follows_sentinels() && super::sentinel::reasks(e) {
+            self.link.ask_sentinels();
+        }
         // (Whoever made the call: only a timeout's verdict depends on it.)
         match verdict(Ended::Failed(Failure::of(e)), false) {
             Verdict::OneRecord => {
@@ -248,8 +251,12 @@ impl RedisStore {
     }
 
     /// Does Redis answer a PING within the probe's deadline? (After a lost
-    /// connection, on the one the manager makes now.)
+    /// connection, on the one the manager makes now.) With Sentinel: does
+    /// it say it is the master (`ROLE`)?
     pub(super) async fn answers_ping(&self) -> bool {
+        if self.follows_sentinels() {
+            return self.answers_as_master().await;
+        }
         let Some(conn) = self.conn.load_full() else {
             return false;
         };
@@ -257,7 +264,7 @@ impl RedisStore {
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         matches!(
-            tokio::time::timeout(self.spec.load().timeout.saturating_mul(10), ping).await,
+            tokio::time::timeout(super::link::probe_timeout(&self.spec.load()), ping).await,
             Ok(Ok(_))
         )
     }

@@ -49,18 +49,22 @@
 //! every edge (they are not sessions); [`capacity`] renews this edge's
 //! grants of capped relays on the same connection; [`purge`] forgets or
 //! moves pins in bulk, in bounded batches; [`listing`] reads sessions for
-//! the admin API; [`cost`] is the cost model and the paces it rests on.
+//! the admin API; [`cost`] is the cost model and the paces it rests on;
+//! with `redis.sentinel`, [`sentinel`] asks where the master is, and when,
+//! and [`follow`] follows it.
 
 mod calls;
 mod capacity;
 pub mod cost;
 mod drains;
+mod follow;
 mod link;
 mod listing;
 mod pubsub;
 mod purge;
 pub mod record;
 mod scripts;
+mod sentinel;
 mod sync;
 
 pub use drains::DrainListener;
@@ -88,12 +92,10 @@ pub struct RedisStore {
     /// The settings in force; a reload replaces them (see `reconfigure`).
     spec: arc_swap::ArcSwap<RedisSpec>,
     ttl: LiveDuration,
-    /// Bumped when a reload names another table (target, prefix or
-    /// buckets): the sync loop and the subscriber start over on it.
+    /// Bumped when a reload names another table: the loops start over.
     table: tokio::sync::watch::Sender<u64>,
     conn: ArcSwapOption<Conn>,
-    /// Up, settled, due for a re-seed. Until settled, requests wait (see
-    /// `until_settled`), told by `settled_watch`.
+    /// Up, settled, due for a re-seed; until settled, requests wait.
     link: Link,
     settled_watch: tokio::sync::watch::Sender<bool>,
     /// Pins made while Redis was unreachable, to write once it is back.
@@ -203,8 +205,7 @@ impl RedisStore {
         self.upstream_ids.store(Arc::new(ids));
     }
 
-    /// Renewals of one session are at least this far apart (see
-    /// [`cost::renew_every_ms`]).
+    /// Renewals of one session are at least this far apart (`cost`).
     fn renew_every_ms(&self) -> u64 {
         cost::renew_every_ms(self.ttl_ms())
     }
@@ -553,6 +554,7 @@ impl SessionStore for RedisStore {
             "local_cache_entries": self.local.len(),
             "buckets": self.spec.load().buckets,
             "prefix": self.spec.load().prefix,
+            "master": self.link.master().map(|m| m.to_string()),
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Invalidations from other edges, by pub/sub: one session's id, the
-//! drains' message, or a purge's (see [`super::purge`]).
+//! drains' message, or a purge's (see [`super::purge`]). With Sentinel, it
+//! listens on the master in use: a move of the master makes the
+//! subscription anew there.
 
 use super::*;
 use futures::StreamExt;
@@ -12,12 +14,13 @@ impl RedisStore {
         spec: Arc<RedisSpec>,
         subscribed: tokio::sync::oneshot::Sender<()>,
     ) {
-        let urls = spec.target.pubsub_urls();
         let mut subscribed = Some(subscribed);
         let mut backoff = Duration::from_millis(50);
         for attempt in 0usize.. {
-            let url = urls[attempt % urls.len().max(1)];
-            match redis::Client::open(url) {
+            // With Sentinel, the master in use; a move ends the listening.
+            let mut moved = self.link.master_watch();
+            let master = moved.borrow_and_update().clone();
+            match self.pubsub_client(&spec, attempt, master.as_ref()) {
                 Ok(client) => match client.get_async_pubsub().await {
                     Ok(mut pubsub) => match pubsub.subscribe(pins_channel(&spec.prefix)).await {
                         Ok(()) => {
@@ -31,7 +34,7 @@ impl RedisStore {
                                 let _ = tx.send(());
                             }
                             backoff = Duration::from_millis(50);
-                            let why = self.listen(pubsub).await;
+                            let why = self.listen(pubsub, moved).await;
                             self.link.set_subscribed(false);
                             self.local.revalidate_all();
                             log::warn!("redis pub/sub {why}; resubscribing");
@@ -52,7 +55,11 @@ impl RedisStore {
     /// Apply invalidations until the link is lost or stops answering its
     /// pings (a connection that died silently delivers nothing, and would
     /// leave cached pins trusted); says which.
-    async fn listen(&self, pubsub: redis::aio::PubSub) -> &'static str {
+    async fn listen(
+        &self,
+        pubsub: redis::aio::PubSub,
+        mut moved: tokio::sync::watch::Receiver<Option<sentinel::Addr>>,
+    ) -> &'static str {
         let (mut sink, mut messages) = pubsub.split();
         let every = Duration::from_millis(cost::PUBSUB_PING_MS);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -69,6 +76,7 @@ impl RedisStore {
                         self.forget_cached(&which);
                     }
                 }
+                _ = moved.changed() => return "left for the new master",
                 _ = ping.tick() => {
                     let wait = self.batch_timeout().max(Duration::from_secs(2));
                     let pong = tokio::time::timeout(wait, sink.ping::<redis::Value>()).await;

@@ -1,7 +1,8 @@
 //! The background loop: connect, keep the table in sync, write back.
 
 use super::calls::Failure;
-use super::link::connect;
+use super::link::{connect, connect_deadline};
+use super::sentinel::{Addr, Known};
 use super::*;
 
 impl RedisStore {
@@ -37,11 +38,15 @@ impl RedisStore {
         };
         loop {
             let generation = *table.borrow_and_update();
-            let Some(conn) = self.connect_until_up(&mut shutdown).await else {
+            // Sentinels learnt for another table are not this one's.
+            self.link.sentinels.reset();
+            let Some((conn, master)) = self.connect_until_up(&mut shutdown).await else {
                 give_up.abort();
                 return;
             };
             self.conn.store(Some(Arc::new(conn)));
+            self.link.set_master(master);
+            let follower = tokio::spawn(self.clone().follow(generation));
             let (subscribed, on_subscribed) = tokio::sync::oneshot::channel();
             let subscriber = tokio::spawn(self.clone().subscribe(self.spec(), subscribed));
             // Up now, not one sync tick later.
@@ -55,6 +60,7 @@ impl RedisStore {
             }
             let shut_down = self.sync_until(&mut shutdown, &mut table, generation).await;
             subscriber.abort();
+            follower.abort();
             self.link.set_subscribed(false);
             if shut_down {
                 return;
@@ -66,12 +72,14 @@ impl RedisStore {
     async fn connect_until_up(
         &self,
         shutdown: &mut pingora_core::server::ShutdownWatch,
-    ) -> Option<Conn> {
+    ) -> Option<(Conn, Option<Addr>)> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match tokio::time::timeout(Duration::from_secs(2), connect(&self.spec())).await {
-                Ok(Ok(conn)) => return Some(conn),
-                Ok(Err(e)) => log::warn!("redis unreachable ({:?} error); retrying", e.kind()),
+            let spec = self.spec();
+            let connect = connect(&spec, &self.link.sentinels);
+            match tokio::time::timeout(connect_deadline(&spec), connect).await {
+                Ok(Ok(connected)) => return Some(connected),
+                Ok(Err(e)) => log::warn!("redis unreachable ({e}); retrying"),
                 Err(_) => log::warn!("redis connect timed out; retrying"),
             }
             tokio::select! {
@@ -97,10 +105,13 @@ impl RedisStore {
             let deadline = tokio::time::Instant::now() + spec.connect_wait;
             loop {
                 let ping = async {
-                    let mut conn = connect(spec).await?;
-                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                    let (mut conn, _) = connect(spec, &Known::default()).await.ok()?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .ok()
                 };
-                if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, ping).await {
+                if let Ok(Some(_)) = tokio::time::timeout_at(deadline, ping).await {
                     return true;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -159,7 +170,7 @@ impl RedisStore {
 
     /// Is Redis back? (The connection manager reconnects by itself.) Only
     /// while the connection is to the table of `generation`.
-    async fn probe(&self, generation: u64) {
+    pub(super) async fn probe(&self, generation: u64) {
         if self.answers_ping().await && *self.table.borrow() == generation && self.link.came_up() {
             // Redis may have lost data, and messages may have been missed.
             self.local.revalidate_all();

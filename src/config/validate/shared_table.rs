@@ -1,4 +1,4 @@
-//! The shared table: its Redis URL or cluster, and its paces.
+//! The shared table: its Redis URL, cluster or sentinels, and its paces.
 
 use super::*;
 
@@ -15,6 +15,7 @@ pub(super) fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
     let RedisFile {
         url,
         cluster,
+        sentinel,
         prefix,
         timeout,
         local_ttl,
@@ -24,25 +25,7 @@ pub(super) fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
         buckets,
         connect_wait,
     } = r;
-    let target = match (url, cluster) {
-        (Some(url), None) => {
-            redis_url(&url, "redis.url", errs);
-            RedisTarget::Single(url)
-        }
-        (None, Some(urls)) => {
-            if urls.is_empty() {
-                errs.push("redis.cluster", "needs at least one node URL");
-            }
-            for (i, url) in urls.iter().enumerate() {
-                redis_url(url, &format!("redis.cluster[{i}]"), errs);
-            }
-            RedisTarget::Cluster(urls)
-        }
-        _ => {
-            errs.push("redis", "needs exactly one of url and cluster");
-            RedisTarget::Cluster(Vec::new())
-        }
-    };
+    let target = redis_target(url, cluster, sentinel, errs);
     RedisSpec {
         target,
         prefix: prefix.unwrap_or_else(|| Defaults::REDIS_PREFIX.to_string()),
@@ -96,4 +79,116 @@ pub(super) fn redis_spec(r: RedisFile, errs: &mut Errors) -> RedisSpec {
             errs,
         ),
     }
+}
+
+/// Where the table lives: `url`, `cluster`, or `sentinel` (with `url`, if
+/// given, for the data nodes' scheme, credentials and database).
+fn redis_target(
+    url: Option<String>,
+    cluster: Option<Vec<String>>,
+    sentinel: Option<SentinelFile>,
+    errs: &mut Errors,
+) -> RedisTarget {
+    if let Some(url) = &url {
+        redis_url(url, "redis.url", errs);
+    }
+    match (url, cluster, sentinel) {
+        (url, None, Some(s)) => RedisTarget::Sentinel(sentinel_spec(s, url, errs)),
+        (Some(url), None, None) => RedisTarget::Single(url),
+        (None, Some(urls), None) => {
+            if urls.is_empty() {
+                errs.push("redis.cluster", "needs at least one node URL");
+            }
+            for (i, url) in urls.iter().enumerate() {
+                redis_url(url, &format!("redis.cluster[{i}]"), errs);
+            }
+            RedisTarget::Cluster(urls)
+        }
+        (url, Some(_), Some(s)) => {
+            errs.push(
+                "redis.sentinel",
+                "cannot go with redis.cluster: Sentinel watches one master, a cluster is sharded",
+            );
+            // Its own mistakes are reported too.
+            RedisTarget::Sentinel(sentinel_spec(s, url, errs))
+        }
+        (Some(_), Some(_), None) => {
+            errs.push("redis", "needs exactly one of url and cluster");
+            RedisTarget::Cluster(Vec::new())
+        }
+        (None, None, None) => {
+            errs.push("redis", "needs one of url, cluster and sentinel");
+            RedisTarget::Cluster(Vec::new())
+        }
+    }
+}
+
+/// `redis.sentinel`. Never echoes a value: a node written as a URL may
+/// carry a password.
+fn sentinel_spec(s: SentinelFile, url: Option<String>, errs: &mut Errors) -> SentinelSpec {
+    let SentinelFile {
+        master,
+        nodes,
+        password,
+    } = s;
+    let master = master.unwrap_or_default();
+    if master.is_empty() {
+        errs.push(
+            "redis.sentinel.master",
+            "is required: the name in the sentinels' `sentinel monitor` line",
+        );
+    } else if !master.chars().all(|c| c.is_ascii_graphic()) {
+        errs.push(
+            "redis.sentinel.master",
+            "must be one word of printable ASCII, as Sentinel names masters",
+        );
+    }
+    let nodes = nodes.unwrap_or_default();
+    if nodes.is_empty() {
+        errs.push(
+            "redis.sentinel.nodes",
+            "needs at least one sentinel, as host:port",
+        );
+    }
+    let mut parsed: Vec<(String, u16)> = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let path = format!("redis.sentinel.nodes[{i}]");
+        match sentinel_node(node) {
+            Some(n) if parsed.contains(&n) => errs.push(path, "is listed twice"),
+            Some(n) => parsed.push(n),
+            None => errs.push(
+                path,
+                "must be host:port (a sentinel's address, e.g. 10.0.0.1:26379 or [::1]:26379)",
+            ),
+        }
+    }
+    if password.as_deref() == Some("") {
+        errs.push(
+            "redis.sentinel.password",
+            "must not be empty (leave it out for sentinels without a password)",
+        );
+    }
+    SentinelSpec {
+        master,
+        nodes: parsed,
+        password,
+        url,
+    }
+}
+
+/// `host:port` (an IPv6 host in brackets), or `None`.
+pub(crate) fn sentinel_node(node: &str) -> Option<(String, u16)> {
+    let (host, port) = node.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?
+            .to_string(),
+        None => host.to_string(),
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    (!host.is_empty() && host.chars().all(plain) && (host.contains(':') == node.starts_with('[')))
+        .then_some((host, port))
 }

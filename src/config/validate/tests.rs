@@ -161,6 +161,11 @@ fn no_message_quotes_a_secret() {
         format!("redis: {{url: 'redis://:{secret}@h:1', timeout: 'redis://:{secret}@h'}}"),
         format!("redis: {{url: 'redis://:{secret}@h:1', buckets: '{secret}'}}"),
         format!("redis: {{cluster: 'redis://:{secret}@h:1'}}"),
+        format!("redis: {{sentinel: {{master: m, nodes: ['redis://:{secret}@h:1']}}}}"),
+        format!("redis: {{sentinel: {{master: m, nodes: ['h:1'], password: [{secret}]}}}}"),
+        format!(
+            "redis: {{sentinel: {{master: m, nodes: ['h:1'], password: {secret}}}, cluster: []}}"
+        ),
         format!("affinity: {{hash_secret: [{secret}]}}"),
         format!("admin: {{token_file: [{secret}]}}"),
     ] {
@@ -200,7 +205,7 @@ fn redis_needs_one_target_and_valid_urls() {
         ),
         (
             "redis: {prefix: x}",
-            "redis: needs exactly one of url and cluster",
+            "redis: needs one of url, cluster and sentinel",
         ),
         (
             "redis: {cluster: []}",
@@ -231,6 +236,121 @@ fn redis_needs_one_target_and_valid_urls() {
         !debug.contains("pw@") && debug.contains("cluster of 2"),
         "{debug}"
     );
+}
+
+#[test]
+fn a_sentinel_needs_its_master_and_nodes_and_goes_with_no_cluster() {
+    let cases = [
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:26379']}, cluster: ['redis://b:2']}",
+            "redis.sentinel: cannot go with redis.cluster",
+        ),
+        (
+            "redis: {sentinel: {nodes: ['h:26379']}}",
+            "redis.sentinel.master: is required",
+        ),
+        (
+            "redis: {sentinel: {master: '', nodes: ['h:26379']}}",
+            "redis.sentinel.master: is required",
+        ),
+        (
+            "redis: {sentinel: {master: 'my master', nodes: ['h:26379']}}",
+            "redis.sentinel.master: must be one word",
+        ),
+        (
+            "redis: {sentinel: {master: m}}",
+            "redis.sentinel.nodes: needs at least one sentinel",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: []}}",
+            "redis.sentinel.nodes: needs at least one sentinel",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h']}}",
+            "redis.sentinel.nodes[0]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:1', 'h:0']}}",
+            "redis.sentinel.nodes[1]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:70000']}}",
+            "redis.sentinel.nodes[0]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: [':26379']}}",
+            "redis.sentinel.nodes[0]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['::1:26379']}}",
+            "redis.sentinel.nodes[0]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['[nope]:26379']}}",
+            "redis.sentinel.nodes[0]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['redis://h:26379']}}",
+            "redis.sentinel.nodes[0]: must be host:port",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:1', 'h:1']}}",
+            "redis.sentinel.nodes[1]: is listed twice",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:1'], password: ''}}",
+            "redis.sentinel.password: must not be empty",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:1'], port: 1}}",
+            "redis.sentinel.port: unknown field",
+        ),
+        (
+            "redis: {sentinel: {master: m, nodes: ['h:1']}, url: 'tcp://h'}",
+            "redis.url: must start with redis://",
+        ),
+        ("redis: {sentinel: [m]}", "redis.sentinel"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(&format!("{BASE}{yaml}\n"));
+        assert!(
+            got.iter().any(|l| l.starts_with(want)),
+            "{yaml}: want {want:?} in {got:?}"
+        );
+    }
+    let ok = parse(&format!(
+        "{BASE}redis: {{url: 'redis://:data-pw@mymaster/2', sentinel: {{master: mymaster, nodes: ['10.0.0.1:26379', 'sentinel-b.internal:26380', '[::1]:26381'], password: sentinel-pw}}}}\n"
+    ))
+    .expect("valid");
+    let redis = ok.redis.expect("redis");
+    let crate::config::RedisTarget::Sentinel(s) = &redis.target else {
+        panic!("a sentinel target");
+    };
+    assert_eq!(s.master, "mymaster");
+    assert_eq!(
+        s.nodes,
+        [
+            ("10.0.0.1".to_string(), 26379),
+            ("sentinel-b.internal".to_string(), 26380),
+            ("::1".to_string(), 26381)
+        ]
+    );
+    assert_eq!(s.password.as_deref(), Some("sentinel-pw"));
+    assert_eq!(s.url.as_deref(), Some("redis://:data-pw@mymaster/2"));
+    let debug = format!("{redis:?}");
+    assert!(
+        !debug.contains("pw") && debug.contains("mymaster") && debug.contains("of 3 sentinels"),
+        "{debug}"
+    );
+    // Without a URL: plain, no password, database 0.
+    let plain = parse(&format!(
+        "{BASE}redis: {{sentinel: {{master: m, nodes: ['h:26379']}}}}\n"
+    ))
+    .expect("valid");
+    assert!(matches!(
+        plain.redis.map(|r| r.target),
+        Some(crate::config::RedisTarget::Sentinel(s)) if s.url.is_none() && s.password.is_none()
+    ));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Test support: real relay-edge child processes on ports they bind
 //! themselves ([`edge`]), demo upstreams in-process (here), a raw HTTP/1.1
-//! client ([`http`]), real `redis-server` children ([`redis`]), real
-//! clients' command lines run to a deadline ([`cli`]) through a recording
-//! tap ([`tap`]), and polling with deadlines ([`wait`]).
+//! client ([`http`]), real `redis-server` children ([`redis`]), a real
+//! Sentinel deployment ([`sentinel`]), real clients' command lines run to a
+//! deadline ([`cli`]) through a recording tap ([`tap`]), and polling with
+//! deadlines ([`wait`]).
 
 #![allow(dead_code)]
 
@@ -10,12 +11,14 @@ pub mod cli;
 pub mod edge;
 pub mod http;
 pub mod redis;
+pub mod sentinel;
 pub mod tap;
 pub mod wait;
 
 pub use edge::{finishes_its_stream_and_exits, ready_addresses, Edge, TestEdge, BIN};
 pub use http::{messages_body, open_stream, open_stream_with, raw_request, request, Conn};
 pub use redis::{RedisCluster, RedisServer};
+pub use sentinel::{repl_offset, SentinelSet};
 pub use tap::{assert_each_header_reached_as_sent, Tap};
 pub use wait::eventually;
 

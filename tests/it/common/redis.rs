@@ -171,6 +171,13 @@ impl RedisServer {
         self.kill();
         self.spawn().await;
     }
+
+    /// Start again on the same port with `extra` arguments added (its
+    /// data too, if it was saved: the directory is kept).
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self.restart().await;
+    }
 }
 
 impl Drop for RedisServer {
