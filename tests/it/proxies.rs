@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A proxy process, killed on drop.
-struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +47,7 @@ impl Proxy {
 
     /// microsocks on a free port, dialing out from `outgoing`, with `user`
     /// and `password` when given.
-    fn socks(credentials: Option<(&str, &str)>, outgoing: &str) -> Proxy {
+    pub(crate) fn socks(credentials: Option<(&str, &str)>, outgoing: &str) -> Proxy {
         let port = free_port();
         let mut command = Command::new("microsocks");
         command.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-b", outgoing]);

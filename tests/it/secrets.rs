@@ -1,6 +1,7 @@
 //! No error, log line or API answer ever shows a secret: the Redis
-//! password, the admin token, the hash secret. Each is planted, then every
-//! output the edge has is searched for it.
+//! password, the admin token, the hash secret, a relay's proxy password.
+//! Each is planted, then every output the edge has (its log at debug
+//! level included) is searched for it.
 
 use crate::common::*;
 use std::time::Duration;
@@ -8,18 +9,27 @@ use std::time::Duration;
 const PASSWORD: &str = "pw-S3CRET-redis";
 const TOKEN: &str = "tok-S3CRET-admin";
 const HASH_SECRET: &str = "hash-S3CRET-key";
+const PROXY_PASSWORD: &str = "px-S3CRET-socks";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_output_holds_a_planted_secret() {
     let redis = RedisServer::start(Some(PASSWORD)).await;
-    let ups = upstreams(&["relay-a", "relay-b"]).await;
+    let ups = upstreams(&["relay-a", "relay-b", "relay-p"]).await;
+    // relay-p is reached through a SOCKS5 proxy with a password.
+    let socks = crate::proxies::Proxy::socks(Some(("edge", PROXY_PASSWORD)), "127.0.0.1");
+    let upstreams = format!(
+        "{}  - {{id: relay-p, addr: '{}', proxy: 'socks5h://edge:{PROXY_PASSWORD}@127.0.0.1:{}'}}\n",
+        upstreams_yaml(&ups[..2]),
+        ups[2].addr,
+        socks.port
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
     let d = dir.path().display();
     let head = format!(
         "listen: [{{addr: 127.0.0.1:0}}]\n{}admin: {{listen: 127.0.0.1:0, token_file: {}}}\nserver: {{pid_file: {d}/pid, upgrade_sock: {d}/sock}}\nhealth_check: {{path: /health, interval: 200ms}}\n",
-        upstreams_yaml(&ups),
+        upstreams,
         token_file.display(),
     );
     let good = format!(
@@ -54,12 +64,23 @@ async fn no_output_holds_a_planted_secret() {
         matches!(get("/readyz").await, Ok((200, _)))
     })
     .await;
-    for key in ["alice", "bob"] {
+    let pin = request(
+        admin,
+        "PUT",
+        "/api/sessions/carol",
+        &[("authorization", &auth)],
+        br#"{"upstream":"relay-p"}"#,
+    )
+    .await
+    .expect("admin answers");
+    assert_eq!(pin.status, 200);
+    for key in ["alice", "bob", "carol"] {
         let r = request(proxy, "GET", "/v1/x", &[("x-session-id", key)], b"")
             .await
             .expect("proxied");
         assert_eq!(r.status, 200);
     }
+    assert_eq!(ups[2].requests(), 1, "carol went through the proxy");
     let mut seen = Vec::new();
     for path in [
         "/api/stats",
@@ -146,7 +167,7 @@ async fn no_output_holds_a_planted_secret() {
         .last()
         .is_some_and(|l| l.contains("config reload rejected")));
     for (i, text) in seen.iter().enumerate() {
-        for secret in [PASSWORD, TOKEN, HASH_SECRET] {
+        for secret in [PASSWORD, TOKEN, HASH_SECRET, PROXY_PASSWORD] {
             assert!(!text.contains(secret), "output {i} shows {secret}:\n{text}");
         }
     }
