@@ -458,25 +458,66 @@ async fn relay_to_client(
             return Relayed::Ended;
         }
     }
-    upstream.read_timeout = Some(state.config.streams.idle_timeout);
+    let idle_timeout = Some(state.config.streams.idle_timeout);
+    upstream.read_timeout = idle_timeout;
+    let mut next = upstream.read_body_bytes().await;
     loop {
-        match upstream.read_body_bytes().await {
-            Ok(Some(chunk)) => {
-                scan.feed(&chunk);
-                if session
-                    .write_response_body(Some(chunk), false)
-                    .await
-                    .is_err()
-                {
-                    return Relayed::ClientLeft;
-                }
-            }
+        let chunk = match next {
+            Ok(Some(chunk)) => chunk,
             Ok(None) => return Relayed::Ended,
             Err(e) => {
                 return Relayed::RelayFailed {
                     silent: e.etype() == &ErrorType::ReadTimedout,
                 }
             }
+        };
+        scan.feed(&chunk);
+        let (out, after) = with_what_is_ready(upstream, chunk, scan);
+        if session.write_response_body(Some(out), false).await.is_err() {
+            return Relayed::ClientLeft;
+        }
+        upstream.read_timeout = idle_timeout;
+        next = match after {
+            Some(end) => end,
+            None => upstream.read_body_bytes().await,
+        };
+    }
+}
+
+/// The most one write to the client carries of what was already read: a
+/// relay that sends faster than the client takes is still written in
+/// bounded pieces.
+const BATCH_MAX: usize = 64 * 1024;
+
+/// `first`, and behind it every chunk of the answer that is already read
+/// (an SSE event is often a chunk, and a relay sends several in a packet):
+/// one write to the client for what one read brought, never a wait for
+/// more. Also what ended the taking, if it was not a wait: the end of the
+/// body, or an error, to be acted on after the write. Each chunk is fed to
+/// `scan` in order.
+fn with_what_is_ready(
+    upstream: &mut UpstreamSession,
+    first: Bytes,
+    scan: &mut StreamScan,
+) -> (Bytes, Option<Result<Option<Bytes>>>) {
+    use futures::FutureExt;
+    // A look, not a wait: no read deadline to arm for it.
+    upstream.read_timeout = None;
+    let mut batch: Option<BytesMut> = None;
+    loop {
+        // Pending means nothing was read: the body reader keeps its state
+        // in the session, so dropping the future loses nothing.
+        match upstream.read_body_bytes().now_or_never() {
+            Some(Ok(Some(more))) => {
+                scan.feed(&more);
+                let b = batch.get_or_insert_with(|| BytesMut::from(&first[..]));
+                b.extend_from_slice(&more);
+                if b.len() >= BATCH_MAX {
+                    return (batch.map_or(first, BytesMut::freeze), None);
+                }
+            }
+            None => return (batch.map_or(first, BytesMut::freeze), None),
+            Some(end) => return (batch.map_or(first, BytesMut::freeze), Some(end)),
         }
     }
 }
