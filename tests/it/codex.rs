@@ -152,25 +152,7 @@ async fn the_codex_cli_keeps_its_session_and_subagents_on_one_relay_and_ejects_n
     assert_each_header_reached_as_sent(&tap.sent(), requests);
 
     let n = requests.len() as u64;
-    let completed =
-        format!("relay_edge_streams_total{{outcome=\"completed\",upstream=\"{home_relay}\"}}");
-    eventually(Duration::from_secs(10), "every stream counted", || async {
-        counter(&edge.metrics().await, &completed) == n
-    })
-    .await;
-    let metrics = edge.metrics().await;
-    for u in &ups {
-        let cut = format!(
-            "relay_edge_streams_total{{outcome=\"relay_cut\",upstream=\"{}\"}}",
-            u.name
-        );
-        assert_eq!(counter(&metrics, &cut), 0, "{metrics}");
-        let ejections = format!(
-            "relay_edge_upstream_ejections_total{{upstream=\"{}\"}}",
-            u.name
-        );
-        assert_eq!(counter(&metrics, &ejections), 0, "{metrics}");
-    }
+    let metrics = every_stream_completed_on(&edge, home_relay, n, &ups).await;
     // The Responses API's usage, read as it passed: 900 cached input tokens
     // per request.
     let cached =

@@ -33,3 +33,37 @@ pub fn run(cmd: &mut Command, within: Duration) -> String {
         None => panic!("{cmd:?} did not finish within {within:?}:\n{text}"),
     }
 }
+
+/// Wait until `n` streams are counted `completed` on `home` (a stream is
+/// counted as the edge ends it, just after the client has its last byte),
+/// then check that no relay of `ups` cut one or was ejected. Returns the
+/// metrics text it read last.
+pub async fn every_stream_completed_on(
+    edge: &super::Edge,
+    home: &str,
+    n: u64,
+    ups: &[relay_edge::demo::DemoUpstream],
+) -> String {
+    let completed =
+        format!("relay_edge_streams_total{{outcome=\"completed\",upstream=\"{home}\"}}");
+    super::eventually(
+        std::time::Duration::from_secs(10),
+        "every stream counted",
+        || async { super::counter(&edge.metrics().await, &completed) == n },
+    )
+    .await;
+    let metrics = edge.metrics().await;
+    for u in ups {
+        let cut = format!(
+            "relay_edge_streams_total{{outcome=\"relay_cut\",upstream=\"{}\"}}",
+            u.name
+        );
+        assert_eq!(super::counter(&metrics, &cut), 0, "{metrics}");
+        let ejections = format!(
+            "relay_edge_upstream_ejections_total{{upstream=\"{}\"}}",
+            u.name
+        );
+        assert_eq!(super::counter(&metrics, &ejections), 0, "{metrics}");
+    }
+    metrics
+}

@@ -15,6 +15,7 @@ pub mod sentinel;
 pub mod tap;
 pub mod wait;
 
+pub use cli::every_stream_completed_on;
 pub use edge::{finishes_its_stream_and_exits, ready_addresses, Edge, TestEdge, BIN};
 pub use http::{messages_body, open_stream, open_stream_with, raw_request, request, Conn};
 pub use redis::{RedisCluster, RedisServer};
