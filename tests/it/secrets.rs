@@ -64,23 +64,37 @@ async fn no_output_holds_a_planted_secret() {
         matches!(get("/readyz").await, Ok((200, _)))
     })
     .await;
-    let pin = request(
-        admin,
-        "PUT",
-        "/api/sessions/carol",
-        &[("authorization", &auth)],
-        br#"{"upstream":"relay-p"}"#,
-    )
-    .await
-    .expect("admin answers");
-    assert_eq!(pin.status, 200);
-    for key in ["alice", "bob", "carol"] {
+    // Each session is pinned, so that exactly one request (carol's) goes
+    // through the proxy: a new session may otherwise be placed on relay-p.
+    let sessions = [
+        ("alice", "relay-a"),
+        ("bob", "relay-b"),
+        ("carol", "relay-p"),
+    ];
+    for (key, relay) in sessions {
+        let pin = request(
+            admin,
+            "PUT",
+            &format!("/api/sessions/{key}"),
+            &[("authorization", &auth)],
+            format!(r#"{{"upstream":"{relay}"}}"#).as_bytes(),
+        )
+        .await
+        .expect("admin answers");
+        assert_eq!(pin.status, 200, "pin {key}");
+    }
+    for (key, _) in sessions {
         let r = request(proxy, "GET", "/v1/x", &[("x-session-id", key)], b"")
             .await
             .expect("proxied");
         assert_eq!(r.status, 200);
     }
-    assert_eq!(ups[2].requests(), 1, "carol went through the proxy");
+    let served: Vec<usize> = ups.iter().map(|u| u.requests()).collect();
+    assert_eq!(
+        served,
+        [1, 1, 1],
+        "each pinned session on its relay; carol through the proxy"
+    );
     let mut seen = Vec::new();
     for path in [
         "/api/stats",
