@@ -307,6 +307,54 @@ mod tests {
     }
 
     #[test]
+    fn values_scanned_as_the_body_arrived_key_it_as_the_whole_body_does() {
+        let json = |p: &str| KeySourceSpec::Json(json_pointer(p).expect("ptr"));
+        let c = chain(vec![
+            spec(KeySourceSpec::Header("x-a".into()), Extract::Whole),
+            spec(json("/metadata/user_id"), Extract::ClaudeUserId),
+            spec(KeySourceSpec::Header("x-b".into()), Extract::Whole),
+            spec(json("/conversation"), Extract::Whole),
+        ]);
+        assert_eq!(
+            c.body_pointers(1),
+            vec![
+                json_pointer("/metadata/user_id").expect("ptr"),
+                json_pointer("/conversation").expect("ptr")
+            ]
+        );
+        assert_eq!(
+            c.body_pointers(3),
+            vec![json_pointer("/conversation").expect("ptr")]
+        );
+        let sid = r#"{\"session_id\":\"s-9\"}"#;
+        let bodies = [
+            format!(r#"{{"metadata":{{"user_id":"{sid}"}},"conversation":"c-1"}}"#),
+            r#"{"metadata":{"user_id":""},"conversation":"c-2"}"#.to_string(),
+            r#"{"conversation":"c-3"}"#.to_string(),
+            r#"{"conversation":"#.to_string(),
+            "{}".to_string(),
+        ];
+        for headers in [&[][..], &[("x-b", "late")][..]] {
+            let r = req("/", headers);
+            for body in &bodies {
+                let values: Vec<Option<String>> = c
+                    .body_pointers(1)
+                    .iter()
+                    .map(|p| json_scan::find(body.as_bytes(), p))
+                    .collect();
+                assert_eq!(
+                    c.resume_with_values(&r, &values, 1),
+                    c.resume_with_body(&r, Some(body.as_bytes()), 1),
+                    "{body} {headers:?}"
+                );
+            }
+        }
+        let r = req("/", &[]);
+        let values = [Some(r#"{"session_id":"s-9"}"#.to_string()), None];
+        assert_eq!(c.resume_with_values(&r, &values, 1), Some(id("s-9")));
+    }
+
+    #[test]
     fn regex_takes_first_group() {
         let re = Regex::new("session_([0-9a-f-]{36})").expect("regex");
         let c = chain(vec![spec(

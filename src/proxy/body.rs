@@ -317,6 +317,9 @@ pub async fn read_whole(
         scan: None,
     };
     if let Some(disk) = disk {
+        // Its whole share at once: pages are resident only once written,
+        // and no smaller buffers are left behind by doubling.
+        sink.head = Vec::with_capacity(sink.head_max);
         match Spill::create(with.spill_dir, disk).await {
             Ok(spill) => sink.spill = Some(spill),
             Err(e) => {
@@ -332,7 +335,9 @@ pub async fn read_whole(
         if with.scan.stream {
             pointers.push(vec!["stream".to_string()]);
         }
-        sink.scan = StreamScan::new(pointers, MAX_SPILLED_VALUE);
+        if !pointers.is_empty() {
+            sink.scan = StreamScan::new(pointers, MAX_SPILLED_VALUE);
+        }
     }
     if expects_continue {
         // Pingora would mark the connection close-after-response because the

@@ -10,7 +10,7 @@
 //! with one bound `find` does not have: a value longer than `max_value`
 //! bytes counts as absent rather than being held in memory.
 
-use super::{array_index, has_control, leaf, MAX_DEPTH};
+use super::{array_index, has_control, leaf, special, MAX_DEPTH, SHORT};
 
 /// At most this many pointers are followed at once (one bit each).
 pub const MAX_POINTERS: usize = 64;
@@ -325,30 +325,29 @@ impl StreamScan {
             escaped,
         } = self.state
         {
-            // The bulk of a body: run to the next quote or backslash.
+            // The bulk of a body: run to the next quote or backslash, eight
+            // bytes at a time while the string is short, then with `memchr`.
             let rest = &chunk[i..];
-            let wanted = if key {
-                self.stack.last().is_some_and(|f| self.open(f.on) != 0)
-            } else {
-                self.ending(cand) != 0
+            let wanted = self.wanted();
+            let bound = self.bound(key);
+            let at = match special(&rest[..rest.len().min(SHORT)]) {
+                Some(at) if rest[at] < 0x20 => return self.fail(),
+                Some(at) => Some(at),
+                None if rest.len() <= SHORT => None,
+                None => match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(at) if has_control(&rest[..at]) => return self.fail(),
+                    found => found,
+                },
             };
-            let bound = if key {
-                6 * self.max_token + 2
-            } else {
-                self.max_value.saturating_add(2)
-            };
-            let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
-                if has_control(rest) {
-                    self.invalid = true;
-                } else if wanted {
+            let Some(at) = at else {
+                if rest.len() > SHORT && has_control(rest) {
+                    return self.fail();
+                }
+                if wanted {
                     self.collect(rest, bound);
                 }
                 return chunk.len();
             };
-            if has_control(&rest[..at]) {
-                self.invalid = true;
-                return chunk.len();
-            }
             if wanted {
                 self.collect(&rest[..=at], bound);
             }
@@ -389,17 +388,8 @@ impl StreamScan {
                     }
                     _ => return self.fail(),
                 };
-                let wanted = if key {
-                    self.stack.last().is_some_and(|f| self.open(f.on) != 0)
-                } else {
-                    self.ending(cand) != 0
-                };
-                if wanted {
-                    let bound = if key {
-                        6 * self.max_token + 2
-                    } else {
-                        self.max_value.saturating_add(2)
-                    };
+                if self.wanted() {
+                    let bound = self.bound(key);
                     self.collect(&[b], bound);
                 }
                 self.state = State::Str {
@@ -482,6 +472,22 @@ impl StreamScan {
             State::End => return self.fail(),
         }
         i
+    }
+
+    /// Whether the string being read is kept: its opening quote went into
+    /// `raw` (or `raw` outgrew its bound).
+    fn wanted(&self) -> bool {
+        self.overflow || !self.raw.is_empty()
+    }
+
+    /// How much of a string `raw` may keep: a key longer than six times
+    /// the longest token cannot equal it (an escape is at most six bytes).
+    fn bound(&self, key: bool) -> usize {
+        if key {
+            6 * self.max_token + 2
+        } else {
+            self.max_value.saturating_add(2)
+        }
     }
 
     fn fail(&mut self) -> usize {
