@@ -50,7 +50,16 @@ fn last_body(ups: &[DemoUpstream], name: &str) -> Vec<u8> {
 async fn a_spilled_body_routes_by_its_key_and_arrives_byte_for_byte_on_both_paths_and_on_a_retry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ups = upstreams(&["relay-a", "relay-b"]).await;
-    let edge = TestEdge::new(&config(&ups, dir.path(), "")).start().await;
+    // Health checks that a relay busy recording a 4 MiB body still passes
+    // (the tests' default times out after 200 ms): the retry needs the
+    // other relay healthy.
+    let edge = TestEdge::new(&format!(
+        "{}health_check: {{path: /health, interval: 200ms, timeout: 10s}}\n",
+        config(&ups, dir.path(), "")
+    ))
+    .own_health_check()
+    .start()
+    .await;
     for (key, home, stream) in [
         ("spill-json-a", "relay-a", false),
         ("spill-json-b", "relay-b", false),
