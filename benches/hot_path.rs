@@ -8,6 +8,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora_http::RequestHeader;
+use relay_edge::affinity::json_scan::stream::StreamScan;
 use relay_edge::affinity::store::{LocalStore, SessionStore};
 use relay_edge::affinity::{KeyHasher, SessionId};
 use relay_edge::clock;
@@ -82,6 +83,23 @@ fn key_extraction(c: &mut Criterion) {
     long.extend_from_slice(br#"","messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"user_ab_account_x_session_9f6c1c2e-1111-4222-8333-444455556666"}}"#);
     c.bench_function("key/json_1MiB_long_string_key_at_end", |b| {
         b.iter(|| black_box(s.keys.resume_with_body(&by_body, Some(black_box(&long)), 2)))
+    });
+    // The same bodies scanned as they arrive (a spilled body), in 16 KiB
+    // reads, for the key and `"stream"`, as `proxy::body` does.
+    let streamed = |body: &[u8]| {
+        let mut pointers = s.keys.body_pointers(2);
+        pointers.push(vec!["stream".to_string()]);
+        let mut scan = StreamScan::new(pointers, 64 * 1024).expect("two pointers");
+        for chunk in body.chunks(16 * 1024) {
+            scan.feed(chunk);
+        }
+        scan.finish()
+    };
+    c.bench_function("key/json_stream_1MiB_key_at_end", |b| {
+        b.iter(|| black_box(streamed(black_box(&body))))
+    });
+    c.bench_function("key/json_stream_1MiB_long_string_key_at_end", |b| {
+        b.iter(|| black_box(streamed(black_box(&long))))
     });
 }
 

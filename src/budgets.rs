@@ -2,11 +2,12 @@
 //! whatever their number: the memory of bodies read early, and the share
 //! of answered attempts that may be retried.
 //!
-//! ## The body budget
+//! ## The body budgets
 //!
 //! Bodies read early for their keys hold, at once, at most
-//! `limits.body_read_memory` bytes edge-wide ([`BodyBudget`], counted at the
-//! declared length); a share is given back when its [`BudgetHold`] drops.
+//! `limits.body_read_memory` bytes of memory and `limits.body_disk` bytes
+//! of disk edge-wide (two [`BodyBudget`]s, counted at the declared
+//! length); a share is given back when its [`BudgetHold`] drops.
 //!
 //! ## The retry budget
 //!
@@ -46,6 +47,11 @@ impl Drop for BudgetHold {
 }
 
 impl BodyBudget {
+    /// The bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
     fn try_take(self: &Arc<Self>, bytes: usize, limit: usize) -> Option<BudgetHold> {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {

@@ -151,6 +151,8 @@ pub struct Edge {
     pub drain: Arc<Drain>,
     /// Bodies read early for their keys, edge-wide.
     pub body_budget: Arc<crate::budgets::BodyBudget>,
+    /// ... and the parts of them spilled to disk.
+    pub body_disk_budget: Arc<crate::budgets::BodyBudget>,
     /// Retries of answered attempts, edge-wide (`failover.retry_budget`).
     pub retry_budget: crate::budgets::RetryBudget,
     pub store: Arc<dyn SessionStore>,
@@ -230,6 +232,7 @@ impl Edge {
             redis,
             drain: Drain::new(),
             body_budget: Arc::default(),
+            body_disk_budget: Arc::default(),
             retry_budget: Default::default(),
             store,
             local,
@@ -352,5 +355,7 @@ impl Edge {
         m.client_connections_max.set(cap as i64);
         m.pool_utilisation
             .set(m.client_connections.get().max(0) as f64 / cap.max(1) as f64);
+        m.bodies.memory.set(self.body_budget.held() as i64);
+        m.bodies.spill.set(self.body_disk_budget.held() as i64);
     }
 }

@@ -14,6 +14,8 @@
 //! (numbers as `serde_json` prints them); objects, arrays and null count as
 //! absent. Nesting deeper than `serde_json`'s own limit (127 levels) is refused.
 
+pub mod stream;
+
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 

@@ -60,13 +60,41 @@ impl KeyChain {
         body: Option<&[u8]>,
         from: usize,
     ) -> Option<SessionId> {
-        match self.walk(req, Some(body), from) {
+        match self.walk(req, Some(Body::Bytes(body)), from) {
             HeadLookup::Found(id) => Some(id),
             _ => None,
         }
     }
 
-    fn walk(&self, req: &RequestHeader, body: Option<Option<&[u8]>>, from: usize) -> HeadLookup {
+    /// The JSON pointers of the sources from `from` on, in order: what a
+    /// body that is scanned as it arrives is scanned for.
+    pub fn body_pointers(&self, from: usize) -> Vec<Vec<String>> {
+        self.sources
+            .iter()
+            .skip(from)
+            .filter_map(|s| match &s.source {
+                KeySourceSpec::Json(pointer) => Some(pointer.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Continue the walk at source `from` with the values a scan found at
+    /// [`Self::body_pointers`]`(from)`, in the same order.
+    pub fn resume_with_values(
+        &self,
+        req: &RequestHeader,
+        values: &[Option<String>],
+        from: usize,
+    ) -> Option<SessionId> {
+        match self.walk(req, Some(Body::Scanned(values)), from) {
+            HeadLookup::Found(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn walk(&self, req: &RequestHeader, body: Option<Body<'_>>, from: usize) -> HeadLookup {
+        let mut json_sources = 0;
         for (i, spec) in self.sources.iter().enumerate().skip(from) {
             let key = match &spec.source {
                 KeySourceSpec::Header(name) => {
@@ -78,14 +106,20 @@ impl KeyChain {
                 KeySourceSpec::Query(name) => {
                     query_value(req, name).and_then(|v| apply(&spec.extract, v))
                 }
-                KeySourceSpec::Json(pointer) => match body {
-                    None => return HeadLookup::NeedBody { from: i },
-                    Some(None) => None,
-                    Some(Some(bytes)) => json_scan::find(bytes, pointer).and_then(|v| {
+                KeySourceSpec::Json(pointer) => {
+                    let nth = json_sources;
+                    json_sources += 1;
+                    let value = match body {
+                        None => return HeadLookup::NeedBody { from: i },
+                        Some(Body::Bytes(None)) => None,
+                        Some(Body::Bytes(Some(bytes))) => json_scan::find(bytes, pointer),
+                        Some(Body::Scanned(values)) => values.get(nth).cloned().flatten(),
+                    };
+                    value.and_then(|v| {
                         apply(&spec.extract, Cow::Owned(v.into_bytes()))
                             .map(|k| Cow::Owned(k.into_owned()))
-                    }),
-                },
+                    })
+                }
             };
             if let Some(key) = key {
                 return HeadLookup::Found(self.hasher.id(&key));
@@ -93,6 +127,15 @@ impl KeyChain {
         }
         HeadLookup::Absent
     }
+}
+
+/// The body, as the walk gets it.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    /// Whole (or `None`: no usable body).
+    Bytes(Option<&'a [u8]>),
+    /// The values at the JSON sources' pointers, scanned as it arrived.
+    Scanned(&'a [Option<String>]),
 }
 
 fn non_empty(v: &[u8]) -> Option<&[u8]> {
@@ -261,6 +304,54 @@ mod tests {
             c.from_head(&req("/", &[("x-a", "early")])),
             HeadLookup::Found(id("early"))
         );
+    }
+
+    #[test]
+    fn values_scanned_as_the_body_arrived_key_it_as_the_whole_body_does() {
+        let json = |p: &str| KeySourceSpec::Json(json_pointer(p).expect("ptr"));
+        let c = chain(vec![
+            spec(KeySourceSpec::Header("x-a".into()), Extract::Whole),
+            spec(json("/metadata/user_id"), Extract::ClaudeUserId),
+            spec(KeySourceSpec::Header("x-b".into()), Extract::Whole),
+            spec(json("/conversation"), Extract::Whole),
+        ]);
+        assert_eq!(
+            c.body_pointers(1),
+            vec![
+                json_pointer("/metadata/user_id").expect("ptr"),
+                json_pointer("/conversation").expect("ptr")
+            ]
+        );
+        assert_eq!(
+            c.body_pointers(3),
+            vec![json_pointer("/conversation").expect("ptr")]
+        );
+        let sid = r#"{\"session_id\":\"s-9\"}"#;
+        let bodies = [
+            format!(r#"{{"metadata":{{"user_id":"{sid}"}},"conversation":"c-1"}}"#),
+            r#"{"metadata":{"user_id":""},"conversation":"c-2"}"#.to_string(),
+            r#"{"conversation":"c-3"}"#.to_string(),
+            r#"{"conversation":"#.to_string(),
+            "{}".to_string(),
+        ];
+        for headers in [&[][..], &[("x-b", "late")][..]] {
+            let r = req("/", headers);
+            for body in &bodies {
+                let values: Vec<Option<String>> = c
+                    .body_pointers(1)
+                    .iter()
+                    .map(|p| json_scan::find(body.as_bytes(), p))
+                    .collect();
+                assert_eq!(
+                    c.resume_with_values(&r, &values, 1),
+                    c.resume_with_body(&r, Some(body.as_bytes()), 1),
+                    "{body} {headers:?}"
+                );
+            }
+        }
+        let r = req("/", &[]);
+        let values = [Some(r#"{"session_id":"s-9"}"#.to_string()), None];
+        assert_eq!(c.resume_with_values(&r, &values, 1), Some(id("s-9")));
     }
 
     #[test]

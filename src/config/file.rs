@@ -386,6 +386,9 @@ pub struct LimitsFile {
     pub max_header_bytes: Option<usize>,
     pub max_uri_bytes: Option<usize>,
     pub body_read_memory: Option<usize>,
+    pub body_memory_per_request: Option<usize>,
+    pub body_disk: Option<usize>,
+    pub body_spill_dir: Option<String>,
     pub min_body_rate: Option<usize>,
 }
 

@@ -368,6 +368,12 @@ pub struct LimitsSpec {
     pub max_uri_bytes: usize,
     /// Bytes of request bodies held at once for their JSON keys, edge-wide.
     pub body_read_memory: usize,
+    /// Bytes of one such body kept in memory; the rest goes to disk.
+    pub body_memory_per_request: usize,
+    /// Bytes of such bodies on disk at once, edge-wide (0: none spill).
+    pub body_disk: usize,
+    /// Where spilled bodies go (in unlinked files).
+    pub body_spill_dir: std::path::PathBuf,
     /// A request body must keep up this average, in bytes per second, once
     /// `timeouts.client_body` has passed; 0 turns it off.
     pub min_body_rate: usize,
@@ -435,6 +441,7 @@ impl Limits {
     pub const MAX_WEIGHT: u32 = 1000;
     pub const MAX_SESSIONS: u64 = 1_000_000_000;
     pub const MAX_BODY_BYTES: usize = 1 << 30;
+    pub const MAX_BODY_DISK: usize = 1 << 40;
     pub const MAX_CONNECTIONS: usize = 10_000_000;
     /// Pingora's own header limit is about 1 MiB; ours stays below it.
     pub const MAX_HEADER_BYTES: usize = 512 * 1024;
@@ -493,6 +500,13 @@ impl Defaults {
     /// nginx's request-line limit is one 8 KiB buffer.
     pub const MAX_URI_BYTES: usize = 8 * 1024;
     pub const BODY_READ_MEMORY: usize = 256 * 1024 * 1024;
+    /// nginx's `client_body_buffer_size` is 8 or 16 KiB; a Claude Code
+    /// body (about 87 KB, growing with the conversation) mostly fits.
+    pub const BODY_MEMORY_PER_REQUEST: usize = 1024 * 1024;
+    pub const BODY_DISK: usize = 4 * 1024 * 1024 * 1024;
+    /// Disk, not RAM (unlike a tmpfs `/tmp`), present everywhere, and
+    /// private and writable under the unit's `PrivateTmp=true`.
+    pub const BODY_SPILL_DIR: &'static str = "/var/tmp";
     pub const MIN_BODY_RATE: usize = 1024;
     pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
     pub const REDIS_CONNECT_WAIT: Duration = Duration::from_secs(5);

@@ -5,6 +5,7 @@
 //! [`upstream`]), and the common status codes of `relay_edge_requests_total`
 //! are resolved with them. The words of the labels are [`crate::outcome`]'s.
 
+mod bodies;
 mod counts;
 mod upstream;
 
@@ -124,6 +125,7 @@ pub struct Metrics {
     /// Requests whose pinned relay was full, by what came of the wait
     /// (`served` there, or `spilled` to another relay).
     pub pin_waits: IntCounterVec,
+    pub bodies: bodies::BodyGauges,
 }
 
 /// The registry, and the names of what was registered in it.
@@ -507,7 +509,9 @@ impl Metrics {
         for code in UNROUTED_CODES {
             requests.with_label_values(&["none", &code.to_string()]);
         }
+        let bodies = bodies::BodyGauges::new(&r);
         Metrics {
+            bodies,
             tls_certificate_expiry,
             registry: r.registry,
             names: r.names.into_inner(),

@@ -106,15 +106,10 @@ enum Reached {
     Failed(Box<Error>, Option<Leave>),
 }
 
-/// Serve the request (whose body is `body`, whole) on the held path.
+/// Serve the request (whose body was read early, `ctx.body.early`) on the held path.
 /// `Ok(())`: a response was written; `Err`: nothing was, and the error
 /// says what the client gets.
-pub async fn serve(
-    proxy: &EdgeProxy,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    body: Bytes,
-) -> Result<()> {
+pub async fn serve(proxy: &EdgeProxy, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let state = ctx.state(&proxy.edge).clone();
     let edge = &proxy.edge;
     loop {
@@ -141,7 +136,7 @@ pub async fn serve(
                 attempt.upstream().peer()
             }
         };
-        match Box::pin(attempt(proxy, session, ctx, &state, peer, &body)).await {
+        match Box::pin(attempt(proxy, session, ctx, &state, peer)).await {
             Reached::Answer(answer, None) => {
                 return commit(proxy, session, ctx, &state, answer).await
             }
@@ -188,7 +183,6 @@ async fn attempt(
     ctx: &mut RequestCtx,
     state: &Arc<State>,
     peer: Box<HttpPeer>,
-    body: &Bytes,
 ) -> Reached {
     let (mut up, reused) = match proxy.held_connector.get_http_session(&*peer).await {
         Ok(s) => s,
@@ -203,7 +197,7 @@ async fn attempt(
     if let Some(attempt) = &ctx.attempts.current {
         attempt.connected(reused);
     }
-    if let Err(e) = send(proxy, session, ctx, &mut up, body).await {
+    if let Err(e) = send(proxy, session, ctx, &mut up).await {
         return lost(proxy, session, ctx, e, reused);
     }
     // The first event is due within `first_event_timeout` of the request's
@@ -291,13 +285,13 @@ fn no_first_event(why: Leave) -> Reached {
     Reached::Failed(e.into_up(), Some(why))
 }
 
-/// Write the request (head and whole body) to the relay.
+/// Write the request (head and whole body) to the relay: the body from
+/// memory, and from its file for one that spilled.
 async fn send(
     proxy: &EdgeProxy,
     session: &mut Session,
     ctx: &mut RequestCtx,
     up: &mut UpstreamSession,
-    body: &Bytes,
 ) -> Result<()> {
     use pingora_proxy::ProxyHttp;
     let mut req = session.req_header().clone();
@@ -307,7 +301,10 @@ async fn send(
     up.write_request_header(Box::new(req))
         .await
         .map_err(|e| e.into_up())?;
-    up.write_body(body).await.map_err(|e| e.into_up())?;
+    let Some(body) = &ctx.body.early else {
+        return Error::e_explain(ErrorType::InternalError, "a held request without its body");
+    };
+    body.write_to(up).await?;
     up.finish_body().await.map_err(|e| e.into_up())?;
     Ok(())
 }

@@ -49,6 +49,7 @@ pub mod hop;
 pub mod pace;
 pub mod retry;
 pub mod route;
+pub mod spill;
 pub mod sse;
 pub mod tenant_admission;
 
@@ -189,14 +190,28 @@ impl ProxyHttp for EdgeProxy {
         session.set_keepalive(keepalive);
         self.edge.retry_budget.note_request(clock::now_ms());
         let config = &state.config;
-        let early = |pace: Option<pace::BodyPace>| body::EarlyRead {
+        let limits = &config.limits;
+        let early = |pace: Option<pace::BodyPace>, keys_from: Option<usize>| body::EarlyRead {
             max_body: config.affinity.max_body_bytes,
-            budget: &self.edge.body_budget,
-            budget_limit: config.limits.body_read_memory,
+            memory: body::Budget {
+                budget: &self.edge.body_budget,
+                limit: limits.body_read_memory,
+            },
+            memory_per_request: limits.body_memory_per_request,
+            disk: body::Budget {
+                budget: &self.edge.body_disk_budget,
+                limit: limits.body_disk,
+            },
+            spill_dir: &limits.body_spill_dir,
             // A body that is not read early streams through on the same pace.
             pace: pace.unwrap_or_else(|| {
                 pace::BodyPace::new(Instant::now(), config.timeouts.client_body, 0)
             }),
+            scan: body::ScanFor {
+                keys: &state.keys,
+                keys_from,
+                stream: config.streams.hold_first_event,
+            },
         };
         let hasher = state.keys.hasher();
         ctx.tenant = crate::tenants::tenant_of(&config.tenants.from, hasher, session.req_header());
@@ -204,11 +219,17 @@ impl ProxyHttp for EdgeProxy {
             HeadLookup::Found(id) => Some(id),
             HeadLookup::Absent => None,
             HeadLookup::NeedBody { from } => {
-                ctx.body.early = body::read_whole(session, early(ctx.body.pace.clone())).await?;
-                let bytes = ctx.body.early.as_ref().map(|b| &b.bytes[..]);
-                state
-                    .keys
-                    .resume_with_body(session.req_header(), bytes, from)
+                let read = early(ctx.body.pace.clone(), Some(from));
+                ctx.body.early = body::read_whole(session, read).await?;
+                let req = session.req_header();
+                match ctx.body.early.as_ref() {
+                    Some(early) => match &early.scanned {
+                        Some(scanned) => state.keys.resume_with_values(req, &scanned.keys, from),
+                        None if early.spilled() => state.keys.resume_with_body(req, None, from),
+                        None => state.keys.resume_with_body(req, Some(&early.head), from),
+                    },
+                    None => state.keys.resume_with_body(req, None, from),
+                }
             }
         };
         ctx.session = key.map(|id| hasher.namespaced(ctx.tenant, id));
@@ -228,16 +249,18 @@ impl ProxyHttp for EdgeProxy {
             // held, and so that one too big for Pingora's retry buffer (a
             // Claude Code request is over 64 KiB) can be sent again when an
             // overloaded relay's answer is tried elsewhere.
-            ctx.body.early = body::read_whole(session, early(ctx.body.pace.clone())).await?;
+            ctx.body.early = body::read_whole(session, early(ctx.body.pace.clone(), None)).await?;
             ctx.body.replayable |= ctx.body.early.is_some();
         }
-        if let Some(whole) = ctx.body.early.as_ref().map(|b| b.bytes.clone()) {
-            if config.streams.hold_first_event && held::wants_stream(&whole) {
-                // Boxed: the futures of every request's `request_filter`
-                // are as large as the largest path through it.
-                Box::pin(held::serve(self, session, ctx, whole)).await?;
-                return Ok(true);
-            }
+        let wants_stream = ctx.body.early.as_ref().is_some_and(|b| match &b.scanned {
+            Some(scanned) => scanned.stream,
+            None => !b.spilled() && held::wants_stream(&b.head),
+        });
+        if config.streams.hold_first_event && wants_stream {
+            // Boxed: the futures of every request's `request_filter`
+            // are as large as the largest path through it.
+            Box::pin(held::serve(self, session, ctx)).await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -339,7 +362,7 @@ impl ProxyHttp for EdgeProxy {
         // The replayed retry-buffer tail of an early-read body: send it whole.
         if let Some(whole) = &ctx.body.early {
             if end_of_stream && body.is_some() {
-                *body = Some(whole.bytes.clone());
+                *body = Some(whole.whole().await?);
                 ctx.body.sent = true;
             }
             return Ok(());

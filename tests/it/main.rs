@@ -30,6 +30,7 @@ mod routing;
 mod secrets;
 mod sentinel;
 mod shared_table;
+mod spill;
 mod systemd;
 mod tenants;
 mod tls;

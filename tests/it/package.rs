@@ -80,10 +80,22 @@ fn the_deb_holds_the_binary_the_unit_the_conffile_and_a_postinst_that_adds_the_u
         postinst.contains("deb-systemd-helper enable relay-edge.service"),
         "{postinst}"
     );
-    run(
-        Command::new("sh").arg("-n").arg(control.join("postinst")),
-        "sh -n postinst",
+    assert!(
+        postinst
+            .contains("install -d -o relay-edge -g relay-edge -m 0700 /var/lib/relay-edge/bodies"),
+        "the postinst makes the body spill directory:\n{postinst}"
     );
+    let postrm = std::fs::read_to_string(control.join("postrm")).expect("postrm");
+    assert!(
+        postrm.contains("rmdir /var/lib/relay-edge/bodies"),
+        "a purge removes it:\n{postrm}"
+    );
+    for script in ["postinst", "postrm"] {
+        run(
+            Command::new("sh").arg("-n").arg(control.join(script)),
+            &format!("sh -n {script}"),
+        );
+    }
     let prerm = std::fs::read_to_string(control.join("prerm")).unwrap_or_default();
     assert!(
         !prerm.contains("upgrade"),

@@ -21,6 +21,8 @@ fn the_unit_verifies_and_is_hardened() {
         "ProtectSystem=strict",
         "ProtectHome=true",
         "PrivateTmp=true",
+        "StateDirectory=relay-edge/bodies",
+        "StateDirectoryMode=0700",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
     ] {

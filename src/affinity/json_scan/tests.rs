@@ -2,7 +2,7 @@
 
 use super::find;
 
-fn p(s: &str) -> Vec<String> {
+pub(super) fn p(s: &str) -> Vec<String> {
     s.trim_start_matches('/')
         .split('/')
         .map(str::to_string)
@@ -124,7 +124,7 @@ fn random_value(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
 }
 
 /// A random object with some of the keys, in a random order.
-fn random_object(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
+pub(super) fn random_object(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
     const KEYS: &[&str] = &["a", "b", r"k\u0062", "0", "1", "é"];
     let mut keys = KEYS.to_vec();
     rng.shuffle(&mut keys);

@@ -10,6 +10,7 @@ mod presets;
 mod process;
 mod proxy;
 mod shared_table;
+mod spill;
 mod tenants;
 mod traffic;
 

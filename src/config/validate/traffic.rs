@@ -230,8 +230,19 @@ pub(super) fn limits_spec(l: LimitsFile, errs: &mut Errors) -> LimitsSpec {
         max_header_bytes,
         max_uri_bytes,
         body_read_memory,
+        body_memory_per_request,
+        body_disk,
+        body_spill_dir,
         min_body_rate,
     } = l;
+    let body_disk = number(
+        body_disk,
+        Defaults::BODY_DISK,
+        (0, Limits::MAX_BODY_DISK),
+        "limits.body_disk",
+        errs,
+    );
+    let body_spill_dir = super::spill::spill_dir(body_spill_dir, body_disk > 0, errs);
     let max_header_bytes = number(
         max_header_bytes,
         Defaults::MAX_HEADER_BYTES,
@@ -262,6 +273,15 @@ pub(super) fn limits_spec(l: LimitsFile, errs: &mut Errors) -> LimitsSpec {
             "limits.body_read_memory",
             errs,
         ),
+        body_memory_per_request: number(
+            body_memory_per_request,
+            Defaults::BODY_MEMORY_PER_REQUEST,
+            (4096, Limits::MAX_BODY_BYTES),
+            "limits.body_memory_per_request",
+            errs,
+        ),
+        body_disk,
+        body_spill_dir,
         min_body_rate: number(
             min_body_rate,
             Defaults::MIN_BODY_RATE,
