@@ -20,9 +20,12 @@
 //! and `limits.body_disk` bytes of disk edge-wide ([`BodyBudget`], each
 //! counted at the declared length). A body that finds no room within a
 //! second is not read early: it falls through the same way and is
-//! forwarded intact, never truncated. The in-memory buffer grows as bytes
-//! arrive (doubling, up to its share), so a client that declares 32 MiB
-//! and stalls holds what it sent, until [`super::pace`] cuts it.
+//! forwarded intact, never truncated. The in-memory buffer is allocated
+//! once, at its share (the declared length, up to
+//! `limits.body_memory_per_request`): its pages are resident only once
+//! written, so a client that declares 32 MiB and stalls holds what it sent
+//! of its share, until [`super::pace`] cuts it, and a body is never copied
+//! from a buffer it outgrew.
 //!
 //! A body that spills is scanned for its key (and its `"stream": true`) as
 //! it arrives ([`StreamScan`]), so the file is never read back for it; one
@@ -48,8 +51,6 @@ use std::time::{Duration, Instant};
 const RETRY_BUFFER: usize = 64 * 1024;
 /// Above this header size, Pingora's header read may already hold the whole body.
 const MAX_HEADER_FOR_EARLY_READ: usize = 16 * 1024;
-/// The first allocation for a body read early; it doubles from there.
-const FIRST_CAPACITY: usize = 64 * 1024;
 /// How long a body waits for room in the budget before it falls through.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// A JSON value in a spilled body longer than this is no key (it would be
@@ -243,20 +244,14 @@ struct Sink {
 }
 
 impl Sink {
-    async fn put(&mut self, mut chunk: Bytes, length: usize) -> Result<()> {
+    async fn put(&mut self, mut chunk: Bytes) -> Result<()> {
         if let Some(scan) = &mut self.scan {
             scan.feed(&chunk);
         }
         let room = self.head_max - self.head.len();
         if room > 0 {
+            // Within the capacity allocated at the start: no copy.
             let now = chunk.split_to(room.min(chunk.len()));
-            if self.head.capacity() - self.head.len() < now.len() {
-                let wanted = (self.head.capacity() * 2)
-                    .max(self.head.len() + now.len())
-                    .min(self.head_max.min(length));
-                self.head
-                    .reserve_exact(wanted.saturating_sub(self.head.len()));
-            }
             self.head.extend_from_slice(&now);
         }
         if !chunk.is_empty() {
@@ -310,16 +305,15 @@ pub async fn read_whole(
         log::debug!("no room to read a {length}-byte body for its key: it streams through");
         return Ok(None);
     };
+    let head_max = with.memory_per_request.min(length);
     let mut sink = Sink {
-        head: Vec::with_capacity(length.min(FIRST_CAPACITY)),
-        head_max: with.memory_per_request.min(length),
+        // Its whole share at once: pages are resident only once written.
+        head: Vec::with_capacity(head_max),
+        head_max,
         spill: None,
         scan: None,
     };
     if let Some(disk) = disk {
-        // Its whole share at once: pages are resident only once written,
-        // and no smaller buffers are left behind by doubling.
-        sink.head = Vec::with_capacity(sink.head_max);
         match Spill::create(with.spill_dir, disk).await {
             Ok(spill) => sink.spill = Some(spill),
             Err(e) => {
@@ -366,7 +360,7 @@ pub async fn read_whole(
         last_read = Instant::now();
         let Some(chunk) = chunk else { break };
         let n = chunk.len();
-        sink.put(chunk, length).await?;
+        sink.put(chunk).await?;
         if !with.pace.note(n, Instant::now()) {
             return Err(too_slow());
         }
