@@ -57,6 +57,7 @@ missing. Every run is bounded in time.
 import argparse
 import asyncio
 import collections
+import contextlib
 import gc
 import json
 import os
@@ -74,6 +75,9 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common.ports import free_port  # noqa: E402
+from common.peers import haproxy_conf, nginx_conf  # noqa: E402
+from common.claude import claude_body  # noqa: E402
+from common import syscalls  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -118,7 +122,8 @@ def die(msg):
 
 def install_missing():
     need = [p for t, p in [("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"),
-                           ("redis-server", "redis-server"), ("redis-cli", "redis-tools")]
+                           ("redis-server", "redis-server"), ("redis-cli", "redis-tools"),
+                           ("strace", "strace")]
             if shutil.which(t) is None and not os.path.exists(f"/usr/sbin/{t}")]
     if not need:
         return
@@ -275,69 +280,6 @@ http {{
     uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
 {servers}
 }}
-""")
-    return path
-
-
-def nginx_conf(tmp, name, port, relays, threads=1, header="x-session-id", keepalive=64, access_log=None):
-    log = f"access_log {access_log} combined;" if access_log else "access_log off;"
-    servers = "\n".join(f"        server 127.0.0.1:{p};" for _, p in relays)
-    var = "$http_" + header.replace("-", "_")
-    path = os.path.join(tmp, f"{name}.conf")
-    open(path, "w").write(f"""worker_processes {threads};
-pid {name}.pid;
-error_log {name}.error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
-http {{
-    {log}
-    keepalive_requests 1000000;
-    keepalive_timeout 600s;
-    client_max_body_size 8m;
-    client_body_buffer_size 2m;     # 1 MiB bodies stay in memory
-    client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
-    uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
-    upstream relays {{
-        hash {var} consistent;
-{servers}
-        keepalive {keepalive};          # idle upstream connections kept, per worker
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://relays;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;          # stream SSE event by event
-            proxy_read_timeout 600s;
-        }}
-    }}
-}}
-""")
-    return path
-
-
-def haproxy_conf(tmp, port, relays, threads=1, header="x-session-id"):
-    servers = "\n".join(f"    server {n} 127.0.0.1:{p}" for n, p in relays)
-    path = os.path.join(tmp, "haproxy.cfg")
-    open(path, "w").write(f"""global
-    nbthread {threads}
-    maxconn 8000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 600s
-    timeout server 600s
-frontend fe
-    bind 127.0.0.1:{port}
-    default_backend relays
-backend relays
-    balance leastconn
-    http-reuse always
-    stick-table type string len 64 size 100k expire 1h
-    stick on req.hdr({header})
-{servers}
 """)
     return path
 
@@ -536,11 +478,6 @@ def sse_client_main(argv):
 
 F_HEADER = "x-claude-code-session-id"
 F_SESSIONS = 10_000
-F_BODY_BYTES = 90_000
-WORDS = ("the a to of and in is for that file this you with tool use when should must not code "
-         "edit read write search bash command output user task test function return error path "
-         "line change commit repository directory before after only never always call result "
-         "parameter string number boolean array object make sure run check").split()
 
 
 def sse_answer():
@@ -570,50 +507,6 @@ def sse_answer():
                                  "usage": {"output_tokens": 74}}),
             ev("message_stop", {"type": "message_stop"})]
     return "".join(out)
-
-
-def claude_body():
-    """A Claude Code Messages request of about 90 KB, as (head, tail): the body
-    is head + session id + tail. Model and "stream":true first; a long system
-    prompt, tool definitions and a short conversation; metadata (which holds
-    the session id) last."""
-    rng = random.Random(3)
-
-    def words(n):
-        return " ".join(rng.choice(WORDS) for _ in range(n))
-    tools = [{"name": name, "description": words(150),
-              "input_schema": {"type": "object", "properties": {
-                  "file_path": {"type": "string", "description": words(12)},
-                  "pattern": {"type": "string", "description": words(12)},
-                  "limit": {"type": "number", "description": words(8)}},
-                  "required": ["file_path"], "additionalProperties": False,
-                  "$schema": "http://json-schema.org/draft-07/schema#"}}
-             for name in ("Task", "Bash", "Glob", "Grep", "ExitPlanMode", "Read", "Edit", "Write",
-                          "NotebookEdit", "WebFetch", "TodoWrite", "WebSearch", "BashOutput", "KillShell",
-                          "SlashCommand")]
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>" + words(300) + "</system-reminder>"},
-                                     {"type": "text", "text": "the config test fails after the last commit, fix it"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": words(40)},
-                                          {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9",
-                                           "name": "Read", "input": {"file_path": "/repo/tests/config.rs"}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9",
-                                      "content": words(900)}]}]
-    marker = "@@SESSION@@"
-
-    def build(system_words):
-        body = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 32000, "stream": True,
-                "system": [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
-                            "cache_control": {"type": "ephemeral"}},
-                           {"type": "text", "text": system_words, "cache_control": {"type": "ephemeral"}}],
-                "tools": tools, "messages": messages, "temperature": 1,
-                "metadata": {"user_id": "user_" + "5e1c" * 16 + "_account__session_" + marker}}
-        return json.dumps(body, separators=(",", ":"))
-    system = words(1000)
-    while len(build(system)) < F_BODY_BYTES - 36:     # a session id is 36 characters
-        system += " " + words(50)
-    head, tail = build(system).split(marker)
-    return head.encode(), tail.encode()
 
 
 async def ttfb_client(port, rate, seconds, warmup, pool=8):
@@ -729,9 +622,11 @@ def ttfb_client_main(argv):
     asyncio.run(ttfb_client(port, rate, seconds, warmup))
 
 
-def ttfb_run(port, pids, rate, seconds, warmup):
+def ttfb_run(port, pids, rate, seconds, warmup, count_syscalls=False):
     """Run the open-loop client in a child pinned to the load's CPU; the
-    proxy's CPU (all its processes) is read around the measured part only."""
+    proxy's CPU (all its processes) is read around the measured part only.
+    With `count_syscalls`, the proxy is traced over the measured part, and
+    its syscalls per request are in the result (its CPU then is not)."""
     failed = {"requests": 0, "failures": 1, "rate": 0, "ttfb_p50_us": 0, "ttfb_p99_us": 0, "total_p99_us": 0,
               "lag_p99_us": 0, "cpu_us": 0, "rss": 0}
     child = subprocess.Popen(pin(LOAD_CPU, [sys.executable, os.path.abspath(__file__), "--ttfb-client", str(port),
@@ -740,11 +635,13 @@ def ttfb_run(port, pids, rate, seconds, warmup):
     try:
         if child.stdout.readline().strip() != "ready":
             return failed
-        cpu0 = cpu_total(pids)
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        line = child.stdout.readline()
-        cpu = cpu_total(pids) - cpu0
+        counter = syscalls.Count(pids) if count_syscalls else contextlib.nullcontext()
+        with counter:
+            cpu0 = cpu_total(pids)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            line = child.stdout.readline()
+            cpu = cpu_total(pids) - cpu0
         rss = rss_total(pids)
     finally:
         child.stdin.close()
@@ -754,6 +651,8 @@ def ttfb_run(port, pids, rate, seconds, warmup):
     r = json.loads(line)
     r["cpu_us"] = cpu / max(r["requests"], 1) * 1e6
     r["rss"] = rss
+    if count_syscalls:
+        r.update(counter.per_request(r["requests"]))
     return r
 
 
@@ -1073,6 +972,13 @@ def main():
                         res = ttfb_run(port, proc_tree(p.pid) if p else [], args.rate, f_seconds, f_warmup)
                         check(f"f {name}", res)
                         runs[name].append(res)
+                # One more run per proxy under strace, for syscalls per request.
+                traced = {}
+                for name, port, p in targets[1:]:
+                    print(f"bench: f syscalls: {name}", file=sys.stderr)
+                    traced[name] = ttfb_run(port, proc_tree(p.pid), args.rate, f_seconds, f_warmup,
+                                            count_syscalls=True)
+                    check(f"f {name} (strace)", traced[name])
                 streams = metric_sum(ours[2].bench_admin, 'relay_edge_streams_total{', 'outcome="completed"')
                 for t in (ours, ng, ha):
                     procs.stop(t[2])
@@ -1090,7 +996,7 @@ def main():
                 body_kb = runs["direct"][0].get("body_bytes", 0) / 1000
                 report.append(
                     f"## f: Claude-Code-shaped streams at {args.rate:g} requests/s{wtag}\n\n"
-                    f"POST /v1/messages, {body_kb:.0f} KB JSON bodies (`\"stream\":true` near the start, metadata last), "
+                    f"POST /v1/messages, {body_kb:.0f} KB JSON bodies (Claude Code's member order: metadata near the end, `\"stream\":true` last), "
                     f"session in `{fk}` ({F_SESSIONS:,} sessions, one at random per request); the backends "
                     f"(nginx) read each body whole, then answer a static `text/event-stream` of 31 Anthropic events. "
                     f"Load: this script's open-loop asyncio client (`--ttfb-client`), {args.rate:g} requests/s on a fixed "
@@ -1104,7 +1010,12 @@ def main():
                       f"(warm-ups included): {streams:,.0f}\n- client lag: how late a request started against its "
                       f"schedule (a lagging client would no longer be open-loop)\n- direct: the client and the "
                       f"backend share a CPU; through a proxy each request crosses CPUs four times, whose wake-ups "
-                      f"are in the added TTFB (scenario g shows their size; --proxy-cpus {LOAD_CPU} removes them)")
+                      f"are in the added TTFB (scenario g shows their size; --proxy-cpus {LOAD_CPU} removes them)"
+                    + f"\n\nSyscalls per request: one more run per proxy, {f_seconds:g} s under `strace -c -f` "
+                      f"(which slows it: its CPU is not used); CPU µs/req is from the runs above.\n\n"
+                    + fmt_table(["path"] + syscalls.COLUMNS + ["CPU µs/req", "most frequent, per request"],
+                                [[n] + [f"{t[c]:.1f}" for c in syscalls.COLUMNS]
+                                 + [f"{median_of(runs[n], 'cpu_us'):.0f}", t["top"]] for n, t in traced.items()]))
 
             if "g" in scenarios:
                 def g_targets():
