@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Memory per open stream and per idle client connection (issue 12).
+"""Memory per open stream and per idle client connection (issues 12, 23).
 
-Starts one demo relay, the relay-edge binaries given, and nginx
-(`proxy_buffering off`) in front of the same relay, then for each proxy in
-turn:
+Starts one demo relay, the relay-edge binaries given, nginx
+(`proxy_buffering off`) and HAProxy in front of the same relay, then for
+each proxy in turn:
 
 - opens N streams at once (default 6,000), slow ones: an event every 5 s,
   so that every stream is open at the same time; once every stream has its
@@ -13,12 +13,15 @@ turn:
   on the machines this was measured on.
   `--path held` sends what Claude Code sends, a POST whose body says
   `"stream": true` (relay-edge's held path); `--path pingora` a GET with
-  `?sse=` (Pingora's own path in relay-edge);
+  `?sse=` (Pingora's own path in relay-edge); `--body claude` sends a
+  Claude Code Messages body of about 90 KB (`common/claude.py`) on the held
+  path instead of a 100-byte one;
 - opens N idle keep-alive client connections after one request each, and
   reports RSS per connection the same way.
 
 usage: memory.py --bin A/relay-edge [--bin B/relay-edge ...] [--streams 10000]
-                 [--path held|pingora] [--extra 'server: ...'] [--out F.md]
+                 [--path held|pingora] [--body small|claude] [--no-nginx]
+                 [--no-haproxy] [--only streams|idle] [--extra 'server: ...'] [--out F.md]
 `relay-edge-demo-upstream` must sit beside the first binary.
 """
 import argparse
@@ -34,7 +37,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common.ports import free_port  # noqa: E402
+from common.claude import claude_body  # noqa: E402
+from common.peers import haproxy_conf  # noqa: E402
 
+CLAUDE = claude_body()
 BODY = b'{"model":"claude-x","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
 
@@ -64,16 +70,21 @@ def nginx_pids(master):
     return [master] + [int(k) for k in kids]
 
 
-def stream_request(path, i, gap_ms):
+def stream_request(path, i, gap_ms, body):
     if path == "held":
+        if body == "claude":
+            head, tail = CLAUDE
+            data = head + f"{i:036d}".encode() + tail
+        else:
+            data = BODY
         return (f"POST /v1/messages?sse=3&gap_ms={gap_ms} HTTP/1.1\r\nhost: x\r\n"
                 f"x-session-id: s{i}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(BODY)}\r\n\r\n").encode() + BODY
+                f"content-length: {len(data)}\r\n\r\n").encode() + data
     return (f"GET /v1/messages?sse=3&gap_ms={gap_ms} HTTP/1.1\r\nhost: x\r\n"
             f"x-session-id: s{i}\r\n\r\n").encode()
 
 
-async def open_streams(port, n, path, gap_ms, started):
+async def open_streams(port, n, path, gap_ms, started, body):
     """Open n streams; set `started` once each has its first event; return
     the writers (to close) and the count that failed."""
     failed = [0]
@@ -91,7 +102,7 @@ async def open_streams(port, n, path, gap_ms, started):
             async with connecting:
                 r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 60)
             writers.append(w)
-            w.write(stream_request(path, i, gap_ms))
+            w.write(stream_request(path, i, gap_ms, body))
             await w.drain()
             while True:
                 line = await asyncio.wait_for(r.readline(), 120)
@@ -110,11 +121,11 @@ async def open_streams(port, n, path, gap_ms, started):
     return tasks, writers, failed
 
 
-async def measure_streams(port, pids, n, path):
+async def measure_streams(port, pids, n, path, body):
     gap_ms = 5000
     before = rss_kib(pids)
     started = asyncio.Event()
-    tasks, writers, failed = await open_streams(port, n, path, gap_ms, started)
+    tasks, writers, failed = await open_streams(port, n, path, gap_ms, started, body)
     await asyncio.wait_for(started.wait(), 300)
     await asyncio.sleep(0.5)
     peak = rss_kib(pids)
@@ -183,6 +194,7 @@ http {{
     client_body_temp_path {tmp}/nginx-tmp/body; proxy_temp_path {tmp}/nginx-tmp/proxy;
     fastcgi_temp_path {tmp}/nginx-tmp/f; uwsgi_temp_path {tmp}/nginx-tmp/u; scgi_temp_path {tmp}/nginx-tmp/s;
     keepalive_timeout 600s;
+    client_body_buffer_size 128k;   # a 90 KB body stays in memory, as relay-edge keeps it
     upstream relays {{ server 127.0.0.1:{relay}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
@@ -206,7 +218,10 @@ def main():
     ap.add_argument("--idle", type=int, default=2000)
     ap.add_argument("--path", choices=["held", "pingora"], default="held")
     ap.add_argument("--extra", default="")
+    ap.add_argument("--body", choices=["small", "claude"], default="small")
+    ap.add_argument("--only", choices=["streams", "idle"])
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -236,13 +251,26 @@ def main():
         procs.append(p)
         wait_port(port)
         targets.append(("nginx", port, lambda p=p: nginx_pids(p.pid)))
+    if not args.no_haproxy:
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        port = free_port()
+        p = subprocess.Popen([haproxy, "-f", haproxy_conf(tmp, port, [("relay-a", relay)]), "-db"],
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "haproxy.log"), "w"))
+        procs.append(p)
+        wait_port(port)
+        targets.append(("HAProxy", port, lambda p=p: [p.pid]))
     rows = []
     try:
         for name, port, pids in targets:
             asyncio.run(measure_idle(port, pids(), 100))  # warm: pools, allocator
             # Idle connections first: RSS a run of streams freed is reused.
-            idle, ifail = asyncio.run(measure_idle(port, pids(), args.idle))
-            stream, sfail = asyncio.run(measure_streams(port, pids(), args.streams, args.path))
+            # What the idle run freed is reused by the streams too (the
+            # allocator keeps it): `--only` measures one on a fresh process.
+            idle, ifail, stream, sfail = 0.0, 0, 0.0, 0
+            if args.only != "streams":
+                idle, ifail = asyncio.run(measure_idle(port, pids(), args.idle))
+            if args.only != "idle":
+                stream, sfail = asyncio.run(measure_streams(port, pids(), args.streams, args.path, args.body))
             rows.append((name, stream, sfail, idle, ifail, rss_kib(pids()) / 1024))
             print(f"{name}: {stream:.1f} KiB per open stream ({sfail} failed), "
                   f"{idle:.2f} KiB per idle connection ({ifail} failed)", flush=True)
@@ -254,7 +282,8 @@ def main():
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
-    table = [f"{args.streams} open streams ({args.path} path, an event every 5 s) and "
+    body = {"small": "a 100-byte body", "claude": "a 90 KB Claude Code body"}[args.body]
+    table = [f"{args.streams} open streams ({args.path} path, {body}, an event every 5 s) and "
              f"{args.idle} idle keep-alive connections, one proxy thread/worker each:", "",
              "| proxy | KiB per open stream | failed | KiB per idle connection | failed | RSS after, MiB |",
              "|---|---:|---:|---:|---:|---:|"]

@@ -16,17 +16,24 @@
 //! small write buffer in their place, of Pingora's size and with its
 //! semantics: writes gather until a flush or until it is full, so that a
 //! response head and a short body leave in one segment.
+//!
+//! Between two requests the connection waits outside Pingora
+//! ([`super::idle`]): the gate reads the next request's first bytes itself
+//! ([`GatedStream::poll_read_ahead`]) and hands them to Pingora's next read,
+//! before the head's scan sees them.
 
 use super::head::{HeadScan, Verdict};
 use crate::metrics::Metrics;
 use crate::outcome::ClientError;
 use async_trait::async_trait;
+use bytes::{Buf, Bytes};
 use pingora_core::protocols::{
     tls::TlsRef, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest,
     Ssl, Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,7 +75,14 @@ pub struct GatedStream {
     /// Written bytes not yet passed on; at most `out_cap` (0: none kept).
     out: Vec<u8>,
     out_cap: usize,
+    /// Bytes read ahead while the connection waited for its next request,
+    /// given to the next reads before anything else.
+    ahead: Bytes,
 }
+
+/// The most one read ahead takes: Pingora's first read of a head
+/// (`INIT_HEADER_BUF_SIZE`) takes as much.
+const READ_AHEAD: usize = 4096;
 
 impl std::fmt::Debug for GatedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,6 +113,30 @@ impl GatedStream {
             metrics,
             out: Vec::new(),
             out_cap: write_buffer,
+            ahead: Bytes::new(),
+        }
+    }
+
+    /// Wait for the client's next bytes and read them ahead, into memory of
+    /// their size, for the next read to take: a connection waits for its
+    /// next request holding no buffer. `Ready(Ok(0))`: the client closed.
+    pub fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if !self.ahead.is_empty() {
+            return Poll::Ready(Ok(self.ahead.len()));
+        }
+        // On the stack, only for this poll.
+        let mut space = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut read = ReadBuf::uninit(&mut space);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        self.ahead = Bytes::copy_from_slice(read.filled());
+        Poll::Ready(Ok(self.ahead.len()))
+    }
+
+    /// The connection is idle: give back the write buffer (it is empty
+    /// after a response; the next response takes one again).
+    pub fn release_buffers(&mut self) {
+        if self.out.is_empty() {
+            self.out = Vec::new();
         }
     }
 
@@ -206,6 +244,26 @@ impl GatedStream {
     }
 }
 
+/// Read from the connection: first what was read ahead, then the stream.
+fn read_below(
+    inner: &mut Stream,
+    ahead: &mut Bytes,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    if ahead.is_empty() {
+        return Pin::new(inner).poll_read(cx, buf);
+    }
+    let n = ahead.len().min(buf.remaining());
+    buf.put_slice(&ahead[..n]);
+    if n == ahead.len() {
+        *ahead = Bytes::new();
+    } else {
+        ahead.advance(n);
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// Called by the proxy's first hook: Pingora has the whole head.
 pub fn stop_watching(stream: Option<&Stream>) {
     if let Some(gated) = stream.and_then(|s| (**s).as_any().downcast_ref::<GatedStream>()) {
@@ -244,7 +302,7 @@ impl AsyncRead for GatedStream {
             this.phase = Phase::Through;
         }
         match &mut this.phase {
-            Phase::Through => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            Phase::Through => return read_below(&mut this.inner, &mut this.ahead, cx, buf),
             Phase::Answering { .. } => {
                 ready!(this.poll_answer(cx));
                 return Poll::Ready(Ok(()));
@@ -267,7 +325,7 @@ impl AsyncRead for GatedStream {
             }
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        ready!(read_below(&mut this.inner, &mut this.ahead, cx, buf))?;
         let Phase::Watching { scan, timed } = &mut this.phase else {
             return Poll::Ready(Ok(()));
         };
@@ -419,7 +477,16 @@ impl GetSocketDigest for GatedStream {
 
 #[async_trait]
 impl Peek for GatedStream {
+    /// Not used on HTTP/1 connections (Pingora peeks for h2c only in its
+    /// own loop); bytes read ahead answer it when there are enough.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.ahead.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        let Some(ahead) = self.ahead.get(..buf.len()) else {
+            return Ok(false);
+        };
+        buf.copy_from_slice(ahead);
+        Ok(true)
     }
 }

@@ -12,6 +12,9 @@
 //!   Pingora would close them the moment its listeners close, under clients
 //!   about to send ([`crate::drain`]).
 //!
+//! - Between two requests a connection waits outside Pingora, holding only
+//!   its socket ([`idle`]).
+//!
 //! HTTP/2 (negotiated by TLS ALPN) goes to Pingora's own loop as it is.
 //!
 //! With `server.thread_model: workers` (the default), [`workers`] accepts
@@ -20,6 +23,7 @@
 
 pub mod gate;
 pub mod head;
+pub mod idle;
 pub mod workers;
 
 use crate::outcome::ClientError;
@@ -43,6 +47,8 @@ pub struct ClientConnections {
     /// Bytes of small writes each connection gathers (see [`gate`]): the
     /// workers' connections have no L4 write buffer of Pingora's.
     write_buffer: usize,
+    /// Closes the connections waiting between requests, once drained.
+    closing: idle::Closing,
 }
 
 impl ClientConnections {
@@ -59,6 +65,7 @@ impl ClientConnections {
             edge,
             open,
             write_buffer,
+            closing: idle::Closing::default(),
         }
     }
 
@@ -90,17 +97,19 @@ impl ClientConnections {
             let Some((stream, settings)) = reused.map(|r| r.consume()) else {
                 return;
             };
-            let stream = match stream.into_any().downcast::<GatedStream>() {
-                Ok(mut gated) => {
-                    gated.watch_next_head(self.head_limits());
-                    gated as Stream
-                }
-                Err(_) => {
-                    // Not reachable: every HTTP/1 connection here is gated.
-                    log::error!("a client connection lost its gate: closing it");
+            let Ok(mut gated) = stream.into_any().downcast::<GatedStream>() else {
+                // Not reachable: every HTTP/1 connection here is gated.
+                log::error!("a client connection lost its gate: closing it");
+                return;
+            };
+            gated.watch_next_head(self.head_limits());
+            // Wait for the next request here, not inside Pingora.
+            if let idle::Between::Wait(within) = idle::between(settings.as_ref()) {
+                if !idle::next_bytes(&mut gated, within, &self.closing).await {
                     return;
                 }
-            };
+            }
+            let stream: Stream = gated;
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
@@ -155,6 +164,7 @@ impl ServerApp for ClientConnections {
         self.edge.drain.begin();
         let quiet = self.edge.state().config.server.drain_quiet;
         self.edge.drain.until_quiet(quiet).await;
+        self.closing.close();
         self.proxy.http_cleanup().await;
     }
 }

@@ -18,6 +18,7 @@ mod drain;
 mod failover;
 mod framing;
 mod hostile;
+mod idle;
 mod opencode;
 mod operations_guide;
 mod package;
