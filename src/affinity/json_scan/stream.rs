@@ -189,6 +189,18 @@ impl StreamScan {
         set & !self.done
     }
 
+    /// The text of the string just scanned (`raw`, its quotes included),
+    /// unescaped; `None` if it is not valid.
+    fn raw_text(&self, escaped: bool) -> Option<String> {
+        if escaped {
+            serde_json::from_slice::<String>(&self.raw).ok()
+        } else {
+            std::str::from_utf8(&self.raw[1..self.raw.len() - 1])
+                .ok()
+                .map(str::to_string)
+        }
+    }
+
     /// Those of `cand` that end at this level (the value is their answer).
     fn ending(&self, cand: u64) -> u64 {
         let level = self.stack.len();
@@ -280,14 +292,7 @@ impl StreamScan {
             let matched = if self.overflow || frame.on & !self.done == 0 {
                 0
             } else {
-                let text = if escaped {
-                    serde_json::from_slice::<String>(&self.raw).ok()
-                } else {
-                    std::str::from_utf8(&self.raw[1..self.raw.len() - 1])
-                        .ok()
-                        .map(str::to_string)
-                };
-                match text {
+                match self.raw_text(escaped) {
                     Some(k) => self.select(frame.on, |p| p[level] == k),
                     None => 0,
                 }
@@ -300,14 +305,7 @@ impl StreamScan {
             if self.overflow {
                 self.poison(ending);
             } else {
-                let text = if escaped {
-                    serde_json::from_slice::<String>(&self.raw).ok()
-                } else {
-                    std::str::from_utf8(&self.raw[1..self.raw.len() - 1])
-                        .ok()
-                        .map(str::to_string)
-                };
-                match text {
+                match self.raw_text(escaped) {
                     Some(v) => self.settle(ending, &Some(v)),
                     None => self.poison(ending),
                 }
