@@ -268,9 +268,15 @@ def main():
             with open(a.out, "w") as f:
                 f.write(text)
     finally:
+        # TERM, not KILL: nginx's master stops its workers only when asked.
         for p in procs:
-            p.kill()
-            p.wait()
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 if __name__ == "__main__":
