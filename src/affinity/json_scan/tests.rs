@@ -124,6 +124,26 @@ fn random_value(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
 }
 
 /// A random object with some of the keys, in a random order.
+/// A random object, as often as not broken: cut short, with a byte of
+/// noise (invalid UTF-8 among them), or with something after it.
+pub(super) fn random_document(rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut doc = String::new();
+    random_object(rng, 0, &mut doc);
+    let mut body = doc.into_bytes();
+    match rng.usize(0..6) {
+        0 if !body.is_empty() => body.truncate(rng.usize(0..body.len())),
+        1 if !body.is_empty() => {
+            let at = rng.usize(0..body.len());
+            let noise = b"{}[],:\"\\x0\x01 \xc3";
+            body.insert(at, noise[rng.usize(..noise.len())]);
+        }
+        2 => body.extend_from_slice(b" x"),
+        3 => body.extend_from_slice(b" \n"),
+        _ => {}
+    }
+    body
+}
+
 pub(super) fn random_object(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
     const KEYS: &[&str] = &["a", "b", r"k\u0062", "0", "1", "é"];
     let mut keys = KEYS.to_vec();
@@ -150,20 +170,7 @@ fn agrees_with_serde_json_on_random_and_broken_documents() {
     .collect();
     let (mut checked, mut found) = (0, 0);
     for _ in 0..4000 {
-        let mut doc = String::new();
-        random_object(&mut rng, 0, &mut doc);
-        let mut body = doc.into_bytes();
-        match rng.usize(0..6) {
-            0 if !body.is_empty() => body.truncate(rng.usize(0..body.len())),
-            1 if !body.is_empty() => {
-                let at = rng.usize(0..body.len());
-                let noise = b"{}[],:\"\\x0\x01 ";
-                body.insert(at, noise[rng.usize(..noise.len())]);
-            }
-            2 => body.extend_from_slice(b" x"),
-            3 => body.extend_from_slice(b" \n"),
-            _ => {}
-        }
+        let body = random_document(&mut rng);
         for path in &paths {
             let want = reference(&body, path);
             assert_eq!(

@@ -2,7 +2,7 @@
 //! however the body is cut into chunks.
 
 use super::super::find;
-use super::super::tests::{p, random_object};
+use super::super::tests::{p, random_document};
 use super::StreamScan;
 
 /// Every pointer's answer from a scan fed `body` in chunks of `sizes` (cycled).
@@ -111,20 +111,7 @@ fn agrees_with_find_on_random_and_broken_documents() {
     ]);
     let mut found = 0;
     for n in 0..3000 {
-        let mut doc = String::new();
-        random_object(&mut rng, 0, &mut doc);
-        let mut body = doc.into_bytes();
-        match rng.usize(0..6) {
-            0 if !body.is_empty() => body.truncate(rng.usize(0..body.len())),
-            1 if !body.is_empty() => {
-                let at = rng.usize(0..body.len());
-                let noise = b"{}[],:\"\\x0\x01 \xc3";
-                body.insert(at, noise[rng.usize(..noise.len())]);
-            }
-            2 => body.extend_from_slice(b" x"),
-            3 => body.extend_from_slice(b" \n"),
-            _ => {}
-        }
+        let body = random_document(&mut rng);
         found += ptrs.iter().filter(|ptr| find(&body, ptr).is_some()).count();
         agree(&body, &ptrs, n);
     }
