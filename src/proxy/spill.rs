@@ -8,6 +8,12 @@
 //! holds. Every read and write is positional and runs on Tokio's blocking
 //! pool, so a slow disk stalls the request that waits on it, never the
 //! worker's other requests.
+//!
+//! The buffers a read or a write uses are made and freed on the worker's
+//! thread, never on a blocking-pool thread: jemalloc caches a freed buffer
+//! in the cache of the thread that frees it, and a blocking thread frees
+//! nothing else that would reuse it. Ten stalled 32 MiB bodies held 46 MiB
+//! this way, against 12 when the buffers come back (the hostile probe).
 
 use crate::budgets::BudgetHold;
 use bytes::Bytes;
@@ -50,17 +56,18 @@ impl Spill {
     }
 
     /// Append `chunk`. The file moves into the blocking task and back, so
-    /// that no lock or second handle is needed.
+    /// that no lock or second handle is needed; the chunk comes back too,
+    /// to be freed here.
     pub async fn append(mut self, chunk: Bytes) -> Result<Spill> {
         let offset = self.len as u64;
-        let (file, written) = blocking(move || {
+        let (file, chunk, written) = blocking(move || {
             let written = self.file.write_all_at(&chunk, offset);
-            (self.file, written.map(|()| chunk.len()))
+            (self.file, chunk, written)
         })
         .await?;
-        let n = written.or_err(ErrorType::InternalError, "writing a body spill file")?;
+        written.or_err(ErrorType::InternalError, "writing a body spill file")?;
         self.file = file;
-        self.len += n;
+        self.len += chunk.len();
         Ok(self)
     }
 }
@@ -68,18 +75,17 @@ impl Spill {
 /// A spilled part shared by the attempts that send it.
 pub type Shared = Arc<Spill>;
 
-/// `len` bytes of the file from `offset`.
+/// `len` bytes of the file from `offset`, into a buffer made here.
 pub async fn read(spill: &Shared, offset: usize, len: usize) -> Result<Vec<u8>> {
     let spill = spill.clone();
-    blocking(move || {
-        let mut buf = vec![0u8; len];
-        spill
-            .file
-            .read_exact_at(&mut buf, offset as u64)
-            .map(|()| buf)
+    let mut buf = vec![0u8; len];
+    let (buf, read) = blocking(move || {
+        let read = spill.file.read_exact_at(&mut buf, offset as u64);
+        (buf, read)
     })
-    .await?
-    .or_err(ErrorType::InternalError, "reading a body spill file")
+    .await?;
+    read.or_err(ErrorType::InternalError, "reading a body spill file")?;
+    Ok(buf)
 }
 
 /// Run `f` on the blocking pool.
