@@ -35,7 +35,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -71,6 +71,9 @@ pub struct GatedStream {
     limits: HeadLimits,
     /// Set by the proxy once Pingora has parsed the head.
     head_parsed: AtomicBool,
+    /// The most one read may bring (0: what the reader has room for); set
+    /// by the proxy while it reads a body early ([`limit_reads`]).
+    read_limit: AtomicUsize,
     metrics: Arc<Metrics>,
     /// Written bytes not yet passed on; at most `out_cap` (0: none kept).
     out: Vec<u8>,
@@ -110,6 +113,7 @@ impl GatedStream {
             deadline: Box::pin(tokio::time::sleep(limits.deadline)),
             limits,
             head_parsed: AtomicBool::new(false),
+            read_limit: AtomicUsize::new(0),
             metrics,
             out: Vec::new(),
             out_cap: write_buffer,
@@ -177,6 +181,7 @@ impl GatedStream {
     pub fn watch_next_head(&mut self, limits: HeadLimits) {
         self.limits = limits;
         self.head_parsed.store(false, Ordering::Relaxed);
+        self.read_limit.store(0, Ordering::Relaxed);
         if matches!(self.phase, Phase::Watching { .. } | Phase::Through) {
             self.phase = Phase::Watching {
                 scan: HeadScan::new(limits.max_head, limits.max_uri),
@@ -244,24 +249,57 @@ impl GatedStream {
     }
 }
 
-/// Read from the connection: first what was read ahead, then the stream.
+/// Read from the connection: first what was read ahead, then the stream;
+/// at most `limit` bytes (0: as many as `buf` has room for).
 fn read_below(
     inner: &mut Stream,
     ahead: &mut Bytes,
+    limit: usize,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    if ahead.is_empty() {
+    let room = match limit {
+        0 => buf.remaining(),
+        n => n.min(buf.remaining()),
+    };
+    if !ahead.is_empty() {
+        let n = ahead.len().min(room);
+        buf.put_slice(&ahead[..n]);
+        if n == ahead.len() {
+            *ahead = Bytes::new();
+        } else {
+            ahead.advance(n);
+        }
+        return Poll::Ready(Ok(()));
+    }
+    if room == buf.remaining() {
         return Pin::new(inner).poll_read(cx, buf);
     }
-    let n = ahead.len().min(buf.remaining());
-    buf.put_slice(&ahead[..n]);
-    if n == ahead.len() {
-        *ahead = Bytes::new();
-    } else {
-        ahead.advance(n);
+    // As tokio's `Take` reads: into a view of `buf` cut to `room`.
+    let mut part = buf.take(room);
+    let start = part.filled().as_ptr();
+    ready!(Pin::new(inner).poll_read(cx, &mut part))?;
+    if part.filled().as_ptr() != start {
+        return Poll::Ready(Err(io::Error::other("a read replaced its buffer")));
     }
+    let n = part.filled().len();
+    // SAFETY: `part` is a view of `buf`'s unfilled bytes, and the read
+    // initialised its first `n` (checked above to be the same memory).
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
     Poll::Ready(Ok(()))
+}
+
+/// Let each read of this connection bring at most `at_most` bytes (`None`:
+/// as many as the reader has room for), until the next head is watched.
+/// The proxy reads a body early this way so that its last byte comes in a
+/// read of its own ([`crate::proxy::body`]).
+pub fn limit_reads(stream: Option<&Stream>, at_most: Option<std::num::NonZeroUsize>) {
+    if let Some(gated) = stream.and_then(|s| (**s).as_any().downcast_ref::<GatedStream>()) {
+        gated
+            .read_limit
+            .store(at_most.map_or(0, usize::from), Ordering::Relaxed);
+    }
 }
 
 /// Called by the proxy's first hook: Pingora has the whole head.
@@ -302,7 +340,10 @@ impl AsyncRead for GatedStream {
             this.phase = Phase::Through;
         }
         match &mut this.phase {
-            Phase::Through => return read_below(&mut this.inner, &mut this.ahead, cx, buf),
+            Phase::Through => {
+                let limit = this.read_limit.load(Ordering::Relaxed);
+                return read_below(&mut this.inner, &mut this.ahead, limit, cx, buf);
+            }
             Phase::Answering { .. } => {
                 ready!(this.poll_answer(cx));
                 return Poll::Ready(Ok(()));
@@ -325,7 +366,7 @@ impl AsyncRead for GatedStream {
             }
         }
         let before = buf.filled().len();
-        ready!(read_below(&mut this.inner, &mut this.ahead, cx, buf))?;
+        ready!(read_below(&mut this.inner, &mut this.ahead, 0, cx, buf))?;
         let Phase::Watching { scan, timed } = &mut this.phase else {
             return Poll::Ready(Ok(()));
         };

@@ -3,11 +3,13 @@
 //!
 //! Pingora replays a body read before `upstream_peer` only from its 64 KiB
 //! retry buffer. So the body is read here in full (it has a Content-Length
-//! within the limit), and retry buffering is switched on only once at most
-//! 64 KiB remain: the tail lands in the buffer whole, Pingora replays it
-//! through `request_body_filter` (on every attempt, retries included), and
-//! the proxy swaps the whole body in there. The upstream gets the client's
-//! bytes unchanged.
+//! within the limit), and the retry buffer gets only the body's last byte
+//! (all of a body that fits in it, which may come with the head): Pingora
+//! replays that through `request_body_filter` (on every attempt, retries
+//! included), and the proxy swaps the whole body in there. The upstream
+//! gets the client's bytes unchanged. Pingora keeps the retry buffer for
+//! as long as the request lasts, minutes for a stream: reading the last
+//! byte alone costs a read, and saves a copy of up to 64 KiB per request.
 //!
 //! Bodies without a Content-Length (chunked), over the limit, or behind a
 //! header block so large that the whole body could arrive with it, are not
@@ -39,10 +41,12 @@ use super::spill::{self, Spill};
 use crate::affinity::json_scan::stream::StreamScan;
 use crate::affinity::keys::KeyChain;
 use crate::budgets::{BodyBudget, BudgetHold};
+use crate::downstream::gate;
 use bytes::Bytes;
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -344,10 +348,25 @@ pub async fn read_whole(
     }
 
     let mut last_read = Instant::now();
+    let mut buffering = false;
     while sink.len() < length {
-        if length - sink.len() <= RETRY_BUFFER {
+        // Pingora needs a retry buffer that is not empty, and the proxy
+        // sends the whole body in its place: it gets as few bytes as can
+        // be. The first read may come whole from what arrived with the
+        // head, so a body that fits is buffered from its start; a longer
+        // one is read to one byte short of its end, and that byte is read
+        // alone, into the buffer.
+        let left = length - sink.len();
+        if !buffering && (left == 1 || (sink.len() == 0 && left <= RETRY_BUFFER)) {
             session.as_downstream_mut().enable_retry_buffering();
+            buffering = true;
         }
+        let at_most = if buffering {
+            None
+        } else {
+            NonZeroUsize::new(left - 1)
+        };
+        gate::limit_reads(session.as_downstream().stream(), at_most);
         let (by, cut) = with.pace.cut_at(last_read);
         let read = session.as_downstream_mut().read_request_body();
         let chunk = tokio::time::timeout_at(by.into(), read)
@@ -365,6 +384,7 @@ pub async fn read_whole(
             return Err(too_slow());
         }
     }
+    gate::limit_reads(session.as_downstream().stream(), None);
     if sink.len() != length {
         return Error::e_explain(
             ErrorType::ConnectionClosed,
