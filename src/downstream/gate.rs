@@ -15,7 +15,10 @@
 //! buffers (only its listeners can set them). For those the gate keeps a
 //! small write buffer in their place, of Pingora's size and with its
 //! semantics: writes gather until a flush or until it is full, so that a
-//! response head and a short body leave in one segment.
+//! response head and a short body leave in one segment. The held path
+//! gathers more, across Pingora's flushes ([`gather`]): a stream's head,
+//! what was already read of it and, when it came too, its end, leave in
+//! one write.
 //!
 //! Between two requests the connection waits outside Pingora
 //! ([`super::idle`]): the gate reads the next request's first bytes itself
@@ -35,7 +38,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -75,9 +78,12 @@ pub struct GatedStream {
     /// by the proxy while it reads a body early ([`limit_reads`]).
     read_limit: AtomicUsize,
     metrics: Arc<Metrics>,
-    /// Written bytes not yet passed on; at most `out_cap` (0: none kept).
+    /// Written bytes not yet passed on; at most `out_cap` (0: none kept),
+    /// or `GATHER_MAX` while gathering.
     out: Vec<u8>,
     out_cap: usize,
+    /// A [`Gather`], set by the held path.
+    gather: AtomicU8,
     /// Bytes read ahead while the connection waited for its next request,
     /// given to the next reads before anything else.
     ahead: Bytes,
@@ -86,6 +92,23 @@ pub struct GatedStream {
 /// The most one read ahead takes: Pingora's first read of a head
 /// (`INIT_HEADER_BUF_SIZE`) takes as much.
 const READ_AHEAD: usize = 4096;
+
+/// The most the gate gathers (a stream's head, its first 64 KiB read and
+/// their chunk framing fit); past it, what is gathered is passed on first.
+const GATHER_MAX: usize = 72 * 1024;
+
+/// Whether writes gather past the write buffer's size, and what a flush
+/// does meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Gather {
+    /// Pingora's semantics (the buffer's size; a flush passes all on).
+    Off = 0,
+    /// Writes gather, and flushes are held.
+    Holding = 1,
+    /// Writes gather; the next flush passes all on, and gathering ends.
+    UntilFlush = 2,
+}
 
 impl std::fmt::Debug for GatedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +140,7 @@ impl GatedStream {
             metrics,
             out: Vec::new(),
             out_cap: write_buffer,
+            gather: AtomicU8::new(Gather::Off as u8),
             ahead: Bytes::new(),
         }
     }
@@ -144,7 +168,8 @@ impl GatedStream {
         }
     }
 
-    /// Pass the gathered bytes on; `Ready(Ok)` once none are left.
+    /// Pass the gathered bytes on; `Ready(Ok)` once none are left. A buffer
+    /// that grew past the write buffer's size while gathering is let go.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
@@ -153,7 +178,18 @@ impl GatedStream {
             }
             self.out.drain(..n);
         }
+        if self.out.capacity() > self.out_cap {
+            self.out = Vec::new();
+        }
         Poll::Ready(Ok(()))
+    }
+
+    fn gathering(&self) -> Gather {
+        match self.gather.load(Ordering::Relaxed) {
+            1 => Gather::Holding,
+            2 => Gather::UntilFlush,
+            _ => Gather::Off,
+        }
     }
 
     /// Make room to gather a write of `len` bytes, passing on what is
@@ -163,6 +199,12 @@ impl GatedStream {
     fn poll_room_for(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
         if self.out_cap == 0 {
             return Poll::Ready(Ok(false));
+        }
+        if self.gathering() != Gather::Off {
+            if self.out.len() + len > GATHER_MAX {
+                ready!(self.poll_write_out(cx))?;
+            }
+            return Poll::Ready(Ok(len <= GATHER_MAX));
         }
         if self.out.len() + len > self.out_cap {
             ready!(self.poll_write_out(cx))?;
@@ -182,6 +224,7 @@ impl GatedStream {
         self.limits = limits;
         self.head_parsed.store(false, Ordering::Relaxed);
         self.read_limit.store(0, Ordering::Relaxed);
+        self.gather.store(Gather::Off as u8, Ordering::Relaxed);
         if matches!(self.phase, Phase::Watching { .. } | Phase::Through) {
             self.phase = Phase::Watching {
                 scan: HeadScan::new(limits.max_head, limits.max_uri),
@@ -299,6 +342,20 @@ pub fn limit_reads(stream: Option<&Stream>, at_most: Option<std::num::NonZeroUsi
         gated
             .read_limit
             .store(at_most.map_or(0, usize::from), Ordering::Relaxed);
+    }
+}
+
+/// Gather this connection's writes, past the write buffer's size and
+/// across flushes, as `how` says, so that what the held path already has
+/// leaves in one write. Nothing is gathered on a connection without the
+/// gate's write buffer (Pingora's listeners: its own buffer has its own
+/// semantics). The caller ends `Holding` with `UntilFlush` or `Off` before
+/// its last write: a flush held is never waited out.
+pub fn gather(stream: Option<&Stream>, how: Gather) {
+    if let Some(gated) = stream.and_then(|s| (**s).as_any().downcast_ref::<GatedStream>()) {
+        if gated.out_cap > 0 {
+            gated.gather.store(how as u8, Ordering::Relaxed);
+        }
     }
 }
 
@@ -420,6 +477,11 @@ impl AsyncWrite for GatedStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        match this.gathering() {
+            Gather::Holding => return Poll::Ready(Ok(())),
+            Gather::UntilFlush => this.gather.store(Gather::Off as u8, Ordering::Relaxed),
+            Gather::Off => {}
+        }
         ready!(this.poll_write_out(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }

@@ -34,6 +34,7 @@ use super::retry;
 use super::sse::{self, FirstEvent, StreamEnd, StreamScan};
 use super::{admission, route, EdgeProxy, RequestCtx};
 use crate::clock;
+use crate::downstream::gate::{self, Gather};
 // Why an answered attempt may be left.
 use crate::outcome::AbandonReason as Leave;
 use crate::outcome::StreamOutcome;
@@ -444,6 +445,10 @@ enum Relayed {
 }
 
 /// Send the head, what was read, and the rest as it comes; not the end.
+/// What is already at hand leaves in one write ([`gate::gather`]): the head
+/// with the first event and whatever else was read behind it, and the last
+/// read with the end of the answer when the end came with it (the caller
+/// writes the end at once: `Relayed::Ended`).
 async fn relay_to_client(
     session: &mut Session,
     upstream: &mut UpstreamSession,
@@ -453,21 +458,20 @@ async fn relay_to_client(
     state: &State,
     done_early: bool,
 ) -> Relayed {
-    let empty = done_early && read.is_empty();
-    if session.write_response_header(head, empty).await.is_err() {
-        return Relayed::ClientLeft;
-    }
-    if empty {
-        return Relayed::Whole;
-    }
     let idle_timeout = Some(state.config.streams.idle_timeout);
-    // What was read before the commit (the first event) goes out with
-    // whatever else is already read, as any other read does.
-    let mut next = if read.is_empty() {
+    let (mut head, mut next) = if read.is_empty() {
+        // Nothing read yet (the answer was not held to its first event):
+        // the head goes at once.
+        if session.write_response_header(head, done_early).await.is_err() {
+            return Relayed::ClientLeft;
+        }
+        if done_early {
+            return Relayed::Whole;
+        }
         upstream.read_timeout = idle_timeout;
-        upstream.read_body_bytes().await
+        (None, upstream.read_body_bytes().await)
     } else {
-        Ok(Some(read))
+        (Some(head), Ok(Some(read)))
     };
     loop {
         let chunk = match next {
@@ -481,7 +485,27 @@ async fn relay_to_client(
         };
         scan.feed(&chunk);
         let (out, after) = with_what_is_ready(upstream, chunk, scan);
-        if session.write_response_body(Some(out), false).await.is_err() {
+        let ends = matches!(after, Some(Ok(None)));
+        // Gathered only when something goes with this read; a read alone
+        // leaves as Pingora writes it (a large one is never copied).
+        let gathers = head.is_some() || ends;
+        let gather = |session: &Session, how| gate::gather(session.as_downstream().stream(), how);
+        if let Some(head) = head.take() {
+            gather(session, Gather::Holding);
+            if session.write_response_header(head, false).await.is_err() {
+                gather(session, Gather::Off);
+                return Relayed::ClientLeft;
+            }
+        }
+        if gathers {
+            gather(session, if ends { Gather::Holding } else { Gather::UntilFlush });
+        }
+        let written = session.write_response_body(Some(out), false).await;
+        if ends {
+            gather(session, Gather::UntilFlush);
+        }
+        if written.is_err() {
+            gather(session, Gather::Off);
             return Relayed::ClientLeft;
         }
         upstream.read_timeout = idle_timeout;
