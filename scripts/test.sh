@@ -6,8 +6,9 @@
 # playwright-core for the dashboard's browser test; the Codex CLI and
 # OpenCode from npm for the agents' tests; prometheus's promtool for the
 # alert rules; microsocks and tinyproxy, the real SOCKS5 and CONNECT proxies
-# that relays sit behind in the upstream-proxy tests), as root or with sudo,
-# and cargo-deb, with which a test builds and inspects the .deb.
+# that relays sit behind in the upstream-proxy tests; strace, with which a
+# test counts a request's writes), as root or with sudo, and cargo-deb,
+# with which a test builds and inspects the .deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
 command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

@@ -11,7 +11,8 @@
 //!   (any path, for the next requests, after `drop_next`).
 //! - `/reset`: starts an SSE stream, then drops the connection.
 //! - `?sse=N&gap_ms=M` (or a JSON body with `"stream": true`): an Anthropic
-//!   style SSE stream of N deltas, M ms apart, with token usage. On
+//!   style SSE stream of N deltas, M ms apart, with token usage (with
+//!   `&burst=1`: the whole answer, head and end included, in one write). On
 //!   `/v1/responses` it is an OpenAI Responses stream (ending with
 //!   `response.completed`), on `/v1/chat/completions` a Chat Completions
 //!   stream (ending with `data: [DONE]`), on `/v1/other` events of no known
@@ -379,6 +380,9 @@ async fn connection(stream: TcpStream, inner: Arc<Inner>, name: Arc<str>) {
             ) {
                 (Some(call), _) => agent::answer(stream, &name, &call).await,
                 (None, Some(shape)) => openai_sse(stream, &name, shape, events).await,
+                (None, None) if req.query.contains("burst=1") => {
+                    sse_in_one_write(stream, &name, events).await
+                }
                 (None, None) => sse(stream, &name, events, gap, true).await,
             }
         } else {
@@ -471,20 +475,29 @@ async fn sse_head(stream: &mut TcpStream, name: &str) -> bool {
 
 /// An SSE answer's head, with `extra` header lines (each ending in CRLF).
 async fn sse_head_with(stream: &mut TcpStream, name: &str, extra: &str) -> bool {
-    let head = format!(
+    stream
+        .write_all(sse_head_text(name, extra).as_bytes())
+        .await
+        .is_ok()
+}
+
+fn sse_head_text(name: &str, extra: &str) -> String {
+    format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-upstream: {name}\r\n{extra}\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.is_ok()
+    )
 }
 
 /// One chunk of a chunked body; the empty one ends it.
 async fn chunk(stream: &mut TcpStream, data: &str) -> bool {
-    let chunk = if data.is_empty() {
+    stream.write_all(chunk_text(data).as_bytes()).await.is_ok()
+}
+
+fn chunk_text(data: &str) -> String {
+    if data.is_empty() {
         "0\r\n\r\n".to_string()
     } else {
         format!("{:x}\r\n{data}\r\n", data.len())
-    };
-    stream.write_all(chunk.as_bytes()).await.is_ok()
+    }
 }
 
 /// Event `i` of a stream whose last event is `last`, as the Messages API
@@ -535,6 +548,18 @@ async fn sse(stream: &mut TcpStream, name: &str, deltas: u64, gap_ms: u64, finis
         }
     }
     chunk(stream, "").await
+}
+
+/// The stream of [`sse`] with no gap, its head and its end included, in
+/// one write: a relay whose provider sent the whole answer at once.
+async fn sse_in_one_write(stream: &mut TcpStream, name: &str, deltas: u64) -> bool {
+    let last = deltas + 1;
+    let mut all = sse_head_text(name, "");
+    for i in 0..=last {
+        all.push_str(&chunk_text(&event(name, i, last)));
+    }
+    all.push_str(&chunk_text(""));
+    stream.write_all(all.as_bytes()).await.is_ok()
 }
 
 /// The first `n` bytes of a JSON answer (`{"text":"xxx…`), as a relay that

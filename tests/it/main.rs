@@ -32,6 +32,7 @@ mod secrets;
 mod sentinel;
 mod shared_table;
 mod spill;
+mod syscalls;
 mod systemd;
 mod tenants;
 mod tls;
