@@ -593,3 +593,6 @@ impl Peek for GatedStream {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests;

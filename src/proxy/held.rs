@@ -462,7 +462,11 @@ async fn relay_to_client(
     let (mut head, mut next) = if read.is_empty() {
         // Nothing read yet (the answer was not held to its first event):
         // the head goes at once.
-        if session.write_response_header(head, done_early).await.is_err() {
+        if session
+            .write_response_header(head, done_early)
+            .await
+            .is_err()
+        {
             return Relayed::ClientLeft;
         }
         if done_early {
@@ -498,7 +502,14 @@ async fn relay_to_client(
             }
         }
         if gathers {
-            gather(session, if ends { Gather::Holding } else { Gather::UntilFlush });
+            gather(
+                session,
+                if ends {
+                    Gather::Holding
+                } else {
+                    Gather::UntilFlush
+                },
+            );
         }
         let written = session.write_response_body(Some(out), false).await;
         if ends {

@@ -16,7 +16,14 @@ impl Trace {
     async fn attach(pid: u32, dir: &std::path::Path) -> Trace {
         let log = dir.join("strace.log");
         let child = Command::new("strace")
-            .args(["-f", "-qq", "-s", "16", "-e", "trace=write,writev,sendto,sendmsg"])
+            .args([
+                "-f",
+                "-qq",
+                "-s",
+                "16",
+                "-e",
+                "trace=write,writev,sendto,sendmsg",
+            ])
             .arg("-o")
             .arg(&log)
             .args(["-p", &pid.to_string()])
@@ -24,9 +31,11 @@ impl Trace {
             .stderr(Stdio::null())
             .spawn()
             .expect("strace is missing: apt-get install -y strace");
-        eventually(Duration::from_secs(10), "strace holds every thread", || async {
-            threads(pid).iter().all(|tid| traced(pid, *tid))
-        })
+        eventually(
+            Duration::from_secs(10),
+            "strace holds every thread",
+            || async { threads(pid).iter().all(|tid| traced(pid, *tid)) },
+        )
         .await;
         Trace { child, log }
     }
@@ -88,7 +97,10 @@ async fn a_streamed_answer_that_came_at_once_leaves_in_one_write() {
     let trace = Trace::attach(edge.pid(), dir.path()).await;
     const REQUESTS: usize = 40;
     for i in 0..REQUESTS {
-        let r = conn.request("POST", path, &[], &body).await.expect("stream");
+        let r = conn
+            .request("POST", path, &[], &body)
+            .await
+            .expect("stream");
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert!(
             r.text().ends_with("data: {\"type\":\"message_stop\"}\n\n"),
