@@ -240,13 +240,13 @@ data: {"type":"message_stop"}
         b.iter(|| relay_edge::affinity::json_scan::find(black_box(&big), &pointer))
     });
     c.bench_function("held/wants_stream_1MiB_no", |b| {
-        b.iter(|| relay_edge::proxy::held::wants_stream(black_box(&big)))
+        b.iter(|| relay_edge::proxy::stream_request::wants_stream(black_box(&big)))
     });
     let mut cc = br#"{"model":"m","system":""#.to_vec();
     cc.resize(90 * 1024, b'x');
     cc.extend_from_slice(br#"","messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"u"},"stream":true}"#);
     c.bench_function("held/wants_stream_90KiB_yes", |b| {
-        b.iter(|| assert!(relay_edge::proxy::held::wants_stream(black_box(&cc))))
+        b.iter(|| assert!(relay_edge::proxy::stream_request::wants_stream(black_box(&cc))))
     });
 }
 

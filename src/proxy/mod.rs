@@ -51,6 +51,7 @@ pub mod retry;
 pub mod route;
 pub mod spill;
 pub mod sse;
+pub mod stream_request;
 pub mod tenant_admission;
 
 use crate::affinity::keys::HeadLookup;
@@ -254,7 +255,7 @@ impl ProxyHttp for EdgeProxy {
         }
         let wants_stream = ctx.body.early.as_ref().is_some_and(|b| match &b.scanned {
             Some(scanned) => scanned.stream,
-            None => !b.spilled() && held::wants_stream(&b.head),
+            None => !b.spilled() && stream_request::wants_stream(&b.head),
         });
         if config.streams.hold_first_event && wants_stream {
             // Boxed: the futures of every request's `request_filter`
