@@ -504,7 +504,7 @@ const BATCH_MAX: usize = 64 * 1024;
 /// one write to the client for what one read brought, never a wait for
 /// more. Also what ended the taking, if it was not a wait: the end of the
 /// body, or an error, to be acted on after the write. Each chunk is fed to
-/// `scan` in order.
+/// `scan` in order. The chunks are copied once, into a batch of their size.
 fn with_what_is_ready(
     upstream: &mut UpstreamSession,
     first: Bytes,
@@ -513,23 +513,33 @@ fn with_what_is_ready(
     use futures::FutureExt;
     // A look, not a wait: no read deadline to arm for it.
     upstream.read_timeout = None;
-    let mut batch: Option<BytesMut> = None;
-    loop {
+    let mut more = Vec::new();
+    let mut len = first.len();
+    let end = loop {
+        if len >= BATCH_MAX {
+            break None;
+        }
         // Pending means nothing was read: the body reader keeps its state
         // in the session, so dropping the future loses nothing.
         match upstream.read_body_bytes().now_or_never() {
-            Some(Ok(Some(more))) => {
-                scan.feed(&more);
-                let b = batch.get_or_insert_with(|| BytesMut::from(&first[..]));
-                b.extend_from_slice(&more);
-                if b.len() >= BATCH_MAX {
-                    return (batch.map_or(first, BytesMut::freeze), None);
-                }
+            Some(Ok(Some(chunk))) => {
+                scan.feed(&chunk);
+                len += chunk.len();
+                more.push(chunk);
             }
-            None => return (batch.map_or(first, BytesMut::freeze), None),
-            Some(end) => return (batch.map_or(first, BytesMut::freeze), Some(end)),
+            None => break None,
+            Some(end) => break Some(end),
         }
+    };
+    if more.is_empty() {
+        return (first, end);
     }
+    let mut batch = BytesMut::with_capacity(len);
+    batch.extend_from_slice(&first);
+    for chunk in &more {
+        batch.extend_from_slice(chunk);
+    }
+    (batch.freeze(), end)
 }
 
 #[cfg(test)]
