@@ -246,7 +246,11 @@ data: {"type":"message_stop"}
     cc.resize(90 * 1024, b'x');
     cc.extend_from_slice(br#"","messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"u"},"stream":true}"#);
     c.bench_function("held/wants_stream_90KiB_yes", |b| {
-        b.iter(|| assert!(relay_edge::proxy::stream_request::wants_stream(black_box(&cc))))
+        b.iter(|| {
+            assert!(relay_edge::proxy::stream_request::wants_stream(black_box(
+                &cc
+            )))
+        })
     });
 }
 

@@ -336,13 +336,16 @@ fn read_below(
 /// Let each read of this connection bring at most `at_most` bytes (`None`:
 /// as many as the reader has room for), until the next head is watched.
 /// The proxy reads a body early this way so that its last byte comes in a
-/// read of its own ([`crate::proxy::body`]).
-pub fn limit_reads(stream: Option<&Stream>, at_most: Option<std::num::NonZeroUsize>) {
-    if let Some(gated) = stream.and_then(|s| (**s).as_any().downcast_ref::<GatedStream>()) {
-        gated
-            .read_limit
-            .store(at_most.map_or(0, usize::from), Ordering::Relaxed);
-    }
+/// read of its own ([`crate::proxy::body`]). False if the connection is not
+/// one the gate holds: its reads are not limited.
+pub fn limit_reads(stream: Option<&Stream>, at_most: Option<std::num::NonZeroUsize>) -> bool {
+    let Some(gated) = stream.and_then(|s| (**s).as_any().downcast_ref::<GatedStream>()) else {
+        return false;
+    };
+    gated
+        .read_limit
+        .store(at_most.map_or(0, usize::from), Ordering::Relaxed);
+    true
 }
 
 /// Gather this connection's writes, past the write buffer's size and

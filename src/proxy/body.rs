@@ -349,15 +349,18 @@ pub async fn read_whole(
 
     let mut last_read = Instant::now();
     let mut buffering = false;
+    let gated = gate::limit_reads(session.as_downstream().stream(), None);
     while sink.len() < length {
         // Pingora needs a retry buffer that is not empty, and the proxy
         // sends the whole body in its place: it gets as few bytes as can
         // be. The first read may come whole from what arrived with the
         // head, so a body that fits is buffered from its start; a longer
         // one is read to one byte short of its end, and that byte is read
-        // alone, into the buffer.
+        // alone, into the buffer. On a connection whose reads cannot be
+        // limited (none the edge serves today) the buffer takes the tail.
         let left = length - sink.len();
-        if !buffering && (left == 1 || (sink.len() == 0 && left <= RETRY_BUFFER)) {
+        let tail_whole = left <= RETRY_BUFFER && (sink.len() == 0 || !gated);
+        if !buffering && (left == 1 || tail_whole) {
             session.as_downstream_mut().enable_retry_buffering();
             buffering = true;
         }
