@@ -17,8 +17,7 @@
 //! semantics: writes gather until a flush or until it is full, so that a
 //! response head and a short body leave in one segment. The held path
 //! gathers more, across Pingora's flushes ([`gather`]): a stream's head,
-//! what was already read of it and, when it came too, its end, leave in
-//! one write.
+//! what is already read of it, and its end if it came, in one write.
 //!
 //! Between two requests the connection waits outside Pingora
 //! ([`super::idle`]): the gate reads the next request's first bytes itself
@@ -78,8 +77,7 @@ pub struct GatedStream {
     /// by the proxy while it reads a body early ([`limit_reads`]).
     read_limit: AtomicUsize,
     metrics: Arc<Metrics>,
-    /// Written bytes not yet passed on; at most `out_cap` (0: none kept),
-    /// or `GATHER_MAX` while gathering.
+    /// Bytes not yet passed on: at most `out_cap` (0: none), or GATHER_MAX.
     out: Vec<u8>,
     out_cap: usize,
     /// A [`Gather`], set by the held path.
